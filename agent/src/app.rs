@@ -1,0 +1,166 @@
+//! Wiring: starts every task of the agent and stops them in order.
+//!
+//! Start: open the store, then the sources, the pipeline and the uplink. Stop (SIGINT or
+//! SIGTERM): the sources stop reading, the pipeline flushes its open windows into the queue,
+//! then the uplink drains the queue (bounded), publishes `offline` and disconnects. What is
+//! not acknowledged by then stays counted in the queue.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::feed::{now_millis, Topics};
+use crate::health::{HealthReporter, SourceEntry};
+use crate::pipeline::{self, Pipeline, PipelineStats};
+use crate::queue::seq::SeqCounter;
+use crate::queue::Queue;
+use crate::shutdown;
+use crate::sources::serial_node::{self, SerialNodeSource};
+use crate::sources::{NodeRequest, SourceStats};
+use crate::uplink::{Uplink, UplinkConfig, UplinkStats};
+
+/// Capacity of the channel from the sources to the pipeline (events, each up to 32 samples).
+const SOURCE_EVENTS: usize = 8192;
+
+/// Runs the agent until `stop` resolves, then shuts down cleanly.
+pub async fn run(
+    config: Config,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let gw = config.gateway.id.clone();
+    let topics = Topics::new(&config.mqtt.topic_root, &gw);
+    let broker = config
+        .broker()
+        .map_err(anyhow::Error::msg)
+        .context("[mqtt] url")?;
+    let seq = SeqCounter::open(&config.store.path).with_context(|| {
+        format!(
+            "cannot open the store at {} ([store] path)",
+            config.store.path.display()
+        )
+    })?;
+    tracing::info!(gw = %gw, broker = %broker, store = %config.store.path.display(), last_seq = seq.last(), "towerlink agent starting");
+    let queue = Arc::new(Queue::new(
+        &gw,
+        topics.clone(),
+        seq,
+        config.store.max_messages,
+    ));
+
+    let (shutdown_tx, shutdown) = shutdown::channel();
+    let (events_tx, events_rx) = mpsc::channel(SOURCE_EVENTS);
+
+    let mut source_entries = Vec::new();
+    let mut source_tasks = Vec::new();
+    let mut node_requests = Vec::new();
+    for (dev, node) in config.nodes.iter().enumerate() {
+        let stats = SourceStats::new();
+        let (req_tx, req_rx) = mpsc::channel::<NodeRequest>(16);
+        node_requests.push((node.id.clone(), req_tx));
+        source_entries.push(SourceEntry {
+            dev: node.id.clone(),
+            kind: "serial_node",
+            port: node.port.display().to_string(),
+            stats: stats.clone(),
+        });
+        let source = SerialNodeSource {
+            dev,
+            config: node.clone(),
+            events: events_tx.clone(),
+            requests: req_rx,
+            stats,
+        };
+        source_tasks.push(tokio::spawn(serial_node::run(source, shutdown.clone())));
+    }
+    drop(events_tx);
+
+    let pipeline_stats = Arc::new(PipelineStats::default());
+    let directory = crate::commands::ChannelDirectory::default();
+    let pipeline = Pipeline::new(
+        &config,
+        now_millis(),
+        pipeline_stats.clone(),
+        directory.clone(),
+    );
+    let pipeline_task = tokio::spawn(pipeline::run(
+        pipeline,
+        events_rx,
+        queue.clone(),
+        shutdown.clone(),
+    ));
+
+    let uplink_stats = Arc::new(UplinkStats::default());
+    let reporter = HealthReporter::new(
+        &gw,
+        config.health.node_silent_after.as_millis() as u64,
+        queue.clone(),
+        uplink_stats.clone(),
+        pipeline_stats,
+        source_entries,
+    );
+    let (commands_tx, commands_rx) = mpsc::channel(64);
+    let uplink = Uplink::start(
+        UplinkConfig {
+            gw: gw.clone(),
+            topics,
+            broker,
+            keep_alive: config.mqtt.keep_alive,
+            data_qos: if config.mqtt.data_qos == 0 {
+                rumqttc::QoS::AtMostOnce
+            } else {
+                rumqttc::QoS::AtLeastOnce
+            },
+            max_inflight: config.mqtt.max_inflight,
+            health_interval: config.health.interval,
+        },
+        queue.clone(),
+        uplink_stats,
+        commands_tx,
+        Box::new(move || reporter.report().to_string().into_bytes()),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let commands_task = tokio::spawn(crate::commands::run(
+        crate::commands::CommandContext::new(&config, node_requests, directory),
+        commands_rx,
+        queue.clone(),
+        shutdown.clone(),
+    ));
+
+    stop.await;
+    tracing::info!("stopping: flushing windows and draining the queue");
+    shutdown_tx.fire();
+    for task in source_tasks {
+        let _ = task.await;
+    }
+    let _ = pipeline_task.await;
+    let _ = commands_task.await;
+    uplink.stop().await;
+    let left = queue.depth(now_millis()).messages;
+    tracing::info!(
+        unacknowledged = left,
+        last_seq = queue.last_seq(),
+        "towerlink agent stopped"
+    );
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn termination_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers only Ctrl-C through tokio's fallback remains.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! Commands from the platform (`{root}/{gw}/cmd`) and their replies (`{root}/{gw}/reply`).
+//!
+//! A command is `{"id": "...", "op": "...", ...}`. It is parsed strictly (size limit, unknown
+//! fields refused), routed to the source or answered here, and answered exactly once through
+//! the queue, so a reply has a `seq` and survives an outage like any event. A command that does
+//! not parse, names an unknown op, device or channel, or would write to an elevator
+//! controller is answered `ok: false` with a clear error and changes nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use towerlink_firmware::protocol::{AckResult, Op};
+
+use crate::config::Config;
+use crate::feed::{now_millis, rfc3339, Message, Reply};
+use crate::pipeline::Channel;
+use crate::queue::Queue;
+use crate::shutdown::Shutdown;
+use crate::sources::NodeRequest;
+
+/// Largest command payload accepted.
+pub const MAX_COMMAND_BYTES: usize = 4096;
+/// How long a node has to answer a forwarded command.
+const NODE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The ops this agent knows.
+pub const OPS: [&str; 4] = ["ping", "identify", "zero", "config"];
+
+/// The channels of every device as the pipeline learnt them (from each node's Hello).
+pub type ChannelDirectory = Arc<RwLock<BTreeMap<String, Vec<Channel>>>>;
+
+/// A parsed command.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandRequest {
+    /// Correlation id, echoed in the reply.
+    pub id: String,
+    /// Operation.
+    pub op: String,
+    /// Target device, for device ops.
+    #[serde(default)]
+    pub dev: Option<String>,
+    /// Target channel (feed name), for channel ops.
+    #[serde(default)]
+    pub ch: Option<String>,
+}
+
+/// Parses a command payload; on failure returns the id (if one could be read) and the error.
+pub fn parse(payload: &[u8]) -> Result<CommandRequest, (String, String)> {
+    if payload.len() > MAX_COMMAND_BYTES {
+        return Err((
+            String::new(),
+            format!(
+                "command too large: {} bytes (limit {MAX_COMMAND_BYTES})",
+                payload.len()
+            ),
+        ));
+    }
+    match serde_json::from_slice::<CommandRequest>(payload) {
+        Ok(cmd) if cmd.id.is_empty() || cmd.id.len() > 128 => {
+            Err((String::new(), "id must be 1..=128 characters".into()))
+        }
+        Ok(cmd) => Ok(cmd),
+        Err(e) => {
+            // Echo the id when the rest is wrong, so the platform can match the refusal.
+            let id = serde_json::from_slice::<Value>(payload)
+                .ok()
+                .and_then(|v| {
+                    v.get("id")
+                        .and_then(Value::as_str)
+                        .map(|s| s.chars().take(128).collect())
+                })
+                .unwrap_or_default();
+            Err((id, format!("malformed command: {e}")))
+        }
+    }
+}
+
+/// What the command handler can reach.
+pub struct CommandContext {
+    config_json: Value,
+    nodes: HashMap<String, mpsc::Sender<NodeRequest>>,
+    /// Channel names per device, filled by the pipeline.
+    pub directory: ChannelDirectory,
+}
+
+impl CommandContext {
+    /// A context over the running configuration and the nodes' request channels.
+    pub fn new(
+        config: &Config,
+        nodes: Vec<(String, mpsc::Sender<NodeRequest>)>,
+        directory: ChannelDirectory,
+    ) -> CommandContext {
+        CommandContext {
+            config_json: redacted_config(config),
+            nodes: nodes.into_iter().collect(),
+            directory,
+        }
+    }
+
+    /// Carries out one command and returns its reply.
+    pub async fn execute(&self, payload: &[u8]) -> Reply {
+        let cmd = match parse(payload) {
+            Ok(cmd) => cmd,
+            Err((id, error)) => return refuse(id, error),
+        };
+        let id = cmd.id.clone();
+        match self.dispatch(cmd).await {
+            Ok(result) => Reply {
+                id,
+                ok: true,
+                error: None,
+                result: Some(result),
+            },
+            Err(error) => refuse(id, error),
+        }
+    }
+
+    async fn dispatch(&self, cmd: CommandRequest) -> Result<Value, String> {
+        match cmd.op.as_str() {
+            "ping" => {
+                no_target(&cmd)?;
+                Ok(json!({ "pong": true, "ts": rfc3339(now_millis()), "agent": env!("CARGO_PKG_VERSION") }))
+            }
+            "config" => {
+                no_target(&cmd)?;
+                Ok(self.config_json.clone())
+            }
+            "identify" => {
+                if cmd.ch.is_some() {
+                    return Err("identify takes no ch".into());
+                }
+                let dev = cmd.dev.as_deref().ok_or("identify needs dev")?;
+                let result = self.ask_node(dev, Op::Identify).await?;
+                ack_to_result(result)
+            }
+            "zero" => {
+                let dev = cmd.dev.as_deref().ok_or("zero needs dev and ch")?;
+                let ch = cmd.ch.as_deref().ok_or("zero needs dev and ch")?;
+                let channel = self.channel_id(dev, ch)?;
+                let result = self.ask_node(dev, Op::Zero { channel }).await?;
+                ack_to_result(result)
+            }
+            op if is_write_op(op) => Err(format!(
+                "refused: {op:?} would write to a device; towerlink never writes to an elevator controller"
+            )),
+            op => Err(format!("unknown op {op:?}; known ops: {}", OPS.join(", "))),
+        }
+    }
+
+    fn channel_id(&self, dev: &str, ch: &str) -> Result<u8, String> {
+        if !self.nodes.contains_key(dev) {
+            return Err(format!("unknown device {dev:?}"));
+        }
+        let directory = self
+            .directory
+            .read()
+            .map_err(|_| "channel directory unavailable".to_owned())?;
+        let channels = directory
+            .get(dev)
+            .ok_or_else(|| format!("device {dev:?} has not announced its channels yet"))?;
+        channels
+            .iter()
+            .find(|c| c.name == ch)
+            .map(|c| c.id)
+            .ok_or_else(|| {
+                let names: Vec<&str> = channels.iter().map(|c| c.name.as_str()).collect();
+                format!(
+                    "unknown channel {ch:?} on {dev:?}; channels: {}",
+                    names.join(", ")
+                )
+            })
+    }
+
+    async fn ask_node(&self, dev: &str, op: Op) -> Result<AckResult, String> {
+        let tx = self
+            .nodes
+            .get(dev)
+            .ok_or_else(|| format!("unknown device {dev:?}"))?;
+        let (reply_tx, reply_rx) = oneshot::channel();
+        tx.try_send(NodeRequest {
+            op,
+            reply: reply_tx,
+        })
+        .map_err(|_| format!("device {dev:?} is busy or its port is closed"))?;
+        match tokio::time::timeout(NODE_TIMEOUT, reply_rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(format!(
+                "device {dev:?} did not answer (port closed or ack timed out)"
+            )),
+            Err(_) => Err(format!(
+                "device {dev:?} did not answer within {}s",
+                NODE_TIMEOUT.as_secs()
+            )),
+        }
+    }
+}
+
+fn no_target(cmd: &CommandRequest) -> Result<(), String> {
+    if cmd.dev.is_some() || cmd.ch.is_some() {
+        return Err(format!("{} takes no dev or ch", cmd.op));
+    }
+    Ok(())
+}
+
+fn ack_to_result(result: AckResult) -> Result<Value, String> {
+    if result == AckResult::OK {
+        Ok(json!({ "ack": result.name() }))
+    } else {
+        Err(format!("the node refused: {}", result.name()))
+    }
+}
+
+/// Ops that would write to a device register; refused by name so the refusal is explicit.
+fn is_write_op(op: &str) -> bool {
+    let op = op.to_ascii_lowercase();
+    ["write", "set_register", "modbus", "coil"]
+        .iter()
+        .any(|w| op.contains(w))
+}
+
+fn refuse(id: String, error: String) -> Reply {
+    Reply {
+        id,
+        ok: false,
+        error: Some(error),
+        result: None,
+    }
+}
+
+/// The running configuration as JSON, with nothing secret in it.
+pub fn redacted_config(config: &Config) -> Value {
+    let d = |d: Duration| humantime::format_duration(d).to_string();
+    json!({
+        "gateway": { "id": config.gateway.id },
+        "mqtt": {
+            "url": config.mqtt.url,
+            "topic_root": config.mqtt.topic_root,
+            "keep_alive": d(config.mqtt.keep_alive),
+            "data_qos": config.mqtt.data_qos,
+            "allow_insecure": config.mqtt.allow_insecure,
+            "max_inflight": config.mqtt.max_inflight,
+        },
+        "store": { "path": config.store.path.display().to_string(), "max_messages": config.store.max_messages },
+        "health": { "interval": d(config.health.interval), "node_silent_after": d(config.health.node_silent_after) },
+        "node": config.nodes.iter().map(|n| json!({
+            "id": n.id,
+            "port": n.port.display().to_string(),
+            "baud": n.baud,
+            "window": d(n.window),
+            "window_grace": d(n.window_grace),
+            "node_id": n.node_id,
+            "names": n.names,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Answers commands until shutdown.
+pub async fn run(
+    context: CommandContext,
+    mut commands: mpsc::Receiver<Vec<u8>>,
+    queue: Arc<Queue>,
+    mut shutdown: Shutdown,
+) {
+    loop {
+        let payload = tokio::select! {
+            p = commands.recv() => match p { Some(p) => p, None => break },
+            _ = shutdown.recv() => break,
+        };
+        let reply = context.execute(&payload).await;
+        if !reply.ok {
+            tracing::warn!(id = %reply.id, error = reply.error.as_deref().unwrap_or(""), "command refused");
+        }
+        queue.push(Message::Reply(reply));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> CommandContext {
+        let config = Config::parse(
+            "[gateway]\nid = \"gw\"\n[mqtt]\nurl = \"mqtt://127.0.0.1\"\n[store]\npath = \"/tmp/x\"\n[[node]]\nid = \"p1\"\nport = \"/dev/null\"\n",
+            "t",
+        )
+        .expect("config");
+        let (tx, _rx) = mpsc::channel(1);
+        CommandContext::new(
+            &config,
+            vec![("p1".into(), tx)],
+            ChannelDirectory::default(),
+        )
+    }
+
+    async fn run_one(payload: &str) -> Reply {
+        context().execute(payload.as_bytes()).await
+    }
+
+    #[tokio::test]
+    async fn ping_and_config_answer() {
+        let r = run_one(r#"{"id":"a1","op":"ping"}"#).await;
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.id, "a1");
+        let r = run_one(r#"{"id":"a2","op":"config"}"#).await;
+        assert!(r.ok);
+        assert_eq!(
+            r.result.as_ref().and_then(|v| v["gateway"]["id"].as_str()),
+            Some("gw")
+        );
+    }
+
+    #[tokio::test]
+    async fn every_refusal_is_clear_and_keeps_the_id() {
+        let cases = [
+            (r#"{"id":"b1","op":"reboot"}"#, "b1", "unknown op"),
+            (
+                r#"{"id":"b2","op":"ping","extra":1}"#,
+                "b2",
+                "unknown field",
+            ),
+            (
+                r#"{"id":"b3","op":"zero","dev":"nope","ch":"strain"}"#,
+                "b3",
+                "unknown device",
+            ),
+            (
+                r#"{"id":"b4","op":"zero","dev":"p1","ch":"strain"}"#,
+                "b4",
+                "not announced",
+            ),
+            (
+                r#"{"id":"b5","op":"write_register","dev":"lift-2"}"#,
+                "b5",
+                "never writes",
+            ),
+            (
+                r#"{"id":"b6","op":"zero","dev":"p1"}"#,
+                "b6",
+                "needs dev and ch",
+            ),
+            (r#"not json"#, "", "malformed"),
+            (r#"{"op":"ping"}"#, "", "missing field"),
+        ];
+        for (payload, id, needle) in cases {
+            let r = run_one(payload).await;
+            assert!(!r.ok, "{payload} was accepted");
+            assert_eq!(r.id, id, "{payload}");
+            let e = r.error.unwrap_or_default();
+            assert!(e.contains(needle), "{payload}: {e}");
+        }
+        let big = format!(
+            r#"{{"id":"c","op":"ping","pad":"{}"}}"#,
+            "x".repeat(MAX_COMMAND_BYTES)
+        );
+        let r = run_one(&big).await;
+        assert!(r.error.unwrap_or_default().contains("too large"));
+    }
+}

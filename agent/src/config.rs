@@ -1,0 +1,605 @@
+//! The agent's TOML configuration: parsing, defaults and validation.
+//!
+//! A configuration is refused as a whole, before anything starts, when a key is unknown, a
+//! value has the wrong type, or a value breaks a rule of the feed contract (ids, topic root,
+//! plain MQTT to a non-loopback host). Every error names the key (`node[1].id`, `mqtt.url`) so
+//! an installer can fix it without reading code; syntax and type errors also carry the line.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The pattern every gateway and device id must match (feed contract, "Names").
+pub const ID_PATTERN: &str = "^[a-z0-9][a-z0-9._-]{0,63}$";
+
+/// Serial baud rates the agent accepts (the standard ones up to 921600).
+pub const STANDARD_BAUDS: [u32; 16] = [
+    1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200, 128000, 230400, 256000, 460800,
+    500000, 576000, 921600,
+];
+
+/// A configuration that could not be loaded, with enough context to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key, or a value of the wrong type.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file (or `<string>`).
+        path: String,
+        /// toml's message, which names the line, column and key.
+        message: String,
+    },
+    /// A value that parses but breaks a rule.
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        /// The file (or `<string>`).
+        path: String,
+        /// The offending key, e.g. `node[0].id`.
+        key: String,
+        /// What is wrong and what would be right.
+        message: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[gateway]`
+    pub gateway: GatewayConfig,
+    /// `[mqtt]`
+    pub mqtt: MqttConfig,
+    /// `[store]`
+    pub store: StoreConfig,
+    /// `[health]`
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// `[[node]]`: sensor nodes, one per serial port.
+    #[serde(default, rename = "node")]
+    pub nodes: Vec<NodeConfig>,
+}
+
+/// `[gateway]`: who this gateway is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// The gateway id: MQTT client id and `{gw}` in every topic.
+    pub id: String,
+}
+
+/// `[mqtt]`: the uplink to the city platform.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub url: String,
+    /// `{root}` of every topic.
+    #[serde(default = "default_topic_root")]
+    pub topic_root: String,
+    /// MQTT keep-alive.
+    #[serde(default = "default_keep_alive", deserialize_with = "de_duration")]
+    pub keep_alive: Duration,
+    /// QoS of telemetry (`data`): 1 (default) or 0.
+    #[serde(default = "default_data_qos")]
+    pub data_qos: u8,
+    /// Allow plain `mqtt://` to a host that is not loopback.
+    #[serde(default)]
+    pub allow_insecure: bool,
+    /// Most QoS 1 messages in flight (sent, not yet acknowledged).
+    #[serde(default = "default_inflight")]
+    pub max_inflight: u16,
+}
+
+/// `[store]`: where the agent keeps state across restarts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// A directory; created if missing.
+    pub path: PathBuf,
+    /// Most messages kept in memory waiting for the broker; the oldest telemetry goes first.
+    #[serde(default = "default_max_messages")]
+    pub max_messages: usize,
+}
+
+/// `[health]`: the gateway's own health report.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// How often `health` is published.
+    #[serde(default = "default_health_interval", deserialize_with = "de_duration")]
+    pub interval: Duration,
+    /// A node that sends nothing at all for this long is reported `sensor_offline`.
+    #[serde(default = "default_node_silence", deserialize_with = "de_duration")]
+    pub node_silent_after: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval: default_health_interval(),
+            node_silent_after: default_node_silence(),
+        }
+    }
+}
+
+/// `[[node]]`: one sensor node on one serial port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Device id: `{dev}` in the feed.
+    pub id: String,
+    /// Serial device path, e.g. `/dev/ttyUSB0` or a udev symlink.
+    pub port: PathBuf,
+    /// Baud rate (8N1).
+    #[serde(default = "default_node_baud")]
+    pub baud: u32,
+    /// Length of a telemetry window.
+    #[serde(default = "default_window", deserialize_with = "de_duration")]
+    pub window: Duration,
+    /// How long after a window ends its samples may still arrive (nodes batch up to ~1 s).
+    #[serde(default = "default_window_grace", deserialize_with = "de_duration")]
+    pub window_grace: Duration,
+    /// The node id expected on this port; frames from another node are counted and dropped.
+    #[serde(default)]
+    pub node_id: Option<u32>,
+    /// Feed names for channels, by channel id (`names = { 0 = "strain_top" }`).
+    #[serde(default)]
+    pub names: BTreeMap<u8, String>,
+}
+
+fn default_topic_root() -> String {
+    "towerlink/v1".to_owned()
+}
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_data_qos() -> u8 {
+    1
+}
+fn default_inflight() -> u16 {
+    100
+}
+fn default_max_messages() -> usize {
+    100_000
+}
+fn default_health_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_node_silence() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_node_baud() -> u32 {
+    115_200
+}
+fn default_window() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_window_grace() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// Parses `"10s"`, `"250ms"`, `"5m"`, `"1h 30m"`.
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {text:?} ({e}); write e.g. \"10s\", \"250ms\", \"5m\""
+        ))
+    })
+}
+
+/// Is `id` a valid gateway or device id (`^[a-z0-9][a-z0-9._-]{0,63}$`)?
+pub fn is_valid_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    match bytes.first() {
+        Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit() => {}
+        _ => return false,
+    }
+    bytes.len() <= 64
+        && bytes.iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
+        })
+}
+
+/// A parsed `[mqtt] url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddress {
+    /// `mqtts://`?
+    pub tls: bool,
+    /// Host name or address.
+    pub host: String,
+    /// Port (1883 / 8883 by default).
+    pub port: u16,
+}
+
+impl BrokerAddress {
+    /// Parses `mqtt://host[:port]` or `mqtts://host[:port]` (IPv6 in brackets).
+    pub fn parse(url: &str) -> Result<BrokerAddress, String> {
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("mqtt://") {
+            (false, rest)
+        } else {
+            return Err(format!("{url:?} must start with mqtt:// or mqtts://"));
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.is_empty() || rest.contains('/') || rest.contains('@') {
+            return Err(format!(
+                "{url:?} must be scheme://host[:port] with no path or credentials (use username / password_file)"
+            ));
+        }
+        let default_port = if tls { 8883 } else { 1883 };
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("{url:?}: unclosed [ in IPv6 address"))?;
+            match after.strip_prefix(':') {
+                Some(p) => (host.to_owned(), parse_port(url, p)?),
+                None if after.is_empty() => (host.to_owned(), default_port),
+                None => return Err(format!("{url:?}: unexpected {after:?} after the address")),
+            }
+        } else {
+            match rest.rsplit_once(':') {
+                Some((host, p)) => (host.to_owned(), parse_port(url, p)?),
+                None => (rest.to_owned(), default_port),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("{url:?} has no host"));
+        }
+        Ok(BrokerAddress { tls, host, port })
+    }
+
+    /// Is the host a loopback address (or `localhost`)?
+    pub fn is_loopback(&self) -> bool {
+        self.host == "localhost"
+            || self
+                .host
+                .parse::<IpAddr>()
+                .map(|ip| ip.is_loopback())
+                .unwrap_or(false)
+    }
+}
+
+fn parse_port(url: &str, p: &str) -> Result<u16, String> {
+    match p.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(port),
+        _ => Err(format!("{url:?}: {p:?} is not a port number (1..=65535)")),
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates configuration text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: origin.to_owned(),
+                key,
+                message,
+            })?;
+        Ok(config)
+    }
+
+    /// The broker address of `[mqtt] url` (validated at load, so this cannot fail after it).
+    pub fn broker(&self) -> Result<BrokerAddress, String> {
+        BrokerAddress::parse(&self.mqtt.url)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, message: String| Err((key.to_owned(), message));
+        if !is_valid_id(&self.gateway.id) {
+            return bad(
+                "gateway.id",
+                format!(
+                    "{:?} is not a valid gateway id: it must match {ID_PATTERN}",
+                    self.gateway.id
+                ),
+            );
+        }
+        let broker = match BrokerAddress::parse(&self.mqtt.url) {
+            Ok(b) => b,
+            Err(e) => return bad("mqtt.url", e),
+        };
+        if !broker.tls && !broker.is_loopback() && !self.mqtt.allow_insecure {
+            return bad(
+                "mqtt.url",
+                format!(
+                    "plain MQTT to {} would send data unencrypted; use mqtts:// or set allow_insecure = true",
+                    broker.host
+                ),
+            );
+        }
+        let root = &self.mqtt.topic_root;
+        if root.is_empty()
+            || root.starts_with('/')
+            || root.ends_with('/')
+            || root.contains(['+', '#', '\0'])
+            || root.split('/').any(str::is_empty)
+        {
+            return bad(
+                "mqtt.topic_root",
+                format!("{root:?} must be non-empty topic levels separated by '/', without '+', '#' or empty levels"),
+            );
+        }
+        if self.mqtt.data_qos > 1 {
+            return bad(
+                "mqtt.data_qos",
+                format!("{} must be 0 or 1", self.mqtt.data_qos),
+            );
+        }
+        if self.mqtt.keep_alive < Duration::from_secs(5)
+            || self.mqtt.keep_alive > Duration::from_secs(65_535)
+        {
+            return bad("mqtt.keep_alive", "must be between 5s and 18h".to_owned());
+        }
+        if self.mqtt.max_inflight == 0 {
+            return bad("mqtt.max_inflight", "must be at least 1".to_owned());
+        }
+        if self.store.max_messages < 100 {
+            return bad("store.max_messages", "must be at least 100".to_owned());
+        }
+        if self.health.interval < Duration::from_secs(1) {
+            return bad("health.interval", "must be at least 1s".to_owned());
+        }
+        let mut seen_ids = std::collections::BTreeSet::new();
+        let mut seen_ports = std::collections::BTreeSet::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let key = |k: &str| format!("node[{i}].{k}");
+            if !is_valid_id(&node.id) {
+                return bad(
+                    &key("id"),
+                    format!(
+                        "{:?} is not a valid device id: it must match {ID_PATTERN}",
+                        node.id
+                    ),
+                );
+            }
+            if !seen_ids.insert(node.id.as_str()) {
+                return bad(
+                    &key("id"),
+                    format!("{:?} is used by another device", node.id),
+                );
+            }
+            if !seen_ports.insert(node.port.as_path()) {
+                return bad(
+                    &key("port"),
+                    format!(
+                        "{} is used by another node (one node per port)",
+                        node.port.display()
+                    ),
+                );
+            }
+            if !STANDARD_BAUDS.contains(&node.baud) {
+                return bad(
+                    &key("baud"),
+                    format!(
+                        "{} is not a standard baud rate ({STANDARD_BAUDS:?})",
+                        node.baud
+                    ),
+                );
+            }
+            if node.window < Duration::from_millis(100) || node.window > Duration::from_secs(3600) {
+                return bad(&key("window"), "must be between 100ms and 1h".to_owned());
+            }
+            if node.window_grace > Duration::from_secs(60) {
+                return bad(&key("window_grace"), "must be at most 60s".to_owned());
+            }
+            for (ch, name) in &node.names {
+                if !is_valid_id(name) {
+                    return bad(
+                        &key(&format!("names.{ch}")),
+                        format!("{name:?} is not a valid channel name: it must match {ID_PATTERN}"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for BrokerAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[gateway]
+id = "sh-ja-0001"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+topic_root = "towerlink/v1"
+[store]
+path = "/var/lib/towerlink"
+[[node]]
+id = "panel-n12"
+port = "/dev/ttyUSB0"
+baud = 115200
+window = "10s"
+"#;
+
+    fn err(text: &str) -> String {
+        match Config::parse(text, "t.toml") {
+            Ok(_) => panic!("config was accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_issue_sketch_parses_with_defaults() {
+        let c = Config::parse(GOOD, "t.toml").expect("good config");
+        assert_eq!(c.gateway.id, "sh-ja-0001");
+        assert_eq!(c.nodes.len(), 1);
+        assert_eq!(c.nodes[0].window, Duration::from_secs(10));
+        assert_eq!(c.mqtt.keep_alive, Duration::from_secs(30));
+        assert_eq!(c.health.interval, Duration::from_secs(60));
+        assert_eq!(
+            c.broker().expect("url"),
+            BrokerAddress {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 1883
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name_and_line() {
+        let e = err(&GOOD.replace("baud = 115200", "baud = 115200\nbaudrate = 9600"));
+        assert!(e.contains("baudrate"), "{e}");
+        assert!(e.contains("line 13"), "{e}");
+    }
+
+    #[test]
+    fn invalid_ids_are_refused_with_the_key() {
+        let e = err(&GOOD.replace("panel-n12", "Panel/N12"));
+        assert!(e.contains("node[0].id"), "{e}");
+        let e = err(&GOOD.replace("sh-ja-0001", "sh+ja"));
+        assert!(e.contains("gateway.id"), "{e}");
+        let long = "a".repeat(65);
+        let e = err(&GOOD.replace("panel-n12", &long));
+        assert!(e.contains("node[0].id"), "{e}");
+    }
+
+    #[test]
+    fn id_pattern() {
+        for ok in ["a", "0", "sh-ja-0001", "lift.2_b", &"a".repeat(64)] {
+            assert!(is_valid_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            ".a",
+            "_a",
+            "A",
+            "a/b",
+            "a+b",
+            "a#",
+            "a b",
+            "é",
+            &"a".repeat(65),
+        ] {
+            assert!(!is_valid_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn plain_mqtt_to_a_remote_host_needs_allow_insecure() {
+        let remote = GOOD.replace("mqtt://127.0.0.1:1883", "mqtt://platform.example:1883");
+        let e = err(&remote);
+        assert!(
+            e.contains("mqtt.url") && e.contains("allow_insecure"),
+            "{e}"
+        );
+        let allowed = remote.replace("topic_root", "allow_insecure = true\ntopic_root");
+        assert!(Config::parse(&allowed, "t").is_ok());
+        let tls = GOOD.replace("mqtt://127.0.0.1:1883", "mqtts://platform.example");
+        let c = Config::parse(&tls, "t").expect("tls config");
+        assert_eq!(c.broker().expect("url").port, 8883);
+    }
+
+    #[test]
+    fn broker_urls() {
+        assert_eq!(
+            BrokerAddress::parse("mqtt://[::1]:1884").expect("v6"),
+            BrokerAddress {
+                tls: false,
+                host: "::1".into(),
+                port: 1884
+            }
+        );
+        assert!(BrokerAddress::parse("mqtt://[::1]")
+            .expect("v6")
+            .is_loopback());
+        assert!(BrokerAddress::parse("mqtt://localhost")
+            .expect("host")
+            .is_loopback());
+        for bad in [
+            "http://x",
+            "mqtt://",
+            "mqtt://h:0",
+            "mqtt://h:99999",
+            "mqtt://u:p@h",
+            "mqtt://h/path",
+        ] {
+            assert!(BrokerAddress::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("baud = 115200", "baud = 115201", "node[0].baud"),
+            ("window = \"10s\"", "window = \"ten seconds\"", "window"),
+            ("window = \"10s\"", "window = \"2h\"", "node[0].window"),
+            (
+                "topic_root = \"towerlink/v1\"",
+                "topic_root = \"a/+/b\"",
+                "mqtt.topic_root",
+            ),
+            (
+                "topic_root = \"towerlink/v1\"",
+                "topic_root = \"a//b\"",
+                "mqtt.topic_root",
+            ),
+            (
+                "topic_root = \"towerlink/v1\"",
+                "data_qos = 2",
+                "mqtt.data_qos",
+            ),
+        ];
+        for (from, to, key) in cases {
+            let e = err(&GOOD.replace(from, to));
+            assert!(e.contains(key), "{to}: {e}");
+        }
+    }
+
+    #[test]
+    fn duplicate_devices_and_ports_are_refused() {
+        let two = format!("{GOOD}\n[[node]]\nid = \"panel-n12\"\nport = \"/dev/ttyUSB1\"\n");
+        assert!(err(&two).contains("node[1].id"));
+        let two = format!("{GOOD}\n[[node]]\nid = \"panel-n13\"\nport = \"/dev/ttyUSB0\"\n");
+        assert!(err(&two).contains("node[1].port"));
+    }
+
+    #[test]
+    fn missing_sections_are_named() {
+        let e = err("[gateway]\nid = \"a\"\n");
+        assert!(e.contains("mqtt"), "{e}");
+    }
+}

@@ -1,0 +1,428 @@
+//! The MQTT feed contract v1 (`shared/spec/mqtt-feed-v1.md`): topic names and payloads.
+//!
+//! This is the one place that decides a topic name, a payload field or its spelling, so the
+//! contract can be checked against the spec by reading one file. Everything the pipeline
+//! produces is a [`Message`]; the queue gives it a `seq` and calls [`Message::render`].
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// Payload version carried as `"v"` in every payload.
+pub const FEED_VERSION: u8 = 1;
+
+/// Wall-clock time as milliseconds since the Unix epoch (UTC).
+pub type UnixMillis = i64;
+
+/// The current wall-clock time.
+pub fn now_millis() -> UnixMillis {
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(_) => 0,
+    }
+}
+
+/// Formats a time as RFC 3339 UTC with milliseconds, e.g. `2026-11-28T05:04:00.000Z`.
+pub fn rfc3339(ms: UnixMillis) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Topic names under `{root}/{gw}`.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    base: String,
+}
+
+impl Topics {
+    /// Topics of gateway `gw` under `root`.
+    pub fn new(root: &str, gw: &str) -> Topics {
+        Topics {
+            base: format!("{root}/{gw}"),
+        }
+    }
+    /// `{root}/{gw}/state`: retained online/offline.
+    pub fn state(&self) -> String {
+        format!("{}/state", self.base)
+    }
+    /// `{root}/{gw}/data/{dev}`: telemetry windows and lift status.
+    pub fn data(&self, dev: &str) -> String {
+        format!("{}/data/{dev}", self.base)
+    }
+    /// `{root}/{gw}/event/{dev}`: alarms and state changes.
+    pub fn event(&self, dev: &str) -> String {
+        format!("{}/event/{dev}", self.base)
+    }
+    /// `{root}/{gw}/health`.
+    pub fn health(&self) -> String {
+        format!("{}/health", self.base)
+    }
+    /// `{root}/{gw}/cmd`: commands in.
+    pub fn cmd(&self) -> String {
+        format!("{}/cmd", self.base)
+    }
+    /// `{root}/{gw}/reply`: one reply per command.
+    pub fn reply(&self) -> String {
+        format!("{}/reply", self.base)
+    }
+}
+
+/// Severities of events (platforms map them to yellow, orange, red).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Yellow.
+    Minor,
+    /// Orange.
+    Major,
+    /// Red.
+    Critical,
+}
+
+/// Whether an event's condition now holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventState {
+    /// The rule started to hold.
+    Active,
+    /// The rule stopped holding.
+    Cleared,
+}
+
+/// Statistics of one channel over one window (`ch.<name>` in a data payload).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChannelWindow {
+    /// Unit (SenML name).
+    pub u: &'static str,
+    /// Number of samples.
+    pub n: u64,
+    /// Mean.
+    pub mean: f32,
+    /// Minimum.
+    pub min: f32,
+    /// Maximum.
+    pub max: f32,
+    /// Last sample of the window.
+    pub last: f32,
+    /// Population standard deviation.
+    pub std: f32,
+}
+
+/// A stateful event on `event/{dev}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    /// When this transition happened.
+    #[serde(serialize_with = "ser_time")]
+    pub ts: UnixMillis,
+    /// Event name (`sensor_offline`, `threshold`, `trapped_passenger`, ...).
+    pub event: &'static str,
+    /// Severity.
+    pub severity: Severity,
+    /// Active or cleared.
+    pub state: EventState,
+    /// When the condition started (on both transitions).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_opt_time"
+    )]
+    pub since: Option<UnixMillis>,
+    /// The channel concerned, for channel events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ch: Option<String>,
+    /// Unit of `value` and `limit`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub u: Option<&'static str>,
+    /// The value that triggered the transition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<f32>,
+    /// The limit crossed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<f32>,
+    /// Anything else the event carries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
+}
+
+impl Event {
+    /// An event with only the required fields set.
+    pub fn new(
+        ts: UnixMillis,
+        event: &'static str,
+        severity: Severity,
+        state: EventState,
+    ) -> Event {
+        Event {
+            ts,
+            event,
+            severity,
+            state,
+            since: None,
+            ch: None,
+            u: None,
+            value: None,
+            limit: None,
+            detail: None,
+        }
+    }
+}
+
+/// Everything that goes through the queue (and so carries a `seq`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// One telemetry window of one device.
+    Data {
+        /// Device id.
+        dev: String,
+        /// Window start.
+        start: UnixMillis,
+        /// Window end (exclusive).
+        end: UnixMillis,
+        /// Channels by feed name.
+        ch: BTreeMap<String, ChannelWindow>,
+    },
+    /// An event of one device.
+    Event {
+        /// Device id.
+        dev: String,
+        /// The event.
+        event: Event,
+    },
+    /// The answer to one command.
+    Reply(Reply),
+}
+
+/// The answer to one command on `reply`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reply {
+    /// The command's `id` (empty if the command had none we could read).
+    pub id: String,
+    /// Did it succeed?
+    pub ok: bool,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What it returned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+}
+
+/// Which eviction and priority class a message belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MessageClass {
+    /// Events and replies: sent first, evicted last.
+    Event,
+    /// Telemetry: evicted first when the queue is full.
+    Telemetry,
+}
+
+impl Message {
+    /// The message's class.
+    pub fn class(&self) -> MessageClass {
+        match self {
+            Message::Data { .. } => MessageClass::Telemetry,
+            Message::Event { .. } | Message::Reply(_) => MessageClass::Event,
+        }
+    }
+
+    /// The device the message is about (none for replies).
+    pub fn dev(&self) -> Option<&str> {
+        match self {
+            Message::Data { dev, .. } | Message::Event { dev, .. } => Some(dev),
+            Message::Reply(_) => None,
+        }
+    }
+
+    /// The topic it is published on.
+    pub fn topic(&self, topics: &Topics) -> String {
+        match self {
+            Message::Data { dev, .. } => topics.data(dev),
+            Message::Event { dev, .. } => topics.event(dev),
+            Message::Reply(_) => topics.reply(),
+        }
+    }
+
+    /// The JSON payload, with the gateway id and the queue's `seq`.
+    pub fn render(&self, gw: &str, seq: u64) -> Vec<u8> {
+        let result = match self {
+            Message::Data {
+                dev,
+                start,
+                end,
+                ch,
+            } => serde_json::to_vec(&DataPayload {
+                v: FEED_VERSION,
+                gw,
+                dev,
+                seq,
+                start: rfc3339(*start),
+                end: rfc3339(*end),
+                ch,
+            }),
+            Message::Event { dev, event } => serde_json::to_vec(&EventPayload {
+                v: FEED_VERSION,
+                gw,
+                dev,
+                seq,
+                event,
+            }),
+            Message::Reply(reply) => serde_json::to_vec(&ReplyPayload {
+                v: FEED_VERSION,
+                gw,
+                seq,
+                reply,
+            }),
+        };
+        // Serialising these plain structs cannot fail (no maps with non-string keys, no I/O).
+        result.unwrap_or_default()
+    }
+}
+
+#[derive(Serialize)]
+struct DataPayload<'a> {
+    v: u8,
+    gw: &'a str,
+    dev: &'a str,
+    seq: u64,
+    start: String,
+    end: String,
+    ch: &'a BTreeMap<String, ChannelWindow>,
+}
+
+#[derive(Serialize)]
+struct EventPayload<'a> {
+    v: u8,
+    gw: &'a str,
+    dev: &'a str,
+    seq: u64,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+#[derive(Serialize)]
+struct ReplyPayload<'a> {
+    v: u8,
+    gw: &'a str,
+    seq: u64,
+    #[serde(flatten)]
+    reply: &'a Reply,
+}
+
+/// The retained `state` payload: `online` (birth, clean stop says `offline`) or the last will.
+pub fn state_payload(gw: &str, online: bool, ts: Option<UnixMillis>) -> Vec<u8> {
+    let mut v = serde_json::json!({
+        "v": FEED_VERSION,
+        "gw": gw,
+        "state": if online { "online" } else { "offline" },
+    });
+    if let (Some(ts), Some(obj)) = (ts, v.as_object_mut()) {
+        obj.insert("ts".into(), rfc3339(ts).into());
+        obj.insert("agent".into(), env!("CARGO_PKG_VERSION").into());
+    }
+    v.to_string().into_bytes()
+}
+
+fn ser_time<S: serde::Serializer>(ms: &UnixMillis, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*ms))
+}
+
+fn ser_opt_time<S: serde::Serializer>(ms: &Option<UnixMillis>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => s.serialize_str(&rfc3339(*ms)),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    const T0: UnixMillis = 1_795_842_240_000; // 2026-11-28T05:04:00.000Z
+
+    #[test]
+    fn times_are_rfc3339_utc_with_millis() {
+        assert_eq!(rfc3339(T0), "2026-11-28T05:04:00.000Z");
+        assert_eq!(rfc3339(T0 + 41_120), "2026-11-28T05:04:41.120Z");
+    }
+
+    #[test]
+    fn topics_follow_the_contract() {
+        let t = Topics::new("towerlink/v1", "sh-ja-0001");
+        assert_eq!(t.state(), "towerlink/v1/sh-ja-0001/state");
+        assert_eq!(
+            t.data("panel-n12"),
+            "towerlink/v1/sh-ja-0001/data/panel-n12"
+        );
+        assert_eq!(t.event("lift-2"), "towerlink/v1/sh-ja-0001/event/lift-2");
+        assert_eq!(t.health(), "towerlink/v1/sh-ja-0001/health");
+        assert_eq!(t.cmd(), "towerlink/v1/sh-ja-0001/cmd");
+        assert_eq!(t.reply(), "towerlink/v1/sh-ja-0001/reply");
+    }
+
+    #[test]
+    fn data_payload_matches_the_spec_example() {
+        let mut ch = BTreeMap::new();
+        ch.insert(
+            "tilt_x".to_owned(),
+            ChannelWindow {
+                u: "deg",
+                n: 100,
+                mean: 0.0123,
+                min: 0.0101,
+                max: 0.015,
+                last: 0.0124,
+                std: 0.0004,
+            },
+        );
+        let m = Message::Data {
+            dev: "panel-n12".into(),
+            start: T0,
+            end: T0 + 10_000,
+            ch,
+        };
+        let v: Value = serde_json::from_slice(&m.render("sh-ja-0001", 18231)).expect("json");
+        assert_eq!(
+            v,
+            json!({"v":1,"gw":"sh-ja-0001","dev":"panel-n12","seq":18231,
+                "start":"2026-11-28T05:04:00.000Z","end":"2026-11-28T05:04:10.000Z",
+                "ch":{"tilt_x":{"u":"deg","n":100,"mean":0.0123,"min":0.0101,"max":0.015,"last":0.0124,"std":0.0004}}})
+        );
+        assert_eq!(m.class(), MessageClass::Telemetry);
+    }
+
+    #[test]
+    fn event_payload_matches_the_spec_example() {
+        let mut e = Event::new(
+            T0 + 41_120,
+            "threshold",
+            Severity::Major,
+            EventState::Active,
+        );
+        e.ch = Some("tilt_x".into());
+        e.u = Some("deg");
+        e.value = Some(0.52);
+        e.limit = Some(0.5);
+        let m = Message::Event {
+            dev: "panel-n12".into(),
+            event: e,
+        };
+        let v: Value = serde_json::from_slice(&m.render("sh-ja-0001", 18242)).expect("json");
+        assert_eq!(
+            v,
+            json!({"v":1,"gw":"sh-ja-0001","dev":"panel-n12","seq":18242,"ts":"2026-11-28T05:04:41.120Z",
+                "event":"threshold","severity":"major","state":"active","ch":"tilt_x","u":"deg","value":0.52,"limit":0.5})
+        );
+        assert_eq!(m.class(), MessageClass::Event);
+    }
+
+    #[test]
+    fn state_payloads() {
+        let v: Value = serde_json::from_slice(&state_payload("gw-1", false, None)).expect("json");
+        assert_eq!(v, json!({"v":1,"gw":"gw-1","state":"offline"}));
+        let v: Value =
+            serde_json::from_slice(&state_payload("gw-1", true, Some(T0))).expect("json");
+        assert_eq!(v["state"], "online");
+        assert_eq!(v["ts"], "2026-11-28T05:04:00.000Z");
+    }
+}

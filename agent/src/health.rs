@@ -1,0 +1,151 @@
+//! The gateway's own health report (`{root}/{gw}/health`, QoS 0, not queued).
+//!
+//! Built from the counters every stage keeps in atomics, so producing it never stops a
+//! source or the pipeline. A source is `ok` while it delivers frames cleanly, `degraded` when
+//! it lost or dropped frames since the previous report, `offline` when its port is closed or
+//! it has been silent for `node_silent_after`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use crate::feed::{now_millis, rfc3339, FEED_VERSION};
+use crate::pipeline::PipelineStats;
+use crate::queue::Queue;
+use crate::sources::SourceStats;
+use crate::uplink::UplinkStats;
+
+/// One watched source.
+#[derive(Debug, Clone)]
+pub struct SourceEntry {
+    /// Device id.
+    pub dev: String,
+    /// `serial_node`, `modbus_lift`, `i2c`.
+    pub kind: &'static str,
+    /// Port or bus.
+    pub port: String,
+    /// Its counters.
+    pub stats: Arc<SourceStats>,
+}
+
+/// Everything the report reads.
+#[derive(Debug)]
+pub struct HealthReporter {
+    gw: String,
+    started: Instant,
+    silent_after_ms: u64,
+    queue: Arc<Queue>,
+    uplink: Arc<UplinkStats>,
+    pipeline: Arc<PipelineStats>,
+    sources: Vec<SourceEntry>,
+    previous_errors: Mutex<BTreeMap<String, u64>>,
+}
+
+impl HealthReporter {
+    /// A reporter over these counters.
+    pub fn new(
+        gw: &str,
+        silent_after_ms: u64,
+        queue: Arc<Queue>,
+        uplink: Arc<UplinkStats>,
+        pipeline: Arc<PipelineStats>,
+        sources: Vec<SourceEntry>,
+    ) -> HealthReporter {
+        HealthReporter {
+            gw: gw.to_owned(),
+            started: Instant::now(),
+            silent_after_ms,
+            queue,
+            uplink,
+            pipeline,
+            sources,
+            previous_errors: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The health payload now, as JSON.
+    pub fn report(&self) -> Value {
+        let now = now_millis();
+        let depth = self.queue.depth(now);
+        let q = self.queue.stats();
+        let get = SourceStats::get;
+        let mut previous = self
+            .previous_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut sources = serde_json::Map::new();
+        let mut dropped = q.seq_errors.load(Ordering::Relaxed);
+        for s in &self.sources {
+            let st = &s.stats;
+            let errors = get(&st.lost_frames)
+                + get(&st.crc_errors)
+                + get(&st.undecodable)
+                + get(&st.oversize)
+                + get(&st.dropped_events);
+            let last_frame = get(&st.last_frame_ms);
+            let silent = last_frame == 0
+                || (now.max(0) as u64).saturating_sub(last_frame) >= self.silent_after_ms;
+            let status = if !st.link_up.load(Ordering::Relaxed) || silent {
+                "offline"
+            } else if previous.get(&s.dev).is_some_and(|&p| errors > p) {
+                "degraded"
+            } else {
+                "ok"
+            };
+            previous.insert(s.dev.clone(), errors);
+            dropped += get(&st.dropped_events);
+            sources.insert(
+                s.dev.clone(),
+                json!({
+                    "kind": s.kind,
+                    "port": s.port,
+                    "status": status,
+                    "frames_ok": get(&st.frames_ok),
+                    "crc_errors": get(&st.crc_errors),
+                    "lost_frames": get(&st.lost_frames),
+                    "undecodable": get(&st.undecodable),
+                    "oversize": get(&st.oversize),
+                    "foreign_frames": get(&st.foreign_frames),
+                    "bytes": get(&st.bytes),
+                    "opens": get(&st.opens),
+                    "io_errors": get(&st.io_errors),
+                    "reboots": get(&st.reboots),
+                    "dropped_events": get(&st.dropped_events),
+                    "last_frame": (last_frame > 0).then(|| rfc3339(last_frame as i64)),
+                }),
+            );
+        }
+        json!({
+            "v": FEED_VERSION,
+            "gw": self.gw,
+            "ts": rfc3339(now),
+            "agent": env!("CARGO_PKG_VERSION"),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "queue": {
+                "depth": depth.messages,
+                "bytes": depth.bytes,
+                "oldest_age_s": depth.oldest_age_ms.map(|ms| ms as f64 / 1000.0),
+                "last_seq": self.queue.last_seq(),
+            },
+            "messages": {
+                "queued": q.queued.load(Ordering::Relaxed),
+                "published": self.uplink.published.load(Ordering::Relaxed),
+                "dropped": dropped,
+                "evicted": q.evicted.load(Ordering::Relaxed),
+            },
+            "mqtt": {
+                "connects": self.uplink.connects.load(Ordering::Relaxed),
+                "connection_errors": self.uplink.connection_errors.load(Ordering::Relaxed),
+                "commands": self.uplink.commands.load(Ordering::Relaxed),
+            },
+            "pipeline": {
+                "late_samples": self.pipeline.late_samples.load(Ordering::Relaxed),
+                "unknown_channel_samples": self.pipeline.unknown_channel_samples.load(Ordering::Relaxed),
+            },
+            "sources": sources,
+        })
+    }
+}

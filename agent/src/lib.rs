@@ -1,0 +1,31 @@
+//! # towerlink-agent
+//!
+//! The gateway daemon of a towerlink tower. Data flows one way through the modules:
+//!
+//! ```text
+//! sources/ (serial nodes)  ->  pipeline/ (windows, sensor health)  ->  queue/ (seq, priority)  ->  uplink/ (MQTT)
+//!                                                                        ^
+//!                                       commands/ (cmd -> node, replies) +
+//! ```
+//!
+//! - [`config`]: the TOML configuration and its validation.
+//! - [`feed`]: the MQTT feed contract (topics and payloads), decided in one place.
+//! - [`sources`]: tasks that own devices and produce [`sources::SourceEvent`]s.
+//! - [`pipeline`]: windows and health rules that turn events into [`feed::Message`]s.
+//! - [`queue`]: `seq` assignment, priority and acknowledgement tracking.
+//! - [`uplink`]: the MQTT session.
+//! - [`commands`]: platform commands and their replies.
+//! - [`health`]: the gateway's own health report.
+//! - [`app`]: starts and stops everything.
+
+pub mod app;
+pub mod backoff;
+pub mod commands;
+pub mod config;
+pub mod feed;
+pub mod health;
+pub mod pipeline;
+pub mod queue;
+pub mod shutdown;
+pub mod sources;
+pub mod uplink;

@@ -1,0 +1,94 @@
+//! `towerlink`: the gateway agent's command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use towerlink_agent::config::Config;
+
+/// towerlink: reads a tower's sensor nodes, filters locally, publishes to the city platform over MQTT.
+#[derive(Debug, Parser)]
+#[command(name = "towerlink", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent until SIGINT or SIGTERM.
+    Run {
+        /// The configuration file.
+        #[arg(short, long, default_value = "/etc/towerlink/towerlink.toml")]
+        config: PathBuf,
+    },
+    /// Check a configuration file and exit (non-zero if it is wrong).
+    Check {
+        /// The configuration file.
+        #[arg(short, long, default_value = "/etc/towerlink/towerlink.toml")]
+        config: PathBuf,
+    },
+}
+
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOWERLINK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "OK   {}: gateway {}, {} node(s)",
+                    config.display(),
+                    c.gateway.id,
+                    c.nodes.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("FAIL {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("towerlink: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("towerlink: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(towerlink_agent::app::run(
+                config,
+                towerlink_agent::app::termination_signal(),
+            )) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("towerlink: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

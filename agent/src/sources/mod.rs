@@ -1,0 +1,129 @@
+//! Sources: the tasks that talk to devices and turn their bytes into [`SourceEvent`]s.
+//!
+//! A source never knows about MQTT, windows or alarms: it reads, decodes, maps the device's
+//! time to wall-clock time once, counts what went wrong in its [`SourceStats`], and hands
+//! events to the pipeline without ever waiting on it (a serial reader that stops reading
+//! loses bytes in the UART).
+
+pub mod node_clock;
+pub mod serial_node;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use towerlink_firmware::protocol::{AckResult, ChannelInfo, FaultCode, Op};
+
+use crate::feed::UnixMillis;
+
+/// Index of a device in the configuration (cheap to copy, fast to look up).
+pub type DevIndex = usize;
+
+/// What a source tells the pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceEvent {
+    /// The node said who it is and what it samples (Hello).
+    Hello {
+        /// Device.
+        dev: DevIndex,
+        /// Firmware version.
+        fw: (u8, u8, u8),
+        /// Its channels.
+        channels: Vec<ChannelInfo>,
+    },
+    /// Consecutive samples of one channel.
+    Samples {
+        /// Device.
+        dev: DevIndex,
+        /// Channel id.
+        channel: u8,
+        /// Wall-clock time of `values[0]`, ms (fractional).
+        t0: f64,
+        /// Time between values, ms.
+        period_ms: f64,
+        /// The values, in the channel's unit.
+        values: Vec<f32>,
+    },
+    /// A channel's sensor could not be read.
+    Fault {
+        /// Device.
+        dev: DevIndex,
+        /// Channel id.
+        channel: u8,
+        /// What went wrong.
+        code: FaultCode,
+        /// When it was received.
+        ts: UnixMillis,
+    },
+    /// Frames were lost (a gap in the node's `seq`).
+    FramesLost {
+        /// Device.
+        dev: DevIndex,
+        /// How many.
+        count: u64,
+        /// When the gap was seen.
+        ts: UnixMillis,
+    },
+    /// The device was heard from (any valid frame).
+    Alive {
+        /// Device.
+        dev: DevIndex,
+        /// When.
+        ts: UnixMillis,
+    },
+}
+
+/// A request from the command path to a node: the node's answer comes back on `reply`.
+#[derive(Debug)]
+pub struct NodeRequest {
+    /// What to ask.
+    pub op: Op,
+    /// Where the Ack's result (or an error text) goes.
+    pub reply: tokio::sync::oneshot::Sender<Result<AckResult, String>>,
+}
+
+/// Counters of one source, shared with `health` (lock-free: the reader never waits).
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    /// Is the port open right now?
+    pub link_up: AtomicBool,
+    /// Wall time of the last valid frame (0 = never).
+    pub last_frame_ms: AtomicU64,
+    /// Valid frames.
+    pub frames_ok: AtomicU64,
+    /// Frames dropped for a CRC mismatch.
+    pub crc_errors: AtomicU64,
+    /// Frames dropped for being longer than 512 bytes.
+    pub oversize: AtomicU64,
+    /// Frames dropped because they did not decode (COBS, postcard, or invalid values).
+    pub undecodable: AtomicU64,
+    /// Frames lost (gaps in the node's `seq`).
+    pub lost_frames: AtomicU64,
+    /// Frames from a node id other than the configured one.
+    pub foreign_frames: AtomicU64,
+    /// Bytes read.
+    pub bytes: AtomicU64,
+    /// Times the port was (re)opened.
+    pub opens: AtomicU64,
+    /// Failed opens and read/write errors.
+    pub io_errors: AtomicU64,
+    /// Events dropped because the pipeline was full.
+    pub dropped_events: AtomicU64,
+    /// Node reboots seen.
+    pub reboots: AtomicU64,
+}
+
+impl SourceStats {
+    /// A fresh, shareable set of counters.
+    pub fn new() -> Arc<SourceStats> {
+        Arc::new(SourceStats::default())
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,425 @@
+//! The MQTT uplink: one session to the platform's broker.
+//!
+//! Two tasks, kept apart like rumqtt's own design:
+//! - the **connection** task owns rumqttc's `EventLoop` and does nothing but poll it, so it is
+//!   never cancelled mid-packet; each connection gets a fresh client and event loop, so no
+//!   request or event of a dead connection can leak into the next one (and a stuck client is
+//!   never reused). It backs off 1 s doubling to 60 s, with jitter, between attempts.
+//! - the **publisher** task owns the [`ledger::Ledger`] and the client handle: on every
+//!   ConnAck it publishes the retained `online` birth and subscribes to `cmd`; it feeds queued
+//!   records to the client under the inflight window, acknowledges them in the queue on
+//!   PUBACK, rewinds the queue when a connection drops, publishes `health`, and on a clean
+//!   stop drains the queue, publishes `offline` and disconnects.
+
+pub mod ledger;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, Event, LastWill, MqttOptions, Outgoing, Packet, QoS,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use self::ledger::{Entry, Ledger, Resolved};
+use crate::backoff::Backoff;
+use crate::config::BrokerAddress;
+use crate::feed::{now_millis, state_payload, Topics};
+use crate::queue::Queue;
+
+/// The largest MQTT packet either way (a data window of many channels, a long reply).
+const MAX_PACKET: usize = 256 * 1024;
+/// How long a clean stop waits for the queue to drain.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a clean stop waits for the broker to acknowledge `offline`.
+const OFFLINE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the uplink needs to know.
+#[derive(Debug, Clone)]
+pub struct UplinkConfig {
+    /// Gateway id (client id).
+    pub gw: String,
+    /// Topic names.
+    pub topics: Topics,
+    /// Where the broker is.
+    pub broker: BrokerAddress,
+    /// MQTT keep-alive.
+    pub keep_alive: Duration,
+    /// QoS of telemetry.
+    pub data_qos: QoS,
+    /// Most QoS 1 publishes in flight.
+    pub max_inflight: u16,
+    /// How often `health` goes out.
+    pub health_interval: Duration,
+}
+
+/// Uplink counters, shared with `health`.
+#[derive(Debug, Default)]
+pub struct UplinkStats {
+    /// Is a session up right now?
+    pub connected: AtomicBool,
+    /// Successful connections (ConnAck accepted).
+    pub connects: AtomicU64,
+    /// Failed connection attempts and dropped sessions.
+    pub connection_errors: AtomicU64,
+    /// Queued messages the broker acknowledged.
+    pub published: AtomicU64,
+    /// Publishes refused by the client (its request queue was full).
+    pub submit_errors: AtomicU64,
+    /// Commands received on `cmd`.
+    pub commands: AtomicU64,
+}
+
+/// What the connection task tells the publisher.
+#[derive(Debug)]
+enum NetEvent {
+    /// A new connection attempt, with its own client handle.
+    NewClient(AsyncClient),
+    /// The broker accepted the session.
+    ConnAck,
+    /// A publish left the client (`pkid` 0 for QoS 0).
+    Outgoing(u16),
+    /// The broker acknowledged `pkid`.
+    PubAck(u16),
+    /// A message arrived on `cmd`.
+    Command(Vec<u8>),
+    /// The session ended.
+    Disconnected(String),
+}
+
+fn mqtt_options(config: &UplinkConfig) -> MqttOptions {
+    let mut opts = MqttOptions::new(
+        config.gw.clone(),
+        config.broker.host.clone(),
+        config.broker.port,
+    );
+    opts.set_keep_alive(config.keep_alive);
+    // The disk queue, not the broker session, re-sends what was not acknowledged.
+    opts.set_clean_session(true);
+    opts.set_inflight(config.max_inflight);
+    opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    opts.set_last_will(LastWill::new(
+        config.topics.state(),
+        state_payload(&config.gw, false, None),
+        QoS::AtLeastOnce,
+        true,
+    ));
+    opts
+}
+
+/// Handles to a running uplink.
+#[derive(Debug)]
+pub struct Uplink {
+    stop: Option<oneshot::Sender<()>>,
+    publisher: tokio::task::JoinHandle<()>,
+}
+
+impl Uplink {
+    /// Starts the uplink. Commands received on `cmd` go to `commands`. `health` builds the
+    /// health payload when it is due.
+    pub fn start(
+        config: UplinkConfig,
+        queue: Arc<Queue>,
+        stats: Arc<UplinkStats>,
+        commands: mpsc::Sender<Vec<u8>>,
+        health: Box<dyn Fn() -> Vec<u8> + Send>,
+    ) -> Result<Uplink, String> {
+        if config.broker.tls {
+            return Err(format!(
+                "{}: TLS (mqtts://) is not supported by this build yet; use mqtt:// to a loopback broker",
+                config.broker
+            ));
+        }
+        let (net_tx, net_rx) = mpsc::unbounded_channel();
+        let (conn_stop_tx, conn_stop_rx) = oneshot::channel();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        tokio::spawn(connection_task(
+            config.clone(),
+            net_tx,
+            conn_stop_rx,
+            stats.clone(),
+        ));
+        let publisher = tokio::spawn(publisher_task(
+            config,
+            queue,
+            stats,
+            net_rx,
+            stop_rx,
+            conn_stop_tx,
+            commands,
+            health,
+        ));
+        Ok(Uplink {
+            stop: Some(stop_tx),
+            publisher,
+        })
+    }
+
+    /// Drains the queue (bounded), publishes `offline`, disconnects, and waits for all that.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = self.publisher.await;
+    }
+}
+
+async fn connection_task(
+    config: UplinkConfig,
+    events: mpsc::UnboundedSender<NetEvent>,
+    mut stop: oneshot::Receiver<()>,
+    stats: Arc<UplinkStats>,
+) {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let cmd_topic = config.topics.cmd();
+    loop {
+        let (client, mut eventloop) =
+            AsyncClient::new(mqtt_options(&config), usize::from(config.max_inflight) + 64);
+        if events.send(NetEvent::NewClient(client)).is_err() {
+            return;
+        }
+        let mut session_started: Option<Instant> = None;
+        let reason = loop {
+            let polled = tokio::select! {
+                polled = eventloop.poll() => polled,
+                _ = &mut stop => return,
+            };
+            let forward = match polled {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    if ack.code != ConnectReturnCode::Success {
+                        break format!("broker refused the connection: {:?}", ack.code);
+                    }
+                    session_started = Some(Instant::now());
+                    Some(NetEvent::ConnAck)
+                }
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Some(NetEvent::Outgoing(pkid)),
+                Ok(Event::Incoming(Packet::PubAck(ack))) => Some(NetEvent::PubAck(ack.pkid)),
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == cmd_topic => {
+                    Some(NetEvent::Command(p.payload.to_vec()))
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                    let _ = events.send(NetEvent::Disconnected("clean stop".into()));
+                    // Let the DISCONNECT reach the broker before the socket closes.
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+                    return;
+                }
+                Ok(_) => None,
+                Err(e) => break e.to_string(),
+            };
+            if let Some(ev) = forward {
+                if events.send(ev).is_err() {
+                    return;
+                }
+            }
+        };
+        stats.connected.store(false, Ordering::Relaxed);
+        stats.connection_errors.fetch_add(1, Ordering::Relaxed);
+        if events.send(NetEvent::Disconnected(reason.clone())).is_err() {
+            return;
+        }
+        if session_started.is_some_and(|t| t.elapsed() > Duration::from_secs(60)) {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        tracing::warn!(broker = %config.broker, error = %reason, retry_in_ms = delay.as_millis() as u64, "MQTT connection failed");
+        drop(eventloop);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = &mut stop => return,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn publisher_task(
+    config: UplinkConfig,
+    queue: Arc<Queue>,
+    stats: Arc<UplinkStats>,
+    mut net: mpsc::UnboundedReceiver<NetEvent>,
+    mut stop: oneshot::Receiver<()>,
+    conn_stop: oneshot::Sender<()>,
+    commands: mpsc::Sender<Vec<u8>>,
+    health: Box<dyn Fn() -> Vec<u8> + Send>,
+) {
+    let mut client: Option<AsyncClient> = None;
+    let mut connected = false;
+    let mut ledger = Ledger::new();
+    let mut health_tick = tokio::time::interval(config.health_interval);
+    health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let window = usize::from(config.max_inflight);
+    let mut stopping: Option<Instant> = None;
+    let mut offline_sent: Option<Instant> = None;
+    let far = Duration::from_secs(86_400 * 365);
+
+    loop {
+        let deadline = match (stopping, offline_sent) {
+            (_, Some(t)) => t + OFFLINE_TIMEOUT,
+            (Some(t), None) => t + DRAIN_TIMEOUT,
+            _ => Instant::now() + far,
+        };
+        tokio::select! {
+            ev = net.recv() => {
+                let Some(ev) = ev else { break };
+                match ev {
+                    NetEvent::NewClient(c) => {
+                        client = Some(c);
+                        connected = false;
+                        ledger.clear();
+                    }
+                    NetEvent::ConnAck => {
+                        connected = true;
+                        stats.connected.store(true, Ordering::Relaxed);
+                        stats.connects.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(broker = %config.broker, "MQTT session up");
+                        if let Some(c) = &client {
+                            let birth = state_payload(&config.gw, true, Some(now_millis()));
+                            match c.try_publish(config.topics.state(), QoS::AtLeastOnce, true, birth) {
+                                Ok(()) => ledger.submitted(Entry::Untracked { offline: false }),
+                                Err(e) => tracing::warn!(error = %e, "cannot publish birth"),
+                            }
+                            if let Err(e) = c.try_subscribe(config.topics.cmd(), QoS::AtLeastOnce) {
+                                tracing::warn!(error = %e, "cannot subscribe to cmd");
+                            }
+                        }
+                    }
+                    NetEvent::Outgoing(pkid) => {
+                        if let Resolved::Delivered(seq) = ledger.on_outgoing(pkid) {
+                            queue.ack(seq);
+                            stats.published.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    NetEvent::PubAck(pkid) => match ledger.on_puback(pkid) {
+                        Resolved::Delivered(seq) => {
+                            queue.ack(seq);
+                            stats.published.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Resolved::OfflineDelivered => {
+                            if let Some(c) = &client {
+                                let _ = c.try_disconnect();
+                            }
+                        }
+                        Resolved::Nothing => {}
+                    },
+                    NetEvent::Command(payload) => {
+                        stats.commands.fetch_add(1, Ordering::Relaxed);
+                        if commands.try_send(payload).is_err() {
+                            tracing::warn!("command dropped: the command handler is busy");
+                        }
+                    }
+                    NetEvent::Disconnected(reason) => {
+                        let was = connected;
+                        connected = false;
+                        stats.connected.store(false, Ordering::Relaxed);
+                        ledger.clear();
+                        queue.rewind();
+                        if was {
+                            tracing::warn!(reason = %reason, "MQTT session lost; unacknowledged messages will be sent again");
+                        }
+                        if offline_sent.is_some() {
+                            break;
+                        }
+                    }
+                }
+            }
+            _ = queue.wait_ready(), if connected && ledger.outstanding() < window => {}
+            _ = health_tick.tick() => {
+                if connected {
+                    if let Some(c) = &client {
+                        if c.try_publish(config.topics.health(), QoS::AtMostOnce, false, health()).is_ok() {
+                            ledger.submitted(Entry::Untracked { offline: false });
+                        }
+                    }
+                }
+            }
+            _ = &mut stop, if stopping.is_none() => {
+                stopping = Some(Instant::now());
+            }
+            _ = tokio::time::sleep_until(deadline), if stopping.is_some() => {
+                if offline_sent.is_some() {
+                    tracing::warn!("broker did not acknowledge offline in time");
+                    break;
+                }
+                tracing::warn!(left = queue.depth(now_millis()).messages, "queue not drained before stop; the rest stays for the next start");
+                offline_sent = Some(Instant::now());
+                if !send_offline(&config, client.as_ref(), connected, &mut ledger) {
+                    break;
+                }
+            }
+        }
+
+        if connected && offline_sent.is_none() {
+            pump(
+                &config,
+                client.as_ref(),
+                &queue,
+                &mut ledger,
+                window,
+                &stats,
+            );
+        }
+        if stopping.is_some() && offline_sent.is_none() && queue.depth(now_millis()).messages == 0 {
+            offline_sent = Some(Instant::now());
+            if !send_offline(&config, client.as_ref(), connected, &mut ledger) {
+                break;
+            }
+        }
+    }
+    let _ = conn_stop.send(());
+    tracing::debug!("uplink stopped");
+}
+
+/// Publishes the clean stop's `offline`; `false` if there is no session to publish it on.
+fn send_offline(
+    config: &UplinkConfig,
+    client: Option<&AsyncClient>,
+    connected: bool,
+    ledger: &mut Ledger,
+) -> bool {
+    let Some(c) = client.filter(|_| connected) else {
+        return false;
+    };
+    let offline = state_payload(&config.gw, false, None);
+    match c.try_publish(config.topics.state(), QoS::AtLeastOnce, true, offline) {
+        Ok(()) => {
+            ledger.submitted(Entry::Untracked { offline: true });
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Feeds queued records to the client while the window has room.
+fn pump(
+    config: &UplinkConfig,
+    client: Option<&AsyncClient>,
+    queue: &Queue,
+    ledger: &mut Ledger,
+    window: usize,
+    stats: &UplinkStats,
+) {
+    let Some(c) = client else { return };
+    while ledger.outstanding() < window {
+        let Some(record) = queue.next_unsent() else {
+            break;
+        };
+        let qos = match record.class {
+            crate::feed::MessageClass::Telemetry => config.data_qos,
+            crate::feed::MessageClass::Event => QoS::AtLeastOnce,
+        };
+        match c.try_publish(record.topic.clone(), qos, false, record.payload.clone()) {
+            Ok(()) => ledger.submitted(match qos {
+                QoS::AtMostOnce => Entry::RecordAtMostOnce(record.seq),
+                _ => Entry::Record(record.seq),
+            }),
+            Err(e) => {
+                stats.submit_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "client busy; will retry");
+                queue.unsend(&record);
+                break;
+            }
+        }
+    }
+}
