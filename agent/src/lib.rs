@@ -16,6 +16,7 @@
 //! - [`uplink`]: the MQTT session.
 //! - [`commands`]: platform commands and their replies.
 //! - [`health`]: the gateway's own health report.
+//! - [`feed_view`]: feed messages as readable lines (demo, `tail`).
 //! - [`app`]: starts and stops everything.
 
 pub mod app;
@@ -23,6 +24,7 @@ pub mod backoff;
 pub mod commands;
 pub mod config;
 pub mod feed;
+pub mod feed_view;
 pub mod health;
 pub mod pipeline;
 pub mod queue;

@@ -9,6 +9,6 @@ pub mod decoder;
 pub mod framing;
 pub mod message;
 
-pub use decoder::{DecodeStats, FrameError, StreamDecoder};
+pub use decoder::{DecodeStats, FrameError, StreamDecoder, WireMessage};
 pub use framing::{encode, EncodeError, MAX_ENCODED_LEN, MAX_FRAME_LEN};
 pub use message::*;
