@@ -264,6 +264,11 @@ pub async fn run(source: SerialNodeSource, mut shutdown: Shutdown) {
             }
         };
         logged_open_error = false;
+        // Bytes the line buffered while nobody listened are of unknown age: their samples
+        // cannot be given a trustworthy time, so start from what arrives now.
+        if let Err(e) = tokio_serial::SerialPort::clear(&port, tokio_serial::ClearBuffer::Input) {
+            tracing::debug!(dev = %config.id, error = %e, "cannot discard stale input");
+        }
         SourceStats::add(&stats.opens, 1);
         stats.link_up.store(true, Ordering::Relaxed);
         tracing::info!(dev = %config.id, port = %path, baud = config.baud, "serial port open");

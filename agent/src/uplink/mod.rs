@@ -315,11 +315,12 @@ async fn publisher_task(
                         stats.connected.store(false, Ordering::Relaxed);
                         ledger.clear();
                         queue.rewind();
+                        if offline_sent.is_some() {
+                            tracing::info!("MQTT session closed cleanly");
+                            break;
+                        }
                         if was {
                             tracing::warn!(reason = %reason, "MQTT session lost; unacknowledged messages will be sent again");
-                        }
-                        if offline_sent.is_some() {
-                            break;
                         }
                     }
                 }

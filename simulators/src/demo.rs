@@ -1,0 +1,136 @@
+//! `towerlink-sim demo`: a whole simulated tower on one machine.
+//!
+//! An embedded broker on a free loopback port, the scenario's panel nodes on
+//! pseudo-terminals, the real agent (in-process, configured for them), and a subscriber that
+//! prints the live feed as readable lines until Ctrl-C or `--duration`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use towerlink_agent::config::Config;
+use towerlink_sim_chips::scenario::Scenario;
+
+use crate::broker::EmbeddedBroker;
+use crate::virtual_node::{spawn_tower, VirtualNode};
+
+/// The demo's gateway id.
+pub const DEMO_GATEWAY: &str = "demo-tower";
+
+/// Options of a demo run.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// The scenario to run.
+    pub scenario: Scenario,
+    /// Stop after this long (else at Ctrl-C).
+    pub duration: Option<Duration>,
+    /// Where ports, the store and the config go (a temporary directory if `None`).
+    pub dir: Option<PathBuf>,
+    /// Telemetry window of every node.
+    pub window: Duration,
+}
+
+/// The agent configuration for a simulated tower.
+pub fn agent_config(
+    broker_url: &str,
+    store: &Path,
+    nodes: &[VirtualNode],
+    window: Duration,
+) -> anyhow::Result<Config> {
+    let mut text = format!(
+        "[gateway]\nid = \"{DEMO_GATEWAY}\"\n\n[mqtt]\nurl = \"{broker_url}\"\n\n[store]\npath = \"{}\"\n\n[health]\ninterval = \"10s\"\n",
+        store.display()
+    );
+    for node in nodes {
+        text.push_str(&format!(
+            "\n[[node]]\nid = \"{}\"\nport = \"{}\"\nwindow = \"{}\"\nnode_id = {}\n",
+            node.dev(),
+            node.path().display(),
+            humantime::format_duration(window),
+            node.node_id()
+        ));
+    }
+    Ok(Config::parse(&text, "demo")?)
+}
+
+/// Runs the demo until Ctrl-C or the duration.
+pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
+    let temp;
+    let dir = match &options.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            temp = tempfile::tempdir()?;
+            temp.path().to_owned()
+        }
+    };
+    let broker = EmbeddedBroker::start().context("starting the embedded broker")?;
+    println!(
+        "towerlink demo: broker {} (embedded), work dir {}",
+        broker.url(),
+        dir.display()
+    );
+    let nodes = spawn_tower(&options.scenario, &dir.join("ports"), false)
+        .context("starting the simulated nodes")?;
+    for n in &nodes {
+        println!(
+            "towerlink demo: node {:<12} node id {:<5} on {}",
+            n.dev(),
+            n.node_id(),
+            n.path().display()
+        );
+    }
+    let config = agent_config(&broker.url(), &dir.join("store"), &nodes, options.window)?;
+
+    // The platform's view: print every message of the gateway.
+    let mut opts = MqttOptions::new(
+        "demo-viewer",
+        broker.addr().ip().to_string(),
+        broker.addr().port(),
+    );
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(opts, 16);
+    client
+        .subscribe(format!("towerlink/v1/{DEMO_GATEWAY}/#"), QoS::AtLeastOnce)
+        .await?;
+    let viewer = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    println!(
+                        "{}",
+                        towerlink_agent::feed_view::render(&p.topic, &p.payload)
+                    );
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    });
+
+    let duration = options.duration;
+    let stop = async move {
+        match duration {
+            Some(d) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => {}
+                    _ = towerlink_agent::app::termination_signal() => {}
+                }
+            }
+            None => towerlink_agent::app::termination_signal().await,
+        }
+    };
+    println!("towerlink demo: agent starting; Ctrl-C to stop");
+    towerlink_agent::app::run(config, stop).await?;
+    // Let the viewer print the final offline state.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    viewer.abort();
+    for n in nodes {
+        n.stop();
+    }
+    println!("towerlink demo: stopped");
+    Ok(())
+}

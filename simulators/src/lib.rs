@@ -1,0 +1,17 @@
+//! # towerlink-sim
+//!
+//! A simulated tower for towerlink, so everything runs without hardware:
+//!
+//! - [`pty`]: virtual serial ports (pseudo-terminals) that the agent opens like real ones.
+//! - [`virtual_node`]: a panel node running the real firmware core over simulated chips
+//!   (`towerlink-sim-chips`), streaming frames into its port in real time.
+//! - [`broker`]: the demo's embedded MQTT broker.
+//! - [`demo`]: broker + tower + agent + a live feed printer.
+
+pub mod broker;
+pub mod demo;
+pub mod pty;
+pub mod virtual_node;
+
+/// The built-in scenario (`simulators/scenarios/tower.toml`).
+pub const DEFAULT_SCENARIO: &str = include_str!("../scenarios/tower.toml");

@@ -1,0 +1,125 @@
+//! `towerlink-sim`: simulated towers for towerlink.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use towerlink_sim::demo::{self, DemoOptions};
+use towerlink_sim::virtual_node::spawn_tower;
+use towerlink_sim_chips::scenario::Scenario;
+
+/// Simulated towers: virtual panel nodes on pseudo-terminals, and a one-command demo.
+#[derive(Debug, Parser)]
+#[command(name = "towerlink-sim", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Broker + simulated tower + agent, printing the live feed.
+    Demo {
+        /// Scenario file (default: the built-in tower of simulators/scenarios/tower.toml).
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        /// Stop after this long, e.g. "60s" (default: run until Ctrl-C).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Telemetry window of the nodes.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        window: Duration,
+        /// Work directory (ports, store); a temporary one by default.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Run a scenario's panel nodes on pseudo-terminals and print their paths.
+    Nodes {
+        /// Scenario file.
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        /// Directory for the stable port links (one per node, named after the device).
+        #[arg(long, default_value = "/tmp/towerlink-sim")]
+        dir: PathBuf,
+        /// Stop after this long (default: until Ctrl-C).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+    },
+}
+
+fn load_scenario(path: Option<&PathBuf>) -> anyhow::Result<Scenario> {
+    match path {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            Scenario::from_toml_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+        }
+        None => Scenario::from_toml_str(towerlink_sim::DEFAULT_SCENARIO)
+            .map_err(|e| anyhow::anyhow!("built-in scenario: {e}")),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Demo {
+            scenario,
+            duration,
+            window,
+            dir,
+        } => {
+            let scenario = load_scenario(scenario.as_ref())?;
+            runtime.block_on(demo::run(DemoOptions {
+                scenario,
+                duration,
+                dir,
+                window,
+            }))
+        }
+        Command::Nodes {
+            scenario,
+            dir,
+            duration,
+        } => {
+            let scenario = load_scenario(scenario.as_ref())?;
+            let nodes = spawn_tower(&scenario, &dir, false)?;
+            for n in &nodes {
+                println!("{} {} {}", n.dev(), n.node_id(), n.path().display());
+            }
+            runtime.block_on(async {
+                match duration {
+                    Some(d) => tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        _ = towerlink_agent::app::termination_signal() => {}
+                    },
+                    None => towerlink_agent::app::termination_signal().await,
+                }
+            });
+            for n in nodes {
+                n.stop();
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TOWERLINK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rumqttd=off")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("towerlink-sim: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

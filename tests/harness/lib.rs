@@ -1,0 +1,334 @@
+//! Harness for towerlink's end-to-end tests: the agent as a real process, a real MQTT broker,
+//! and a subscriber that sees the feed as the platform would.
+//!
+//! Every wait is bounded and polls a condition: a test fails with what it saw, never hangs,
+//! and never relies on a sleep being long enough.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+
+/// The broker the tests use: `TOWERLINK_TEST_BROKER` (host:port), else the machine's
+/// Mosquitto on 127.0.0.1:1883.
+pub fn broker() -> (String, u16) {
+    let spec = std::env::var("TOWERLINK_TEST_BROKER").unwrap_or_else(|_| "127.0.0.1:1883".into());
+    let (host, port) = spec.rsplit_once(':').unwrap_or((spec.as_str(), "1883"));
+    (host.to_owned(), port.parse().unwrap_or(1883))
+}
+
+/// A gateway id unique to this test run, so parallel tests and earlier runs never mix.
+pub fn unique_gw(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{nanos:x}", std::process::id())
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Path of a workspace binary, built once if missing.
+pub fn binary(package: &str, name: &str) -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let exe = std::env::current_exe().context("current_exe")?;
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary is not under target/<profile>/deps")?
+        .to_owned();
+    let path = dir.join(name);
+    let built = BUILT.get_or_init(|| {
+        let profile_release = dir.file_name().is_some_and(|n| n == "release");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "towerlink-agent",
+            "--bin",
+            "towerlink",
+            "-p",
+            "towerlink-sim",
+            "--bin",
+            "towerlink-sim",
+        ]);
+        if profile_release {
+            cmd.arg("--release");
+        }
+        match cmd.status() {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(format!("cargo build failed: {s}")),
+            Err(e) => Err(format!("cannot run cargo: {e}")),
+        }
+    });
+    if let Err(e) = built {
+        bail!("building {package}/{name}: {e}");
+    }
+    if !path.exists() {
+        bail!("{} does not exist after building {package}", path.display());
+    }
+    Ok(path)
+}
+
+/// A message as the platform receives it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Topic.
+    pub topic: String,
+    /// Parsed JSON payload (Null if it was not JSON).
+    pub json: Value,
+    /// Retained flag.
+    pub retain: bool,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+/// A platform-like subscriber on `{root}/{gw}/#`.
+pub struct Subscriber {
+    messages: Arc<Mutex<Vec<Received>>>,
+    runtime: tokio::runtime::Runtime,
+    client: AsyncClient,
+}
+
+impl Subscriber {
+    /// Connects and subscribes to `filter`; returns once the subscription is acknowledged.
+    pub fn connect(filter: &str) -> anyhow::Result<Subscriber> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let (host, port) = broker();
+        let mut opts = MqttOptions::new(unique_gw("sub"), host, port);
+        opts.set_keep_alive(Duration::from_secs(10));
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = AsyncClient::new(opts, 64);
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let subscribed = Arc::new(Mutex::new(false));
+        let (m, s) = (messages.clone(), subscribed.clone());
+        runtime.spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let json = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                        if let Ok(mut v) = m.lock() {
+                            v.push(Received {
+                                topic: p.topic.clone(),
+                                json,
+                                retain: p.retain,
+                                at: Instant::now(),
+                            });
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Ok(mut v) = s.lock() {
+                            *v = true;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        let c = client.clone();
+        let filter = filter.to_owned();
+        runtime.block_on(async move { c.subscribe(filter, QoS::AtLeastOnce).await })?;
+        if !wait_until(Duration::from_secs(10), || {
+            subscribed.lock().map(|v| *v).unwrap_or(false)
+        }) {
+            bail!(
+                "subscription not acknowledged by the broker at {:?}",
+                broker()
+            );
+        }
+        Ok(Subscriber {
+            messages,
+            runtime,
+            client,
+        })
+    }
+
+    /// Everything received so far.
+    pub fn all(&self) -> Vec<Received> {
+        self.messages.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Messages whose topic ends with `suffix`.
+    pub fn on(&self, suffix: &str) -> Vec<Received> {
+        self.all()
+            .into_iter()
+            .filter(|m| m.topic.ends_with(suffix))
+            .collect()
+    }
+
+    /// Waits until `cond` holds on the messages received so far.
+    pub fn wait(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut cond: impl FnMut(&[Received]) -> bool,
+    ) -> anyhow::Result<()> {
+        if wait_until(timeout, || cond(&self.all())) {
+            Ok(())
+        } else {
+            let seen: Vec<String> = self
+                .all()
+                .iter()
+                .rev()
+                .take(10)
+                .map(|m| format!("{} {}", m.topic, m.json))
+                .collect();
+            bail!(
+                "timed out after {timeout:?} waiting for {what}; last messages:\n{}",
+                seen.join("\n")
+            )
+        }
+    }
+
+    /// Publishes a message (e.g. a command).
+    pub fn publish(&self, topic: &str, payload: &[u8]) -> anyhow::Result<()> {
+        let c = self.client.clone();
+        let (t, p) = (topic.to_owned(), payload.to_vec());
+        self.runtime
+            .block_on(async move { c.publish(t, QoS::AtLeastOnce, false, p).await })?;
+        Ok(())
+    }
+
+    /// Clears a retained message (publishes an empty retained payload).
+    pub fn clear_retained(&self, topic: &str) {
+        let c = self.client.clone();
+        let t = topic.to_owned();
+        let _ = self
+            .runtime
+            .block_on(async move { c.publish(t, QoS::AtLeastOnce, true, Vec::<u8>::new()).await });
+    }
+}
+
+/// The agent, running as its own process.
+pub struct AgentProcess {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts `towerlink run --config <config>`; its log goes to `<config>.log`.
+    pub fn start(config: &Path) -> anyhow::Result<AgentProcess> {
+        let bin = binary("towerlink-agent", "towerlink")?;
+        let log = config.with_extension("log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = Command::new(bin)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("TOWERLINK_LOG", "info,towerlink_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("spawning the agent")?;
+        Ok(AgentProcess {
+            child: Some(child),
+            log,
+        })
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` and waits (bounded) for the process to exit; returns its exit status.
+    fn signal_and_wait(
+        &mut self,
+        signal: nix::sys::signal::Signal,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("agent already stopped")
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, signal).context("signalling the agent")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "agent did not exit within {timeout:?} after {signal:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A clean stop (SIGTERM); fails if the agent does not exit cleanly within 15 s.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        let status =
+            self.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(15))?;
+        if !status.success() {
+            bail!(
+                "agent exited with {status} on SIGTERM; log:\n{}",
+                self.log()
+            );
+        }
+        Ok(())
+    }
+
+    /// A crash (SIGKILL).
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.signal_and_wait(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5))
+            .map(|_| ())
+    }
+
+    /// Is it still running?
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Writes an agent configuration for gateway `gw` with the given `[[node]]` sections.
+pub fn write_config(dir: &Path, gw: &str, extra: &str) -> anyhow::Result<PathBuf> {
+    let (host, port) = broker();
+    let store = dir.join("store");
+    let text = format!(
+        "[gateway]\nid = \"{gw}\"\n\n[mqtt]\nurl = \"mqtt://{host}:{port}\"\ntopic_root = \"towerlink/v1\"\nkeep_alive = \"5s\"\n\n[store]\npath = \"{}\"\n\n{extra}",
+        store.display()
+    );
+    let path = dir.join("towerlink.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
