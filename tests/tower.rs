@@ -14,6 +14,11 @@ use towerlink_sim_chips::Scenario;
 
 const WINDOW_S: u64 = 2;
 
+/// Spike rejection off: these tests check that windows are exactly the statistics of what
+/// the nodes sent (filtering has its own tests in filtering.rs).
+const RAW: &str = "[node.channels.strain]\nspike = false\n[node.channels.tilt_x]\nspike = false\n\
+                   [node.channels.tilt_y]\nspike = false\n[node.channels.temperature]\nspike = false\n";
+
 fn scenario(seed: u64, panels: usize) -> Scenario {
     let mut text = format!("seed = {seed}\n");
     for i in 0..panels {
@@ -30,7 +35,7 @@ fn node_sections(nodes: &[VirtualNode]) -> String {
         .iter()
         .map(|n| {
             format!(
-                "[[node]]\nid = \"{}\"\nport = \"{}\"\nwindow = \"{WINDOW_S}s\"\nwindow_grace = \"1500ms\"\nnode_id = {}\n\n",
+                "[[node]]\nid = \"{}\"\nport = \"{}\"\nwindow = \"{WINDOW_S}s\"\nwindow_grace = \"1500ms\"\nnode_id = {}\n{RAW}\n",
                 n.dev(),
                 n.path().display(),
                 n.node_id()
@@ -124,6 +129,7 @@ fn latest_health(sub: &Subscriber) -> Option<Value> {
 
 #[test]
 fn a_simulated_tower_reaches_the_platform() -> anyhow::Result<()> {
+    towerlink_e2e::binary("towerlink-agent", "towerlink")?;
     let dir = tempfile::tempdir()?;
     let nodes = spawn_tower(&scenario(7, 2), &dir.path().join("ports"), true)?;
     let gw = unique_gw("e2e-tower");
@@ -142,12 +148,11 @@ fn a_simulated_tower_reaches_the_platform() -> anyhow::Result<()> {
             .any(|r| r.topic == state_topic && r.json["state"] == "online")
     })?;
 
-    // Telemetry: at least three windows per device.
-    sub.wait(
-        Duration::from_secs(30),
-        "three windows of every node",
-        |m| nodes.iter().all(|n| data_of(m, n.dev()).len() >= 3),
-    )?;
+    // Telemetry: at least three strain windows per device (temperature, a slow channel,
+    // reports by exception in messages of its own).
+    sub.wait(Duration::from_secs(30), "three windows of every node", |m| {
+        nodes.iter().all(|n| data_of(m, n.dev()).iter().filter(|d| d.json["ch"].get("strain").is_some()).count() >= 3)
+    })?;
 
     // Every window's statistics are those of a contiguous run of what the node generated.
     let received = sub.all();
@@ -197,7 +202,7 @@ fn a_simulated_tower_reaches_the_platform() -> anyhow::Result<()> {
         );
     }
     ensure!(
-        checked >= 2 * 3 * 4,
+        checked >= 2 * 3 * 3,
         "only {checked} channel windows checked"
     );
     assert_consecutive(&seqs(&received))?;

@@ -83,10 +83,14 @@ pub async fn run(
         now_millis(),
         pipeline_stats.clone(),
         directory.clone(),
-    );
+    )
+    .with_zeros(crate::pipeline::zero::ZeroTable::load(&config.store.path));
+    let (pipeline_tx, pipeline_rx) = mpsc::channel(16);
     let pipeline_task = tokio::spawn(pipeline::run(
         pipeline,
+        pipeline_stats.clone(),
         events_rx,
+        pipeline_rx,
         queue.clone(),
         shutdown.clone(),
     ));
@@ -122,7 +126,7 @@ pub async fn run(
     )
     .map_err(anyhow::Error::msg)?;
     let commands_task = tokio::spawn(crate::commands::run(
-        crate::commands::CommandContext::new(&config, node_requests, directory),
+        crate::commands::CommandContext::new(&config, node_requests, directory, pipeline_tx),
         commands_rx,
         queue.clone(),
         shutdown.clone(),

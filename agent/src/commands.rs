@@ -15,9 +15,9 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use towerlink_firmware::protocol::{AckResult, Op};
 
-use crate::config::Config;
+use crate::config::{Config, ZeroAt};
 use crate::feed::{now_millis, rfc3339, Message, Reply};
-use crate::pipeline::Channel;
+use crate::pipeline::{Channel, PipelineRequest};
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
 use crate::sources::NodeRequest;
@@ -83,6 +83,8 @@ pub fn parse(payload: &[u8]) -> Result<CommandRequest, (String, String)> {
 pub struct CommandContext {
     config_json: Value,
     nodes: HashMap<String, mpsc::Sender<NodeRequest>>,
+    zero_at: HashMap<String, ZeroAt>,
+    pipeline: mpsc::Sender<PipelineRequest>,
     /// Channel names per device, filled by the pipeline.
     pub directory: ChannelDirectory,
 }
@@ -93,10 +95,17 @@ impl CommandContext {
         config: &Config,
         nodes: Vec<(String, mpsc::Sender<NodeRequest>)>,
         directory: ChannelDirectory,
+        pipeline: mpsc::Sender<PipelineRequest>,
     ) -> CommandContext {
         CommandContext {
             config_json: redacted_config(config),
             nodes: nodes.into_iter().collect(),
+            zero_at: config
+                .nodes
+                .iter()
+                .map(|n| (n.id.clone(), n.zero_at))
+                .collect(),
+            pipeline,
             directory,
         }
     }
@@ -141,8 +150,15 @@ impl CommandContext {
                 let dev = cmd.dev.as_deref().ok_or("zero needs dev and ch")?;
                 let ch = cmd.ch.as_deref().ok_or("zero needs dev and ch")?;
                 let channel = self.channel_id(dev, ch)?;
-                let result = self.ask_node(dev, Op::Zero { channel }).await?;
-                ack_to_result(result)
+                if self.zero_at.get(dev) == Some(&ZeroAt::Gateway) {
+                    return self.zero_at_gateway(dev, ch).await;
+                }
+                match self.ask_node(dev, Op::Zero { channel }).await? {
+                    AckResult::OK => Ok(json!({ "ack": "ok", "at": "node" })),
+                    // The node cannot tare: the gateway keeps the offset instead.
+                    AckResult::UNSUPPORTED => self.zero_at_gateway(dev, ch).await,
+                    other => ack_to_result(other),
+                }
             }
             op if is_write_op(op) => Err(format!(
                 "refused: {op:?} would write to a device; towerlink never writes to an elevator controller"
@@ -173,6 +189,22 @@ impl CommandContext {
                     names.join(", ")
                 )
             })
+    }
+
+    async fn zero_at_gateway(&self, dev: &str, ch: &str) -> Result<Value, String> {
+        let (tx, rx) = oneshot::channel();
+        self.pipeline
+            .send(PipelineRequest::Zero {
+                dev: dev.to_owned(),
+                ch: ch.to_owned(),
+                reply: tx,
+            })
+            .await
+            .map_err(|_| "the pipeline is stopping".to_owned())?;
+        let zero = rx
+            .await
+            .map_err(|_| "the pipeline is stopping".to_owned())??;
+        Ok(json!({ "at": "gateway", "zero": zero }))
     }
 
     async fn ask_node(&self, dev: &str, op: Op) -> Result<AckResult, String> {
@@ -254,6 +286,8 @@ pub fn redacted_config(config: &Config) -> Value {
             "window_grace": d(n.window_grace),
             "node_id": n.node_id,
             "names": n.names,
+            "zero_at": match n.zero_at { ZeroAt::Node => "node", ZeroAt::Gateway => "gateway" },
+            "channels": n.channels.keys().collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
 }
@@ -289,10 +323,12 @@ mod tests {
         )
         .expect("config");
         let (tx, _rx) = mpsc::channel(1);
+        let (ptx, _prx) = mpsc::channel(1);
         CommandContext::new(
             &config,
             vec![("p1".into(), tx)],
             ChannelDirectory::default(),
+            ptx,
         )
     }
 

@@ -157,6 +157,24 @@ pub struct NodeConfig {
     /// Feed names for channels, by channel id (`names = { 0 = "strain_top" }`).
     #[serde(default)]
     pub names: BTreeMap<u8, String>,
+    /// Where `zero` tares a channel: on the node (default, where it supports it) or here.
+    #[serde(default)]
+    pub zero_at: ZeroAt,
+    /// Filter chain settings by channel feed name (`[node.channels.tilt_x]`).
+    #[serde(default)]
+    pub channels: BTreeMap<String, crate::pipeline::settings::ChannelSettings>,
+}
+
+/// Where a `zero` command tares a channel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ZeroAt {
+    /// Forward the spec's Zero command to the node; fall back to the gateway if the node
+    /// does not support it.
+    #[default]
+    Node,
+    /// Keep the offset at the gateway (persisted under `[store] path`).
+    Gateway,
 }
 
 fn default_topic_root() -> String {
@@ -409,6 +427,17 @@ impl Config {
             }
             if node.window_grace > Duration::from_secs(60) {
                 return bad(&key("window_grace"), "must be at most 60s".to_owned());
+            }
+            for (name, settings) in &node.channels {
+                if !is_valid_id(name) {
+                    return bad(
+                        &key(&format!("channels.{name}")),
+                        format!("{name:?} is not a valid channel name"),
+                    );
+                }
+                if let Err((sub, message)) = settings.validate() {
+                    return bad(&key(&format!("channels.{name}.{sub}")), message);
+                }
             }
             for (ch, name) in &node.names {
                 if !is_valid_id(name) {

@@ -78,6 +78,12 @@ impl HealthReporter {
             .unwrap_or_else(|p| p.into_inner());
         let mut sources = serde_json::Map::new();
         let mut dropped = q.seq_errors.load(Ordering::Relaxed);
+        let active = self
+            .pipeline
+            .active
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default();
         for s in &self.sources {
             let st = &s.stats;
             let errors = get(&st.lost_frames)
@@ -115,6 +121,7 @@ impl HealthReporter {
                     "reboots": get(&st.reboots),
                     "dropped_events": get(&st.dropped_events),
                     "last_frame": (last_frame > 0).then(|| rfc3339(last_frame as i64)),
+                    "conditions": active.get(&s.dev).map(|c| c.iter().cloned().collect::<Vec<_>>()).unwrap_or_default(),
                 }),
             );
         }
@@ -144,6 +151,8 @@ impl HealthReporter {
             "pipeline": {
                 "late_samples": self.pipeline.late_samples.load(Ordering::Relaxed),
                 "unknown_channel_samples": self.pipeline.unknown_channel_samples.load(Ordering::Relaxed),
+                "spikes": self.pipeline.spikes.load(Ordering::Relaxed),
+                "out_of_range": self.pipeline.out_of_range.load(Ordering::Relaxed),
             },
             "sources": sources,
         })

@@ -5,8 +5,13 @@
 //! the time as an argument, so tests and benchmarks drive it directly; [`run`] is the task
 //! that feeds it from the sources and hands its messages to the queue.
 
+pub mod alarm;
+pub mod chain;
+pub mod filter;
 pub mod sensor_health;
+pub mod settings;
 pub mod window;
+pub mod zero;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,11 +21,14 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use towerlink_firmware::protocol::{ChannelInfo, Quantity};
 
+use self::alarm::Transition;
+use self::chain::{ChannelChain, Deadband};
 use self::sensor_health::DeviceHealth;
 use self::window::DeviceWindows;
+use self::zero::ZeroTable;
 use crate::commands::ChannelDirectory;
 use crate::config::{Config, NodeConfig};
-use crate::feed::{now_millis, Message, UnixMillis};
+use crate::feed::{now_millis, Event, Message, UnixMillis};
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
 use crate::sources::SourceEvent;
@@ -37,6 +45,50 @@ pub struct PipelineStats {
     /// Samples of channels the node never announced, or that arrived before a Hello and
     /// overflowed the hold buffer.
     pub unknown_channel_samples: AtomicU64,
+    /// Samples dropped as spikes.
+    pub spikes: AtomicU64,
+    /// Samples dropped as out of range.
+    pub out_of_range: AtomicU64,
+    /// Conditions active now, by device (`event` or `event:channel`), for `health`.
+    pub active: std::sync::Mutex<BTreeMap<String, std::collections::BTreeSet<String>>>,
+}
+
+impl PipelineStats {
+    /// Keeps the active-conditions table in step with a published event.
+    pub fn note(&self, message: &Message) {
+        let Message::Event { dev, event } = message else {
+            return;
+        };
+        let key = match &event.ch {
+            Some(ch) => format!("{}:{ch}", event.event),
+            None => event.event.to_owned(),
+        };
+        if let Ok(mut active) = self.active.lock() {
+            let set = active.entry(dev.clone()).or_default();
+            match event.state {
+                crate::feed::EventState::Active => {
+                    set.insert(key);
+                }
+                crate::feed::EventState::Cleared => {
+                    set.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// A request to the pipeline from the command path.
+#[derive(Debug)]
+pub enum PipelineRequest {
+    /// Take channel `ch` of `dev`'s present filtered value as its zero (gateway-side tare).
+    Zero {
+        /// Device.
+        dev: String,
+        /// Channel feed name.
+        ch: String,
+        /// The new zero, or why not.
+        reply: tokio::sync::oneshot::Sender<Result<f64, String>>,
+    },
 }
 
 /// One channel of a device.
@@ -83,6 +135,8 @@ struct Device {
     id: String,
     config: NodeConfig,
     channels: Vec<Channel>,
+    chains: Vec<ChannelChain>,
+    deadbands: Vec<Option<Deadband>>,
     /// Channel id -> slot in `channels`.
     slot_of: [Option<u8>; 256],
     windows: DeviceWindows,
@@ -97,6 +151,8 @@ impl Device {
             id: config.id.clone(),
             config: config.clone(),
             channels: Vec::new(),
+            chains: Vec::new(),
+            deadbands: Vec::new(),
             slot_of: [None; 256],
             windows: DeviceWindows::new(
                 config.window.as_millis() as i64,
@@ -119,6 +175,8 @@ pub struct Pipeline {
     devices: Vec<Device>,
     stats: Arc<PipelineStats>,
     directory: ChannelDirectory,
+    zeros: ZeroTable,
+    transitions: Vec<Transition>,
 }
 
 impl Pipeline {
@@ -138,7 +196,47 @@ impl Pipeline {
             devices,
             stats,
             directory,
+            zeros: ZeroTable::in_memory(),
+            transitions: Vec::new(),
         }
+    }
+
+    /// Uses (and persists gateway zeros to) this table.
+    pub fn with_zeros(mut self, zeros: ZeroTable) -> Pipeline {
+        self.zeros = zeros;
+        self
+    }
+
+    /// Carries out a request from the command path.
+    pub fn request(&mut self, request: PipelineRequest) {
+        match request {
+            PipelineRequest::Zero { dev, ch, reply } => {
+                let _ = reply.send(self.zero(&dev, &ch));
+            }
+        }
+    }
+
+    fn zero(&mut self, dev: &str, ch: &str) -> Result<f64, String> {
+        let device = self
+            .devices
+            .iter_mut()
+            .find(|d| d.id == dev)
+            .ok_or_else(|| format!("unknown device {dev:?}"))?;
+        let slot = device
+            .channels
+            .iter()
+            .position(|c| c.name == ch)
+            .ok_or_else(|| format!("unknown channel {ch:?} on {dev:?}"))?;
+        let chain = &mut device.chains[slot];
+        let value = chain
+            .last_filtered
+            .ok_or_else(|| format!("{dev}/{ch} has no reading yet to take as zero"))?;
+        self.zeros
+            .set(dev, ch, value)
+            .map_err(|e| format!("cannot persist the zero: {e}"))?;
+        chain.zero = value;
+        tracing::info!(dev, ch, zero = value, "gateway zero set");
+        Ok(value)
     }
 
     /// Handles one source event; messages it produces are appended to `out`.
@@ -176,6 +274,7 @@ impl Pipeline {
                         named.len(),
                     );
                     device.health.set_channels(&named, now);
+                    build_chains(device, &named, &self.zeros);
                     if let Ok(mut dir) = self.directory.write() {
                         dir.insert(device.id.clone(), named.clone());
                     }
@@ -211,7 +310,64 @@ impl Pipeline {
                     return;
                 };
                 let slot = usize::from(slot);
-                device.windows.add(slot, t0, period_ms, values);
+                let temperature = device.chains[slot]
+                    .temp_slot()
+                    .and_then(|s| device.chains.get(s))
+                    .and_then(|c| c.last_output);
+                let counted = device.chains[slot].counters;
+                let mut accepted = Vec::with_capacity(values.len());
+                for (i, &raw) in values.iter().enumerate() {
+                    let t = t0 + i as f64 * period_ms;
+                    let before = self.transitions.len();
+                    let out_value = device.chains[slot].process(
+                        t,
+                        f64::from(raw),
+                        temperature,
+                        &mut self.transitions,
+                    );
+                    for tr in self.transitions.drain(before..) {
+                        out.push(Message::Event {
+                            dev: device.id.clone(),
+                            event: to_event(tr, &device.channels[slot], t),
+                        });
+                    }
+                    if let Some(v) = out_value {
+                        accepted.push((t, v));
+                    }
+                }
+                let counters = device.chains[slot].counters;
+                self.stats
+                    .spikes
+                    .fetch_add(counters.spikes - counted.spikes, Ordering::Relaxed);
+                self.stats.out_of_range.fetch_add(
+                    counters.out_of_range - counted.out_of_range,
+                    Ordering::Relaxed,
+                );
+                match device.deadbands[slot].as_mut() {
+                    Some(deadband) => {
+                        for (t, v) in accepted {
+                            if let Some((start, end, stats)) = deadband.add(t, v) {
+                                let channel = &device.channels[slot];
+                                let mut ch = BTreeMap::new();
+                                ch.insert(
+                                    channel.name.clone(),
+                                    stats.to_window(channel.quantity.unit()),
+                                );
+                                out.push(Message::Data {
+                                    dev: device.id.clone(),
+                                    start: start as i64,
+                                    end: end as i64,
+                                    ch,
+                                });
+                            }
+                        }
+                    }
+                    None => {
+                        for (t, v) in accepted {
+                            device.windows.add_one(slot, t, v as f32);
+                        }
+                    }
+                }
                 let span = period_ms * values.len() as f64;
                 device
                     .health
@@ -270,6 +426,57 @@ impl Pipeline {
     }
 }
 
+/// Builds each channel's filter chain and report mode from the configuration.
+fn build_chains(device: &mut Device, channels: &[Channel], zeros: &ZeroTable) {
+    for name in device.config.channels.keys() {
+        if !channels.iter().any(|c| &c.name == name) {
+            tracing::warn!(dev = %device.id, channel = %name, "configured channel is not announced by the node");
+        }
+    }
+    let default = settings::ChannelSettings::default();
+    device.chains = channels
+        .iter()
+        .map(|c| {
+            let eff = device.config.channels.get(&c.name).unwrap_or(&default).effective(c.quantity);
+            let temp_slot = eff.temp_comp.as_ref().and_then(|tc| {
+                let slot = channels.iter().position(|o| o.name == tc.channel);
+                if slot.is_none() {
+                    tracing::warn!(dev = %device.id, channel = %c.name, temp = %tc.channel, "temperature channel for compensation not found");
+                }
+                slot
+            });
+            ChannelChain::new(&eff, temp_slot, zeros.get(&device.id, &c.name))
+        })
+        .collect();
+    device.deadbands = channels
+        .iter()
+        .map(|c| {
+            let eff = device
+                .config
+                .channels
+                .get(&c.name)
+                .unwrap_or(&default)
+                .effective(c.quantity);
+            eff.deadband
+                .map(|(band, hb)| Deadband::new(band, hb.as_secs_f64() * 1000.0))
+        })
+        .collect();
+}
+
+/// A chain transition, decided on the sample of time `at`, as a feed event.
+fn to_event(t: Transition, channel: &Channel, at: f64) -> Event {
+    let mut e = Event::new(at as i64, t.event, t.severity, t.state);
+    e.since = Some(t.since as i64);
+    e.ch = Some(channel.name.clone());
+    e.u = Some(channel.quantity.unit());
+    e.value = Some(t.value as f32);
+    e.limit = t.limit.map(|l| l as f32);
+    if let Some(previous) = t.previous {
+        e.detail = Some(serde_json::json!({ "previous": previous }));
+    }
+    e
+}
+
 fn emit_windows(device: &Device, closed: Vec<window::ClosedWindow>, out: &mut Vec<Message>) {
     for w in closed {
         if w.channels.is_empty() {
@@ -301,7 +508,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// Runs the pipeline until the sources are gone or shutdown fires, then flushes.
 pub async fn run(
     mut pipeline: Pipeline,
+    stats: Arc<PipelineStats>,
     mut events: mpsc::Receiver<SourceEvent>,
+    mut requests: mpsc::Receiver<PipelineRequest>,
     queue: Arc<Queue>,
     mut shutdown: Shutdown,
 ) {
@@ -315,9 +524,11 @@ pub async fn run(
                 None => break,
             },
             _ = tick.tick() => pipeline.tick(now_millis(), &mut out),
+            request = requests.recv() => if let Some(r) = request { pipeline.request(r) },
             _ = shutdown.recv() => break,
         }
         for m in out.drain(..) {
+            stats.note(&m);
             queue.push(m);
         }
     }

@@ -152,6 +152,24 @@ impl DeviceWindows {
         }
     }
 
+    /// Adds one value of channel `slot` at wall time `t` ms.
+    pub fn add_one(&mut self, slot: usize, t: f64, value: f32) {
+        if slot >= self.slots {
+            return;
+        }
+        let start = self.start_of(t);
+        if start < self.closed_until {
+            self.late += 1;
+            return;
+        }
+        let slots = self.slots;
+        let window = self
+            .open
+            .entry(start)
+            .or_insert_with(|| vec![RunningStats::default(); slots]);
+        window[slot].extend(&[value]);
+    }
+
     /// Closes and returns every window whose end + grace is at or before `now`.
     pub fn close_due(&mut self, now: UnixMillis) -> Vec<ClosedWindow> {
         let mut out = Vec::new();

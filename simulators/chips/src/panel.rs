@@ -171,7 +171,7 @@ pub struct ScheduledFault {
 impl ScheduledFault {
     /// Whether the fault is in effect at `t_us`.
     pub fn active_at(&self, t_us: u64) -> bool {
-        t_us >= self.start_us && self.end_us.map_or(true, |end| t_us < end)
+        t_us >= self.start_us && self.end_us.is_none_or(|end| t_us < end)
     }
 }
 
@@ -489,7 +489,7 @@ impl PanelModel {
             let offset = (slot_us as f64 * (0.25 + 0.5 * noise::uniform(h))) as u64;
             let instant = f.start_us + slot * slot_us + offset;
             let in_window = instant > lo && instant <= t_us;
-            let in_fault = f.end_us.map_or(true, |end| instant < end);
+            let in_fault = f.end_us.is_none_or(|end| instant < end);
             if in_window && in_fault {
                 sum += if h & 1 == 0 { magnitude } else { -magnitude };
             }
