@@ -150,9 +150,19 @@ fn a_simulated_tower_reaches_the_platform() -> anyhow::Result<()> {
 
     // Telemetry: at least three strain windows per device (temperature, a slow channel,
     // reports by exception in messages of its own).
-    sub.wait(Duration::from_secs(30), "three windows of every node", |m| {
-        nodes.iter().all(|n| data_of(m, n.dev()).iter().filter(|d| d.json["ch"].get("strain").is_some()).count() >= 3)
-    })?;
+    sub.wait(
+        Duration::from_secs(30),
+        "three windows of every node",
+        |m| {
+            nodes.iter().all(|n| {
+                data_of(m, n.dev())
+                    .iter()
+                    .filter(|d| d.json["ch"].get("strain").is_some())
+                    .count()
+                    >= 3
+            })
+        },
+    )?;
 
     // Every window's statistics are those of a contiguous run of what the node generated.
     let received = sub.all();
@@ -319,11 +329,21 @@ fn an_unplugged_adapter_is_reopened_and_the_agent_keeps_running() -> anyhow::Res
         !data_of(m, node.dev()).is_empty()
     })?;
 
-    node.unplug();
+    node.unplug()?;
+    // A health report sent after the unplug must show the port offline (earlier ones may
+    // have said offline for other reasons, e.g. before the first frame).
+    let unplugged_at = std::time::Instant::now();
     sub.wait(
         Duration::from_secs(15),
         "health showing the port offline",
-        |_| latest_health(&sub).is_some_and(|h| h["sources"][node.dev()]["status"] == "offline"),
+        |m| {
+            m.iter()
+                .filter(|r| {
+                    r.topic.ends_with("/health")
+                        && r.at > unplugged_at + Duration::from_millis(1100)
+                })
+                .any(|h| h.json["sources"][node.dev()]["status"] == "offline")
+        },
     )?;
     ensure!(
         agent.is_running(),

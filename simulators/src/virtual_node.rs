@@ -42,6 +42,7 @@ struct Shared {
     sent: Mutex<Vec<Frame>>,
     frames_sent: AtomicU64,
     bytes_dropped: AtomicU64,
+    unplugged: AtomicU64,
     error: Mutex<Option<String>>,
 }
 
@@ -183,22 +184,32 @@ impl VirtualNode {
         self.shared.frames_sent.load(Ordering::SeqCst)
     }
 
-    /// Unplugs the adapter: the terminal closes and its link disappears. The node keeps
-    /// sampling; what it sends meanwhile is lost, as on a real cable.
-    pub fn unplug(&self) {
+    /// Unplugs the adapter: the terminal closes and its link disappears; returns once it has.
+    /// The node keeps sampling; what it sends meanwhile is lost, as on a real cable.
+    pub fn unplug(&self) -> io::Result<()> {
+        let before = self.shared.unplugged.load(Ordering::SeqCst);
         self.shared.plugged.store(false, Ordering::SeqCst);
+        self.wait_for(&self.shared.unplugged, before, "close its port")
     }
 
     /// Plugs the adapter back in (a new terminal behind the same link); returns once it is there.
     pub fn replug(&self) -> io::Result<()> {
         let before = self.shared.replugged.load(Ordering::SeqCst);
         self.shared.plugged.store(true, Ordering::SeqCst);
+        self.wait_for(&self.shared.replugged, before, "reopen its port")
+    }
+
+    /// Waits (bounded) until the node thread moved `counter` past `before`.
+    fn wait_for(&self, counter: &AtomicU64, before: u64, what: &str) -> io::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while self.shared.replugged.load(Ordering::SeqCst) == before {
+        while counter.load(Ordering::SeqCst) == before {
+            if let Some(e) = self.error() {
+                return Err(io::Error::other(format!("the node stopped: {e}")));
+            }
             if Instant::now() > deadline {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    "the node did not reopen its port",
+                    format!("the node did not {what}"),
                 ));
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -283,6 +294,7 @@ fn node_thread(
         let plugged = shared.plugged.load(Ordering::SeqCst);
         if !plugged && port.is_some() {
             port = None;
+            shared.unplugged.fetch_add(1, Ordering::SeqCst);
         } else if plugged && port.is_none() {
             port = Some(VirtualPort::open(Some(link))?);
             shared.replugged.fetch_add(1, Ordering::SeqCst);
