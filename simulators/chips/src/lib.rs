@@ -20,7 +20,6 @@ pub mod nau7802;
 mod noise;
 pub mod panel;
 pub mod scenario;
-mod toml_subset;
 
 pub use adxl355::SimAdxl355;
 pub use bus::SimBus;

@@ -32,9 +32,9 @@
 //!   (meaning the chip that measures it);
 //! - `noisy`: `factor` (≥ 0), optional `channel` (default: all channels).
 //!
-//! [`Scenario::from_toml_str`] parses with the crate's small TOML reader (see
-//! `toml_subset.rs` for the subset) and validates; the types are plain serde, so another TOML
-//! deserializer works too if followed by [`Scenario::validate`].
+//! [`Scenario::from_toml_str`] parses with the `toml` crate (errors name the line and key)
+//! and validates; the types are plain serde, so any deserializer works if followed by
+//! [`Scenario::validate`].
 
 use std::fmt;
 
@@ -42,7 +42,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::noise;
 use crate::panel::{Axis, Channel, Chip, Fault, PanelModel, PanelParams, ScheduledFault};
-use crate::toml_subset;
 
 /// The longest time a scenario may name, s (about 31 years): keeps µs within u64.
 const MAX_TIME_S: f64 = 1e9;
@@ -185,7 +184,7 @@ impl Scenario {
     /// Parse and validate a scenario file.
     pub fn from_toml_str(text: &str) -> Result<Scenario, ScenarioError> {
         let scenario: Scenario =
-            toml_subset::from_str(text).map_err(|e| ScenarioError::Parse(e.to_string()))?;
+            toml::from_str(text).map_err(|e| ScenarioError::Parse(e.to_string().trim_end().to_owned()))?;
         scenario.validate()?;
         Ok(scenario)
     }

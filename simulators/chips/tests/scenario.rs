@@ -140,7 +140,7 @@ fn bad_files_are_rejected_with_a_useful_message() {
         ("seed = 1\npanels = []\n".into(), "at least one panel"),
         (format!("{MINIMAL}[[panels]]\nname = \"q\"\nnode = 1\n"), "node 1 is also used by p"),
         (format!("{MINIMAL}[[panels]]\nname = \"p\"\nnode = 2\n"), "name is also used"),
-        (format!("{MINIMAL}speed = 3\n"), "panels[0]: unknown field `speed`"),
+        (format!("{MINIMAL}speed = 3\n"), "unknown field `speed`"),
         (fault("kind = \"spikes\"\nat_s = 1.0\nchannel = \"strain\"\nmagnitude = 5.0"), "needs `rate_per_s`"),
         (fault("kind = \"spikes\"\nat_s = 1.0\nchannel = \"strain\"\nrate_per_s = 0\nmagnitude = 5.0"), "must be > 0"),
         (fault("kind = \"stuck\"\nat_s = 1.0\nchip = \"nau7802\"\nfactor = 2.0"), "`factor` does not apply to a stuck fault"),
