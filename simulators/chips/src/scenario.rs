@@ -183,8 +183,8 @@ fn default_wind_scale() -> f64 {
 impl Scenario {
     /// Parse and validate a scenario file.
     pub fn from_toml_str(text: &str) -> Result<Scenario, ScenarioError> {
-        let scenario: Scenario =
-            toml::from_str(text).map_err(|e| ScenarioError::Parse(e.to_string().trim_end().to_owned()))?;
+        let scenario: Scenario = toml::from_str(text)
+            .map_err(|e| ScenarioError::Parse(e.to_string().trim_end().to_owned()))?;
         scenario.validate()?;
         Ok(scenario)
     }

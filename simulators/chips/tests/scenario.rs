@@ -146,7 +146,7 @@ fn bad_files_are_rejected_with_a_useful_message() {
         (fault("kind = \"stuck\"\nat_s = 1.0\nchip = \"nau7802\"\nfactor = 2.0"), "`factor` does not apply to a stuck fault"),
         (fault("kind = \"noisy\"\nat_s = 5.0\nuntil_s = 4.0\nfactor = 2.0"), "until_s (4) must be after at_s (5)"),
         (fault("kind = \"noisy\"\nat_s = -1.0\nfactor = 2.0"), "at_s (-1)"),
-        (fault("kind = \"melt\"\nat_s = 1.0"), "panels[0].faults[0].kind: unknown variant `melt`"),
+        (fault("kind = \"melt\"\nat_s = 1.0"), "unknown variant `melt`"),
         (fault("kind = \"slow_tilt\"\nat_s = 1.0\naxis = \"z\"\nrate_deg_per_hour = 1.0"), "unknown variant `z`"),
         (fault("kind = \"offline\"\nat_s = 1.0"), "needs `chip`"),
         (fault("kind = \"offline\"\nat_s = 1.0\nchip = \"adxl355\"\nrate = 3"), "unknown field `rate`"),
