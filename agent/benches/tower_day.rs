@@ -114,12 +114,26 @@ fn day_of_samples() -> (Vec<SourceEvent>, u64) {
 
 /// What forwarding every sample as its own message would cost (topic + payload bytes).
 fn raw_bytes(events: &[SourceEvent]) -> u64 {
-    let topic = Topics::new("towerlink/v1", "sh-ja-0001").data("panel-n12").len() as u64;
+    let topic = Topics::new("towerlink/v1", "sh-ja-0001")
+        .data("panel-n12")
+        .len() as u64;
     let mut bytes = 0u64;
     let mut seq = 0u64;
     for e in events {
-        if let SourceEvent::Samples { channel, t0, period_ms, values, .. } = e {
-            let q = [Quantity::Strain, Quantity::TiltX, Quantity::TiltY, Quantity::Temperature][usize::from(*channel)];
+        if let SourceEvent::Samples {
+            channel,
+            t0,
+            period_ms,
+            values,
+            ..
+        } = e
+        {
+            let q = [
+                Quantity::Strain,
+                Quantity::TiltX,
+                Quantity::TiltY,
+                Quantity::Temperature,
+            ][usize::from(*channel)];
             for (i, v) in values.iter().enumerate() {
                 seq += 1;
                 let payload = serde_json::json!({
@@ -139,17 +153,36 @@ fn main() {
     let topics = Topics::new("towerlink/v1", "sh-ja-0001");
     let t = Instant::now();
     let (events, samples) = day_of_samples();
-    println!("tower_day: {samples} samples of one panel-day generated in {:.1} s", t.elapsed().as_secs_f64());
+    println!(
+        "tower_day: {samples} samples of one panel-day generated in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     let raw = raw_bytes(&events);
 
     let hello = SourceEvent::Hello {
         dev: 0,
         fw: (1, 0, 0),
         channels: vec![
-            ChannelInfo { id: 0, quantity: Quantity::Strain, rate_hz: 50 },
-            ChannelInfo { id: 1, quantity: Quantity::TiltX, rate_hz: 10 },
-            ChannelInfo { id: 2, quantity: Quantity::TiltY, rate_hz: 10 },
-            ChannelInfo { id: 3, quantity: Quantity::Temperature, rate_hz: 1 },
+            ChannelInfo {
+                id: 0,
+                quantity: Quantity::Strain,
+                rate_hz: 50,
+            },
+            ChannelInfo {
+                id: 1,
+                quantity: Quantity::TiltX,
+                rate_hz: 10,
+            },
+            ChannelInfo {
+                id: 2,
+                quantity: Quantity::TiltY,
+                rate_hz: 10,
+            },
+            ChannelInfo {
+                id: 3,
+                quantity: Quantity::Temperature,
+                rate_hz: 1,
+            },
         ],
     };
     let mut best = f64::MAX;
@@ -162,7 +195,9 @@ fn main() {
         let start = Instant::now();
         let mut next_tick = T0_MS;
         for e in &events {
-            let SourceEvent::Samples { t0, .. } = e else { continue };
+            let SourceEvent::Samples { t0, .. } = e else {
+                continue;
+            };
             let now = *t0 as i64;
             pipeline.handle(SourceEvent::Alive { dev: 0, ts: now }, now, &mut out);
             pipeline.handle(e.clone(), now, &mut out);
@@ -184,9 +219,10 @@ fn main() {
     let thresholds: Vec<(String, String)> = messages
         .iter()
         .filter_map(|m| match m {
-            Message::Event { event, .. } if event.event == "threshold" => {
-                Some((format!("{:?}", event.severity).to_lowercase(), format!("{:?}", event.state).to_lowercase()))
-            }
+            Message::Event { event, .. } if event.event == "threshold" => Some((
+                format!("{:?}", event.severity).to_lowercase(),
+                format!("{:?}", event.state).to_lowercase(),
+            )),
             _ => None,
         })
         .collect();
@@ -201,7 +237,10 @@ fn main() {
     .iter()
     .map(|(a, b)| (a.to_string(), b.to_string()))
     .collect();
-    let other_events = messages.iter().filter(|m| matches!(m, Message::Event { event, .. } if event.event != "threshold")).count();
+    let other_events = messages
+        .iter()
+        .filter(|m| matches!(m, Message::Event { event, .. } if event.event != "threshold"))
+        .count();
     println!("tower_day: raw forwarding: {samples} messages, {raw} bytes");
     println!(
         "tower_day: towerlink (defaults + tilt alarm): {} messages, {sent} bytes -> {:.0}x fewer bytes, {:.0}x fewer messages",
@@ -213,7 +252,11 @@ fn main() {
         "tower_day: threshold events {:?}; scenario truth {:?}: {}",
         thresholds,
         truth,
-        if thresholds == truth { "no missed or spurious alarm" } else { "MISMATCH" }
+        if thresholds == truth {
+            "no missed or spurious alarm"
+        } else {
+            "MISMATCH"
+        }
     );
     println!("tower_day: other events: {other_events}");
     println!(
@@ -221,6 +264,10 @@ fn main() {
         best,
         samples as f64 / best / 1e6
     );
-    let ok = raw as f64 / sent as f64 >= 50.0 && thresholds == truth && samples as f64 / best >= 1e6;
-    println!("tower_day: targets (>= 50x bytes, exact alarms, >= 1 M samples/s): {}", if ok { "met" } else { "NOT met" });
+    let ok =
+        raw as f64 / sent as f64 >= 50.0 && thresholds == truth && samples as f64 / best >= 1e6;
+    println!(
+        "tower_day: targets (>= 50x bytes, exact alarms, >= 1 M samples/s): {}",
+        if ok { "met" } else { "NOT met" }
+    );
 }
