@@ -158,6 +158,8 @@ struct Inner {
     max_bytes: u64,
     error: Option<String>,
     retry_at: Instant,
+    /// Set by [`Queue::crash`]: nothing is written any more.
+    crashed: bool,
 }
 
 /// The shared queue (always behind an `Arc`: a background thread syncs it).
@@ -216,6 +218,7 @@ impl Queue {
                 max_bytes: options.max_bytes,
                 error: None,
                 retry_at: Instant::now(),
+                crashed: false,
             }),
             ready: Notify::new(),
             stats,
@@ -248,6 +251,9 @@ impl Queue {
     /// disk leaves the message in memory and raises a health error instead).
     pub fn push(&self, message: Message) -> Option<u64> {
         let mut inner = self.lock();
+        if inner.crashed {
+            return None;
+        }
         let seq = inner.next_seq;
         inner.next_seq += 1;
         let class = message.class();
@@ -322,6 +328,9 @@ impl Queue {
     /// The broker has message `seq`: forget it.
     pub fn ack(&self, seq: u64) {
         let mut inner = self.lock();
+        if inner.crashed {
+            return;
+        }
         let removed = inner
             .events
             .records
@@ -401,6 +410,18 @@ impl Queue {
         if advanced {
             self.ready.notify_one();
         }
+    }
+}
+
+impl Queue {
+    /// Plays a crash (tests): what is not yet written is forgotten and nothing is synced or
+    /// written any more, as if the process died here. Records already handed to the kernel
+    /// stay, as they do after a kill -9.
+    #[doc(hidden)]
+    pub fn crash(&self) {
+        let mut inner = self.lock();
+        inner.crashed = true;
+        inner.store.discard_pending();
     }
 }
 
@@ -501,6 +522,9 @@ impl Inner {
 
     /// Syncs per the policy and releases what became durable; `true` if more may be sent.
     fn sync(&mut self, stats: &QueueStats) -> bool {
+        if self.crashed {
+            return false;
+        }
         if self.error.is_some() {
             return self.recover(stats);
         }

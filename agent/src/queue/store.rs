@@ -349,6 +349,11 @@ impl Store {
         }
     }
 
+    /// Forgets the done records not yet written (a crash, for tests).
+    pub fn discard_pending(&mut self) {
+        self.done.clear();
+    }
+
     /// Done records waiting to be written.
     pub fn pending_done(&self) -> usize {
         self.done.len()
