@@ -45,6 +45,9 @@ enum StoreAction {
     Inspect {
         /// The store directory.
         path: PathBuf,
+        /// Also list every unacknowledged record (seq, class, topic).
+        #[arg(long)]
+        list: bool,
     },
 }
 
@@ -80,10 +83,10 @@ fn main() -> ExitCode {
             }
         },
         Command::Store { config, action } => {
-            let dir = match (action, config) {
-                (Some(StoreAction::Inspect { path }), _) => path,
+            let (dir, list) = match (action, config) {
+                (Some(StoreAction::Inspect { path, list }), _) => (path, list),
                 (None, Some(config)) => match Config::load(&config) {
-                    Ok(c) => c.store.path,
+                    Ok(c) => (c.store.path, false),
                     Err(e) => {
                         eprintln!("towerlink: {e}");
                         return ExitCode::from(2);
@@ -98,6 +101,11 @@ fn main() -> ExitCode {
                 Ok(report) => {
                     println!("store:           {}", dir.display());
                     println!("{report}");
+                    if list {
+                        for (seq, l) in &report.loaded.live {
+                            println!("{seq} {:?} {}", l.record.class, l.record.topic);
+                        }
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
