@@ -108,8 +108,16 @@ fn replay_rate(broker: BrokerAddress, n: u64) -> Option<f64> {
 fn main() {
     let n = 200_000;
     for (name, policy, count) in [
-        ("fsync = \"100ms\" (batched)", FsyncPolicy::Every(Duration::from_millis(100)), n),
-        ("fsync = \"10ms\" (batched)", FsyncPolicy::Every(Duration::from_millis(10)), n),
+        (
+            "fsync = \"100ms\" (batched)",
+            FsyncPolicy::Every(Duration::from_millis(100)),
+            n,
+        ),
+        (
+            "fsync = \"10ms\" (batched)",
+            FsyncPolicy::Every(Duration::from_millis(10)),
+            n,
+        ),
         ("fsync = \"always\"", FsyncPolicy::Always, 2_000),
     ] {
         match append_rate(policy, count) {
@@ -117,8 +125,7 @@ fn main() {
             None => println!("append {name:<28} failed"),
         }
     }
-    let spec =
-        std::env::var("TOWERLINK_BENCH_BROKER").unwrap_or_else(|_| "127.0.0.1:1883".into());
+    let spec = std::env::var("TOWERLINK_BENCH_BROKER").unwrap_or_else(|_| "127.0.0.1:1883".into());
     let broker = match BrokerAddress::parse(&format!("mqtt://{spec}")) {
         Ok(b) => b,
         Err(e) => {
@@ -127,7 +134,9 @@ fn main() {
         }
     };
     match replay_rate(broker, 100_000) {
-        Some(rate) => println!("replay to mqtt://{spec} (QoS 1, inflight 1000) {rate:>10.0} msgs/s (100000 queued)"),
+        Some(rate) => println!(
+            "replay to mqtt://{spec} (QoS 1, inflight 1000) {rate:>10.0} msgs/s (100000 queued)"
+        ),
         None => println!("replay: skipped"),
     }
 }

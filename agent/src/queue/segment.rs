@@ -80,10 +80,7 @@ impl FaultSwitch {
 
     fn check(&self) -> io::Result<()> {
         if self.0.load(Ordering::SeqCst) {
-            Err(io::Error::new(
-                io::ErrorKind::StorageFull,
-                "no space left on device (injected)",
-            ))
+            Err(io::Error::other("no space left on device (injected)"))
         } else {
             Ok(())
         }
