@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::feed::{now_millis, Topics};
 use crate::health::{HealthReporter, SourceEntry};
 use crate::pipeline::{self, Pipeline, PipelineStats};
-use crate::queue::seq::SeqCounter;
+use crate::queue::store::StoreOptions;
 use crate::queue::Queue;
 use crate::shutdown;
 use crate::sources::serial_node::{self, SerialNodeSource};
@@ -35,19 +35,25 @@ pub async fn run(
         .broker()
         .map_err(anyhow::Error::msg)
         .context("[mqtt] url")?;
-    let seq = SeqCounter::open(&config.store.path).with_context(|| {
+    let queue = Queue::open(
+        &gw,
+        topics.clone(),
+        StoreOptions {
+            fsync: config.store.fsync,
+            max_bytes: config.store.max_bytes,
+            max_messages: config.store.max_messages,
+            segment_bytes: config.store.segment_bytes,
+            ..StoreOptions::new(&config.store.path)
+        },
+    )
+    .with_context(|| {
         format!(
             "cannot open the store at {} ([store] path)",
             config.store.path.display()
         )
     })?;
-    tracing::info!(gw = %gw, broker = %broker, store = %config.store.path.display(), last_seq = seq.last(), "towerlink agent starting");
-    let queue = Arc::new(Queue::new(
-        &gw,
-        topics.clone(),
-        seq,
-        config.store.max_messages,
-    ));
+    let depth = queue.depth(now_millis());
+    tracing::info!(gw = %gw, broker = %broker, store = %config.store.path.display(), last_seq = queue.last_seq(), unacknowledged = depth.messages, "towerlink agent starting");
 
     let (shutdown_tx, shutdown) = shutdown::channel();
     let (events_tx, events_rx) = mpsc::channel(SOURCE_EVENTS);
@@ -103,7 +109,8 @@ pub async fn run(
         uplink_stats.clone(),
         pipeline_stats,
         source_entries,
-    );
+    )
+    .with_replay_rate(config.store.replay_rate);
     let (commands_tx, commands_rx) = mpsc::channel(64);
     let uplink = Uplink::start(
         UplinkConfig {
@@ -118,6 +125,7 @@ pub async fn run(
             },
             max_inflight: config.mqtt.max_inflight,
             health_interval: config.health.interval,
+            replay_rate: config.store.replay_rate,
         },
         queue.clone(),
         uplink_stats,
@@ -141,6 +149,7 @@ pub async fn run(
     let _ = pipeline_task.await;
     let _ = commands_task.await;
     uplink.stop().await;
+    queue.sync();
     let left = queue.depth(now_millis()).messages;
     tracing::info!(
         unacknowledged = left,

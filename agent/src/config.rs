@@ -111,6 +111,20 @@ pub struct StoreConfig {
     /// Most messages kept in memory waiting for the broker; the oldest telemetry goes first.
     #[serde(default = "default_max_messages")]
     pub max_messages: usize,
+    /// Most bytes of unacknowledged messages on disk (`"512MiB"`); the oldest telemetry goes
+    /// first.
+    #[serde(default = "default_max_bytes", deserialize_with = "de_size")]
+    pub max_bytes: u64,
+    /// `"always"` (sync before a message counts as queued) or an interval (`"100ms"`).
+    #[serde(default = "default_fsync", deserialize_with = "de_fsync")]
+    pub fsync: crate::queue::store::FsyncPolicy,
+    /// Segment files are rotated past this size (`"8MiB"`).
+    #[serde(default = "default_segment_bytes", deserialize_with = "de_size")]
+    pub segment_bytes: u64,
+    /// Most queued telemetry messages sent per second (a backlog replays at this rate while
+    /// events still go first); 0 = no limit.
+    #[serde(default = "default_replay_rate")]
+    pub replay_rate: u32,
 }
 
 /// `[health]`: the gateway's own health report.
@@ -192,6 +206,18 @@ fn default_inflight() -> u16 {
 fn default_max_messages() -> usize {
     100_000
 }
+fn default_max_bytes() -> u64 {
+    512 << 20
+}
+fn default_fsync() -> crate::queue::store::FsyncPolicy {
+    crate::queue::store::FsyncPolicy::Every(Duration::from_millis(100))
+}
+fn default_segment_bytes() -> u64 {
+    8 << 20
+}
+fn default_replay_rate() -> u32 {
+    500
+}
 fn default_health_interval() -> Duration {
     Duration::from_secs(60)
 }
@@ -206,6 +232,67 @@ fn default_window() -> Duration {
 }
 fn default_window_grace() -> Duration {
     Duration::from_secs(2)
+}
+
+/// Parses a size: `"512MiB"`, `"1GiB"`, `"64KiB"`, `"1000000"` (bytes); `k`/`KB`/`MB`/`GB`
+/// are decimal, `KiB`/`MiB`/`GiB` binary.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid size {text:?}; write e.g. \"512MiB\""))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?} in {text:?}; use B, KiB, MiB, GiB (or kB, MB, GB)"
+            ))
+        }
+    };
+    let bytes = number * factor as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("size {text:?} is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(b) => Ok(b),
+        Size::Text(t) => parse_size(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+fn de_fsync<'de, D: Deserializer<'de>>(d: D) -> Result<crate::queue::store::FsyncPolicy, D::Error> {
+    let text = String::deserialize(d)?;
+    if text == "always" {
+        return Ok(crate::queue::store::FsyncPolicy::Always);
+    }
+    humantime::parse_duration(&text)
+        .map(crate::queue::store::FsyncPolicy::Every)
+        .map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid fsync policy {text:?} ({e}); write \"always\" or an interval such as \"100ms\""
+            ))
+        })
 }
 
 /// Parses `"10s"`, `"250ms"`, `"5m"`, `"1h 30m"`.
@@ -382,6 +469,23 @@ impl Config {
         if self.store.max_messages < 100 {
             return bad("store.max_messages", "must be at least 100".to_owned());
         }
+        if self.store.max_bytes < 64 * 1024 {
+            return bad("store.max_bytes", "must be at least 64KiB".to_owned());
+        }
+        if self.store.segment_bytes < 4096 || self.store.segment_bytes > 1 << 30 {
+            return bad(
+                "store.segment_bytes",
+                "must be between 4KiB and 1GiB".to_owned(),
+            );
+        }
+        if let crate::queue::store::FsyncPolicy::Every(d) = self.store.fsync {
+            if d < Duration::from_millis(1) || d > Duration::from_secs(60) {
+                return bad(
+                    "store.fsync",
+                    "an interval must be between 1ms and 60s (or \"always\")".to_owned(),
+                );
+            }
+        }
         if self.health.interval < Duration::from_secs(1) {
             return bad("health.interval", "must be at least 1s".to_owned());
         }
@@ -487,6 +591,34 @@ window = "10s"
             Ok(_) => panic!("config was accepted:\n{text}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn store_sizes_and_fsync_policies_parse() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("1.5 GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("64kB"), Ok(64_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("MiB").is_err());
+        let c = Config::parse(GOOD, "t.toml").expect("good config");
+        assert_eq!(c.store.max_bytes, 512 << 20);
+        assert_eq!(c.store.replay_rate, 500);
+        assert_eq!(
+            c.store.fsync,
+            crate::queue::store::FsyncPolicy::Every(Duration::from_millis(100))
+        );
+        let text = GOOD.replace(
+            "[store]\n",
+            "[store]\nfsync = \"always\"\nmax_bytes = \"1GiB\"\nreplay_rate = 0\n",
+        );
+        let c = Config::parse(&text, "t.toml").expect("store keys");
+        assert_eq!(c.store.fsync, crate::queue::store::FsyncPolicy::Always);
+        assert_eq!(c.store.max_bytes, 1 << 30);
+        let e = err(&GOOD.replace("[store]\n", "[store]\nfsync = \"sometimes\"\n"));
+        assert!(e.contains("fsync"), "{e}");
+        let e = err(&GOOD.replace("[store]\n", "[store]\nmax_bytes = \"1KiB\"\n"));
+        assert!(e.contains("store.max_bytes"), "{e}");
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub struct HealthReporter {
     pipeline: Arc<PipelineStats>,
     sources: Vec<SourceEntry>,
     previous_errors: Mutex<BTreeMap<String, u64>>,
+    replay_rate: u32,
 }
 
 impl HealthReporter {
@@ -63,13 +64,21 @@ impl HealthReporter {
             pipeline,
             sources,
             previous_errors: Mutex::new(BTreeMap::new()),
+            replay_rate: 0,
         }
+    }
+
+    /// Reports the configured replay rate (`[store] replay_rate`, 0 = unlimited).
+    pub fn with_replay_rate(mut self, rate: u32) -> HealthReporter {
+        self.replay_rate = rate;
+        self
     }
 
     /// The health payload now, as JSON.
     pub fn report(&self) -> Value {
         let now = now_millis();
         let depth = self.queue.depth(now);
+        let store = self.queue.store_status();
         let q = self.queue.stats();
         let get = SourceStats::get;
         let mut previous = self
@@ -136,6 +145,16 @@ impl HealthReporter {
                 "bytes": depth.bytes,
                 "oldest_age_s": depth.oldest_age_ms.map(|ms| ms as f64 / 1000.0),
                 "last_seq": self.queue.last_seq(),
+                "disk_bytes": store.disk_bytes,
+                "segments": store.segments,
+                "fsync": store.fsync,
+                "replay_rate": self.replay_rate,
+                "evicted": q.evicted.load(Ordering::Relaxed),
+                "corrupted": q.corrupted.load(Ordering::Relaxed),
+                "torn": q.torn.load(Ordering::Relaxed),
+                "memory_only": q.memory_only.load(Ordering::Relaxed),
+                "store_errors": q.store_errors.load(Ordering::Relaxed),
+                "error": store.error,
             },
             "messages": {
                 "queued": q.queued.load(Ordering::Relaxed),

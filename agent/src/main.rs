@@ -28,6 +28,27 @@ enum Command {
         #[arg(short, long, default_value = "/etc/towerlink/towerlink.toml")]
         config: PathBuf,
     },
+    /// Inspect the durable queue offline (records by class, seq range, acked cursor, damage).
+    /// Safe while the agent runs: it only reads.
+    Store {
+        /// The configuration file naming `[store] path`.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: Option<StoreAction>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreAction {
+    /// Inspect the store directory PATH.
+    Inspect {
+        /// The store directory.
+        path: PathBuf,
+        /// Also list every unacknowledged record (seq, class, topic).
+        #[arg(long)]
+        list: bool,
+    },
 }
 
 fn init_logging() {
@@ -61,6 +82,38 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Store { config, action } => {
+            let (dir, list) = match (action, config) {
+                (Some(StoreAction::Inspect { path, list }), _) => (path, list),
+                (None, Some(config)) => match Config::load(&config) {
+                    Ok(c) => (c.store.path, false),
+                    Err(e) => {
+                        eprintln!("towerlink: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                (None, None) => {
+                    eprintln!("towerlink store: give --config FILE or `inspect PATH`");
+                    return ExitCode::from(2);
+                }
+            };
+            match towerlink_agent::queue::store::Inspection::of(&dir) {
+                Ok(report) => {
+                    println!("store:           {}", dir.display());
+                    println!("{report}");
+                    if list {
+                        for (seq, l) in &report.loaded.live {
+                            println!("{seq} {:?} {}", l.record.class, l.record.topic);
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("towerlink: cannot read the store at {}: {e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config } => {
             let config = match Config::load(&config) {
                 Ok(c) => c,

@@ -13,6 +13,8 @@ use anyhow::{bail, Context};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
+pub mod mosquitto;
+
 /// The broker the tests use: `TOWERLINK_TEST_BROKER` (host:port), else the machine's
 /// Mosquitto on 127.0.0.1:1883.
 pub fn broker() -> (String, u16) {

@@ -5,6 +5,10 @@
 //! turn, each `seq (u64 LE) ++ crc32 (u32 LE) ++ 4 reserved bytes`: a write torn by a power
 //! cut damages at most the slot being written, and the other slot still holds the previous
 //! value, so the largest valid slot is always a value that was issued.
+//!
+//! Since the durable queue (issue 5) the log carries each `seq` with its record; this file
+//! stays as a floor under the counter (written, not synced, after each log sync) and is read
+//! once when a store from before the log is opened.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -85,6 +89,21 @@ impl SeqCounter {
         self.last = seq;
         self.next_slot ^= 1;
         Ok(seq)
+    }
+
+    /// Records that `seq` was issued elsewhere (the queue's log) without syncing: a floor
+    /// that survives damage to the log; the log itself is what a power cut must not lose.
+    pub fn note(&mut self, seq: u64) -> io::Result<()> {
+        if seq <= self.last {
+            return Ok(());
+        }
+        let mut slot = [0u8; SLOT as usize];
+        slot[0..8].copy_from_slice(&seq.to_le_bytes());
+        slot[8..12].copy_from_slice(&CRC.checksum(&seq.to_le_bytes()).to_le_bytes());
+        self.file.write_all_at(&slot, self.next_slot * SLOT)?;
+        self.last = seq;
+        self.next_slot ^= 1;
+        Ok(())
     }
 
     /// Where the counter lives.

@@ -9,9 +9,11 @@
 //!   ConnAck it publishes the retained `online` birth and subscribes to `cmd`; it feeds queued
 //!   records to the client under the inflight window, acknowledges them in the queue on
 //!   PUBACK, rewinds the queue when a connection drops, publishes `health`, and on a clean
-//!   stop drains the queue, publishes `offline` and disconnects.
+//!   stop drains the queue, publishes `offline` and disconnects. Telemetry goes out at most
+//!   at `replay_rate` ([`pacer::Pacer`]), so a backlog replays steadily; events are not paced.
 
 pub mod ledger;
+pub mod pacer;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use self::ledger::{Entry, Ledger, Resolved};
+use self::pacer::Pacer;
 use crate::backoff::Backoff;
 use crate::config::BrokerAddress;
 use crate::feed::{now_millis, state_payload, Topics};
@@ -53,6 +56,8 @@ pub struct UplinkConfig {
     pub max_inflight: u16,
     /// How often `health` goes out.
     pub health_interval: Duration,
+    /// Most queued telemetry messages published per second (0 = no limit).
+    pub replay_rate: u32,
 }
 
 /// Uplink counters, shared with `health`.
@@ -253,6 +258,7 @@ async fn publisher_task(
     let mut stopping: Option<Instant> = None;
     let mut offline_sent: Option<Instant> = None;
     let far = Duration::from_secs(86_400 * 365);
+    let mut pacer = Pacer::new(config.replay_rate, Instant::now());
 
     loop {
         let deadline = match (stopping, offline_sent) {
@@ -260,6 +266,13 @@ async fn publisher_task(
             (Some(t), None) => t + DRAIN_TIMEOUT,
             _ => Instant::now() + far,
         };
+        // Telemetry is waiting only for the pacer: wake up when the next token is due.
+        let paced = connected
+            && offline_sent.is_none()
+            && ledger.outstanding() < window
+            && !pacer.available(Instant::now())
+            && queue.has_unsent_telemetry();
+        let next_token = Instant::now() + pacer.wait(Instant::now());
         tokio::select! {
             ev = net.recv() => {
                 let Some(ev) = ev else { break };
@@ -326,6 +339,7 @@ async fn publisher_task(
                 }
             }
             _ = queue.wait_ready(), if connected && ledger.outstanding() < window => {}
+            _ = tokio::time::sleep_until(next_token), if paced => {}
             _ = health_tick.tick() => {
                 if connected {
                     if let Some(c) = &client {
@@ -357,6 +371,7 @@ async fn publisher_task(
                 client.as_ref(),
                 &queue,
                 &mut ledger,
+                &mut pacer,
                 window,
                 &stats,
             );
@@ -392,20 +407,25 @@ fn send_offline(
     }
 }
 
-/// Feeds queued records to the client while the window has room.
+/// Feeds queued records to the client while the window has room (telemetry as the pacer
+/// allows).
 fn pump(
     config: &UplinkConfig,
     client: Option<&AsyncClient>,
     queue: &Queue,
     ledger: &mut Ledger,
+    pacer: &mut Pacer,
     window: usize,
     stats: &UplinkStats,
 ) {
     let Some(c) = client else { return };
     while ledger.outstanding() < window {
-        let Some(record) = queue.next_unsent() else {
+        let Some(record) = queue.next_unsent_if(pacer.available(Instant::now())) else {
             break;
         };
+        if record.class == crate::feed::MessageClass::Telemetry {
+            pacer.take();
+        }
         let qos = match record.class {
             crate::feed::MessageClass::Telemetry => config.data_qos,
             crate::feed::MessageClass::Event => QoS::AtLeastOnce,

@@ -1,0 +1,142 @@
+//! Durable queue throughput: append rate per fsync policy, and replay rate of a backlog to a
+//! local Mosquitto through the real uplink (ledger, PUBACKs, acks written back to the store).
+//!
+//! Run: `cargo bench -p towerlink-agent --bench queue` (Mosquitto on 127.0.0.1:1883, or set
+//! `TOWERLINK_BENCH_BROKER=host:port`; the replay part is skipped when no broker answers).
+//! Targets (issue 5): >= 100k appends/s batched; replay >= 20k msgs/s.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use towerlink_agent::config::BrokerAddress;
+use towerlink_agent::feed::{Message, Topics};
+use towerlink_agent::queue::store::{FsyncPolicy, StoreOptions};
+use towerlink_agent::queue::Queue;
+use towerlink_agent::uplink::{Uplink, UplinkConfig, UplinkStats};
+
+fn telemetry(i: u64) -> Message {
+    Message::Data {
+        dev: format!("panel-n{}", i % 16),
+        start: 1_764_306_240_000 + i as i64 * 10_000,
+        end: 1_764_306_250_000 + i as i64 * 10_000,
+        ch: BTreeMap::new(),
+    }
+}
+
+fn open(dir: &std::path::Path, fsync: FsyncPolicy) -> Option<Arc<Queue>> {
+    let opts = StoreOptions {
+        fsync,
+        max_messages: 10_000_000,
+        max_bytes: 4 << 30,
+        ..StoreOptions::new(dir)
+    };
+    match Queue::open("bench-gw", Topics::new("towerlink/v1", "bench-gw"), opts) {
+        Ok(q) => Some(q),
+        Err(e) => {
+            eprintln!("cannot open a store in {}: {e}", dir.display());
+            None
+        }
+    }
+}
+
+fn append_rate(fsync: FsyncPolicy, n: u64) -> Option<f64> {
+    let dir = tempfile::tempdir().ok()?;
+    let q = open(dir.path(), fsync)?;
+    let t = Instant::now();
+    for i in 0..n {
+        q.push(telemetry(i));
+    }
+    q.sync();
+    Some(n as f64 / t.elapsed().as_secs_f64())
+}
+
+fn replay_rate(broker: BrokerAddress, n: u64) -> Option<f64> {
+    let dir = tempfile::tempdir().ok()?;
+    let q = open(dir.path(), FsyncPolicy::Every(Duration::from_millis(100)))?;
+    for i in 0..n {
+        q.push(telemetry(i));
+    }
+    q.sync();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    runtime.block_on(async move {
+        let stats = Arc::new(UplinkStats::default());
+        let (commands, _commands_rx) = tokio::sync::mpsc::channel(8);
+        let uplink = Uplink::start(
+            UplinkConfig {
+                gw: format!("bench-gw-{}", std::process::id()),
+                topics: Topics::new("towerlink/v1", "bench-gw"),
+                broker,
+                keep_alive: Duration::from_secs(30),
+                data_qos: rumqttc::QoS::AtLeastOnce,
+                max_inflight: 1000,
+                health_interval: Duration::from_secs(3600),
+                replay_rate: 0,
+            },
+            q.clone(),
+            stats.clone(),
+            commands,
+            Box::new(Vec::new),
+        )
+        .ok()?;
+        let connected = Instant::now();
+        while !stats.connected.load(std::sync::atomic::Ordering::Relaxed) {
+            if connected.elapsed() > Duration::from_secs(5) {
+                eprintln!("no broker answered: replay skipped");
+                uplink.stop().await;
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let t = Instant::now();
+        while q.depth(0).messages > 0 {
+            if t.elapsed() > Duration::from_secs(120) {
+                eprintln!("replay did not finish in 120 s");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let rate = (n as usize - q.depth(0).messages) as f64 / t.elapsed().as_secs_f64();
+        uplink.stop().await;
+        Some(rate)
+    })
+}
+
+fn main() {
+    let n = 200_000;
+    for (name, policy, count) in [
+        (
+            "fsync = \"100ms\" (batched)",
+            FsyncPolicy::Every(Duration::from_millis(100)),
+            n,
+        ),
+        (
+            "fsync = \"10ms\" (batched)",
+            FsyncPolicy::Every(Duration::from_millis(10)),
+            n,
+        ),
+        ("fsync = \"always\"", FsyncPolicy::Always, 2_000),
+    ] {
+        match append_rate(policy, count) {
+            Some(rate) => println!("append {name:<28} {rate:>12.0} records/s ({count} records)"),
+            None => println!("append {name:<28} failed"),
+        }
+    }
+    let spec = std::env::var("TOWERLINK_BENCH_BROKER").unwrap_or_else(|_| "127.0.0.1:1883".into());
+    let broker = match BrokerAddress::parse(&format!("mqtt://{spec}")) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("bad TOWERLINK_BENCH_BROKER: {e}");
+            return;
+        }
+    };
+    match replay_rate(broker, 100_000) {
+        Some(rate) => println!(
+            "replay to mqtt://{spec} (QoS 1, inflight 1000) {rate:>10.0} msgs/s (100000 queued)"
+        ),
+        None => println!("replay: skipped"),
+    }
+}

@@ -1,0 +1,557 @@
+//! The disk side of the queue: a directory of segment files holding message records and
+//! "done" (acknowledged / evicted) records.
+//!
+//! - [`load`] reads a store without changing it (used at open and by `towerlink store`):
+//!   every intact message record not named by a done record is live; damaged records are
+//!   skipped and counted; the next `seq` is above every `seq`, segment name and the legacy
+//!   `seq` file seen, so a `seq` is never reused even when records are lost.
+//! - [`Store`] appends to the newest segment, rotates it at `segment_bytes`, syncs per the
+//!   fsync policy, and deletes the oldest segments once nothing in them is live.
+//!
+//! Segments are deleted oldest first only: a done record may name records in older
+//! segments, so deleting a newer segment first could bring acknowledged records back (they
+//! would only be sent again, but needlessly).
+
+use std::collections::{BTreeMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::record::{self, Body, DoneKind};
+use super::segment::{self, FaultSwitch, SegmentWriter};
+use super::seq::SeqCounter;
+use super::Record;
+use crate::feed::MessageClass;
+
+/// When appended records are forced to stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// `fdatasync` before `push` returns: a record that counts as queued survives a power cut.
+    Always,
+    /// Records reach the kernel at once (they survive a kill -9 of the agent) and are synced
+    /// at most this long after; a power cut can lose the last interval. Records are sent
+    /// only once synced, so a `seq` the platform has seen is never lost and reused.
+    Every(Duration),
+}
+
+impl std::fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FsyncPolicy::Always => f.write_str("always"),
+            FsyncPolicy::Every(d) => write!(f, "{}ms", d.as_millis()),
+        }
+    }
+}
+
+/// How a store is opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The directory (created if missing).
+    pub dir: PathBuf,
+    /// When records are synced.
+    pub fsync: FsyncPolicy,
+    /// Most bytes of live records (framed, as on disk); the oldest telemetry goes first.
+    pub max_bytes: u64,
+    /// Most live records.
+    pub max_messages: usize,
+    /// A segment is closed and a new one started past this size.
+    pub segment_bytes: u64,
+    /// Fault injection (tests): every write fails while it is set.
+    pub faults: FaultSwitch,
+}
+
+impl StoreOptions {
+    /// Defaults for `dir`: sync every 100 ms, 512 MiB, 8 MiB segments.
+    pub fn new(dir: &Path) -> StoreOptions {
+        StoreOptions {
+            dir: dir.to_owned(),
+            fsync: FsyncPolicy::Every(Duration::from_millis(100)),
+            max_bytes: 512 << 20,
+            max_messages: 1_000_000,
+            segment_bytes: 8 << 20,
+            faults: FaultSwitch::new(),
+        }
+    }
+}
+
+/// A live record found on disk: where it is and how big its frame is.
+#[derive(Debug, Clone)]
+pub struct Located {
+    /// The record.
+    pub record: Record,
+    /// Id of the segment holding it.
+    pub segment: u64,
+    /// Its frame length.
+    pub len: u64,
+}
+
+/// One segment as [`load`] found it.
+#[derive(Debug, Clone)]
+pub struct SegmentScan {
+    /// Segment id (from the file name).
+    pub id: u64,
+    /// The next seq when it was created (from the file name).
+    pub floor: u64,
+    /// The file.
+    pub path: PathBuf,
+    /// File length.
+    pub file_len: u64,
+    /// End of the intact data (a torn tail follows when below `file_len`).
+    pub valid_end: u64,
+    /// Intact message records in it (live or not).
+    pub messages: u64,
+    /// Damaged records skipped.
+    pub corrupted: u64,
+}
+
+/// A store read from disk.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Segments, oldest first.
+    pub segments: Vec<SegmentScan>,
+    /// Live records by seq.
+    pub live: BTreeMap<u64, Located>,
+    /// The next seq to issue.
+    pub next_seq: u64,
+    /// Seqs named acknowledged.
+    pub acked: u64,
+    /// Seqs named evicted.
+    pub evicted: u64,
+    /// Damaged records skipped.
+    pub corrupted: u64,
+    /// Segments with a torn tail.
+    pub torn: u64,
+    /// The legacy `seq` file's value (0 if none).
+    pub seq_file: u64,
+}
+
+/// Reads the store in `dir` without changing anything. A missing directory is an empty
+/// store; unreadable segments are errors (the caller cannot know what it would lose).
+pub fn load(dir: &Path) -> io::Result<Loaded> {
+    let mut out = Loaded::default();
+    if !dir.exists() {
+        out.next_seq = 1;
+        return Ok(out);
+    }
+    out.seq_file = read_seq_file(dir);
+    let mut max_seen = out.seq_file;
+    let mut candidates: BTreeMap<u64, Located> = BTreeMap::new();
+    let mut done: HashSet<u64> = HashSet::new();
+    for segment::SegmentFile { id, floor, path } in segment::list(dir)? {
+        let bytes = std::fs::read(&path)?;
+        let scan = record::scan(&bytes);
+        max_seen = max_seen.max(floor.saturating_sub(1));
+        let mut messages = 0;
+        for (_, len, body) in scan.frames.iter().cloned() {
+            match body {
+                Body::Message(r) => {
+                    messages += 1;
+                    max_seen = max_seen.max(r.seq);
+                    // A record moved forward by compaction may exist twice until the old
+                    // segment is deleted: the newest copy wins.
+                    candidates.insert(
+                        r.seq,
+                        Located {
+                            record: r,
+                            segment: id,
+                            len: len as u64,
+                        },
+                    );
+                }
+                Body::Done(kind, seqs) => {
+                    for s in seqs {
+                        max_seen = max_seen.max(s);
+                        if done.insert(s) {
+                            match kind {
+                                DoneKind::Acked => out.acked += 1,
+                                DoneKind::Evicted => out.evicted += 1,
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out.corrupted += scan.corrupted;
+        if scan.torn(bytes.len()) {
+            out.torn += 1;
+        }
+        out.segments.push(SegmentScan {
+            id,
+            floor,
+            path,
+            file_len: bytes.len() as u64,
+            valid_end: scan.valid_end as u64,
+            messages,
+            corrupted: scan.corrupted,
+        });
+    }
+    candidates.retain(|seq, _| !done.contains(seq));
+    out.live = candidates;
+    out.next_seq = max_seen.saturating_add(1);
+    Ok(out)
+}
+
+/// The legacy two-slot `seq` file's value, or 0.
+fn read_seq_file(dir: &Path) -> u64 {
+    if !dir.join("seq").exists() {
+        return 0;
+    }
+    // Opening creates nothing here: the file exists.
+    SeqCounter::open(dir).map(|c| c.last()).unwrap_or(0)
+}
+
+#[derive(Debug, Clone)]
+struct SegmentInfo {
+    floor: u64,
+    len: u64,
+    live: u64,
+    live_bytes: u64,
+}
+
+/// The writable store.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    segment_bytes: u64,
+    faults: FaultSwitch,
+    segments: BTreeMap<u64, SegmentInfo>,
+    writer: Option<SegmentWriter>,
+    floor: Option<SeqCounter>,
+    buf: Vec<u8>,
+    done: Vec<(DoneKind, u64)>,
+    unsynced: bool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store: loads it, cuts torn tails, and starts a new
+    /// segment for appending.
+    pub fn open(options: &StoreOptions) -> io::Result<(Store, Loaded)> {
+        std::fs::create_dir_all(&options.dir)?;
+        let loaded = load(&options.dir)?;
+        let mut segments = BTreeMap::new();
+        for s in &loaded.segments {
+            if s.valid_end < s.file_len {
+                // A torn tail: what a crash interrupted. Cut it so it is not counted again.
+                let cut = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&s.path)
+                    .and_then(|f| f.set_len(s.valid_end));
+                if let Err(e) = cut {
+                    tracing::warn!(path = %s.path.display(), error = %e, "cannot cut a torn tail");
+                }
+            }
+            segments.insert(
+                s.id,
+                SegmentInfo {
+                    floor: s.floor,
+                    len: s.valid_end,
+                    live: 0,
+                    live_bytes: 0,
+                },
+            );
+        }
+        for l in loaded.live.values() {
+            if let Some(info) = segments.get_mut(&l.segment) {
+                info.live += 1;
+                info.live_bytes += l.len;
+            }
+        }
+        let floor = SeqCounter::open(&options.dir).ok();
+        let mut store = Store {
+            dir: options.dir.clone(),
+            segment_bytes: options.segment_bytes.max(4096),
+            faults: options.faults.clone(),
+            segments,
+            writer: None,
+            floor,
+            buf: Vec::with_capacity(64 * 1024),
+            done: Vec::new(),
+            unsynced: false,
+        };
+        store.start_segment(loaded.next_seq)?;
+        store.collect();
+        Ok((store, loaded))
+    }
+
+    /// Starts a new segment whose name records `next_seq` (after an error, or at open).
+    pub fn start_segment(&mut self, next_seq: u64) -> io::Result<()> {
+        if let Some(w) = &mut self.writer {
+            if self.unsynced {
+                w.sync()?;
+            }
+        }
+        let id = self
+            .segments
+            .last_key_value()
+            .map_or(1, |(&last, _)| last + 1);
+        let writer = SegmentWriter::open(&self.dir, id, next_seq, None, self.faults.clone())?;
+        segment::sync_dir(&self.dir)?;
+        self.segments.insert(
+            id,
+            SegmentInfo {
+                floor: next_seq,
+                len: writer.len(),
+                live: 0,
+                live_bytes: 0,
+            },
+        );
+        self.writer = Some(writer);
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Appends `record`; returns the segment it went to and its frame length. Not synced.
+    pub fn append(&mut self, record: &Record) -> io::Result<(u64, u64)> {
+        self.write_done()?;
+        let needs_rotation = match &self.writer {
+            Some(w) => w.len() >= self.segment_bytes,
+            None => true,
+        };
+        if needs_rotation {
+            let floor = self
+                .segments
+                .values()
+                .map(|s| s.floor)
+                .max()
+                .unwrap_or(1)
+                .max(record.seq);
+            self.start_segment(floor)?;
+        }
+        self.buf.clear();
+        let len = record::encode_message(record, &mut self.buf) as u64;
+        let Some(w) = self.writer.as_mut() else {
+            return Err(io::Error::other("no open segment"));
+        };
+        w.append(&self.buf)?;
+        let base = w.id();
+        let new_len = w.len();
+        self.unsynced = true;
+        if let Some(info) = self.segments.get_mut(&base) {
+            info.len = new_len;
+            info.live += 1;
+            info.live_bytes += len;
+        }
+        Ok((base, len))
+    }
+
+    /// Record `seq` (in `segment`, `len` bytes) is no longer live; the done record is written
+    /// with the next append or sync.
+    pub fn done(&mut self, kind: DoneKind, seq: u64, segment: u64, len: u64) {
+        self.forget(segment, len);
+        self.done.push((kind, seq));
+    }
+
+    /// A live record left `segment` without a done record (moved by compaction).
+    pub fn forget(&mut self, segment: u64, len: u64) {
+        if let Some(info) = self.segments.get_mut(&segment) {
+            info.live = info.live.saturating_sub(1);
+            info.live_bytes = info.live_bytes.saturating_sub(len);
+        }
+    }
+
+    /// Forgets the done records not yet written (a crash, for tests).
+    pub fn discard_pending(&mut self) {
+        self.done.clear();
+    }
+
+    /// Done records waiting to be written.
+    pub fn pending_done(&self) -> usize {
+        self.done.len()
+    }
+
+    /// Writes the pending done records (not synced: a lost one only re-sends a message).
+    pub fn write_done(&mut self) -> io::Result<()> {
+        if self.done.is_empty() {
+            return Ok(());
+        }
+        let Some(w) = self.writer.as_mut() else {
+            return Err(io::Error::other("no open segment"));
+        };
+        self.buf.clear();
+        for kind in [DoneKind::Acked, DoneKind::Evicted] {
+            let seqs: Vec<u64> = self
+                .done
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|&(_, s)| s)
+                .collect();
+            for chunk in seqs.chunks(record::MAX_DONE_PER_FRAME) {
+                record::encode_done(kind, chunk, &mut self.buf);
+            }
+        }
+        w.append(&self.buf)?;
+        let (base, len) = (w.id(), w.len());
+        if let Some(info) = self.segments.get_mut(&base) {
+            info.len = len;
+        }
+        self.done.clear();
+        Ok(())
+    }
+
+    /// Writes pending done records and makes every appended record durable; `last_seq` goes
+    /// to the floor file.
+    pub fn sync(&mut self, last_seq: u64) -> io::Result<()> {
+        self.write_done()?;
+        if self.unsynced {
+            if let Some(w) = self.writer.as_mut() {
+                w.sync()?;
+            }
+            self.unsynced = false;
+        }
+        if let Some(floor) = &mut self.floor {
+            if let Err(e) = floor.note(last_seq) {
+                tracing::debug!(error = %e, "cannot update the seq floor file");
+            }
+        }
+        Ok(())
+    }
+
+    /// Has anything been appended since the last sync?
+    pub fn is_dirty(&self) -> bool {
+        self.unsynced || !self.done.is_empty()
+    }
+
+    /// Deletes the oldest segments while nothing in them is live (never the open one).
+    pub fn collect(&mut self) {
+        let active = self.writer.as_ref().map(SegmentWriter::id);
+        while let Some((&base, info)) = self.segments.first_key_value() {
+            if Some(base) == active || info.live > 0 {
+                break;
+            }
+            if !self.remove(base) {
+                break;
+            }
+        }
+    }
+
+    fn remove(&mut self, base: u64) -> bool {
+        let Some(floor) = self.segments.get(&base).map(|s| s.floor) else {
+            return false;
+        };
+        let path = self.dir.join(segment::file_name(base, floor));
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot delete a used segment");
+                return false;
+            }
+        }
+        self.segments.remove(&base);
+        true
+    }
+
+    /// The oldest segment, if it is worth compacting: the store is over `limit` bytes on disk
+    /// and less than half of that segment is live.
+    pub fn compaction_candidate(&self, limit: u64) -> Option<u64> {
+        if self.disk_bytes() <= limit {
+            return None;
+        }
+        let active = self.writer.as_ref().map(SegmentWriter::id);
+        let (&base, info) = self.segments.first_key_value()?;
+        (Some(base) != active && info.live_bytes * 2 < info.len).then_some(base)
+    }
+
+    /// Deletes segment `base` after its live records were appended again (and synced).
+    pub fn drop_compacted(&mut self, base: u64) {
+        if let Some(info) = self.segments.get_mut(&base) {
+            info.live = 0;
+            info.live_bytes = 0;
+        }
+        self.collect();
+    }
+
+    /// The rotation size.
+    pub fn segment_bytes(&self) -> u64 {
+        self.segment_bytes
+    }
+
+    /// Bytes of all segments.
+    pub fn disk_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.len).sum()
+    }
+
+    /// Number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+}
+
+/// A summary of a store for people (`towerlink store`).
+#[derive(Debug)]
+pub struct Inspection {
+    /// What was loaded.
+    pub loaded: Loaded,
+}
+
+impl Inspection {
+    /// Loads the store in `dir`.
+    pub fn of(dir: &Path) -> io::Result<Inspection> {
+        if !dir.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} is not a directory", dir.display()),
+            ));
+        }
+        Ok(Inspection { loaded: load(dir)? })
+    }
+
+    /// Live records of `class`.
+    pub fn live_of(&self, class: MessageClass) -> usize {
+        self.loaded
+            .live
+            .values()
+            .filter(|l| l.record.class == class)
+            .count()
+    }
+}
+
+impl std::fmt::Display for Inspection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let l = &self.loaded;
+        let first = l.live.keys().next();
+        let last = l.live.keys().next_back();
+        let bytes: u64 = l.live.values().map(|x| x.len).sum();
+        let disk: u64 = l.segments.iter().map(|s| s.file_len).sum();
+        writeln!(
+            f,
+            "segments:        {} ({} bytes on disk)",
+            l.segments.len(),
+            disk
+        )?;
+        for s in &l.segments {
+            writeln!(
+                f,
+                "  {}  {} bytes, {} message records, {} corrupted{}",
+                segment::file_name(s.id, s.floor),
+                s.file_len,
+                s.messages,
+                s.corrupted,
+                if s.valid_end < s.file_len {
+                    format!(", torn tail of {} bytes", s.file_len - s.valid_end)
+                } else {
+                    String::new()
+                }
+            )?;
+        }
+        writeln!(
+            f,
+            "unacknowledged:  {} records, {} bytes ({} events/replies, {} telemetry)",
+            l.live.len(),
+            bytes,
+            self.live_of(MessageClass::Event),
+            self.live_of(MessageClass::Telemetry)
+        )?;
+        match (first, last) {
+            (Some(a), Some(b)) => writeln!(f, "seq range:       {a}..={b}")?,
+            _ => writeln!(f, "seq range:       (none)")?,
+        }
+        let cursor = first.map_or(l.next_seq.saturating_sub(1), |s| s.saturating_sub(1));
+        writeln!(f, "acked up to:     {cursor} (every seq <= this is done)")?;
+        writeln!(f, "acked records:   {}", l.acked)?;
+        writeln!(f, "evicted records: {}", l.evicted)?;
+        writeln!(f, "corrupted:       {}", l.corrupted)?;
+        writeln!(f, "torn tails:      {}", l.torn)?;
+        write!(f, "next seq:        {}", l.next_seq)
+    }
+}

@@ -1,0 +1,409 @@
+//! Chaos tests of store-and-forward (issue 5), each against a Mosquitto of its own on a free
+//! loopback port, under load from simulated panel nodes (200 ms windows) and ping commands:
+//! (a) the broker stopped for 10 s and restarted, twice; (b) the agent killed with SIGKILL 20
+//! times at seeded random moments; (c) the queue's segment files truncated and corrupted at
+//! seeded random offsets between runs.
+//!
+//! In each, a subscriber with a persistent session must see every `seq` from the first to
+//! the last the agent ever issued (duplicates allowed and counted, none missing; in (c) only
+//! records the damage destroyed before they were sent may be missing), the same payload for
+//! every duplicate (a `seq` is never reused), and events in order per device.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context};
+use towerlink_e2e::mosquitto::{MosquittoProcess, SessionSubscriber};
+use towerlink_e2e::{binary, unique_gw, wait_until, AgentProcess, Received};
+use towerlink_sim::virtual_node::{spawn_tower, VirtualNode};
+use towerlink_sim_chips::Scenario;
+
+/// A small seeded generator (the tests crate has no rand dependency).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+struct Rig {
+    dir: tempfile::TempDir,
+    broker: MosquittoProcess,
+    _nodes: Vec<VirtualNode>,
+    gw: String,
+    config: PathBuf,
+    sub: SessionSubscriber,
+    pinging: Arc<AtomicBool>,
+}
+
+impl Rig {
+    fn new(name: &str, seed: u64, panels: usize) -> anyhow::Result<Rig> {
+        let dir = tempfile::tempdir()?;
+        let broker = MosquittoProcess::start(&dir.path().join("broker"))?;
+        let mut scenario = format!("seed = {seed}\n");
+        for i in 0..panels {
+            scenario.push_str(&format!(
+                "\n[[panels]]\nname = \"panel-{i}\"\nnode = {}\n",
+                100 + i
+            ));
+        }
+        let scenario = Scenario::from_toml_str(&scenario).context("scenario")?;
+        let nodes = spawn_tower(&scenario, &dir.path().join("ports"), false)?;
+        let gw = unique_gw(name);
+        let mut text = format!(
+            "[gateway]\nid = \"{gw}\"\n\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nkeep_alive = \"5s\"\n\n[store]\npath = \"{}\"\nfsync = \"50ms\"\nsegment_bytes = \"16KiB\"\nreplay_rate = 2000\n\n[health]\ninterval = \"1s\"\n\n",
+            broker.port(),
+            dir.path().join("store").display()
+        );
+        for n in &nodes {
+            text.push_str(&format!(
+                "[[node]]\nid = \"{}\"\nport = \"{}\"\nwindow = \"200ms\"\nwindow_grace = \"300ms\"\nnode_id = {}\n\n",
+                n.dev(),
+                n.path().display(),
+                n.node_id()
+            ));
+        }
+        let config = dir.path().join("towerlink.toml");
+        std::fs::write(&config, text)?;
+        let sub = SessionSubscriber::connect(
+            broker.port(),
+            &unique_gw("chaos-sub"),
+            &format!("towerlink/v1/{gw}/#"),
+        )?;
+        Ok(Rig {
+            dir,
+            broker,
+            _nodes: nodes,
+            gw,
+            config,
+            sub,
+            pinging: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// Sends a `ping` every 100 ms until the rig is dropped (replies are queued events).
+    fn start_pings(&self) -> std::thread::JoinHandle<()> {
+        self.pinging.store(true, Ordering::SeqCst);
+        let flag = self.pinging.clone();
+        let topic = format!("towerlink/v1/{}/cmd", self.gw);
+        // A second client for commands, so the subscriber's session is left alone.
+        let port = self.broker.port();
+        std::thread::spawn(move || {
+            let Ok(cmd) = SessionSubscriber::connect(port, &unique_gw("chaos-cmd"), "none/none")
+            else {
+                return;
+            };
+            let mut n = 0u64;
+            while flag.load(Ordering::SeqCst) {
+                n += 1;
+                cmd.publish(
+                    &topic,
+                    format!("{{\"id\":\"p{n}\",\"op\":\"ping\"}}").as_bytes(),
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    }
+
+    /// Messages with a seq seen so far.
+    fn received(&self) -> usize {
+        queued(&self.sub.all()).len()
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.pinging.store(false, Ordering::SeqCst);
+    }
+}
+
+fn queued(all: &[Received]) -> Vec<&Received> {
+    all.iter()
+        .filter(|m| {
+            m.topic.contains("/data/") || m.topic.contains("/event/") || m.topic.ends_with("/reply")
+        })
+        .filter(|m| m.json["seq"].as_u64().is_some())
+        .collect()
+}
+
+/// What the subscriber saw.
+#[derive(Debug)]
+struct FeedCheck {
+    first: u64,
+    last: u64,
+    unique: usize,
+    duplicates: usize,
+    missing: Vec<u64>,
+}
+
+/// Checks duplicates carry the same payload and events are in order per device.
+fn check_feed(all: &[Received]) -> anyhow::Result<FeedCheck> {
+    let mut by_seq: BTreeMap<u64, String> = BTreeMap::new();
+    let mut duplicates = 0;
+    let mut last_event: BTreeMap<String, u64> = BTreeMap::new();
+    for m in queued(all) {
+        let seq = m.json["seq"].as_u64().unwrap_or(0);
+        let text = m.json.to_string();
+        match by_seq.get(&seq) {
+            Some(prev) => {
+                duplicates += 1;
+                ensure!(
+                    *prev == text,
+                    "seq {seq} reused with a different payload:\n{prev}\n{text}"
+                );
+            }
+            None => {
+                if m.topic.contains("/event/") {
+                    let dev = m.topic.rsplit('/').next().unwrap_or("").to_owned();
+                    if let Some(&p) = last_event.get(&dev) {
+                        ensure!(
+                            seq > p,
+                            "events of {dev} out of order: {seq} first seen after {p}"
+                        );
+                    }
+                    last_event.insert(dev, seq);
+                }
+                by_seq.insert(seq, text);
+            }
+        }
+    }
+    let (Some(&first), Some(&last)) = (by_seq.keys().next(), by_seq.keys().next_back()) else {
+        bail!("no queued message received at all")
+    };
+    let missing = (first..=last).filter(|s| !by_seq.contains_key(s)).collect();
+    Ok(FeedCheck {
+        first,
+        last,
+        unique: by_seq.len(),
+        duplicates,
+        missing,
+    })
+}
+
+/// `towerlink store inspect --list`: (unacknowledged seqs, next seq).
+fn inspect(store: &Path) -> anyhow::Result<(BTreeSet<u64>, u64)> {
+    let bin = binary("towerlink-agent", "towerlink")?;
+    let out = Command::new(bin)
+        .args(["store", "inspect", "--list"])
+        .arg(store)
+        .output()?;
+    ensure!(out.status.success(), "store inspect failed: {:?}", out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut live = BTreeSet::new();
+    let mut next = None;
+    for line in text.lines() {
+        if let Some(n) = line.strip_prefix("next seq:") {
+            next = n.trim().parse().ok();
+        } else if let Some(seq) = line
+            .split_whitespace()
+            .next()
+            .and_then(|w| w.parse::<u64>().ok())
+        {
+            live.insert(seq);
+        }
+    }
+    Ok((live, next.context("no `next seq` in the inspection")?))
+}
+
+/// Stops the agent cleanly, checks the store is drained, and checks the whole feed: every
+/// seq the agent ever issued arrived, except `may_miss`.
+fn finish(
+    rig: &Rig,
+    agent: &mut AgentProcess,
+    may_miss: &BTreeSet<u64>,
+) -> anyhow::Result<FeedCheck> {
+    rig.pinging.store(false, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(300));
+    agent.stop()?;
+    let (left, next) = inspect(&rig.store())?;
+    ensure!(
+        left.is_empty(),
+        "unacknowledged after a clean stop: {left:?}"
+    );
+    // Everything acknowledged has reached the persistent session: wait for it to arrive.
+    let arrived = wait_until(Duration::from_secs(20), || {
+        check_feed(&rig.sub.all()).is_ok_and(|c| c.last + 1 >= next)
+    });
+    let check = check_feed(&rig.sub.all())?;
+    ensure!(
+        arrived,
+        "the last seq issued was {} but the subscriber saw up to {}",
+        next - 1,
+        check.last
+    );
+    let unexpected: Vec<u64> = check
+        .missing
+        .iter()
+        .copied()
+        .filter(|s| !may_miss.contains(s))
+        .collect();
+    ensure!(
+        unexpected.is_empty(),
+        "seqs missing at the subscriber: {unexpected:?} ({check:?})"
+    );
+    println!(
+        "seq {}..={}: {} unique, {} duplicates, {} missing (allowed: destroyed before sent)",
+        check.first,
+        check.last,
+        check.unique,
+        check.duplicates,
+        check.missing.len()
+    );
+    Ok(check)
+}
+
+fn wait_for_more(rig: &Rig, more: usize, timeout: Duration, what: &str) -> anyhow::Result<()> {
+    let have = rig.received();
+    ensure!(
+        wait_until(timeout, || rig.received() >= have + more),
+        "timed out waiting for {what} ({} messages so far)",
+        rig.received()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_broker_outage_twice_under_load_loses_nothing() -> anyhow::Result<()> {
+    let mut rig = Rig::new("chaos-broker", 21, 4)?;
+    let pings = rig.start_pings();
+    let mut agent = AgentProcess::start(&rig.config)?;
+    wait_for_more(&rig, 20, Duration::from_secs(20), "first messages")?;
+    for round in 0..2 {
+        rig.broker.stop()?;
+        std::thread::sleep(Duration::from_secs(10));
+        ensure!(agent.is_running(), "agent died during the outage");
+        rig.broker.restart()?;
+        // The agent's back-off after 10 s is at most ~16 s; then the backlog replays.
+        wait_for_more(
+            &rig,
+            150,
+            Duration::from_secs(45),
+            &format!("the backlog after outage {round}"),
+        )?;
+    }
+    let check = finish(&rig, &mut agent, &BTreeSet::new())?;
+    ensure!(check.missing.is_empty(), "{check:?}");
+    ensure!(
+        check.unique > 400,
+        "too little load to mean anything: {check:?}"
+    );
+    let _ = pings.join();
+    Ok(())
+}
+
+#[test]
+fn twenty_kill_9s_under_load_lose_nothing() -> anyhow::Result<()> {
+    let rig = Rig::new("chaos-kill", 22, 4)?;
+    let pings = rig.start_pings();
+    let mut rng = Lcg(0x5eed_0022);
+    for _ in 0..20 {
+        let mut agent = AgentProcess::start(&rig.config)?;
+        std::thread::sleep(Duration::from_millis(300 + rng.below(1200)));
+        agent.kill()?;
+    }
+    let mut agent = AgentProcess::start(&rig.config)?;
+    wait_for_more(
+        &rig,
+        30,
+        Duration::from_secs(30),
+        "messages after the last restart",
+    )?;
+    let check = finish(&rig, &mut agent, &BTreeSet::new())?;
+    ensure!(check.missing.is_empty(), "{check:?}");
+    ensure!(check.unique > 200, "too little load: {check:?}");
+    let _ = pings.join();
+    Ok(())
+}
+
+/// Flips bytes in and truncates the store's segment files at random offsets.
+fn damage(store: &Path, rng: &mut Lcg) -> anyhow::Result<()> {
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(store)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segments.sort();
+    let non_empty: Vec<&PathBuf> = segments
+        .iter()
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+        .collect();
+    ensure!(!non_empty.is_empty(), "no segment to damage");
+    for _ in 0..3 {
+        let path = non_empty[rng.below(non_empty.len() as u64) as usize];
+        let mut bytes = std::fs::read(path)?;
+        if !bytes.is_empty() {
+            let at = rng.below(bytes.len() as u64) as usize;
+            bytes[at] ^= 0x5a;
+            std::fs::write(path, bytes)?;
+        }
+    }
+    let path = non_empty[rng.below(non_empty.len() as u64) as usize];
+    let len = std::fs::metadata(path)?.len();
+    let f = std::fs::OpenOptions::new().write(true).open(path)?;
+    f.set_len(rng.below(len))?;
+    Ok(())
+}
+
+#[test]
+fn damaged_queue_files_cost_only_the_damaged_records() -> anyhow::Result<()> {
+    let mut rig = Rig::new("chaos-damage", 23, 4)?;
+    let mut rng = Lcg(0x5eed_0023);
+    let mut destroyed = BTreeSet::new();
+    let mut agent = AgentProcess::start(&rig.config)?;
+    for round in 0..3 {
+        wait_for_more(&rig, 20, Duration::from_secs(30), "messages")?;
+        // A backlog on disk: the broker goes away, the agent keeps queueing, then dies.
+        rig.broker.stop()?;
+        std::thread::sleep(Duration::from_secs(2));
+        agent.kill()?;
+        let (before, _) = inspect(&rig.store())?;
+        ensure!(!before.is_empty(), "round {round}: no backlog to damage");
+        damage(&rig.store(), &mut rng)?;
+        let (after, _) = inspect(&rig.store())?;
+        destroyed.extend(before.difference(&after).copied());
+        rig.broker.restart()?;
+        let sessions = |a: &AgentProcess| a.log().matches("MQTT session up").count();
+        let before_start = sessions(&agent);
+        agent = AgentProcess::start(&rig.config)?;
+        ensure!(
+            wait_until(Duration::from_secs(20), || agent.is_running()
+                && sessions(&agent) > before_start),
+            "round {round}: the agent did not come back on a damaged store; log:\n{}",
+            agent.log()
+        );
+    }
+    wait_for_more(
+        &rig,
+        20,
+        Duration::from_secs(30),
+        "messages after the last round",
+    )?;
+    let check = finish(&rig, &mut agent, &destroyed)?;
+    ensure!(
+        check.missing.len() <= destroyed.len(),
+        "{check:?}, destroyed {}",
+        destroyed.len()
+    );
+    ensure!(
+        agent.log().contains("store damage found at open") || destroyed.is_empty(),
+        "damage was not reported"
+    );
+    Ok(())
+}

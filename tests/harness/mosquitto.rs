@@ -1,0 +1,224 @@
+//! A private Mosquitto for tests that stop and restart the broker: started on a free
+//! loopback port with its own config and persistence directory, so sessions of persistent
+//! subscribers survive a restart; plus a subscriber that keeps its session across restarts.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+
+use crate::{wait_until, Received};
+
+/// A Mosquitto process of our own.
+pub struct MosquittoProcess {
+    child: Option<Child>,
+    port: u16,
+    conf: PathBuf,
+    log: PathBuf,
+}
+
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl MosquittoProcess {
+    /// Starts a broker in `dir` on a free port (tries a few ports if one is taken meanwhile).
+    pub fn start(dir: &Path) -> anyhow::Result<MosquittoProcess> {
+        std::fs::create_dir_all(dir.join("data"))?;
+        let mut last_error = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            let conf = dir.join("mosquitto.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 0\nmax_inflight_messages 0\n{}",
+                    dir.join("data").display(),
+                    // Started as root, Mosquitto drops to user `mosquitto`, which cannot write
+                    // its database into our temporary directory (no effect when not root).
+                    if running_as_root() { "user root\n" } else { "" }
+                ),
+            )?;
+            let mut m = MosquittoProcess {
+                child: None,
+                port,
+                conf,
+                log: dir.join("mosquitto.log"),
+            };
+            match m.run() {
+                Ok(()) => return Ok(m),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("mosquitto did not start")))
+    }
+
+    fn run(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning mosquitto (is it installed?)")?;
+        let port = self.port;
+        let up = wait_until(Duration::from_secs(5), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+                || matches!(child.try_wait(), Ok(Some(_)))
+        });
+        if !up || !matches!(child.try_wait(), Ok(None)) {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "mosquitto did not listen on {port}: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops it (SIGTERM: it saves its sessions) and waits, bounded.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("mosquitto did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Starts it again on the same port with the same persistence.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop()?;
+        // The port may linger for a moment after the old process closed it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.run() {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+}
+
+impl Drop for MosquittoProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A subscriber with a persistent session (clean_session = false, QoS 1) that reconnects by
+/// itself: it misses nothing published while it or the broker was away.
+pub struct SessionSubscriber {
+    messages: Arc<Mutex<Vec<Received>>>,
+    _runtime: tokio::runtime::Runtime,
+    client: AsyncClient,
+    handle: tokio::runtime::Handle,
+}
+
+impl SessionSubscriber {
+    /// Connects to 127.0.0.1:`port` as `client_id` and subscribes to `filter` (returns once
+    /// the broker acknowledged the subscription).
+    pub fn connect(port: u16, client_id: &str, filter: &str) -> anyhow::Result<SessionSubscriber> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(5));
+        opts.set_clean_session(false);
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        opts.set_inflight(1000);
+        let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let subscribed = Arc::new(Mutex::new(false));
+        let (m, s) = (messages.clone(), subscribed.clone());
+        runtime.spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let json = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                        if let Ok(mut v) = m.lock() {
+                            v.push(Received {
+                                topic: p.topic.clone(),
+                                json,
+                                retain: p.retain,
+                                at: Instant::now(),
+                            });
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Ok(mut v) = s.lock() {
+                            *v = true;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        let c = client.clone();
+        let filter = filter.to_owned();
+        runtime.block_on(async move { c.subscribe(filter, QoS::AtLeastOnce).await })?;
+        if !wait_until(Duration::from_secs(10), || {
+            subscribed.lock().map(|v| *v).unwrap_or(false)
+        }) {
+            bail!("subscription not acknowledged by the broker on port {port}");
+        }
+        let handle = runtime.handle().clone();
+        Ok(SessionSubscriber {
+            messages,
+            _runtime: runtime,
+            client,
+            handle,
+        })
+    }
+
+    /// Everything received so far.
+    pub fn all(&self) -> Vec<Received> {
+        self.messages.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Publishes (QoS 1) without waiting for the network: fine while the broker is down.
+    pub fn publish(&self, topic: &str, payload: &[u8]) {
+        let c = self.client.clone();
+        let (t, p) = (topic.to_owned(), payload.to_vec());
+        self.handle.spawn(async move {
+            let _ = c.try_publish(t, QoS::AtLeastOnce, false, p);
+        });
+    }
+}
