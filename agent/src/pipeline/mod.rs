@@ -5,6 +5,7 @@
 //! the time as an argument, so tests and benchmarks drive it directly; [`run`] is the task
 //! that feeds it from the sources and hands its messages to the queue.
 
+pub mod lift_rules;
 pub mod sensor_health;
 pub mod window;
 
@@ -16,6 +17,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use towerlink_firmware::protocol::{ChannelInfo, Quantity};
 
+use self::lift_rules::{LiftMonitor, LiftRuleSettings};
 use self::sensor_health::DeviceHealth;
 use self::window::DeviceWindows;
 use crate::commands::ChannelDirectory;
@@ -119,6 +121,7 @@ pub struct Pipeline {
     devices: Vec<Device>,
     stats: Arc<PipelineStats>,
     directory: ChannelDirectory,
+    lifts: Vec<LiftMonitor>,
 }
 
 impl Pipeline {
@@ -134,21 +137,43 @@ impl Pipeline {
             .iter()
             .map(|n| Device::new(n, now, config.health.node_silent_after))
             .collect();
+        let lifts = config
+            .lifts
+            .iter()
+            .map(|l| LiftMonitor::new(&l.id, LiftRuleSettings::from_config(l)))
+            .collect();
         Pipeline {
             devices,
             stats,
             directory,
+            lifts,
         }
     }
 
     /// Handles one source event; messages it produces are appended to `out`.
     pub fn handle(&mut self, event: SourceEvent, now: UnixMillis, out: &mut Vec<Message>) {
+        match event {
+            SourceEvent::LiftReading { lift, ts, reading } => {
+                if let Some(monitor) = self.lifts.get_mut(lift) {
+                    monitor.on_reading(ts, reading, out);
+                }
+                return;
+            }
+            SourceEvent::LiftPollFailed { lift, ts } => {
+                if let Some(monitor) = self.lifts.get_mut(lift) {
+                    monitor.on_poll_failed(ts, out);
+                }
+                return;
+            }
+            _ => {}
+        }
         let dev_index = match &event {
             SourceEvent::Hello { dev, .. }
             | SourceEvent::Samples { dev, .. }
             | SourceEvent::Fault { dev, .. }
             | SourceEvent::FramesLost { dev, .. }
             | SourceEvent::Alive { dev, .. } => *dev,
+            SourceEvent::LiftReading { .. } | SourceEvent::LiftPollFailed { .. } => return,
         };
         let Some(device) = self.devices.get_mut(dev_index) else {
             return;
@@ -242,6 +267,7 @@ impl Pipeline {
                 device.health.on_frames_lost(count, ts, out, &device.id)
             }
             SourceEvent::Alive { ts, .. } => device.health.on_alive(ts, out, &device.id),
+            SourceEvent::LiftReading { .. } | SourceEvent::LiftPollFailed { .. } => {}
         }
     }
 
@@ -258,6 +284,9 @@ impl Pipeline {
                 device.late_reported = late;
             }
             device.health.tick(now, &device.channels, out, &device.id);
+        }
+        for lift in &mut self.lifts {
+            lift.tick(now, out);
         }
     }
 
