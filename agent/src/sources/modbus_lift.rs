@@ -23,8 +23,8 @@
 //! - an I/O error (adapter unplugged) closes the port, which is reopened with back-off.
 //!
 //! tokio's timers tick in whole milliseconds, while the 3.5-character silence is 1.75 ms at
-//! 115200 baud; the master sleeps to within a millisecond of the deadline and yields the rest
-//! (at most ~1 ms of spinning per poll) so fast buses reach their line rate.
+//! 115200 baud; the master sleeps to within 2 ms of the deadline and yields the rest (at most
+//! ~2 ms of yielding per poll) so fast buses reach their line rate.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -77,7 +77,9 @@ pub struct BusMaster {
 
 /// Waits until `deadline` with sub-millisecond precision (see the module doc).
 async fn wait_precisely(deadline: Instant) {
-    let coarse = Duration::from_millis(1);
+    // tokio's timer rounds up to its next 1 ms tick, so a sleep can overshoot by ~1 ms:
+    // sleep only while more than 2 ms remain.
+    let coarse = Duration::from_millis(2);
     if deadline > Instant::now() + coarse {
         tokio::time::sleep_until(deadline - coarse).await;
     }

@@ -255,7 +255,7 @@ impl BusThread {
             }
             let n = self.port.receive(&mut chunk)?;
             if n == 0 {
-                std::thread::sleep(Duration::from_micros(50));
+                std::thread::sleep(Duration::from_micros(20));
                 continue;
             }
             let received_at = Instant::now();
