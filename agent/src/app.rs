@@ -80,6 +80,13 @@ pub async fn run(
         };
         source_tasks.push(tokio::spawn(serial_node::run(source, shutdown.clone())));
     }
+    start_lift_buses(
+        &config,
+        &events_tx,
+        &shutdown,
+        &mut source_entries,
+        &mut source_tasks,
+    )?;
     drop(events_tx);
 
     let pipeline_stats = Arc::new(PipelineStats::default());
@@ -156,6 +163,51 @@ pub async fn run(
         last_seq = queue.last_seq(),
         "towerlink agent stopped"
     );
+    Ok(())
+}
+
+/// Starts one Modbus task per RS-485 bus (lifts grouped by port, in config order).
+fn start_lift_buses(
+    config: &Config,
+    events: &mpsc::Sender<crate::sources::SourceEvent>,
+    shutdown: &shutdown::Shutdown,
+    entries: &mut Vec<SourceEntry>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<()> {
+    use crate::sources::modbus_lift::{self, BusLift, ModbusBusSource};
+    let mut buses: Vec<ModbusBusSource> = Vec::new();
+    for (index, lift) in config.lifts.iter().enumerate() {
+        let profile = lift.register_map.clone().with_context(|| {
+            format!(
+                "lift {}: profile {:?} was not loaded",
+                lift.id, lift.profile
+            )
+        })?;
+        let stats = SourceStats::new();
+        entries.push(SourceEntry {
+            dev: lift.id.clone(),
+            kind: "modbus_lift",
+            port: lift.port.display().to_string(),
+            stats: stats.clone(),
+        });
+        let member = BusLift {
+            lift: index,
+            config: lift.clone(),
+            profile,
+            stats,
+        };
+        match buses.iter_mut().find(|b| b.port == lift.port) {
+            Some(bus) => bus.lifts.push(member),
+            None => buses.push(ModbusBusSource {
+                port: lift.port.clone(),
+                lifts: vec![member],
+                events: events.clone(),
+            }),
+        }
+    }
+    for bus in buses {
+        tasks.push(tokio::spawn(modbus_lift::run(bus, shutdown.clone())));
+    }
     Ok(())
 }
 

@@ -69,6 +69,72 @@ pub struct Config {
     /// `[[node]]`: sensor nodes, one per serial port.
     #[serde(default, rename = "node")]
     pub nodes: Vec<NodeConfig>,
+    /// `[[lift]]`: lift controllers on RS-485 buses (Modbus RTU, read-only).
+    #[serde(default, rename = "lift")]
+    pub lifts: Vec<LiftConfig>,
+}
+
+/// Parity of an RS-485 line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    /// No parity bit (8N1, or 8N2 with `stop_bits = 2`).
+    None,
+    /// Even parity (8E1).
+    Even,
+    /// Odd parity (8O1).
+    Odd,
+}
+
+/// `[[lift]]`: one lift controller, polled over Modbus RTU (function 0x04 only).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiftConfig {
+    /// Device id: `{dev}` in the feed.
+    pub id: String,
+    /// The RS-485 adapter; lifts with the same port share one bus and one polling task.
+    pub port: PathBuf,
+    /// Baud rate (all lifts on a port must agree).
+    #[serde(default = "default_lift_baud")]
+    pub baud: u32,
+    /// Parity (all lifts on a port must agree).
+    #[serde(default = "default_parity")]
+    pub parity: Parity,
+    /// Stop bits, 1 or 2 (all lifts on a port must agree).
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+    /// Modbus unit id, 1..=247, unique on its bus.
+    pub unit: u8,
+    /// Register map: a profile name (`config/profiles/<name>.toml`) or a path.
+    #[serde(default = "default_profile")]
+    pub profile: String,
+    /// Time between two polls of this lift.
+    #[serde(default = "default_poll", deserialize_with = "de_duration")]
+    pub poll: Duration,
+    /// How long the controller has to answer one request.
+    #[serde(default = "default_modbus_timeout", deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// Highest floor served (overtravel above it).
+    pub top_floor: i16,
+    /// Lowest floor served (overtravel below it).
+    pub bottom_floor: i16,
+    /// Rated speed, mm/s (overspeed above 115 % of it).
+    pub rated_speed_mm_s: u16,
+    /// An occupied car stopped with closed doors this long is `trapped_passenger`.
+    #[serde(default = "default_trapped_after", deserialize_with = "de_duration")]
+    pub trapped_after: Duration,
+    /// A car stopped outside the door zone this long is `stopped_outside_door_zone`.
+    #[serde(
+        default = "default_outside_zone_after",
+        deserialize_with = "de_duration"
+    )]
+    pub outside_zone_after: Duration,
+    /// The status is published on every change and at least this often.
+    #[serde(default = "default_status_interval", deserialize_with = "de_duration")]
+    pub status_interval: Duration,
+    /// The register map, resolved from `profile` when the configuration loads.
+    #[serde(skip)]
+    pub register_map: Option<crate::profile::Profile>,
 }
 
 /// `[gateway]`: who this gateway is.
@@ -233,6 +299,33 @@ fn default_window() -> Duration {
 fn default_window_grace() -> Duration {
     Duration::from_secs(2)
 }
+fn default_lift_baud() -> u32 {
+    9600
+}
+fn default_parity() -> Parity {
+    Parity::None
+}
+fn default_stop_bits() -> u8 {
+    1
+}
+fn default_profile() -> String {
+    "generic".to_owned()
+}
+fn default_poll() -> Duration {
+    Duration::from_millis(250)
+}
+fn default_modbus_timeout() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_trapped_after() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_outside_zone_after() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_status_interval() -> Duration {
+    Duration::from_secs(60)
+}
 
 /// Parses a size: `"512MiB"`, `"1GiB"`, `"64KiB"`, `"1000000"` (bytes); `k`/`KB`/`MB`/`GB`
 /// are decimal, `KiB`/`MiB`/`GiB` binary.
@@ -392,12 +485,19 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text, &path.display().to_string())
+        Config::parse_in(&text, &path.display().to_string(), path.parent())
     }
 
-    /// Parses and validates configuration text; `origin` names it in errors.
+    /// Parses and validates configuration text; `origin` names it in errors. Lift profiles
+    /// are looked up as for a config file in no directory (see [`Config::parse_in`]).
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        Config::parse_in(text, origin, None)
+    }
+
+    /// Parses and validates configuration text whose relative profile paths and
+    /// `profiles/` directory are under `dir`.
+    pub fn parse_in(text: &str, origin: &str, dir: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_owned(),
             message: e.to_string().trim_end().to_owned(),
         })?;
@@ -408,6 +508,16 @@ impl Config {
                 key,
                 message,
             })?;
+        for (i, lift) in config.lifts.iter_mut().enumerate() {
+            let map = crate::profile::Profile::resolve(&lift.profile, dir).map_err(|message| {
+                ConfigError::Invalid {
+                    path: origin.to_owned(),
+                    key: format!("lift[{i}].profile"),
+                    message,
+                }
+            })?;
+            lift.register_map = Some(map);
+        }
         Ok(config)
     }
 
@@ -550,6 +660,129 @@ impl Config {
                         format!("{name:?} is not a valid channel name: it must match {ID_PATTERN}"),
                     );
                 }
+            }
+        }
+        self.validate_lifts(seen_ids, seen_ports)
+    }
+
+    fn validate_lifts<'a>(
+        &'a self,
+        mut seen_ids: std::collections::BTreeSet<&'a str>,
+        node_ports: std::collections::BTreeSet<&'a Path>,
+    ) -> Result<(), (String, String)> {
+        let bad = |key: String, message: String| Err((key, message));
+        // Per bus: its line settings (from the first lift on it) and the unit ids taken.
+        let mut buses: BTreeMap<&Path, (usize, std::collections::BTreeSet<u8>)> = BTreeMap::new();
+        for (i, lift) in self.lifts.iter().enumerate() {
+            let key = |k: &str| format!("lift[{i}].{k}");
+            if !is_valid_id(&lift.id) {
+                return bad(
+                    key("id"),
+                    format!(
+                        "{:?} is not a valid device id: it must match {ID_PATTERN}",
+                        lift.id
+                    ),
+                );
+            }
+            if !seen_ids.insert(lift.id.as_str()) {
+                return bad(
+                    key("id"),
+                    format!("{:?} is used by another device", lift.id),
+                );
+            }
+            if node_ports.contains(lift.port.as_path()) {
+                return bad(
+                    key("port"),
+                    format!(
+                        "{} is a sensor node's port; lifts need their own RS-485 bus",
+                        lift.port.display()
+                    ),
+                );
+            }
+            if !STANDARD_BAUDS.contains(&lift.baud) || lift.baud > 115_200 {
+                return bad(
+                    key("baud"),
+                    format!(
+                        "{} is not a Modbus RTU baud rate (1200..=115200, standard rates)",
+                        lift.baud
+                    ),
+                );
+            }
+            if !matches!(lift.stop_bits, 1 | 2) {
+                return bad(
+                    key("stop_bits"),
+                    format!("{} must be 1 or 2", lift.stop_bits),
+                );
+            }
+            if !(1..=247).contains(&lift.unit) {
+                return bad(
+                    key("unit"),
+                    format!("{} is not a Modbus unit id (1..=247)", lift.unit),
+                );
+            }
+            let (first, units) = buses
+                .entry(lift.port.as_path())
+                .or_insert((i, std::collections::BTreeSet::new()));
+            if !units.insert(lift.unit) {
+                return bad(
+                    key("unit"),
+                    format!(
+                        "unit {} is used by another lift on {}",
+                        lift.unit,
+                        lift.port.display()
+                    ),
+                );
+            }
+            let other = &self.lifts[*first];
+            for (k, same) in [
+                ("baud", other.baud == lift.baud),
+                ("parity", other.parity == lift.parity),
+                ("stop_bits", other.stop_bits == lift.stop_bits),
+            ] {
+                if !same {
+                    return bad(
+                        key(k),
+                        format!(
+                            "differs from lift[{first}] on the same bus {}: one bus has one line setting",
+                            lift.port.display()
+                        ),
+                    );
+                }
+            }
+            if lift.poll < Duration::from_millis(10) || lift.poll > Duration::from_secs(60) {
+                return bad(key("poll"), "must be between 10ms and 60s".to_owned());
+            }
+            if lift.timeout < Duration::from_millis(10) || lift.timeout > Duration::from_secs(5) {
+                return bad(key("timeout"), "must be between 10ms and 5s".to_owned());
+            }
+            if lift.top_floor <= lift.bottom_floor {
+                return bad(
+                    key("top_floor"),
+                    format!(
+                        "{} must be above bottom_floor ({})",
+                        lift.top_floor, lift.bottom_floor
+                    ),
+                );
+            }
+            if lift.rated_speed_mm_s == 0 {
+                return bad(key("rated_speed_mm_s"), "must be above 0".to_owned());
+            }
+            for (k, d) in [
+                ("trapped_after", lift.trapped_after),
+                ("outside_zone_after", lift.outside_zone_after),
+            ] {
+                if d > Duration::from_secs(3600) {
+                    return bad(key(k), "must be at most 1h".to_owned());
+                }
+            }
+            if lift.status_interval < Duration::from_secs(1)
+                || lift.status_interval > Duration::from_secs(60)
+            {
+                return bad(
+                    key("status_interval"),
+                    "must be between 1s and 60s (the feed promises a status at least every 60 s)"
+                        .to_owned(),
+                );
             }
         }
         Ok(())
@@ -756,6 +989,94 @@ window = "10s"
         assert!(err(&two).contains("node[1].id"));
         let two = format!("{GOOD}\n[[node]]\nid = \"panel-n13\"\nport = \"/dev/ttyUSB0\"\n");
         assert!(err(&two).contains("node[1].port"));
+    }
+
+    const LIFT: &str = r#"
+[[lift]]
+id = "lift-2"
+port = "/dev/ttyRS485-0"
+baud = 9600
+parity = "none"            # none | even | odd
+unit = 2
+profile = "generic"        # a file in config/profiles/, or a path
+poll = "250ms"
+top_floor = 32
+bottom_floor = -2
+rated_speed_mm_s = 1750
+trapped_after = "30s"
+outside_zone_after = "5s"
+"#;
+
+    #[test]
+    fn the_lift_sketch_parses_with_its_profile() {
+        let c = Config::parse(&format!("{GOOD}{LIFT}"), "t.toml").expect("lift config");
+        let lift = &c.lifts[0];
+        assert_eq!(lift.unit, 2);
+        assert_eq!(lift.parity, Parity::None);
+        assert_eq!(lift.poll, Duration::from_millis(250));
+        assert_eq!(lift.timeout, Duration::from_millis(200));
+        assert_eq!((lift.top_floor, lift.bottom_floor), (32, -2));
+        assert_eq!(lift.trapped_after, Duration::from_secs(30));
+        assert_eq!(lift.status_interval, Duration::from_secs(60));
+        let map = lift.register_map.as_ref().expect("resolved profile");
+        assert_eq!((map.name.as_str(), map.count), ("generic", 14));
+    }
+
+    #[test]
+    fn bad_lift_values_name_their_key() {
+        let cases = [
+            ("unit = 2", "unit = 0", "lift[0].unit"),
+            ("unit = 2", "unit = 248", "unit"),
+            ("parity = \"none\"", "parity = \"mark\"", "parity"),
+            ("baud = 9600", "baud = 230400", "lift[0].baud"),
+            ("top_floor = 32", "top_floor = -3", "lift[0].top_floor"),
+            ("poll = \"250ms\"", "poll = \"1ms\"", "lift[0].poll"),
+            (
+                "profile = \"generic\"",
+                "profile = \"acme\"",
+                "lift[0].profile",
+            ),
+            (
+                "unit = 2",
+                "unit = 2\nwrite_registers = true",
+                "write_registers",
+            ),
+            (
+                "rated_speed_mm_s = 1750",
+                "rated_speed_mm_s = 0",
+                "rated_speed_mm_s",
+            ),
+            ("id = \"lift-2\"", "id = \"panel-n12\"", "lift[0].id"),
+            (
+                "port = \"/dev/ttyRS485-0\"",
+                "port = \"/dev/ttyUSB0\"",
+                "lift[0].port",
+            ),
+        ];
+        for (from, to, key) in cases {
+            let text = format!("{GOOD}{}", LIFT.replace(from, to));
+            let e = err(&text);
+            assert!(e.contains(key), "{to}: {e}");
+        }
+    }
+
+    #[test]
+    fn lifts_on_one_bus_need_distinct_units_and_one_line_setting() {
+        let second = LIFT.replace("lift-2", "lift-3");
+        let e = err(&format!("{GOOD}{LIFT}{second}"));
+        assert!(e.contains("lift[1].unit"), "{e}");
+        let second = second.replace("unit = 2", "unit = 3");
+        assert!(Config::parse(&format!("{GOOD}{LIFT}{second}"), "t").is_ok());
+        let e = err(&format!(
+            "{GOOD}{LIFT}{}",
+            second.replace("baud = 9600", "baud = 19200")
+        ));
+        assert!(e.contains("lift[1].baud") && e.contains("same bus"), "{e}");
+        let e = err(&format!(
+            "{GOOD}{LIFT}{}",
+            second.replace("parity = \"none\"", "parity = \"even\"")
+        ));
+        assert!(e.contains("lift[1].parity"), "{e}");
     }
 
     #[test]

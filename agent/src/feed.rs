@@ -190,6 +190,90 @@ pub enum Message {
     },
     /// The answer to one command.
     Reply(Reply),
+    /// The status of one lift (`data/{lift}`), on change and at least every 60 s.
+    LiftStatus {
+        /// Device id (the lift).
+        dev: String,
+        /// When the controller was read.
+        ts: UnixMillis,
+        /// What it said.
+        lift: LiftStatus,
+    },
+}
+
+/// A lift's service mode (`lift.mode`), from the generic profile's register 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LiftMode {
+    /// 0: normal (automatic) service.
+    Normal,
+    /// 1: inspection or maintenance.
+    Inspection,
+    /// 2: fire service.
+    FireService,
+    /// 3: out of service.
+    OutOfService,
+    /// 4: independent service.
+    Independent,
+    /// 5: running on emergency power.
+    EmergencyPower,
+}
+
+/// Travel direction (`lift.direction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LiftDirection {
+    /// 0: not moving.
+    Stopped,
+    /// 1: up.
+    Up,
+    /// 2: down.
+    Down,
+}
+
+/// Car door state (`lift.door`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LiftDoor {
+    /// 0: closed.
+    Closed,
+    /// 1: opening.
+    Opening,
+    /// 2: open.
+    Open,
+    /// 3: closing.
+    Closing,
+}
+
+/// The `lift` object of a lift status payload (field names are the contract's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LiftStatus {
+    /// Service mode.
+    pub mode: LiftMode,
+    /// Current floor (basements negative).
+    pub floor: i16,
+    /// Travel direction.
+    pub direction: LiftDirection,
+    /// Door state.
+    pub door: LiftDoor,
+    /// Car running.
+    pub running: bool,
+    /// Car levelled in a door zone.
+    pub door_zone: bool,
+    /// Car occupied.
+    pub occupied: bool,
+    /// Car speed, mm/s.
+    pub speed_mm_s: u16,
+    /// Car load, % of rated.
+    pub load_pct: u16,
+    /// Car position above the pit, mm.
+    pub position_mm: u32,
+    /// The controller's fault code (0 = none).
+    pub fault_code: u16,
+    /// Trips since commissioning.
+    pub run_count: u32,
+    /// Door open/close cycles.
+    pub door_cycles: u32,
 }
 
 /// The answer to one command on `reply`.
@@ -220,7 +304,7 @@ impl Message {
     /// The message's class.
     pub fn class(&self) -> MessageClass {
         match self {
-            Message::Data { .. } => MessageClass::Telemetry,
+            Message::Data { .. } | Message::LiftStatus { .. } => MessageClass::Telemetry,
             Message::Event { .. } | Message::Reply(_) => MessageClass::Event,
         }
     }
@@ -228,7 +312,9 @@ impl Message {
     /// The device the message is about (none for replies).
     pub fn dev(&self) -> Option<&str> {
         match self {
-            Message::Data { dev, .. } | Message::Event { dev, .. } => Some(dev),
+            Message::Data { dev, .. }
+            | Message::Event { dev, .. }
+            | Message::LiftStatus { dev, .. } => Some(dev),
             Message::Reply(_) => None,
         }
     }
@@ -236,7 +322,7 @@ impl Message {
     /// The topic it is published on.
     pub fn topic(&self, topics: &Topics) -> String {
         match self {
-            Message::Data { dev, .. } => topics.data(dev),
+            Message::Data { dev, .. } | Message::LiftStatus { dev, .. } => topics.data(dev),
             Message::Event { dev, .. } => topics.event(dev),
             Message::Reply(_) => topics.reply(),
         }
@@ -266,6 +352,14 @@ impl Message {
                 seq,
                 event,
             }),
+            Message::LiftStatus { dev, ts, lift } => serde_json::to_vec(&LiftPayload {
+                v: FEED_VERSION,
+                gw,
+                dev,
+                seq,
+                ts: rfc3339(*ts),
+                lift,
+            }),
             Message::Reply(reply) => serde_json::to_vec(&ReplyPayload {
                 v: FEED_VERSION,
                 gw,
@@ -287,6 +381,16 @@ struct DataPayload<'a> {
     start: String,
     end: String,
     ch: &'a BTreeMap<String, ChannelWindow>,
+}
+
+#[derive(Serialize)]
+struct LiftPayload<'a> {
+    v: u8,
+    gw: &'a str,
+    dev: &'a str,
+    seq: u64,
+    ts: String,
+    lift: &'a LiftStatus,
 }
 
 #[derive(Serialize)]
@@ -414,6 +518,47 @@ mod tests {
                 "event":"threshold","severity":"major","state":"active","ch":"tilt_x","u":"deg","value":0.52,"limit":0.5})
         );
         assert_eq!(m.class(), MessageClass::Event);
+    }
+
+    #[test]
+    fn lift_status_payload_matches_the_spec_example() {
+        let m = Message::LiftStatus {
+            dev: "lift-2".into(),
+            ts: T0 + 3_250,
+            lift: LiftStatus {
+                mode: LiftMode::Normal,
+                floor: 7,
+                direction: LiftDirection::Up,
+                door: LiftDoor::Closed,
+                running: true,
+                door_zone: false,
+                occupied: true,
+                speed_mm_s: 1480,
+                load_pct: 35,
+                position_mm: 21350,
+                fault_code: 0,
+                run_count: 10234,
+                door_cycles: 20561,
+            },
+        };
+        let t = Topics::new("towerlink/v1", "sh-ja-0001");
+        assert_eq!(m.topic(&t), "towerlink/v1/sh-ja-0001/data/lift-2");
+        let v: Value = serde_json::from_slice(&m.render("sh-ja-0001", 18240)).expect("json");
+        assert_eq!(
+            v,
+            json!({"v":1,"gw":"sh-ja-0001","dev":"lift-2","seq":18240,"ts":"2026-11-28T05:04:03.250Z",
+                "lift":{"mode":"normal","floor":7,"direction":"up","door":"closed","running":true,
+                        "door_zone":false,"occupied":true,"speed_mm_s":1480,"load_pct":35,
+                        "position_mm":21350,"fault_code":0,"run_count":10234,"door_cycles":20561}})
+        );
+        assert_eq!(m.class(), MessageClass::Telemetry);
+        for (mode, name) in [
+            (LiftMode::FireService, "fire_service"),
+            (LiftMode::OutOfService, "out_of_service"),
+            (LiftMode::EmergencyPower, "emergency_power"),
+        ] {
+            assert_eq!(serde_json::to_value(mode).expect("json"), json!(name));
+        }
     }
 
     #[test]

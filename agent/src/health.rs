@@ -99,7 +99,8 @@ impl HealthReporter {
                 + get(&st.crc_errors)
                 + get(&st.undecodable)
                 + get(&st.oversize)
-                + get(&st.dropped_events);
+                + get(&st.dropped_events)
+                + get(&st.polls_lost);
             let last_frame = get(&st.last_frame_ms);
             let silent = last_frame == 0
                 || (now.max(0) as u64).saturating_sub(last_frame) >= self.silent_after_ms;
@@ -112,9 +113,7 @@ impl HealthReporter {
             };
             previous.insert(s.dev.clone(), errors);
             dropped += get(&st.dropped_events);
-            sources.insert(
-                s.dev.clone(),
-                json!({
+            let mut entry = json!({
                     "kind": s.kind,
                     "port": s.port,
                     "status": status,
@@ -131,8 +130,23 @@ impl HealthReporter {
                     "dropped_events": get(&st.dropped_events),
                     "last_frame": (last_frame > 0).then(|| rfc3339(last_frame as i64)),
                     "conditions": active.get(&s.dev).map(|c| c.iter().cloned().collect::<Vec<_>>()).unwrap_or_default(),
-                }),
-            );
+                    "modbus_timeouts": get(&st.modbus_timeouts),
+            });
+            if s.kind == "modbus_lift" {
+                if let Some(obj) = entry.as_object_mut() {
+                    for (key, counter) in [
+                        ("polls_ok", &st.polls_ok),
+                        ("polls_lost", &st.polls_lost),
+                        ("modbus_truncated", &st.modbus_truncated),
+                        ("modbus_exceptions", &st.modbus_exceptions),
+                        ("modbus_retries", &st.modbus_retries),
+                        ("max_poll_gap_ms", &st.max_poll_gap_ms),
+                    ] {
+                        obj.insert(key.to_owned(), get(counter).into());
+                    }
+                }
+            }
+            sources.insert(s.dev.clone(), entry);
         }
         json!({
             "v": FEED_VERSION,

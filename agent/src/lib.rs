@@ -9,6 +9,7 @@
 //! ```
 //!
 //! - [`config`]: the TOML configuration and its validation.
+//! - [`profile`]: lift controller register maps (Modbus input registers, read-only).
 //! - [`feed`]: the MQTT feed contract (topics and payloads), decided in one place.
 //! - [`sources`]: tasks that own devices and produce [`sources::SourceEvent`]s.
 //! - [`pipeline`]: windows and health rules that turn events into [`feed::Message`]s.
@@ -27,6 +28,7 @@ pub mod feed;
 pub mod feed_view;
 pub mod health;
 pub mod pipeline;
+pub mod profile;
 pub mod queue;
 pub mod shutdown;
 pub mod sources;

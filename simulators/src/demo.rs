@@ -13,10 +13,41 @@ use towerlink_agent::config::Config;
 use towerlink_sim_chips::scenario::Scenario;
 
 use crate::broker::EmbeddedBroker;
+use crate::lift::{BusOptions, LiftBus, LiftSpec};
 use crate::virtual_node::{spawn_tower, VirtualNode};
 
 /// The demo's gateway id.
 pub const DEMO_GATEWAY: &str = "demo-tower";
+
+/// The demo tower's lift fault script (`simulators/scenarios/lifts.toml`).
+pub const DEMO_LIFT_SCRIPT: &str = include_str!("../scenarios/lifts.toml");
+
+/// The demo tower's lifts: two cars on one RS-485 bus.
+pub fn demo_lifts() -> Vec<LiftSpec> {
+    [(1u8, "lift-1"), (2, "lift-2")]
+        .into_iter()
+        .map(|(unit, id)| LiftSpec {
+            id: id.to_owned(),
+            unit,
+            bottom_floor: -2,
+            top_floor: 32,
+            rated_speed_mm_s: 1750,
+            auto_calls: true,
+        })
+        .collect()
+}
+
+/// Starts the demo tower's lift bus (9600 baud, paced) with its link in `ports`.
+pub fn spawn_demo_lifts(ports: &Path, seed: u64) -> anyhow::Result<LiftBus> {
+    let mut options = BusOptions::new(seed)?;
+    options.script = crate::lift::script::parse(DEMO_LIFT_SCRIPT)
+        .map_err(|e| anyhow::anyhow!("built-in lift script: {e}"))?;
+    Ok(LiftBus::spawn(
+        &ports.join("ttyRS485-0"),
+        demo_lifts(),
+        options,
+    )?)
+}
 
 /// Options of a demo run.
 #[derive(Debug, Clone)]
@@ -37,6 +68,7 @@ pub fn agent_config(
     store: &Path,
     nodes: &[VirtualNode],
     window: Duration,
+    lifts: Option<&LiftBus>,
 ) -> anyhow::Result<Config> {
     let mut text = format!(
         "[gateway]\nid = \"{DEMO_GATEWAY}\"\n\n[mqtt]\nurl = \"{broker_url}\"\n\n[store]\npath = \"{}\"\n\n[health]\ninterval = \"10s\"\n",
@@ -50,6 +82,9 @@ pub fn agent_config(
             humantime::format_duration(window),
             node.node_id()
         ));
+    }
+    if let Some(bus) = lifts {
+        text.push_str(&crate::lift::agent_lift_sections(bus, 9600, ""));
     }
     Ok(Config::parse(&text, "demo")?)
 }
@@ -83,7 +118,23 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             n.path().display()
         );
     }
-    let config = agent_config(&broker.url(), &dir.join("store"), &nodes, options.window)?;
+    let lifts = spawn_demo_lifts(&dir.join("ports"), options.scenario.seed)
+        .context("starting the simulated lifts")?;
+    for l in lifts.lifts() {
+        println!(
+            "towerlink demo: lift {:<12} unit {:<5} on {}",
+            l.id,
+            l.unit,
+            lifts.path().display()
+        );
+    }
+    let config = agent_config(
+        &broker.url(),
+        &dir.join("store"),
+        &nodes,
+        options.window,
+        Some(&lifts),
+    )?;
 
     // The platform's view: print every message of the gateway.
     let mut opts = MqttOptions::new(
@@ -131,6 +182,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     for n in nodes {
         n.stop();
     }
+    lifts.stop();
     println!("towerlink demo: stopped");
     Ok(())
 }

@@ -5,11 +5,13 @@
 //! - [`pty`]: virtual serial ports (pseudo-terminals) that the agent opens like real ones.
 //! - [`virtual_node`]: a panel node running the real firmware core over simulated chips
 //!   (`towerlink-sim-chips`), streaming frames into its port in real time.
+//! - [`lift`]: simulated lift controllers on a Modbus RTU bus (a pseudo-terminal).
 //! - [`broker`]: the demo's embedded MQTT broker.
 //! - [`demo`]: broker + tower + agent + a live feed printer.
 
 pub mod broker;
 pub mod demo;
+pub mod lift;
 pub mod pty;
 pub mod virtual_node;
 

@@ -35,6 +35,25 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Run simulated lift controllers on a Modbus RTU bus (a pseudo-terminal) and print the
+    /// bus path and the lifts' unit ids.
+    Lifts {
+        /// Directory for the bus link (`ttyRS485-0`).
+        #[arg(long, default_value = "/tmp/towerlink-sim")]
+        dir: PathBuf,
+        /// Fault script (TOML); default: the demo's.
+        #[arg(long)]
+        script: Option<PathBuf>,
+        /// Baud rate the answers are paced at.
+        #[arg(long, default_value_t = 9600)]
+        baud: u32,
+        /// Seed of the lift models.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Stop after this long (default: until Ctrl-C).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+    },
     /// Run a scenario's panel nodes on pseudo-terminals and print their paths.
     Nodes {
         /// Scenario file.
@@ -79,6 +98,46 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dir,
                 window,
             }))
+        }
+        Command::Lifts {
+            dir,
+            script,
+            baud,
+            seed,
+            duration,
+        } => {
+            let text = match &script {
+                Some(p) => std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?,
+                None => demo::DEMO_LIFT_SCRIPT.to_owned(),
+            };
+            let mut options = towerlink_sim::lift::BusOptions::new(seed)?;
+            options.baud = baud;
+            options.script = towerlink_sim::lift::script::parse(&text)
+                .map_err(|e| anyhow::anyhow!("lift script: {e}"))?;
+            let bus = towerlink_sim::lift::LiftBus::spawn(
+                &dir.join("ttyRS485-0"),
+                demo::demo_lifts(),
+                options,
+            )?;
+            println!("bus {} baud {baud}", bus.path().display());
+            for l in bus.lifts() {
+                println!(
+                    "lift {} unit {} floors {}..={} rated {} mm/s",
+                    l.id, l.unit, l.bottom_floor, l.top_floor, l.rated_speed_mm_s
+                );
+            }
+            runtime.block_on(async {
+                match duration {
+                    Some(d) => tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        _ = towerlink_agent::app::termination_signal() => {}
+                    },
+                    None => towerlink_agent::app::termination_signal().await,
+                }
+            });
+            bus.stop();
+            Ok(())
         }
         Command::Nodes {
             scenario,

@@ -8,6 +8,7 @@
 pub mod alarm;
 pub mod chain;
 pub mod filter;
+pub mod lift_rules;
 pub mod sensor_health;
 pub mod settings;
 pub mod window;
@@ -23,6 +24,7 @@ use towerlink_firmware::protocol::{ChannelInfo, Quantity};
 
 use self::alarm::Transition;
 use self::chain::{ChannelChain, Deadband};
+use self::lift_rules::{LiftMonitor, LiftRuleSettings};
 use self::sensor_health::DeviceHealth;
 use self::window::DeviceWindows;
 use self::zero::ZeroTable;
@@ -177,6 +179,7 @@ pub struct Pipeline {
     directory: ChannelDirectory,
     zeros: ZeroTable,
     transitions: Vec<Transition>,
+    lifts: Vec<LiftMonitor>,
 }
 
 impl Pipeline {
@@ -192,12 +195,18 @@ impl Pipeline {
             .iter()
             .map(|n| Device::new(n, now, config.health.node_silent_after))
             .collect();
+        let lifts = config
+            .lifts
+            .iter()
+            .map(|l| LiftMonitor::new(&l.id, LiftRuleSettings::from_config(l)))
+            .collect();
         Pipeline {
             devices,
             stats,
             directory,
             zeros: ZeroTable::in_memory(),
             transitions: Vec::new(),
+            lifts,
         }
     }
 
@@ -241,12 +250,28 @@ impl Pipeline {
 
     /// Handles one source event; messages it produces are appended to `out`.
     pub fn handle(&mut self, event: SourceEvent, now: UnixMillis, out: &mut Vec<Message>) {
+        match event {
+            SourceEvent::LiftReading { lift, ts, reading } => {
+                if let Some(monitor) = self.lifts.get_mut(lift) {
+                    monitor.on_reading(ts, reading, out);
+                }
+                return;
+            }
+            SourceEvent::LiftPollFailed { lift, ts } => {
+                if let Some(monitor) = self.lifts.get_mut(lift) {
+                    monitor.on_poll_failed(ts, out);
+                }
+                return;
+            }
+            _ => {}
+        }
         let dev_index = match &event {
             SourceEvent::Hello { dev, .. }
             | SourceEvent::Samples { dev, .. }
             | SourceEvent::Fault { dev, .. }
             | SourceEvent::FramesLost { dev, .. }
             | SourceEvent::Alive { dev, .. } => *dev,
+            SourceEvent::LiftReading { .. } | SourceEvent::LiftPollFailed { .. } => return,
         };
         let Some(device) = self.devices.get_mut(dev_index) else {
             return;
@@ -398,6 +423,7 @@ impl Pipeline {
                 device.health.on_frames_lost(count, ts, out, &device.id)
             }
             SourceEvent::Alive { ts, .. } => device.health.on_alive(ts, out, &device.id),
+            SourceEvent::LiftReading { .. } | SourceEvent::LiftPollFailed { .. } => {}
         }
     }
 
@@ -414,6 +440,9 @@ impl Pipeline {
                 device.late_reported = late;
             }
             device.health.tick(now, &device.channels, out, &device.id);
+        }
+        for lift in &mut self.lifts {
+            lift.tick(now, out);
         }
     }
 

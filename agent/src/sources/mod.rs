@@ -5,6 +5,8 @@
 //! events to the pipeline without ever waiting on it (a serial reader that stops reading
 //! loses bytes in the UART).
 
+pub mod modbus_lift;
+pub mod modbus_rtu;
 pub mod node_clock;
 pub mod serial_node;
 
@@ -70,6 +72,22 @@ pub enum SourceEvent {
         /// When.
         ts: UnixMillis,
     },
+    /// A lift controller answered a poll (`lift` indexes `Config::lifts`).
+    LiftReading {
+        /// Lift index.
+        lift: usize,
+        /// When the answer arrived.
+        ts: UnixMillis,
+        /// What it said.
+        reading: crate::profile::LiftReading,
+    },
+    /// A poll of a lift ended without a valid reading (lost, exception or undecodable).
+    LiftPollFailed {
+        /// Lift index.
+        lift: usize,
+        /// When the poll gave up.
+        ts: UnixMillis,
+    },
 }
 
 /// A request from the command path to a node: the node's answer comes back on `reply`.
@@ -110,6 +128,20 @@ pub struct SourceStats {
     pub dropped_events: AtomicU64,
     /// Node reboots seen.
     pub reboots: AtomicU64,
+    /// Modbus: polls answered with a valid reading.
+    pub polls_ok: AtomicU64,
+    /// Modbus: polls that got no valid answer after the retry.
+    pub polls_lost: AtomicU64,
+    /// Modbus: requests that got no byte before the timeout.
+    pub modbus_timeouts: AtomicU64,
+    /// Modbus: requests answered with bytes that never made a frame (truncated, noise).
+    pub modbus_truncated: AtomicU64,
+    /// Modbus: exception answers.
+    pub modbus_exceptions: AtomicU64,
+    /// Modbus: requests sent again after a failed first attempt.
+    pub modbus_retries: AtomicU64,
+    /// Modbus: the longest time between two valid readings, ms (how long others delayed it).
+    pub max_poll_gap_ms: AtomicU64,
 }
 
 impl SourceStats {

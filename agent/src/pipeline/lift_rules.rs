@@ -1,0 +1,858 @@
+//! Lift status and safety events at the edge (`shared/spec/elevator-modbus-v1.md`, "Events
+//! the agent derives"), as pure, time-driven rules: readings and failed polls go in with
+//! their time, feed messages come out. No I/O, no clock of its own, so every rule and every
+//! timing edge is tested with plain numbers.
+//!
+//! Each event of the spec's table is a rule over the latest reading. An event goes `active`
+//! the moment its rule holds (timed rules: once it has held continuously for the lift's
+//! `trapped_after` / `outside_zone_after`) and `cleared` the moment it stops holding; both
+//! transitions are published at once and carry `since` = when the condition started.
+//!
+//! `trapped_passenger`: the spec's "(outside the door zone, or in it with no door opening)"
+//! reduces to "door closed throughout", because any door opening resets the condition; so
+//! the rule is occupied, not running, door closed, held for `trapped_after`.
+//! `controller_fault` is keyed by code: a change from one fault code to another clears the
+//! old event and raises the new one, so the platform sees each code's own episode.
+//! `comm_lost` counts consecutive polls without a valid reading; while it is active the
+//! other rules keep their state (the lift's last known condition), and timed rules do not
+//! advance on stale data.
+//!
+//! The status (`data/{lift}`) goes out on every change of floor, direction, door or mode,
+//! and otherwise every `status_interval` (at most 60 s) while the lift answers.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use crate::config::LiftConfig;
+use crate::feed::{
+    Event, EventState, LiftDoor, LiftMode, LiftStatus, Message, Severity, UnixMillis,
+};
+use crate::profile::LiftReading;
+
+/// Consecutive polls without a valid reading that make `comm_lost`.
+pub const COMM_LOST_AFTER_POLLS: u32 = 3;
+/// Overspeed above this percentage of the rated speed.
+pub const OVERSPEED_PERCENT: u32 = 115;
+
+/// The events of the spec's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LiftEvent {
+    /// Occupied, stopped, doors closed for `trapped_after`.
+    TrappedPassenger,
+    /// Running with the door not closed or its lock open.
+    DoorOpenWhileMoving,
+    /// Speed above 115 % of rated.
+    Overspeed,
+    /// Floor beyond the configured top or bottom floor.
+    Overtravel,
+    /// Stopped outside the door zone for `outside_zone_after`.
+    StoppedOutsideDoorZone,
+    /// Main power not ok.
+    PowerFailure,
+    /// Safety circuit open outside inspection mode.
+    SafetyCircuitOpen,
+    /// Alarm button pressed.
+    AlarmButton,
+    /// Overload flag.
+    Overload,
+    /// A controller fault code.
+    ControllerFault,
+    /// Inspection, fire service or out of service.
+    OutOfService,
+    /// No valid answer for 3 polls.
+    CommLost,
+}
+
+impl LiftEvent {
+    /// Every event, in the spec's table order.
+    pub const ALL: [LiftEvent; 12] = [
+        LiftEvent::TrappedPassenger,
+        LiftEvent::DoorOpenWhileMoving,
+        LiftEvent::Overspeed,
+        LiftEvent::Overtravel,
+        LiftEvent::StoppedOutsideDoorZone,
+        LiftEvent::PowerFailure,
+        LiftEvent::SafetyCircuitOpen,
+        LiftEvent::AlarmButton,
+        LiftEvent::Overload,
+        LiftEvent::ControllerFault,
+        LiftEvent::OutOfService,
+        LiftEvent::CommLost,
+    ];
+
+    /// The event's name in the feed.
+    pub fn name(self) -> &'static str {
+        match self {
+            LiftEvent::TrappedPassenger => "trapped_passenger",
+            LiftEvent::DoorOpenWhileMoving => "door_open_while_moving",
+            LiftEvent::Overspeed => "overspeed",
+            LiftEvent::Overtravel => "overtravel",
+            LiftEvent::StoppedOutsideDoorZone => "stopped_outside_door_zone",
+            LiftEvent::PowerFailure => "power_failure",
+            LiftEvent::SafetyCircuitOpen => "safety_circuit_open",
+            LiftEvent::AlarmButton => "alarm_button",
+            LiftEvent::Overload => "overload",
+            LiftEvent::ControllerFault => "controller_fault",
+            LiftEvent::OutOfService => "out_of_service",
+            LiftEvent::CommLost => "comm_lost",
+        }
+    }
+
+    /// The event's severity (spec table).
+    pub fn severity(self) -> Severity {
+        match self {
+            LiftEvent::TrappedPassenger
+            | LiftEvent::DoorOpenWhileMoving
+            | LiftEvent::Overspeed
+            | LiftEvent::Overtravel => Severity::Critical,
+            LiftEvent::StoppedOutsideDoorZone
+            | LiftEvent::PowerFailure
+            | LiftEvent::SafetyCircuitOpen
+            | LiftEvent::AlarmButton
+            | LiftEvent::ControllerFault
+            | LiftEvent::CommLost => Severity::Major,
+            LiftEvent::Overload | LiftEvent::OutOfService => Severity::Minor,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The per-lift settings the rules use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiftRuleSettings {
+    /// Highest floor served.
+    pub top_floor: i16,
+    /// Lowest floor served.
+    pub bottom_floor: i16,
+    /// Rated speed, mm/s.
+    pub rated_speed_mm_s: u16,
+    /// Time for `trapped_passenger`, ms.
+    pub trapped_after_ms: i64,
+    /// Time for `stopped_outside_door_zone`, ms.
+    pub outside_zone_after_ms: i64,
+    /// Longest time between two status messages, ms.
+    pub status_interval_ms: i64,
+    /// Names of controller fault codes (from the profile).
+    pub fault_names: BTreeMap<u16, String>,
+}
+
+impl LiftRuleSettings {
+    /// The settings of a configured lift.
+    pub fn from_config(config: &LiftConfig) -> LiftRuleSettings {
+        LiftRuleSettings {
+            top_floor: config.top_floor,
+            bottom_floor: config.bottom_floor,
+            rated_speed_mm_s: config.rated_speed_mm_s,
+            trapped_after_ms: config.trapped_after.as_millis() as i64,
+            outside_zone_after_ms: config.outside_zone_after.as_millis() as i64,
+            status_interval_ms: config.status_interval.as_millis() as i64,
+            fault_names: config
+                .register_map
+                .as_ref()
+                .map(|p| p.fault_names.clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct RuleState {
+    /// When the condition was first seen holding (reset when it stops).
+    holding_since: Option<UnixMillis>,
+    /// Set while the event is active: when its condition started.
+    active_since: Option<UnixMillis>,
+}
+
+/// The rules and status of one lift.
+#[derive(Debug, Clone)]
+pub struct LiftMonitor {
+    dev: String,
+    settings: LiftRuleSettings,
+    last: Option<LiftReading>,
+    last_published: Option<(UnixMillis, LiftStatus)>,
+    failed_in_row: u32,
+    first_failure: Option<UnixMillis>,
+    rules: [RuleState; 12],
+    /// The fault code the active `controller_fault` is about.
+    fault_code: u16,
+}
+
+impl LiftMonitor {
+    /// A monitor for lift `dev`.
+    pub fn new(dev: &str, settings: LiftRuleSettings) -> LiftMonitor {
+        LiftMonitor {
+            dev: dev.to_owned(),
+            settings,
+            last: None,
+            last_published: None,
+            failed_in_row: 0,
+            first_failure: None,
+            rules: Default::default(),
+            fault_code: 0,
+        }
+    }
+
+    /// Is `event` active now?
+    pub fn is_active(&self, event: LiftEvent) -> bool {
+        self.rules[event.index()].active_since.is_some()
+    }
+
+    /// A reading arrived at `ts`.
+    pub fn on_reading(&mut self, ts: UnixMillis, reading: LiftReading, out: &mut Vec<Message>) {
+        let s = reading.status;
+        let due = match self.last_published {
+            None => true,
+            Some((at, p)) => {
+                p.floor != s.floor
+                    || p.direction != s.direction
+                    || p.door != s.door
+                    || p.mode != s.mode
+                    || ts - at >= self.settings.status_interval_ms
+            }
+        };
+        if due {
+            out.push(Message::LiftStatus {
+                dev: self.dev.clone(),
+                ts,
+                lift: s,
+            });
+            self.last_published = Some((ts, s));
+        }
+        self.failed_in_row = 0;
+        self.first_failure = None;
+        self.last = Some(reading);
+        if self.is_active(LiftEvent::ControllerFault) && s.fault_code != self.fault_code {
+            // Another code (or none): the old code's episode ends here.
+            self.clear(LiftEvent::ControllerFault, ts, out);
+            self.rules[LiftEvent::ControllerFault.index()].holding_since = None;
+        }
+        self.set(LiftEvent::CommLost, false, ts, ts, out);
+        self.evaluate(ts, out);
+    }
+
+    /// A poll ended without a valid reading at `ts`.
+    pub fn on_poll_failed(&mut self, ts: UnixMillis, out: &mut Vec<Message>) {
+        self.failed_in_row = self.failed_in_row.saturating_add(1);
+        let first = *self.first_failure.get_or_insert(ts);
+        if self.failed_in_row >= COMM_LOST_AFTER_POLLS {
+            self.set(LiftEvent::CommLost, true, first, ts, out);
+        }
+    }
+
+    /// Time passes: timed rules may become active.
+    pub fn tick(&mut self, now: UnixMillis, out: &mut Vec<Message>) {
+        if self.last.is_some() && !self.is_active(LiftEvent::CommLost) {
+            self.evaluate(now, out);
+        }
+    }
+
+    /// Which rules hold for `r`, with the time each must hold before it is active.
+    fn conditions(&self, r: &LiftReading) -> [(LiftEvent, bool, i64); 11] {
+        let s = &r.status;
+        let st = &self.settings;
+        let stopped = !s.running;
+        [
+            (
+                LiftEvent::TrappedPassenger,
+                s.occupied && stopped && s.door == LiftDoor::Closed,
+                st.trapped_after_ms,
+            ),
+            (
+                LiftEvent::DoorOpenWhileMoving,
+                s.running && (s.door != LiftDoor::Closed || !r.door_lock_closed),
+                0,
+            ),
+            (
+                LiftEvent::Overspeed,
+                u32::from(s.speed_mm_s) * 100 > u32::from(st.rated_speed_mm_s) * OVERSPEED_PERCENT,
+                0,
+            ),
+            (
+                LiftEvent::Overtravel,
+                s.floor > st.top_floor || s.floor < st.bottom_floor,
+                0,
+            ),
+            (
+                LiftEvent::StoppedOutsideDoorZone,
+                stopped && !s.door_zone,
+                st.outside_zone_after_ms,
+            ),
+            (LiftEvent::PowerFailure, !r.main_power_ok, 0),
+            (
+                LiftEvent::SafetyCircuitOpen,
+                !r.safety_closed && s.mode != LiftMode::Inspection,
+                0,
+            ),
+            (LiftEvent::AlarmButton, r.alarm_button, 0),
+            (LiftEvent::Overload, r.overload, 0),
+            (LiftEvent::ControllerFault, s.fault_code != 0, 0),
+            (
+                LiftEvent::OutOfService,
+                matches!(
+                    s.mode,
+                    LiftMode::Inspection | LiftMode::FireService | LiftMode::OutOfService
+                ),
+                0,
+            ),
+        ]
+    }
+
+    fn evaluate(&mut self, now: UnixMillis, out: &mut Vec<Message>) {
+        let Some(reading) = self.last else { return };
+        for (event, holds, after) in self.conditions(&reading) {
+            let rule = &mut self.rules[event.index()];
+            let since = if holds {
+                *rule.holding_since.get_or_insert(now)
+            } else {
+                rule.holding_since = None;
+                now
+            };
+            let active = holds && now - since >= after;
+            // A timed rule that holds but has not held long enough leaves an active event
+            // alone (it can only be active if it already held that long).
+            if holds && !active {
+                continue;
+            }
+            if event == LiftEvent::ControllerFault && active {
+                self.fault_code = reading.status.fault_code;
+            }
+            self.set(event, active, since, now, out);
+        }
+    }
+
+    fn set(
+        &mut self,
+        event: LiftEvent,
+        active: bool,
+        since: UnixMillis,
+        now: UnixMillis,
+        out: &mut Vec<Message>,
+    ) {
+        let rule = &mut self.rules[event.index()];
+        match (rule.active_since, active) {
+            (None, true) => {
+                rule.active_since = Some(since);
+                self.emit(event, EventState::Active, since, now, out);
+            }
+            (Some(_), false) => self.clear(event, now, out),
+            _ => {}
+        }
+    }
+
+    /// Ends an active event.
+    fn clear(&mut self, event: LiftEvent, now: UnixMillis, out: &mut Vec<Message>) {
+        if let Some(since) = self.rules[event.index()].active_since.take() {
+            self.emit(event, EventState::Cleared, since, now, out);
+        }
+    }
+
+    fn emit(
+        &self,
+        event: LiftEvent,
+        state: EventState,
+        since: UnixMillis,
+        now: UnixMillis,
+        out: &mut Vec<Message>,
+    ) {
+        let mut e = Event::new(now, event.name(), event.severity(), state);
+        e.since = Some(since);
+        e.detail = Some(self.detail(event));
+        out.push(Message::Event {
+            dev: self.dev.clone(),
+            event: e,
+        });
+    }
+
+    fn detail(&self, event: LiftEvent) -> Value {
+        let Some(r) = self.last else {
+            return json!({ "lost_polls": self.failed_in_row });
+        };
+        let s = r.status;
+        let st = &self.settings;
+        match event {
+            LiftEvent::TrappedPassenger => {
+                json!({"floor": s.floor, "door": s.door, "door_zone": s.door_zone})
+            }
+            LiftEvent::DoorOpenWhileMoving => json!({
+                "floor": s.floor, "door": s.door, "door_lock_closed": r.door_lock_closed,
+                "speed_mm_s": s.speed_mm_s
+            }),
+            LiftEvent::Overspeed => json!({
+                "speed_mm_s": s.speed_mm_s,
+                "limit_mm_s": u32::from(st.rated_speed_mm_s) * OVERSPEED_PERCENT / 100,
+                "rated_speed_mm_s": st.rated_speed_mm_s
+            }),
+            LiftEvent::Overtravel => json!({
+                "floor": s.floor, "top_floor": st.top_floor, "bottom_floor": st.bottom_floor,
+                "position_mm": s.position_mm
+            }),
+            LiftEvent::StoppedOutsideDoorZone => {
+                json!({"floor": s.floor, "position_mm": s.position_mm})
+            }
+            LiftEvent::PowerFailure | LiftEvent::AlarmButton => {
+                json!({"floor": s.floor, "occupied": s.occupied})
+            }
+            LiftEvent::SafetyCircuitOpen | LiftEvent::OutOfService => {
+                json!({"floor": s.floor, "mode": s.mode})
+            }
+            LiftEvent::Overload => json!({"load_pct": s.load_pct}),
+            LiftEvent::ControllerFault => {
+                let code = if self.fault_code != 0 {
+                    self.fault_code
+                } else {
+                    s.fault_code
+                };
+                json!({"code": code, "name": st.fault_names.get(&code)})
+            }
+            LiftEvent::CommLost => json!({"lost_polls": self.failed_in_row}),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feed::LiftDirection;
+
+    const T0: UnixMillis = 1_795_842_240_000;
+
+    fn settings() -> LiftRuleSettings {
+        LiftRuleSettings {
+            top_floor: 32,
+            bottom_floor: -2,
+            rated_speed_mm_s: 1750,
+            trapped_after_ms: 30_000,
+            outside_zone_after_ms: 5_000,
+            status_interval_ms: 60_000,
+            fault_names: [(41, "E41 safety circuit open".to_owned())]
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// A lift parked at floor 3, doors closed, empty, all healthy.
+    fn idle() -> LiftReading {
+        LiftReading {
+            status: LiftStatus {
+                mode: LiftMode::Normal,
+                floor: 3,
+                direction: LiftDirection::Stopped,
+                door: LiftDoor::Closed,
+                running: false,
+                door_zone: true,
+                occupied: false,
+                speed_mm_s: 0,
+                load_pct: 0,
+                position_mm: 15_000,
+                fault_code: 0,
+                run_count: 10,
+                door_cycles: 20,
+            },
+            main_power_ok: true,
+            safety_closed: true,
+            door_lock_closed: true,
+            alarm_button: false,
+            overload: false,
+        }
+    }
+
+    fn moving() -> LiftReading {
+        let mut r = idle();
+        r.status.running = true;
+        r.status.direction = LiftDirection::Up;
+        r.status.door_zone = false;
+        r.status.speed_mm_s = 1500;
+        r
+    }
+
+    /// (event name, state, ts, since) of the events in `out`.
+    fn events(out: &[Message]) -> Vec<(&'static str, EventState, UnixMillis, Option<UnixMillis>)> {
+        out.iter()
+            .filter_map(|m| match m {
+                Message::Event { event, .. } => {
+                    Some((event.event, event.state, event.ts, event.since))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn monitor() -> (LiftMonitor, Vec<Message>) {
+        let mut m = LiftMonitor::new("lift-2", settings());
+        let mut out = Vec::new();
+        m.on_reading(T0, idle(), &mut out);
+        assert!(
+            events(&out).is_empty(),
+            "a healthy idle lift raises nothing"
+        );
+        out.clear();
+        (m, out)
+    }
+
+    /// Feeds `bad` at T0+1000, checks the event goes active at once, then `idle` clears it.
+    fn instant_rule(bad: LiftReading, name: &str, severity: Severity) -> Vec<Message> {
+        let (mut m, mut out) = monitor();
+        m.on_reading(T0 + 1000, bad, &mut out);
+        let ev = events(&out);
+        assert!(
+            ev.contains(&(name, EventState::Active, T0 + 1000, Some(T0 + 1000))),
+            "{name}: {ev:?}"
+        );
+        let sev = out.iter().find_map(|m| match m {
+            Message::Event { event, .. } if event.event == name => Some(event.severity),
+            _ => None,
+        });
+        assert_eq!(sev, Some(severity), "{name}");
+        let active = out.clone();
+        out.clear();
+        // Still holding: nothing new.
+        m.on_reading(T0 + 1250, bad, &mut out);
+        assert!(!events(&out).iter().any(|e| e.0 == name), "{name} repeated");
+        m.on_reading(T0 + 2000, idle(), &mut out);
+        assert!(
+            events(&out).contains(&(name, EventState::Cleared, T0 + 2000, Some(T0 + 1000))),
+            "{name} not cleared: {:?}",
+            events(&out)
+        );
+        active
+    }
+
+    #[test]
+    fn door_open_while_moving() {
+        let mut r = moving();
+        r.status.door = LiftDoor::Opening;
+        instant_rule(r, "door_open_while_moving", Severity::Critical);
+        let mut r = moving();
+        r.door_lock_closed = false;
+        instant_rule(r, "door_open_while_moving", Severity::Critical);
+        // Doors open while stopped is normal service.
+        let (mut m, mut out) = monitor();
+        let mut r = idle();
+        r.status.door = LiftDoor::Open;
+        r.door_lock_closed = false;
+        m.on_reading(T0 + 1000, r, &mut out);
+        assert!(events(&out).is_empty());
+    }
+
+    #[test]
+    fn overspeed_is_above_115_percent_of_rated() {
+        let mut r = moving();
+        r.status.speed_mm_s = 2013; // 1750 * 1.15 = 2012.5
+        let out = instant_rule(r, "overspeed", Severity::Critical);
+        let detail = out.iter().find_map(|m| match m {
+            Message::Event { event, .. } => event.detail.clone(),
+            _ => None,
+        });
+        assert_eq!(detail.expect("detail")["limit_mm_s"], 2012);
+        let (mut m, mut out) = monitor();
+        let mut r = moving();
+        r.status.speed_mm_s = 2012;
+        m.on_reading(T0 + 1000, r, &mut out);
+        assert!(events(&out).is_empty(), "2012 mm/s is within 115 %");
+    }
+
+    #[test]
+    fn overtravel_above_top_and_below_bottom() {
+        let mut r = idle();
+        r.status.floor = 33;
+        instant_rule(r, "overtravel", Severity::Critical);
+        r.status.floor = -3;
+        instant_rule(r, "overtravel", Severity::Critical);
+        let (mut m, mut out) = monitor();
+        r.status.floor = 32;
+        m.on_reading(T0 + 1000, r, &mut out);
+        r.status.floor = -2;
+        m.on_reading(T0 + 1100, r, &mut out);
+        assert!(
+            events(&out).is_empty(),
+            "the end floors themselves are fine"
+        );
+    }
+
+    #[test]
+    fn flag_rules() {
+        let mut r = idle();
+        r.main_power_ok = false;
+        instant_rule(r, "power_failure", Severity::Major);
+        let mut r = idle();
+        r.alarm_button = true;
+        instant_rule(r, "alarm_button", Severity::Major);
+        let mut r = idle();
+        r.overload = true;
+        instant_rule(r, "overload", Severity::Minor);
+        let mut r = idle();
+        r.safety_closed = false;
+        instant_rule(r, "safety_circuit_open", Severity::Major);
+    }
+
+    #[test]
+    fn safety_circuit_open_is_expected_in_inspection() {
+        let (mut m, mut out) = monitor();
+        let mut r = idle();
+        r.status.mode = LiftMode::Inspection;
+        r.safety_closed = false;
+        m.on_reading(T0 + 1000, r, &mut out);
+        let names: Vec<_> = events(&out).into_iter().map(|e| e.0).collect();
+        assert_eq!(names, vec!["out_of_service"]);
+    }
+
+    #[test]
+    fn out_of_service_modes() {
+        for mode in [
+            LiftMode::Inspection,
+            LiftMode::FireService,
+            LiftMode::OutOfService,
+        ] {
+            let mut r = idle();
+            r.status.mode = mode;
+            instant_rule(r, "out_of_service", Severity::Minor);
+        }
+        for mode in [LiftMode::Independent, LiftMode::EmergencyPower] {
+            let (mut m, mut out) = monitor();
+            let mut r = idle();
+            r.status.mode = mode;
+            m.on_reading(T0 + 1000, r, &mut out);
+            assert!(events(&out).is_empty(), "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn controller_fault_carries_code_and_name_and_follows_code_changes() {
+        let mut r = idle();
+        r.status.fault_code = 41;
+        let out = instant_rule(r, "controller_fault", Severity::Major);
+        let detail = out
+            .iter()
+            .find_map(|m| match m {
+                Message::Event { event, .. } => event.detail.clone(),
+                _ => None,
+            })
+            .expect("detail");
+        assert_eq!(
+            detail,
+            json!({"code": 41, "name": "E41 safety circuit open"})
+        );
+
+        let (mut m, mut out) = monitor();
+        m.on_reading(T0 + 1000, r, &mut out);
+        r.status.fault_code = 7;
+        m.on_reading(T0 + 2000, r, &mut out);
+        let got: Vec<(EventState, Value)> = out
+            .iter()
+            .filter_map(|m| match m {
+                Message::Event { event, .. } => {
+                    Some((event.state, event.detail.clone().unwrap_or_default()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    EventState::Active,
+                    json!({"code": 41, "name": "E41 safety circuit open"})
+                ),
+                (
+                    EventState::Cleared,
+                    json!({"code": 41, "name": "E41 safety circuit open"})
+                ),
+                (EventState::Active, json!({"code": 7, "name": null})),
+            ]
+        );
+    }
+
+    #[test]
+    fn trapped_passenger_after_exactly_trapped_after() {
+        let (mut m, mut out) = monitor();
+        let mut r = idle();
+        r.status.occupied = true;
+        r.status.door_zone = false;
+        m.on_reading(T0 + 1000, r, &mut out);
+        m.tick(T0 + 1000 + 29_999, &mut out);
+        assert!(
+            !events(&out).iter().any(|e| e.0 == "trapped_passenger"),
+            "not before 30 s"
+        );
+        m.tick(T0 + 1000 + 30_000, &mut out);
+        assert!(events(&out).contains(&(
+            "trapped_passenger",
+            EventState::Active,
+            T0 + 31_000,
+            Some(T0 + 1000)
+        )));
+        out.clear();
+        // The doors open: released.
+        r.status.door = LiftDoor::Opening;
+        m.on_reading(T0 + 40_000, r, &mut out);
+        assert!(events(&out).contains(&(
+            "trapped_passenger",
+            EventState::Cleared,
+            T0 + 40_000,
+            Some(T0 + 1000)
+        )));
+    }
+
+    #[test]
+    fn a_door_opening_restarts_the_trapped_timer_and_an_empty_car_is_not_trapped() {
+        let (mut m, mut out) = monitor();
+        let mut r = idle();
+        r.status.occupied = true;
+        m.on_reading(T0, r, &mut out);
+        m.tick(T0 + 20_000, &mut out);
+        let mut opening = r;
+        opening.status.door = LiftDoor::Opening;
+        m.on_reading(T0 + 20_100, opening, &mut out);
+        m.on_reading(T0 + 20_200, r, &mut out);
+        m.tick(T0 + 40_000, &mut out);
+        assert!(!events(&out).iter().any(|e| e.0 == "trapped_passenger"));
+        m.tick(T0 + 50_200, &mut out);
+        assert!(events(&out).iter().any(|e| e.0 == "trapped_passenger"));
+
+        let (mut m, mut out) = monitor();
+        m.on_reading(T0, idle(), &mut out);
+        m.tick(T0 + 100_000, &mut out);
+        assert!(events(&out).is_empty(), "an empty parked car is fine");
+    }
+
+    #[test]
+    fn stopped_outside_door_zone_after_5_s_and_not_while_running() {
+        let (mut m, mut out) = monitor();
+        m.on_reading(T0, moving(), &mut out);
+        m.tick(T0 + 10_000, &mut out);
+        assert!(events(&out).is_empty(), "running between floors is normal");
+        let mut r = idle();
+        r.status.door_zone = false;
+        m.on_reading(T0 + 10_000, r, &mut out);
+        m.tick(T0 + 14_999, &mut out);
+        assert!(events(&out).is_empty());
+        m.tick(T0 + 15_000, &mut out);
+        assert_eq!(
+            events(&out),
+            vec![(
+                "stopped_outside_door_zone",
+                EventState::Active,
+                T0 + 15_000,
+                Some(T0 + 10_000)
+            )]
+        );
+        out.clear();
+        m.on_reading(T0 + 16_000, moving(), &mut out);
+        assert_eq!(
+            events(&out),
+            vec![(
+                "stopped_outside_door_zone",
+                EventState::Cleared,
+                T0 + 16_000,
+                Some(T0 + 10_000)
+            )]
+        );
+    }
+
+    #[test]
+    fn comm_lost_after_three_failed_polls_cleared_by_an_answer() {
+        let (mut m, mut out) = monitor();
+        m.on_poll_failed(T0 + 250, &mut out);
+        m.on_poll_failed(T0 + 500, &mut out);
+        assert!(events(&out).is_empty(), "two lost polls are not comm_lost");
+        m.on_poll_failed(T0 + 750, &mut out);
+        assert_eq!(
+            events(&out),
+            vec![("comm_lost", EventState::Active, T0 + 750, Some(T0 + 250))]
+        );
+        out.clear();
+        m.on_poll_failed(T0 + 1750, &mut out);
+        assert!(events(&out).is_empty(), "published once");
+        m.on_reading(T0 + 2000, idle(), &mut out);
+        assert_eq!(
+            events(&out),
+            vec![("comm_lost", EventState::Cleared, T0 + 2000, Some(T0 + 250))]
+        );
+        // A success between failures restarts the count.
+        out.clear();
+        m.on_poll_failed(T0 + 3000, &mut out);
+        m.on_poll_failed(T0 + 3250, &mut out);
+        m.on_reading(T0 + 3500, idle(), &mut out);
+        m.on_poll_failed(T0 + 3750, &mut out);
+        assert!(events(&out).iter().all(|e| e.0 != "comm_lost"));
+    }
+
+    #[test]
+    fn timed_rules_do_not_fire_on_stale_data_while_comm_is_lost() {
+        let (mut m, mut out) = monitor();
+        let mut r = idle();
+        r.status.door_zone = false;
+        m.on_reading(T0, r, &mut out);
+        for i in 1..=3 {
+            m.on_poll_failed(T0 + i * 100, &mut out);
+        }
+        m.tick(T0 + 60_000, &mut out);
+        let names: Vec<_> = events(&out).into_iter().map(|e| e.0).collect();
+        assert_eq!(names, vec!["comm_lost"]);
+    }
+
+    #[test]
+    fn status_on_change_and_at_least_every_interval() {
+        let mut m = LiftMonitor::new("lift-2", settings());
+        let mut out = Vec::new();
+        let statuses = |out: &[Message]| -> Vec<(UnixMillis, i16)> {
+            out.iter()
+                .filter_map(|m| match m {
+                    Message::LiftStatus { ts, lift, .. } => Some((*ts, lift.floor)),
+                    _ => None,
+                })
+                .collect()
+        };
+        m.on_reading(T0, idle(), &mut out);
+        let mut r = idle();
+        r.status.speed_mm_s = 3; // speed, load, counters alone are not a change
+        r.status.run_count = 11;
+        m.on_reading(T0 + 250, r, &mut out);
+        r.status.floor = 4;
+        m.on_reading(T0 + 500, r, &mut out);
+        m.on_reading(T0 + 60_499, r, &mut out);
+        m.on_reading(T0 + 60_500, r, &mut out);
+        assert_eq!(
+            statuses(&out),
+            vec![(T0, 3), (T0 + 500, 4), (T0 + 60_500, 4)]
+        );
+        out.clear();
+        for (t, change) in [(61_000, 0), (61_250, 1), (61_500, 2)] {
+            let mut r2 = r;
+            match change {
+                0 => r2.status.direction = LiftDirection::Down,
+                1 => r2.status.door = LiftDoor::Opening,
+                _ => r2.status.mode = LiftMode::Independent,
+            }
+            m.on_reading(T0 + t, r2, &mut out);
+        }
+        assert_eq!(statuses(&out).len(), 3);
+    }
+
+    #[test]
+    fn every_event_has_the_spec_name_and_severity() {
+        let table = [
+            ("trapped_passenger", Severity::Critical),
+            ("door_open_while_moving", Severity::Critical),
+            ("overspeed", Severity::Critical),
+            ("overtravel", Severity::Critical),
+            ("stopped_outside_door_zone", Severity::Major),
+            ("power_failure", Severity::Major),
+            ("safety_circuit_open", Severity::Major),
+            ("alarm_button", Severity::Major),
+            ("overload", Severity::Minor),
+            ("controller_fault", Severity::Major),
+            ("out_of_service", Severity::Minor),
+            ("comm_lost", Severity::Major),
+        ];
+        let got: Vec<_> = LiftEvent::ALL
+            .iter()
+            .map(|e| (e.name(), e.severity()))
+            .collect();
+        assert_eq!(got, table);
+    }
+}
