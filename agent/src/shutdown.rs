@@ -37,6 +37,15 @@ impl Shutdown {
         *self.0.borrow()
     }
 
+    /// Sleeps for `delay`, or less if shutdown fires meanwhile (a retry loop's back-off must
+    /// never hold up a clean stop).
+    pub async fn sleep(&mut self, delay: std::time::Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = self.recv() => {}
+        }
+    }
+
     /// Waits until shutdown is fired (returns at once if it already was).
     pub async fn recv(&mut self) {
         // An error means the sender is gone: that is a shutdown too.

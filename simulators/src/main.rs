@@ -68,6 +68,17 @@ enum Command {
     },
 }
 
+/// Resolves after `duration`, or at SIGINT/SIGTERM, whichever comes first.
+async fn run_until(duration: Option<Duration>) {
+    match duration {
+        Some(d) => tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = towerlink_agent::app::termination_signal() => {}
+        },
+        None => towerlink_agent::app::termination_signal().await,
+    }
+}
+
 fn load_scenario(path: Option<&PathBuf>) -> anyhow::Result<Scenario> {
     match path {
         Some(p) => {
@@ -127,15 +138,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     l.id, l.unit, l.bottom_floor, l.top_floor, l.rated_speed_mm_s
                 );
             }
-            runtime.block_on(async {
-                match duration {
-                    Some(d) => tokio::select! {
-                        _ = tokio::time::sleep(d) => {}
-                        _ = towerlink_agent::app::termination_signal() => {}
-                    },
-                    None => towerlink_agent::app::termination_signal().await,
-                }
-            });
+            runtime.block_on(run_until(duration));
             bus.stop();
             Ok(())
         }
@@ -149,15 +152,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for n in &nodes {
                 println!("{} {} {}", n.dev(), n.node_id(), n.path().display());
             }
-            runtime.block_on(async {
-                match duration {
-                    Some(d) => tokio::select! {
-                        _ = tokio::time::sleep(d) => {}
-                        _ = towerlink_agent::app::termination_signal() => {}
-                    },
-                    None => towerlink_agent::app::termination_signal().await,
-                }
-            });
+            runtime.block_on(run_until(duration));
             for n in nodes {
                 n.stop();
             }

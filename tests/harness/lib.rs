@@ -111,17 +111,30 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    /// Connects and subscribes to `filter`; returns once the subscription is acknowledged.
+    /// Connects to the test broker and subscribes to `filter`; returns once the subscription
+    /// is acknowledged.
     pub fn connect(filter: &str) -> anyhow::Result<Subscriber> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
         let (host, port) = broker();
         let mut opts = MqttOptions::new(unique_gw("sub"), host, port);
         opts.set_keep_alive(Duration::from_secs(10));
         opts.set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut eventloop) = AsyncClient::new(opts, 64);
+        Subscriber::connect_with(opts, filter, 64)
+    }
+
+    /// Connects with these options (any broker, session kind, inflight) and subscribes to
+    /// `filter` at QoS 1; returns once the subscription is acknowledged. The event loop
+    /// reconnects by itself after an error.
+    pub fn connect_with(
+        opts: MqttOptions,
+        filter: &str,
+        capacity: usize,
+    ) -> anyhow::Result<Subscriber> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let broker = format!("{:?}", opts.broker_address());
+        let (client, mut eventloop) = AsyncClient::new(opts, capacity);
         let messages = Arc::new(Mutex::new(Vec::new()));
         let subscribed = Arc::new(Mutex::new(false));
         let (m, s) = (messages.clone(), subscribed.clone());
@@ -155,16 +168,22 @@ impl Subscriber {
         if !wait_until(Duration::from_secs(10), || {
             subscribed.lock().map(|v| *v).unwrap_or(false)
         }) {
-            bail!(
-                "subscription not acknowledged by the broker at {:?}",
-                broker()
-            );
+            bail!("subscription not acknowledged by the broker at {broker}");
         }
         Ok(Subscriber {
             messages,
             runtime,
             client,
         })
+    }
+
+    /// Publishes (QoS 1) without waiting for the network: fine while the broker is down.
+    pub fn publish_later(&self, topic: &str, payload: &[u8]) {
+        let c = self.client.clone();
+        let (t, p) = (topic.to_owned(), payload.to_vec());
+        self.runtime.spawn(async move {
+            let _ = c.try_publish(t, QoS::AtLeastOnce, false, p);
+        });
     }
 
     /// Everything received so far.

@@ -5,14 +5,12 @@
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use serde_json::Value;
+use rumqttc::MqttOptions;
 
-use crate::{wait_until, Received};
+use crate::{wait_until, Received, Subscriber};
 
 /// A Mosquitto process of our own.
 pub struct MosquittoProcess {
@@ -144,81 +142,30 @@ impl Drop for MosquittoProcess {
 /// A subscriber with a persistent session (clean_session = false, QoS 1) that reconnects by
 /// itself: it misses nothing published while it or the broker was away.
 pub struct SessionSubscriber {
-    messages: Arc<Mutex<Vec<Received>>>,
-    _runtime: tokio::runtime::Runtime,
-    client: AsyncClient,
-    handle: tokio::runtime::Handle,
+    inner: Subscriber,
 }
 
 impl SessionSubscriber {
     /// Connects to 127.0.0.1:`port` as `client_id` and subscribes to `filter` (returns once
     /// the broker acknowledged the subscription).
     pub fn connect(port: u16, client_id: &str, filter: &str) -> anyhow::Result<SessionSubscriber> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
         let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(5));
         opts.set_clean_session(false);
         opts.set_max_packet_size(1 << 20, 1 << 20);
         opts.set_inflight(1000);
-        let (client, mut eventloop) = AsyncClient::new(opts, 1024);
-        let messages = Arc::new(Mutex::new(Vec::new()));
-        let subscribed = Arc::new(Mutex::new(false));
-        let (m, s) = (messages.clone(), subscribed.clone());
-        runtime.spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let json = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
-                        if let Ok(mut v) = m.lock() {
-                            v.push(Received {
-                                topic: p.topic.clone(),
-                                json,
-                                retain: p.retain,
-                                at: Instant::now(),
-                            });
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        if let Ok(mut v) = s.lock() {
-                            *v = true;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
-            }
-        });
-        let c = client.clone();
-        let filter = filter.to_owned();
-        runtime.block_on(async move { c.subscribe(filter, QoS::AtLeastOnce).await })?;
-        if !wait_until(Duration::from_secs(10), || {
-            subscribed.lock().map(|v| *v).unwrap_or(false)
-        }) {
-            bail!("subscription not acknowledged by the broker on port {port}");
-        }
-        let handle = runtime.handle().clone();
         Ok(SessionSubscriber {
-            messages,
-            _runtime: runtime,
-            client,
-            handle,
+            inner: Subscriber::connect_with(opts, filter, 1024)?,
         })
     }
 
     /// Everything received so far.
     pub fn all(&self) -> Vec<Received> {
-        self.messages.lock().map(|v| v.clone()).unwrap_or_default()
+        self.inner.all()
     }
 
     /// Publishes (QoS 1) without waiting for the network: fine while the broker is down.
     pub fn publish(&self, topic: &str, payload: &[u8]) {
-        let c = self.client.clone();
-        let (t, p) = (topic.to_owned(), payload.to_vec());
-        self.handle.spawn(async move {
-            let _ = c.try_publish(t, QoS::AtLeastOnce, false, p);
-        });
+        self.inner.publish_later(topic, payload);
     }
 }

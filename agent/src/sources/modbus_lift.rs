@@ -396,7 +396,7 @@ pub async fn run(source: ModbusBusSource, mut shutdown: Shutdown) {
                     tracing::warn!(port = %path, error = %e, "cannot open RS-485 port; retrying with back-off");
                     logged_open_error = true;
                 }
-                wait_or_shutdown(backoff.next_delay(), &mut shutdown).await;
+                shutdown.sleep(backoff.next_delay()).await;
                 continue;
             }
         };
@@ -467,16 +467,9 @@ pub async fn run(source: ModbusBusSource, mut shutdown: Shutdown) {
         if opened_at.elapsed() > Duration::from_secs(60) {
             backoff.reset();
         }
-        wait_or_shutdown(backoff.next_delay(), &mut shutdown).await;
+        shutdown.sleep(backoff.next_delay()).await;
     }
     tracing::debug!(port = %path, "modbus bus stopped");
-}
-
-async fn wait_or_shutdown(delay: Duration, shutdown: &mut Shutdown) {
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => {}
-        _ = shutdown.recv() => {}
-    }
 }
 
 #[cfg(test)]

@@ -259,7 +259,7 @@ pub async fn run(source: SerialNodeSource, mut shutdown: Shutdown) {
                     tracing::warn!(dev = %config.id, port = %path, error = %e, "cannot open serial port; retrying with back-off");
                     logged_open_error = true;
                 }
-                wait_or_shutdown(backoff.next_delay(), &mut shutdown).await;
+                shutdown.sleep(backoff.next_delay()).await;
                 continue;
             }
         };
@@ -346,7 +346,7 @@ pub async fn run(source: SerialNodeSource, mut shutdown: Shutdown) {
         if opened_at.elapsed() > Duration::from_secs(60) {
             backoff.reset();
         }
-        wait_or_shutdown(backoff.next_delay(), &mut shutdown).await;
+        shutdown.sleep(backoff.next_delay()).await;
     }
     tracing::debug!(dev = %config.id, "serial source stopped");
 }
@@ -384,13 +384,6 @@ async fn write_command<W: AsyncWriteExt + Unpin>(
             .insert(seq, (Instant::now() + ACK_TIMEOUT, tx));
     }
     Ok(())
-}
-
-async fn wait_or_shutdown(delay: Duration, shutdown: &mut Shutdown) {
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => {}
-        _ = shutdown.recv() => {}
-    }
 }
 
 #[cfg(test)]
