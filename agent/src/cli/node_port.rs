@@ -143,7 +143,7 @@ pub fn open(path: &Path, baud: u32) -> Result<NodePort, OpenFailure> {
     if std::fs::symlink_metadata(path).is_err() {
         return Err(OpenFailure {
             reason: format!("{} does not exist", path.display()),
-            fix: "plug the adapter in, or correct the port (`towerlink scan` lists what is attached; prefer a /dev/serial/by-id/ or udev name)".into(),
+            fix: "plug the adapter in, or correct the port (prefer a stable /dev/serial/by-id/ or udev name; `ls /dev/serial/by-id/` lists what is attached)".into(),
         });
     }
     let port = tokio_serial::new(path.display().to_string(), baud)
