@@ -19,9 +19,11 @@
 //! - [`health`]: the gateway's own health report.
 //! - [`feed_view`]: feed messages as readable lines (demo, `tail`).
 //! - [`app`]: starts and stops everything.
+//! - [`cli`]: the installer's commands (`check`, `tail`, `zero`).
 
 pub mod app;
 pub mod backoff;
+pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod feed;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use towerlink_agent::cli;
 use towerlink_agent::config::Config;
 
 /// towerlink: reads a tower's sensor nodes, filters locally, publishes to the city platform over MQTT.
@@ -22,11 +23,40 @@ enum Command {
         #[arg(short, long, default_value = "/etc/towerlink/towerlink.toml")]
         config: PathBuf,
     },
-    /// Check a configuration file and exit (non-zero if it is wrong).
+    /// Check the configuration, the nodes, the store and the broker; one line per item,
+    /// exit code non-zero on any failure.
     Check {
         /// The configuration file.
         #[arg(short, long, default_value = "/etc/towerlink/towerlink.toml")]
         config: PathBuf,
+    },
+    /// Show live readings and events (from the ports, or from the broker).
+    Tail {
+        /// The configuration file.
+        #[arg(short, long, default_value = "/etc/towerlink/towerlink.toml")]
+        config: PathBuf,
+        /// Read what the running agent publishes instead of opening the ports.
+        #[arg(long)]
+        from_broker: bool,
+        /// Stop after this long (e.g. "30s").
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// Stop after this many updates.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Tare channel CH of device DEV (through the running agent, or --direct on the port).
+    Zero {
+        /// Device id.
+        dev: String,
+        /// Channel feed name (e.g. tilt_x).
+        ch: String,
+        /// The configuration file.
+        #[arg(short, long, default_value = "/etc/towerlink/towerlink.toml")]
+        config: PathBuf,
+        /// Send the wire protocol's Zero on the node's port (the agent must be stopped).
+        #[arg(long)]
+        direct: bool,
     },
     /// Inspect the durable queue offline (records by class, seq range, acked cursor, damage).
     /// Safe while the agent runs: it only reads.
@@ -63,25 +93,56 @@ fn init_logging() {
         .init();
 }
 
+/// Loads the configuration (exit code 2 with the reason if it does not) and runs `f`.
+fn with_config(path: &std::path::Path, f: impl FnOnce(Config) -> ExitCode) -> ExitCode {
+    match Config::load(path) {
+        Ok(c) => f(c),
+        Err(e) => {
+            eprintln!("towerlink: {e} (run `towerlink check` for details)");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
-            Ok(c) => {
-                println!(
-                    "OK   {}: gateway {}, {} node(s)",
-                    config.display(),
-                    c.gateway.id,
-                    c.nodes.len()
-                );
-                ExitCode::SUCCESS
+        Command::Check { config } => cli::block_on(async move {
+            match cli::check::run(&config).await {
+                0 => ExitCode::SUCCESS,
+                _ => ExitCode::from(1),
             }
-            Err(e) => {
-                eprintln!("FAIL {e}");
-                ExitCode::from(2)
-            }
-        },
+        }),
+        Command::Tail {
+            config,
+            from_broker,
+            duration,
+            count,
+        } => with_config(&config, |c| {
+            let limits = cli::tail::Limits { duration, count };
+            cli::block_on(async move {
+                ExitCode::from(if from_broker {
+                    cli::tail::from_broker(&c, limits).await
+                } else {
+                    cli::tail::from_ports(&c, limits).await
+                })
+            })
+        }),
+        Command::Zero {
+            dev,
+            ch,
+            config,
+            direct,
+        } => with_config(&config, |c| {
+            cli::block_on(async move {
+                ExitCode::from(if direct {
+                    cli::zero::direct(&c, &dev, &ch).await
+                } else {
+                    cli::zero::via_agent(&c, &dev, &ch).await
+                })
+            })
+        }),
         Command::Store { config, action } => {
             let (dir, list) = match (action, config) {
                 (Some(StoreAction::Inspect { path, list }), _) => (path, list),

@@ -1,0 +1,489 @@
+//! `towerlink check`: everything an installer must know before leaving the plant room, one
+//! line per item, `OK  <item>` or `FAIL <item>: <reason> — <fix>`, exit code non-zero on any
+//! failure.
+//!
+//! Items, in order: the configuration (a broken one names file, line and key, and nothing
+//! else is checked), the ids, each node's port (exists, opens at its baud, a node answers
+//! with its Hello), the store directory, and the broker (TCP, then an MQTT CONNECT under a
+//! client id of its own, so a running agent is never kicked off). Ports are probed at the
+//! same time, so a tower of nodes is checked in a few seconds.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::node_port;
+use crate::config::{Config, ConfigError, NodeConfig};
+
+/// How long a node has to introduce itself.
+pub const NODE_LISTEN: Duration = Duration::from_secs(4);
+/// How long the broker has to accept a connection and answer CONNECT.
+pub const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Prints result lines as they are decided and counts the failures.
+#[derive(Debug, Default)]
+pub struct Report {
+    failures: usize,
+}
+
+impl Report {
+    /// `OK  <item>`.
+    pub fn ok(&mut self, item: &str) {
+        println!("OK  {item}");
+    }
+
+    /// `FAIL <item>: <reason> — <fix>`.
+    pub fn fail(&mut self, item: &str, reason: &str, fix: &str) {
+        self.failures += 1;
+        println!("FAIL {item}: {reason} — {fix}");
+    }
+
+    /// Failures so far.
+    pub fn failures(&self) -> usize {
+        self.failures
+    }
+}
+
+/// Runs every check of the configuration at `path`; returns the number of failures.
+pub async fn run(path: &Path) -> usize {
+    let mut report = Report::default();
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            let (reason, fix) = explain_config_error(path, &e);
+            report.fail(&format!("config {}", path.display()), &reason, &fix);
+            return report.failures();
+        }
+    };
+    report.ok(&format!(
+        "config {}: parses, {} node(s)",
+        path.display(),
+        config.nodes.len()
+    ));
+    let devices: Vec<&str> = config.nodes.iter().map(|n| n.id.as_str()).collect();
+    report.ok(&format!(
+        "ids: gateway {}, devices [{}]",
+        config.gateway.id,
+        devices.join(", ")
+    ));
+
+    let probes: Vec<_> = config
+        .nodes
+        .iter()
+        .map(|node| check_node(node.clone()))
+        .collect();
+    for (node, outcome) in config.nodes.iter().zip(join_probes(probes).await) {
+        let item = format!(
+            "node {} ({} at {} baud)",
+            node.id,
+            node.port.display(),
+            node.baud
+        );
+        match outcome {
+            Ok(line) => report.ok(&format!("{item}: {line}")),
+            Err((reason, fix)) => report.fail(&item, &reason, &fix),
+        }
+    }
+
+    let store = &config.store.path;
+    match check_store(store) {
+        Ok(what) => report.ok(&format!("store {}: {what}", store.display())),
+        Err((reason, fix)) => report.fail(&format!("store {}", store.display()), &reason, &fix),
+    }
+
+    match config.broker() {
+        Ok(broker) => {
+            let item = format!("broker {broker}");
+            let client_id = format!("{}-check-{}", config.gateway.id, std::process::id());
+            let host = broker.host.clone();
+            let outcome = tokio::task::spawn_blocking(move || {
+                check_broker(&host, broker.port, broker.tls, &client_id)
+            })
+            .await
+            .unwrap_or_else(|e| Err((format!("check aborted: {e}"), String::new())));
+            match outcome {
+                Ok(what) => report.ok(&format!("{item}: {what}")),
+                Err((reason, fix)) => report.fail(&item, &reason, &fix),
+            }
+        }
+        Err(e) => report.fail("broker", &e, "correct [mqtt] url"),
+    }
+    report.failures()
+}
+
+/// Awaits probes concurrently, keeping their order.
+async fn join_probes<F>(futures: Vec<F>) -> Vec<Result<String, (String, String)>>
+where
+    F: std::future::Future<Output = Result<String, (String, String)>> + Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        out.push(handle.await.unwrap_or_else(|e| {
+            Err((
+                format!("the probe stopped: {e}"),
+                "run check again".to_owned(),
+            ))
+        }));
+    }
+    out
+}
+
+async fn check_node(node: NodeConfig) -> Result<String, (String, String)> {
+    let mut port = node_port::open(&node.port, node.baud).map_err(|f| (f.reason, f.fix))?;
+    let hello = port
+        .hello(node.node_id, Instant::now() + NODE_LISTEN, |_| {})
+        .await
+        .map_err(|f| f.explain(node.baud))?;
+    Ok(format!("opens; {}", hello.describe(&node.names)))
+}
+
+/// The store directory must exist and be writable, or be creatable.
+fn check_store(path: &Path) -> Result<String, (String, String)> {
+    if path.is_dir() {
+        let probe = path.join(format!(".towerlink-check-{}", std::process::id()));
+        return match std::fs::write(&probe, b"check") {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&probe);
+                Ok("writable".into())
+            }
+            Err(e) => Err((
+                format!("not writable: {e}"),
+                format!(
+                    "give the agent's user the directory (chown towerlink {})",
+                    path.display()
+                ),
+            )),
+        };
+    }
+    if path.exists() {
+        return Err((
+            "is not a directory".into(),
+            "point [store] path at a directory".into(),
+        ));
+    }
+    let mut parent: Option<PathBuf> = path.parent().map(Path::to_owned);
+    while let Some(dir) = parent {
+        if dir.is_dir() {
+            let meta_ro = std::fs::metadata(&dir)
+                .map(|m| m.permissions().readonly())
+                .unwrap_or(true);
+            let probe = dir.join(format!(".towerlink-check-{}", std::process::id()));
+            let writable = !meta_ro && std::fs::write(&probe, b"check").is_ok();
+            let _ = std::fs::remove_file(&probe);
+            return if writable {
+                Ok(format!(
+                    "does not exist yet; the agent will create it in {}",
+                    dir.display()
+                ))
+            } else {
+                Err((
+                    format!("does not exist and {} is not writable", dir.display()),
+                    format!(
+                        "create it for the agent's user (install -d -o towerlink {})",
+                        path.display()
+                    ),
+                ))
+            };
+        }
+        parent = dir.parent().map(Path::to_owned);
+    }
+    Err((
+        "has no existing parent directory".into(),
+        "use an absolute path such as /var/lib/towerlink".into(),
+    ))
+}
+
+/// TCP, then MQTT 3.1.1 CONNECT/CONNACK, each bounded by [`BROKER_TIMEOUT`].
+pub fn check_broker(
+    host: &str,
+    port: u16,
+    tls: bool,
+    client_id: &str,
+) -> Result<String, (String, String)> {
+    let addrs: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| {
+            (
+                format!("cannot resolve {host}: {e}"),
+                "check the host name and the gateway's DNS (resolv.conf)".to_owned(),
+            )
+        })?
+        .collect();
+    let mut last_error = None;
+    let mut stream = None;
+    for addr in &addrs {
+        match TcpStream::connect_timeout(addr, BROKER_TIMEOUT) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    let Some(mut stream) = stream else {
+        let why = last_error
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "no address".into());
+        return Err((
+            format!("TCP connection to {host}:{port} failed: {why}"),
+            "check that the broker runs and listens there, and the firewall / network route".into(),
+        ));
+    };
+    if tls {
+        return Ok("reachable over TCP (the TLS handshake is not checked by this build)".into());
+    }
+    let _ = stream.set_read_timeout(Some(BROKER_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(BROKER_TIMEOUT));
+    stream
+        .write_all(&connect_packet(client_id, 10))
+        .map_err(|e| {
+            (
+                format!("cannot send MQTT CONNECT: {e}"),
+                "the port may not be an MQTT listener; check [mqtt] url".to_owned(),
+            )
+        })?;
+    let mut connack = [0u8; 4];
+    if let Err(e) = stream.read_exact(&mut connack) {
+        return Err((
+            format!("no CONNACK within {BROKER_TIMEOUT:?}: {e}"),
+            "the port is open but does not speak MQTT; check the port in [mqtt] url".into(),
+        ));
+    }
+    if connack[0] != 0x20 || connack[1] != 0x02 {
+        return Err((
+            format!("unexpected answer {connack:02x?} to CONNECT"),
+            "the port does not speak MQTT 3.1.1; check [mqtt] url".into(),
+        ));
+    }
+    // A clean goodbye, so the broker does not log a lost client.
+    let _ = stream.write_all(&[0xe0, 0x00]);
+    match connack[3] {
+        0 => Ok("reachable, MQTT CONNECT accepted".into()),
+        1 => Err((
+            "the broker refused MQTT 3.1.1".into(),
+            "enable MQTT 3.1.1 on the broker".into(),
+        )),
+        2 => Err((
+            "the broker refused the client id".into(),
+            "the gateway id must be accepted as a client id by the broker".into(),
+        )),
+        3 => Err((
+            "the broker is unavailable".into(),
+            "try again later or ask the platform team".into(),
+        )),
+        4 | 5 => Err((
+            "the broker refused the connection (not authorised)".into(),
+            "ask the platform team for this gateway's credentials".into(),
+        )),
+        code => Err((
+            format!("CONNACK return code {code}"),
+            "ask the platform team".into(),
+        )),
+    }
+}
+
+/// An MQTT 3.1.1 CONNECT with a clean session and no credentials.
+fn connect_packet(client_id: &str, keep_alive_s: u16) -> Vec<u8> {
+    let id = client_id.as_bytes();
+    let mut body = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02];
+    body.extend_from_slice(&keep_alive_s.to_be_bytes());
+    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    body.extend_from_slice(id);
+    let mut packet = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        packet.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend_from_slice(&body);
+    packet
+}
+
+/// The reason (with file, line and key) and the fix for a configuration that did not load.
+pub fn explain_config_error(path: &Path, e: &ConfigError) -> (String, String) {
+    match e {
+        ConfigError::Read { source, .. } => {
+            let fix = if source.kind() == std::io::ErrorKind::PermissionDenied {
+                "make it readable by the agent's user (chmod 640, group towerlink)"
+            } else {
+                "give the right path with --config (the package installs /etc/towerlink/towerlink.toml)"
+            };
+            (format!("cannot read: {source}"), fix.to_owned())
+        }
+        ConfigError::Parse { message, .. } => {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let (line, summary) = summarise_toml_error(message);
+            let key = line.and_then(|l| key_at_line(&text, l));
+            let place = match (line, &key) {
+                (Some(l), Some(k)) => format!("line {l}, key {k}: "),
+                (Some(l), None) => format!("line {l}: "),
+                _ => String::new(),
+            };
+            let fix = if summary.contains("unknown field") {
+                "remove or correct that key (README, configuration reference)"
+            } else if summary.contains("missing field") {
+                "add the missing key (README, configuration reference)"
+            } else if summary.contains("invalid type") || summary.contains("invalid value") {
+                "give the value the type shown (strings in quotes, numbers without)"
+            } else if summary.contains("duration") {
+                "write durations like \"10s\", \"250ms\", \"5m\""
+            } else {
+                "fix the TOML at that line"
+            };
+            (format!("{place}{summary}"), fix.to_owned())
+        }
+        ConfigError::Invalid { key, message, .. } => {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let place = match line_of_key(&text, key) {
+                Some(l) => format!("line {l}, key {key}"),
+                None => format!("key {key}"),
+            };
+            (format!("{place}: {message}"), fix_for_key(key))
+        }
+    }
+}
+
+/// toml's multi-line message as `(line, one-line summary)`.
+fn summarise_toml_error(message: &str) -> (Option<usize>, String) {
+    let mut line = None;
+    let mut parts = Vec::new();
+    for raw in message.lines() {
+        let l = raw.trim();
+        if let Some(rest) = l.strip_prefix("TOML parse error at line ") {
+            line = rest
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok());
+            continue;
+        }
+        // The source excerpt: "13 | baud = 1", "|", "^^^".
+        let after_number = l
+            .trim_start_matches(|c: char| c.is_ascii_digit())
+            .trim_start();
+        if l.is_empty() || after_number.starts_with('|') || l.starts_with('^') {
+            continue;
+        }
+        parts.push(l.to_owned());
+    }
+    (line, parts.join("; "))
+}
+
+/// `table.key` (or `node[1].key`) of the assignment on 1-based `line`.
+fn key_at_line(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let current = lines.get(line.checked_sub(1)?)?.trim();
+    let (mut table, mut counts) = (String::new(), std::collections::BTreeMap::new());
+    for l in lines.iter().take(line) {
+        let l = l.trim();
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split_once("]]")) {
+            let n = counts.entry(name.0.trim().to_owned()).or_insert(0usize);
+            table = format!("{}[{}]", name.0.trim(), *n);
+            *n += 1;
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split_once(']')) {
+            table = name.0.trim().to_owned();
+        }
+    }
+    if current.starts_with('[') {
+        return Some(current.trim_matches(['[', ']']).to_owned());
+    }
+    let key = current.split_once('=')?.0.trim();
+    if key.is_empty() {
+        return None;
+    }
+    Some(if table.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{table}.{key}")
+    })
+}
+
+/// The 1-based line where `key` (`mqtt.url`, `node[1].baud`) is set, or where its table
+/// starts when the key was left at its default.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    (1..=lines.len())
+        .find(|&l| key_at_line(text, l).as_deref() == Some(key))
+        .or_else(|| {
+            let table = key.rsplit_once('.')?.0;
+            (1..=lines.len()).find(|&l| {
+                lines[l - 1].trim().starts_with('[')
+                    && key_at_line(text, l + 1).is_some_and(|k| k.starts_with(table))
+            })
+        })
+}
+
+/// The installer's fix for a value that parses but breaks a rule.
+fn fix_for_key(key: &str) -> String {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    match last {
+        "id" => {
+            "use 1-64 of a-z 0-9 . _ - starting with a letter or digit, unique per gateway".into()
+        }
+        "port" => "give each node its own serial port".into(),
+        "baud" => "use a standard rate, usually 115200 (the node's setting)".into(),
+        "url" if key.starts_with("mqtt") => {
+            "write mqtts://host[:port] (or mqtt:// to a broker on this gateway)".into()
+        }
+        "topic_root" => {
+            "use the default \"towerlink/v1\" unless the platform says otherwise".into()
+        }
+        "window" | "window_grace" | "interval" | "keep_alive" => {
+            "choose a duration within the stated range".into()
+        }
+        _ => "correct the value as described (README, configuration reference)".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "[gateway]\nid = \"a\"\n\n[[node]]\nid = \"n1\"\nport = \"/dev/x\"\n\n[[node]]\nid = \"n2\"\nbaud = 7\n[node.channels.tilt_x]\nalpha = 2\n";
+
+    #[test]
+    fn keys_are_found_by_line_and_lines_by_key() {
+        assert_eq!(key_at_line(TEXT, 2).as_deref(), Some("gateway.id"));
+        assert_eq!(key_at_line(TEXT, 9).as_deref(), Some("node[1].id"));
+        assert_eq!(key_at_line(TEXT, 10).as_deref(), Some("node[1].baud"));
+        assert_eq!(
+            key_at_line(TEXT, 12).as_deref(),
+            Some("node.channels.tilt_x.alpha")
+        );
+        assert_eq!(line_of_key(TEXT, "node[1].baud"), Some(10));
+        assert_eq!(line_of_key(TEXT, "node[0].port"), Some(6));
+        assert_eq!(line_of_key(TEXT, "gateway.id"), Some(2));
+    }
+
+    #[test]
+    fn toml_messages_become_one_line() {
+        let (line, summary) = summarise_toml_error(
+            "TOML parse error at line 13, column 1\n   |\n13 | baudrate = 9600\n   | ^^^^^^^^\nunknown field `baudrate`, expected one of `id`, `port`\n",
+        );
+        assert_eq!(line, Some(13));
+        assert_eq!(
+            summary,
+            "unknown field `baudrate`, expected one of `id`, `port`"
+        );
+    }
+
+    #[test]
+    fn connect_packet_is_mqtt_311() {
+        let p = connect_packet("gw-check", 10);
+        assert_eq!(p[0], 0x10);
+        assert_eq!(usize::from(p[1]), p.len() - 2);
+        assert_eq!(&p[2..10], &[0, 4, b'M', b'Q', b'T', b'T', 4, 2]);
+        assert_eq!(&p[10..12], &[0, 10]);
+        assert_eq!(&p[14..], b"gw-check");
+    }
+}

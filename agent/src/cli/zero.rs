@@ -1,0 +1,189 @@
+//! `towerlink zero DEV CH`: tare a channel while commissioning.
+//!
+//! By default through the running agent, exactly as the platform would: publish
+//! `{"id","op":"zero","dev","ch"}` on `{root}/{gw}/cmd` and wait (bounded) for the reply with
+//! the same id on `{root}/{gw}/reply`; the agent decides where the zero lives (`zero_at`).
+//! With `--direct` (agent stopped) the node's port is opened and the wire protocol's Zero
+//! command is sent, and the node's Ack is awaited.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use towerlink_firmware::protocol::{AckResult, Op};
+
+use super::node_port;
+use crate::config::{Config, ZeroAt};
+use crate::feed::Topics;
+use crate::pipeline::channel_names;
+
+/// How long the agent has to reply.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the node has to introduce itself and then to acknowledge.
+pub const NODE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Asks the running agent to zero `dev`/`ch`; prints the outcome; returns the exit code.
+pub async fn via_agent(config: &Config, dev: &str, ch: &str) -> u8 {
+    let broker = match config.broker() {
+        Ok(b) if !b.tls => b,
+        Ok(_) => {
+            eprintln!(
+                "towerlink zero: TLS brokers are not supported by this build yet; use --direct"
+            );
+            return 2;
+        }
+        Err(e) => {
+            eprintln!("towerlink zero: [mqtt] url: {e}");
+            return 2;
+        }
+    };
+    let topics = Topics::new(&config.mqtt.topic_root, &config.gateway.id);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let id = format!("zero-{}-{nanos:x}", std::process::id());
+    let client_id = format!("{}-zero-{}", config.gateway.id, std::process::id());
+    let mut options = rumqttc::MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 16);
+    if let Err(e) = client
+        .subscribe(topics.reply(), rumqttc::QoS::AtLeastOnce)
+        .await
+    {
+        eprintln!("towerlink zero: cannot subscribe: {e}");
+        return 1;
+    }
+    let command = json!({"id": id, "op": "zero", "dev": dev, "ch": ch}).to_string();
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    let mut sent = false;
+    loop {
+        let event = match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Err(_) => {
+                eprintln!(
+                    "towerlink zero: no reply from the agent within {REPLY_TIMEOUT:?} — is it running (systemctl status towerlink) and connected to {broker}?"
+                );
+                return 1;
+            }
+            Ok(Err(e)) => {
+                eprintln!("towerlink zero: cannot reach the broker at {broker}: {e}");
+                return 1;
+            }
+            Ok(Ok(event)) => event,
+        };
+        match event {
+            // Publish only once the reply subscription is in place, so the reply cannot be missed.
+            rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) if !sent => {
+                sent = true;
+                if let Err(e) = client
+                    .publish(
+                        topics.cmd(),
+                        rumqttc::QoS::AtLeastOnce,
+                        false,
+                        command.clone(),
+                    )
+                    .await
+                {
+                    eprintln!("towerlink zero: cannot publish the command: {e}");
+                    return 1;
+                }
+            }
+            rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => {
+                let Ok(reply) = serde_json::from_slice::<Value>(&p.payload) else {
+                    continue;
+                };
+                if reply["id"].as_str() != Some(id.as_str()) {
+                    continue;
+                }
+                let _ = client.disconnect().await;
+                return if reply["ok"].as_bool() == Some(true) {
+                    println!("OK  zero {dev} {ch}: {}", reply["result"]);
+                    0
+                } else {
+                    println!(
+                        "FAIL zero {dev} {ch}: {}",
+                        reply["error"].as_str().unwrap_or("the agent refused")
+                    );
+                    1
+                };
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Opens the node's port and sends it the wire protocol's Zero; returns the exit code.
+pub async fn direct(config: &Config, dev: &str, ch: &str) -> u8 {
+    let Some(node) = config.nodes.iter().find(|n| n.id == dev) else {
+        let known: Vec<&str> = config.nodes.iter().map(|n| n.id.as_str()).collect();
+        println!(
+            "FAIL zero {dev} {ch}: no node {dev:?} in the configuration (nodes: {})",
+            known.join(", ")
+        );
+        return 2;
+    };
+    if node.zero_at == ZeroAt::Gateway {
+        println!(
+            "FAIL zero {dev} {ch}: this node's zero is kept by the agent (zero_at = \"gateway\") — run without --direct while the agent runs"
+        );
+        return 2;
+    }
+    let mut port = match node_port::open(&node.port, node.baud) {
+        Ok(p) => p,
+        Err(f) => {
+            println!("FAIL zero {dev} {ch}: {} — {}", f.reason, f.fix);
+            return 1;
+        }
+    };
+    let hello = match port
+        .hello(node.node_id, Instant::now() + NODE_TIMEOUT, |_| {})
+        .await
+    {
+        Ok(h) => h,
+        Err(f) => {
+            let (reason, fix) = f.explain(node.baud);
+            println!("FAIL zero {dev} {ch}: {reason} — {fix}");
+            return 1;
+        }
+    };
+    let channels = channel_names(&hello.channels, &node.names);
+    let Some(channel) = channels.iter().find(|c| c.name == ch) else {
+        let names: Vec<&str> = channels.iter().map(|c| c.name.as_str()).collect();
+        println!(
+            "FAIL zero {dev} {ch}: node {} has no channel {ch:?} (channels: {})",
+            hello.node,
+            names.join(", ")
+        );
+        return 2;
+    };
+    match port
+        .command(
+            hello.node,
+            Op::Zero {
+                channel: channel.id,
+            },
+            Instant::now() + NODE_TIMEOUT,
+        )
+        .await
+    {
+        Ok(AckResult::OK) => {
+            println!(
+                "OK  zero {dev} {ch}: node {} tared channel {}",
+                hello.node, channel.id
+            );
+            0
+        }
+        Ok(other) => {
+            println!(
+                "FAIL zero {dev} {ch}: node {} answered {}",
+                hello.node,
+                other.name()
+            );
+            1
+        }
+        Err(e) => {
+            println!("FAIL zero {dev} {ch}: {e}");
+            1
+        }
+    }
+}
