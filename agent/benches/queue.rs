@@ -75,6 +75,7 @@ fn replay_rate(broker: BrokerAddress, n: u64) -> Option<f64> {
                 max_inflight: 1000,
                 health_interval: Duration::from_secs(3600),
                 replay_rate: 0,
+                heartbeat: towerlink_agent::service::Heartbeat::detached(),
             },
             q.clone(),
             stats.clone(),

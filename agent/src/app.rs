@@ -16,6 +16,7 @@ use crate::health::{HealthReporter, SourceEntry};
 use crate::pipeline::{self, Pipeline, PipelineStats};
 use crate::queue::store::StoreOptions;
 use crate::queue::Queue;
+use crate::service::{self, Heartbeats};
 use crate::shutdown;
 use crate::sources::serial_node::{self, SerialNodeSource};
 use crate::sources::{NodeRequest, SourceStats};
@@ -57,6 +58,7 @@ pub async fn run(
 
     let (shutdown_tx, shutdown) = shutdown::channel();
     let (events_tx, events_rx) = mpsc::channel(SOURCE_EVENTS);
+    let heartbeats = Heartbeats::new();
 
     let mut source_entries = Vec::new();
     let mut source_tasks = Vec::new();
@@ -77,6 +79,7 @@ pub async fn run(
             events: events_tx.clone(),
             requests: req_rx,
             stats,
+            heartbeat: heartbeats.register(&format!("source {}", node.id)),
         };
         source_tasks.push(tokio::spawn(serial_node::run(source, shutdown.clone())));
     }
@@ -84,6 +87,7 @@ pub async fn run(
         &config,
         &events_tx,
         &shutdown,
+        &heartbeats,
         &mut source_entries,
         &mut source_tasks,
     )?;
@@ -105,6 +109,7 @@ pub async fn run(
         events_rx,
         pipeline_rx,
         queue.clone(),
+        heartbeats.register("pipeline"),
         shutdown.clone(),
     ));
 
@@ -132,6 +137,7 @@ pub async fn run(
             },
             max_inflight: config.mqtt.max_inflight,
             health_interval: config.health.interval,
+            heartbeat: heartbeats.register("mqtt publisher"),
             replay_rate: config.store.replay_rate,
         },
         queue.clone(),
@@ -147,7 +153,24 @@ pub async fn run(
         shutdown.clone(),
     ));
 
+    // Under systemd: ready now, and the watchdog fed while every loop beats.
+    if service::notify("READY=1") {
+        tracing::info!("notified systemd: ready");
+    }
+    if let Some(interval) = service::watchdog_interval() {
+        tracing::info!(
+            interval_ms = interval.as_millis() as u64,
+            "systemd watchdog on"
+        );
+        tokio::spawn(service::watchdog(
+            heartbeats.clone(),
+            interval,
+            shutdown.clone(),
+        ));
+    }
+
     stop.await;
+    service::notify("STOPPING=1");
     tracing::info!("stopping: flushing windows and draining the queue");
     shutdown_tx.fire();
     for task in source_tasks {
@@ -171,6 +194,7 @@ fn start_lift_buses(
     config: &Config,
     events: &mpsc::Sender<crate::sources::SourceEvent>,
     shutdown: &shutdown::Shutdown,
+    heartbeats: &Heartbeats,
     entries: &mut Vec<SourceEntry>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<()> {
@@ -202,6 +226,7 @@ fn start_lift_buses(
                 port: lift.port.clone(),
                 lifts: vec![member],
                 events: events.clone(),
+                heartbeat: heartbeats.register(&format!("bus {}", lift.port.display())),
             }),
         }
     }

@@ -18,6 +18,7 @@
 //! - [`commands`]: platform commands and their replies.
 //! - [`health`]: the gateway's own health report.
 //! - [`feed_view`]: feed messages as readable lines (demo, `tail`).
+//! - [`service`]: systemd readiness and the watchdog, fed by every loop's heartbeat.
 //! - [`app`]: starts and stops everything.
 //! - [`cli`]: the installer's commands (`check`, `tail`, `zero`).
 
@@ -32,6 +33,7 @@ pub mod health;
 pub mod pipeline;
 pub mod profile;
 pub mod queue;
+pub mod service;
 pub mod shutdown;
 pub mod sources;
 pub mod uplink;

@@ -251,6 +251,11 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts `towerlink run --config <config>`; its log goes to `<config>.log`.
     pub fn start(config: &Path) -> anyhow::Result<AgentProcess> {
+        AgentProcess::start_with_env(config, &[])
+    }
+
+    /// Like [`AgentProcess::start`], with extra environment variables (e.g. systemd's).
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> anyhow::Result<AgentProcess> {
         let bin = binary("towerlink-agent", "towerlink")?;
         let log = config.with_extension("log");
         let out = std::fs::OpenOptions::new()
@@ -261,6 +266,7 @@ impl AgentProcess {
             .args(["run", "--config"])
             .arg(config)
             .env("TOWERLINK_LOG", "info,towerlink_agent=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)

@@ -541,6 +541,7 @@ pub async fn run(
     mut events: mpsc::Receiver<SourceEvent>,
     mut requests: mpsc::Receiver<PipelineRequest>,
     queue: Arc<Queue>,
+    heartbeat: crate::service::Heartbeat,
     mut shutdown: Shutdown,
 ) {
     let mut out = Vec::new();
@@ -552,7 +553,10 @@ pub async fn run(
                 Some(ev) => pipeline.handle(ev, now_millis(), &mut out),
                 None => break,
             },
-            _ = tick.tick() => pipeline.tick(now_millis(), &mut out),
+            _ = tick.tick() => {
+                heartbeat.beat();
+                pipeline.tick(now_millis(), &mut out);
+            }
             request = requests.recv() => if let Some(r) = request { pipeline.request(r) },
             _ = shutdown.recv() => break,
         }

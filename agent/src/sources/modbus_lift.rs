@@ -257,6 +257,8 @@ pub struct ModbusBusSource {
     pub lifts: Vec<BusLift>,
     /// Where readings go.
     pub events: mpsc::Sender<SourceEvent>,
+    /// Proof of life for the service watchdog.
+    pub heartbeat: crate::service::Heartbeat,
 }
 
 /// Outcome of one poll, for the caller's counters and schedule.
@@ -360,6 +362,7 @@ pub async fn run(source: ModbusBusSource, mut shutdown: Shutdown) {
         port,
         lifts,
         events,
+        heartbeat,
     } = source;
     let Some(first) = lifts.first() else { return };
     let (baud, parity, stop_bits) = (
@@ -396,7 +399,7 @@ pub async fn run(source: ModbusBusSource, mut shutdown: Shutdown) {
                     tracing::warn!(port = %path, error = %e, "cannot open RS-485 port; retrying with back-off");
                     logged_open_error = true;
                 }
-                shutdown.sleep(backoff.next_delay()).await;
+                heartbeat.sleep(backoff.next_delay(), &mut shutdown).await;
                 continue;
             }
         };
@@ -418,6 +421,7 @@ pub async fn run(source: ModbusBusSource, mut shutdown: Shutdown) {
             else {
                 break None;
             };
+            heartbeat.beat();
             tokio::select! {
                 _ = tokio::time::sleep_until(due) => {}
                 _ = shutdown.recv() => break None,
@@ -467,7 +471,7 @@ pub async fn run(source: ModbusBusSource, mut shutdown: Shutdown) {
         if opened_at.elapsed() > Duration::from_secs(60) {
             backoff.reset();
         }
-        shutdown.sleep(backoff.next_delay()).await;
+        heartbeat.sleep(backoff.next_delay(), &mut shutdown).await;
     }
     tracing::debug!(port = %path, "modbus bus stopped");
 }

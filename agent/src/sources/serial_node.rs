@@ -204,6 +204,8 @@ pub struct SerialNodeSource {
     pub requests: mpsc::Receiver<NodeRequest>,
     /// Its counters.
     pub stats: Arc<SourceStats>,
+    /// Proof of life for the service watchdog.
+    pub heartbeat: crate::service::Heartbeat,
 }
 
 /// Commands sent and not yet answered.
@@ -233,6 +235,7 @@ pub async fn run(source: SerialNodeSource, mut shutdown: Shutdown) {
         events,
         mut requests,
         stats,
+        heartbeat,
     } = source;
     let mut link = NodeLink::new(dev, config.node_id, stats.clone());
     let mut decoder = StreamDecoder::new();
@@ -259,7 +262,7 @@ pub async fn run(source: SerialNodeSource, mut shutdown: Shutdown) {
                     tracing::warn!(dev = %config.id, port = %path, error = %e, "cannot open serial port; retrying with back-off");
                     logged_open_error = true;
                 }
-                shutdown.sleep(backoff.next_delay()).await;
+                heartbeat.sleep(backoff.next_delay(), &mut shutdown).await;
                 continue;
             }
         };
@@ -332,7 +335,10 @@ pub async fn run(source: SerialNodeSource, mut shutdown: Shutdown) {
                         break format!("write failed: {e}");
                     }
                 }
-                _ = tick.tick() => pending.expire(Instant::now()),
+                _ = tick.tick() => {
+                    heartbeat.beat();
+                    pending.expire(Instant::now());
+                }
                 _ = shutdown.recv() => break "shutdown".to_owned(),
             }
         };
@@ -346,7 +352,7 @@ pub async fn run(source: SerialNodeSource, mut shutdown: Shutdown) {
         if opened_at.elapsed() > Duration::from_secs(60) {
             backoff.reset();
         }
-        shutdown.sleep(backoff.next_delay()).await;
+        heartbeat.sleep(backoff.next_delay(), &mut shutdown).await;
     }
     tracing::debug!(dev = %config.id, "serial source stopped");
 }

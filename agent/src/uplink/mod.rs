@@ -56,6 +56,8 @@ pub struct UplinkConfig {
     pub max_inflight: u16,
     /// How often `health` goes out.
     pub health_interval: Duration,
+    /// The publisher's proof of life for the service watchdog.
+    pub heartbeat: crate::service::Heartbeat,
     /// Most queued telemetry messages published per second (0 = no limit).
     pub replay_rate: u32,
 }
@@ -254,6 +256,7 @@ async fn publisher_task(
     let mut ledger = Ledger::new();
     let mut health_tick = tokio::time::interval(config.health_interval);
     health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heartbeat_tick = tokio::time::interval(Duration::from_secs(1));
     let window = usize::from(config.max_inflight);
     let mut stopping: Option<Instant> = None;
     let mut offline_sent: Option<Instant> = None;
@@ -340,6 +343,7 @@ async fn publisher_task(
             }
             _ = queue.wait_ready(), if connected && ledger.outstanding() < window => {}
             _ = tokio::time::sleep_until(next_token), if paced => {}
+            _ = heartbeat_tick.tick() => config.heartbeat.beat(),
             _ = health_tick.tick() => {
                 if connected {
                     if let Some(c) = &client {
