@@ -58,6 +58,23 @@ enum Command {
         #[arg(long)]
         direct: bool,
     },
+    /// List what is attached: sensor nodes on serial ports, Modbus units, I2C buses.
+    Scan {
+        /// Ports to probe (default: /dev/serial/by-id/*, /dev/ttyUSB*, /dev/ttyACM*).
+        ports: Vec<PathBuf>,
+        /// Baud rate of sensor nodes.
+        #[arg(long, default_value_t = 115_200)]
+        baud: u32,
+        /// How long to listen to each port for a node.
+        #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
+        listen: std::time::Duration,
+        /// Also probe Modbus lift controllers, at this baud rate (reads only, function 0x04).
+        #[arg(long)]
+        modbus: Option<u32>,
+        /// Unit ids to probe with --modbus, e.g. 1-16.
+        #[arg(long, default_value = "1-16", value_parser = cli::scan::parse_units)]
+        units: std::ops::RangeInclusive<u8>,
+    },
     /// Inspect the durable queue offline (records by class, seq range, acked cursor, damage).
     /// Safe while the agent runs: it only reads.
     Store {
@@ -143,6 +160,19 @@ fn main() -> ExitCode {
                 })
             })
         }),
+        Command::Scan {
+            ports,
+            baud,
+            listen,
+            modbus,
+            units,
+        } => cli::block_on(cli::scan::run(cli::scan::ScanOptions {
+            ports,
+            baud,
+            listen,
+            modbus_baud: modbus,
+            units,
+        })),
         Command::Store { config, action } => {
             let (dir, list) = match (action, config) {
                 (Some(StoreAction::Inspect { path, list }), _) => (path, list),

@@ -5,6 +5,7 @@
 
 pub mod check;
 pub mod node_port;
+pub mod scan;
 pub mod tail;
 pub mod zero;
 

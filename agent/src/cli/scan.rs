@@ -1,0 +1,206 @@
+//! `towerlink scan`: what is attached to this gateway.
+//!
+//! For an installer with a new cabinet: every serial port (the ones named on the command line,
+//! else `/dev/serial/by-id/*`, `/dev/ttyUSB*`, `/dev/ttyACM*`) is probed for a sensor node
+//! (learn its id from its frames, ask it to identify, print its Hello), and with `--modbus`
+//! for lift controllers (one read-input-registers request per unit id; only function 0x04 is
+//! ever sent). Ports are probed at the same time, so a cabinet of silent ports costs one
+//! timeout, not one per port. I2C buses present are listed; probing chips on them needs the
+//! I2C source, which this build does not have yet.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::node_port;
+use crate::config::Parity;
+use crate::sources::modbus_lift::BusMaster;
+use crate::sources::modbus_rtu::{Answer, ReadInputRegisters};
+
+/// What to look for.
+#[derive(Debug, Clone)]
+pub struct ScanOptions {
+    /// Ports to probe (empty: the usual device paths).
+    pub ports: Vec<PathBuf>,
+    /// Baud rate for sensor nodes.
+    pub baud: u32,
+    /// How long each port is listened to for a node.
+    pub listen: Duration,
+    /// Also probe Modbus unit ids, at this baud rate.
+    pub modbus_baud: Option<u32>,
+    /// The unit ids to probe.
+    pub units: std::ops::RangeInclusive<u8>,
+}
+
+/// The serial ports worth probing when none are named.
+pub fn default_ports() -> Vec<PathBuf> {
+    let mut found = BTreeMap::new();
+    let mut add = |p: PathBuf| {
+        let key = std::fs::canonicalize(&p).unwrap_or_else(|_| p.clone());
+        found.entry(key).or_insert(p);
+    };
+    if let Ok(dir) = std::fs::read_dir("/dev/serial/by-id") {
+        for e in dir.flatten() {
+            add(e.path());
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir("/dev") {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("ttyUSB") || name.starts_with("ttyACM") {
+                add(e.path());
+            }
+        }
+    }
+    found.into_values().collect()
+}
+
+fn i2c_buses() -> Vec<PathBuf> {
+    let mut buses: Vec<PathBuf> = std::fs::read_dir("/dev")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("i2c-"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    buses.sort();
+    buses
+}
+
+async fn probe_node(path: PathBuf, baud: u32, listen: Duration) -> String {
+    let shown = path.display().to_string();
+    let mut port = match node_port::open(&path, baud) {
+        Ok(p) => p,
+        Err(e) => return format!("{shown:<40} cannot open: {} ({})", e.reason, e.fix),
+    };
+    match port.hello(None, Instant::now() + listen, |_| {}).await {
+        Ok(hello) => format!(
+            "{shown:<40} sensor node: {}",
+            hello.describe(&BTreeMap::new())
+        ),
+        Err(failure) => {
+            let (reason, _fix) = failure.explain(baud);
+            format!("{shown:<40} no sensor node at {baud} baud: {reason}")
+        }
+    }
+}
+
+async fn probe_modbus(path: PathBuf, baud: u32, units: std::ops::RangeInclusive<u8>) -> String {
+    let shown = path.display().to_string();
+    let mut master = match BusMaster::open(&shown, baud, Parity::None, 1) {
+        Ok(m) => m,
+        Err(e) => return format!("{shown:<40} cannot open for Modbus: {e}"),
+    };
+    let mut answering = Vec::new();
+    for unit in units {
+        let req = ReadInputRegisters {
+            unit,
+            start: 0,
+            count: 14,
+        };
+        match master.request(&req, Duration::from_millis(200)).await {
+            Ok(Answer::Registers(_)) => answering.push(format!("{unit}")),
+            Ok(Answer::Exception(code)) => answering.push(format!("{unit} (exception {code})")),
+            Err(_) => {}
+        }
+    }
+    if answering.is_empty() {
+        format!("{shown:<40} no Modbus unit answered at {baud} baud")
+    } else {
+        format!(
+            "{shown:<40} Modbus units at {baud} baud: {}",
+            answering.join(", ")
+        )
+    }
+}
+
+/// Runs the scan and prints one line per finding; exit code 0 if anything was found.
+pub async fn run(options: ScanOptions) -> ExitCode {
+    let ports = if options.ports.is_empty() {
+        default_ports()
+    } else {
+        options.ports.clone()
+    };
+    if ports.is_empty() {
+        println!("no serial ports found (looked at /dev/serial/by-id, /dev/ttyUSB*, /dev/ttyACM*)");
+    }
+    let nodes: Vec<_> = ports
+        .iter()
+        .map(|p| tokio::spawn(probe_node(p.clone(), options.baud, options.listen)))
+        .collect();
+    let mut found = false;
+    for (task, path) in nodes.into_iter().zip(&ports) {
+        let line = task
+            .await
+            .unwrap_or_else(|e| format!("{}: probe failed: {e}", path.display()));
+        found |= line.contains("sensor node:");
+        println!("{line}");
+    }
+    if let Some(baud) = options.modbus_baud {
+        // After the node probes: a port is opened by one prober at a time.
+        let lifts: Vec<_> = ports
+            .iter()
+            .map(|p| tokio::spawn(probe_modbus(p.clone(), baud, options.units.clone())))
+            .collect();
+        for (task, path) in lifts.into_iter().zip(&ports) {
+            let line = task
+                .await
+                .unwrap_or_else(|e| format!("{}: probe failed: {e}", path.display()));
+            found |= line.contains("Modbus units");
+            println!("{line}");
+        }
+    }
+    for bus in i2c_buses() {
+        println!(
+            "{:<40} I2C bus present (chip probing needs the I2C source, not in this build)",
+            bus.display()
+        );
+    }
+    if found {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Parses `--units 1-16` (or a single id).
+pub fn parse_units(text: &str) -> Result<std::ops::RangeInclusive<u8>, String> {
+    let parse = |s: &str| {
+        s.trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|u| (1..=247).contains(u))
+    };
+    let (lo, hi) = match text.split_once('-') {
+        Some((a, b)) => (parse(a), parse(b)),
+        None => (parse(text), parse(text)),
+    };
+    match (lo, hi) {
+        (Some(lo), Some(hi)) if lo <= hi => Ok(lo..=hi),
+        _ => Err(format!(
+            "{text:?}: give unit ids as N or N-M within 1..=247"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_ranges() {
+        assert_eq!(parse_units("1-16"), Ok(1..=16));
+        assert_eq!(parse_units("5"), Ok(5..=5));
+        assert!(parse_units("0-3").is_err());
+        assert!(parse_units("9-3").is_err());
+        assert!(parse_units("1-248").is_err());
+        assert!(parse_units("x").is_err());
+    }
+}
