@@ -91,6 +91,27 @@ pub async fn run(
         &mut source_entries,
         &mut source_tasks,
     )?;
+    let mut i2c_threads = Vec::new();
+    for (i, dev) in config.i2c.iter().enumerate() {
+        let stats = SourceStats::new();
+        source_entries.push(SourceEntry {
+            dev: dev.id.clone(),
+            kind: "i2c",
+            port: dev.bus.clone(),
+            stats: stats.clone(),
+        });
+        let source = crate::sources::i2c_device::I2cSource {
+            dev: config.nodes.len() + i,
+            config: dev.clone(),
+            events: events_tx.clone(),
+            stats,
+            heartbeat: heartbeats.register(&format!("i2c {}", dev.id)),
+        };
+        i2c_threads.push(
+            crate::sources::i2c_device::spawn(source, shutdown.clone())
+                .with_context(|| format!("starting the thread of i2c device {}", dev.id))?,
+        );
+    }
     drop(events_tx);
 
     let pipeline_stats = Arc::new(PipelineStats::default());
@@ -175,6 +196,11 @@ pub async fn run(
     shutdown_tx.fire();
     for task in source_tasks {
         let _ = task.await;
+    }
+    for thread in i2c_threads {
+        // A blocking join, off the async runtime; each thread sees the shutdown within one
+        // sample period.
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
     let _ = pipeline_task.await;
     let _ = commands_task.await;

@@ -72,6 +72,9 @@ pub struct Config {
     /// `[[lift]]`: lift controllers on RS-485 buses (Modbus RTU, read-only).
     #[serde(default, rename = "lift")]
     pub lifts: Vec<LiftConfig>,
+    /// `[[i2c]]`: chips on the gateway's own I2C buses.
+    #[serde(default, rename = "i2c")]
+    pub i2c: Vec<crate::sources::i2c_device::I2cConfig>,
 }
 
 /// Parity of an RS-485 line.
@@ -389,7 +392,7 @@ fn de_fsync<'de, D: Deserializer<'de>>(d: D) -> Result<crate::queue::store::Fsyn
 }
 
 /// Parses `"10s"`, `"250ms"`, `"5m"`, `"1h 30m"`.
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(&text).map_err(|e| {
         serde::de::Error::custom(format!(
@@ -601,6 +604,29 @@ impl Config {
         }
         let mut seen_ids = std::collections::BTreeSet::new();
         let mut seen_ports = std::collections::BTreeSet::new();
+        for (i, dev) in self.i2c.iter().enumerate() {
+            let key = |k: &str| format!("i2c[{i}].{k}");
+            if !is_valid_id(&dev.id) {
+                return bad(
+                    &key("id"),
+                    format!(
+                        "{:?} is not a valid device id: it must match {ID_PATTERN}",
+                        dev.id
+                    ),
+                );
+            }
+            if self.nodes.iter().any(|n| n.id == dev.id)
+                || self.i2c[..i].iter().any(|o| o.id == dev.id)
+            {
+                return bad(
+                    &key("id"),
+                    format!("{:?} is used by another device", dev.id),
+                );
+            }
+            if let Err((sub, message)) = dev.validate() {
+                return bad(&key(&sub), message);
+            }
+        }
         for (i, node) in self.nodes.iter().enumerate() {
             let key = |k: &str| format!("node[{i}].{k}");
             if !is_valid_id(&node.id) {

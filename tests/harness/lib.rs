@@ -60,6 +60,8 @@ pub fn binary(package: &str, name: &str) -> anyhow::Result<PathBuf> {
     let built = BUILT.get_or_init(|| {
         let profile_release = dir.file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(env!("CARGO"));
+        // The same features as the test build itself (the e2e crate enables the agent's
+        // `sim` I2C bus), so this build reuses its artifacts instead of relinking.
         cmd.args([
             "build",
             "--quiet",
@@ -71,6 +73,8 @@ pub fn binary(package: &str, name: &str) -> anyhow::Result<PathBuf> {
             "towerlink-sim",
             "--bin",
             "towerlink-sim",
+            "--features",
+            "towerlink-agent/sim",
         ]);
         if profile_release {
             cmd.arg("--release");

@@ -190,9 +190,13 @@ impl Pipeline {
         stats: Arc<PipelineStats>,
         directory: ChannelDirectory,
     ) -> Pipeline {
+        // Devices are indexed nodes first, then I2C devices (which the pipeline treats as
+        // nodes: same windows, filters and health rules).
+        let i2c_nodes: Vec<NodeConfig> = config.i2c.iter().map(|d| d.as_node()).collect();
         let devices = config
             .nodes
             .iter()
+            .chain(&i2c_nodes)
             .map(|n| Device::new(n, now, config.health.node_silent_after))
             .collect();
         let lifts = config
