@@ -88,6 +88,31 @@ pub async fn run(path: &Path) -> usize {
         }
     }
 
+    for dev in &config.i2c {
+        let item = format!("i2c {} ({:?} on {})", dev.id, dev.chip, dev.bus);
+        let d = dev.clone();
+        let outcome = tokio::task::spawn_blocking(move || check_i2c(&d))
+            .await
+            .unwrap_or_else(|e| Err((format!("check aborted: {e}"), String::new())));
+        match outcome {
+            Ok(line) => report.ok(&format!("{item}: {line}")),
+            Err((reason, fix)) => report.fail(&item, &reason, &fix),
+        }
+    }
+    for lift in &config.lifts {
+        let item = format!(
+            "lift {} (unit {} on {} at {} baud)",
+            lift.id,
+            lift.unit,
+            lift.port.display(),
+            lift.baud
+        );
+        match check_lift(lift).await {
+            Ok(line) => report.ok(&format!("{item}: {line}")),
+            Err((reason, fix)) => report.fail(&item, &reason, &fix),
+        }
+    }
+
     let store = &config.store.path;
     match check_store(store) {
         Ok(what) => report.ok(&format!("store {}: {what}", store.display())),
@@ -112,6 +137,83 @@ pub async fn run(path: &Path) -> usize {
         Err(e) => report.fail("broker", &e, "correct [mqtt] url"),
     }
     report.failures()
+}
+
+/// An I2C device: the bus opens and the chip answers with its identity.
+fn check_i2c(dev: &crate::sources::i2c_device::I2cConfig) -> Result<String, (String, String)> {
+    use crate::sources::i2c_device::Chip;
+    use embedded_hal::i2c::I2c;
+    if dev.bus == "sim" {
+        return if cfg!(feature = "sim") {
+            Ok("simulated bus (this build has the sim feature)".into())
+        } else {
+            Err((
+                "this build has no simulated I2C bus".into(),
+                "use a /dev/i2c-N bus, or an agent built with --features sim".into(),
+            ))
+        };
+    }
+    let mut bus = linux_embedded_hal::I2cdev::new(&dev.bus).map_err(|e| {
+        (
+            format!("cannot open {}: {e}", dev.bus),
+            "check the bus number (ls /dev/i2c-*), that i2c-dev is loaded, and that the user is in group i2c".into(),
+        )
+    })?;
+    // (address, identity register, expected value, mask) per the datasheets.
+    let (address, register, expected, mask) = match dev.chip {
+        Chip::Nau7802 => (dev.address.unwrap_or(0x2A), 0x1F, 0x0F, 0x0F),
+        Chip::Adxl355 => (dev.address.unwrap_or(0x1D), 0x00, 0xAD, 0xFF),
+    };
+    let mut id = [0u8; 1];
+    bus.write_read(address, &[register], &mut id).map_err(|e| {
+        (
+            format!("no answer at address {address:#04x}: {e:?}"),
+            "check the wiring, the chip's power and the address (i2cdetect -y N)".into(),
+        )
+    })?;
+    if id[0] & mask == expected {
+        Ok(format!(
+            "{:?} answers at {address:#04x} (id {:#04x})",
+            dev.chip, id[0]
+        ))
+    } else {
+        Err((
+            format!(
+                "the chip at {address:#04x} answered id {:#04x}, not a {:?}",
+                id[0], dev.chip
+            ),
+            "check `chip` and `address` in the configuration".into(),
+        ))
+    }
+}
+
+/// A lift: the bus opens and the unit answers one read (function 0x04 only).
+async fn check_lift(lift: &crate::config::LiftConfig) -> Result<String, (String, String)> {
+    use crate::sources::modbus_lift::BusMaster;
+    use crate::sources::modbus_rtu::{Answer, ReadInputRegisters};
+    let path = lift.port.display().to_string();
+    let mut master = BusMaster::open(&path, lift.baud, lift.parity, lift.stop_bits).map_err(|e| {
+        (
+            format!("cannot open {path}: {e}"),
+            "check the adapter is plugged in, the path (a udev link?) and that the user is in group dialout".into(),
+        )
+    })?;
+    let req = ReadInputRegisters {
+        unit: lift.unit,
+        start: 0,
+        count: 1,
+    };
+    let answer = master
+        .request(&req, lift.timeout.max(Duration::from_millis(200)))
+        .await;
+    match answer {
+        Ok(Answer::Registers(_)) => Ok("the controller answers".into()),
+        Ok(Answer::Exception(code)) => Ok(format!("the controller answers (exception {code} to a one-register read)")),
+        Err(e) => Err((
+            format!("unit {} did not answer: {e:?}", lift.unit),
+            "check the A/B wiring, baud, parity and unit id; `towerlink scan PORT --modbus BAUD` lists the units that answer".into(),
+        )),
+    }
 }
 
 /// Awaits probes concurrently, keeping their order.

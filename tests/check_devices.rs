@@ -1,0 +1,71 @@
+//! `towerlink check` on lifts and I2C devices: a lift that answers, a unit that does not, a
+//! simulated I2C chip, and an I2C bus that does not exist.
+
+use std::process::Command;
+
+use anyhow::ensure;
+use towerlink_e2e::{binary, unique_gw, write_config};
+use towerlink_sim::lift::{BusOptions, LiftBus, LiftSpec};
+
+#[test]
+fn check_reports_lifts_and_i2c_devices() -> anyhow::Result<()> {
+    let bin = binary("towerlink-agent", "towerlink")?;
+    let dir = tempfile::tempdir()?;
+    let mut options = BusOptions::new(4)?;
+    options.baud = 115_200;
+    let spec = LiftSpec {
+        id: "lift-1".into(),
+        unit: 1,
+        bottom_floor: 0,
+        top_floor: 5,
+        rated_speed_mm_s: 1000,
+        auto_calls: false,
+    };
+    let bus = LiftBus::spawn(&dir.path().join("ports/rs485"), vec![spec], options)?;
+    let lift = |id: &str, unit: u8| {
+        format!(
+            "[[lift]]\nid = \"{id}\"\nport = \"{}\"\nbaud = 115200\nunit = {unit}\ntop_floor = 5\nbottom_floor = 0\nrated_speed_mm_s = 1000\n\n",
+            bus.path().display()
+        )
+    };
+    let text = format!(
+        "{}{}[[i2c]]\nid = \"tilt-sim\"\nbus = \"sim\"\nchip = \"adxl355\"\n\n[[i2c]]\nid = \"tilt-gone\"\nbus = \"/dev/i2c-99\"\nchip = \"adxl355\"\n",
+        lift("lift-1", 1),
+        lift("lift-9", 9)
+    );
+    let config = write_config(dir.path(), &unique_gw("e2e-check"), &text)?;
+    let out = Command::new(&bin)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |needle: &str| {
+        text.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or("")
+            .to_owned()
+    };
+    ensure!(
+        !out.status.success(),
+        "check passed with a silent lift and a missing bus:\n{text}"
+    );
+    ensure!(
+        line("lift lift-1").starts_with("OK") && line("lift lift-1").contains("answers"),
+        "{text}"
+    );
+    ensure!(
+        line("lift lift-9").starts_with("FAIL")
+            && line("lift lift-9").contains("unit 9 did not answer"),
+        "{text}"
+    );
+    ensure!(
+        line("i2c tilt-sim").starts_with("OK") && line("i2c tilt-sim").contains("simulated"),
+        "{text}"
+    );
+    ensure!(
+        line("i2c tilt-gone").starts_with("FAIL") && line("i2c tilt-gone").contains("/dev/i2c-99"),
+        "{text}"
+    );
+    bus.stop();
+    Ok(())
+}
