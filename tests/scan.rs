@@ -83,6 +83,18 @@ fn scan_finds_the_nodes_and_the_lift_units() -> anyhow::Result<()> {
     let text = String::from_utf8_lossy(&out.stdout);
     ensure!(out.status.success(), "modbus scan failed: {text}");
     ensure!(text.contains("Modbus units at 115200 baud: 1, 3"), "{text}");
+
+    // The simulated I2C bus (the test build has the agent's sim feature).
+    let out = Command::new(&bin)
+        .args(["scan", "--i2c", "sim", "--listen", "1s"])
+        .arg(silent.path())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "i2c scan failed: {text}");
+    ensure!(
+        text.contains("0x2a NAU7802 bridge ADC") && text.contains("0x1d ADXL355 accelerometer"),
+        "{text}"
+    );
     bus.stop();
     for n in nodes {
         n.stop();

@@ -74,6 +74,9 @@ enum Command {
         /// Unit ids to probe with --modbus, e.g. 1-16.
         #[arg(long, default_value = "1-16", value_parser = cli::scan::parse_units)]
         units: std::ops::RangeInclusive<u8>,
+        /// I2C buses to probe (repeatable; default every /dev/i2c-*; `sim` = simulated chips).
+        #[arg(long)]
+        i2c: Vec<String>,
     },
     /// Inspect the durable queue offline (records by class, seq range, acked cursor, damage).
     /// Safe while the agent runs: it only reads.
@@ -166,12 +169,14 @@ fn main() -> ExitCode {
             listen,
             modbus,
             units,
+            i2c,
         } => cli::block_on(cli::scan::run(cli::scan::ScanOptions {
             ports,
             baud,
             listen,
             modbus_baud: modbus,
             units,
+            i2c,
         })),
         Command::Store { config, action } => {
             let (dir, list) = match (action, config) {

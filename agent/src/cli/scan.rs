@@ -5,8 +5,8 @@
 //! (learn its id from its frames, ask it to identify, print its Hello), and with `--modbus`
 //! for lift controllers (one read-input-registers request per unit id; only function 0x04 is
 //! ever sent). Ports are probed at the same time, so a cabinet of silent ports costs one
-//! timeout, not one per port. I2C buses present are listed; probing chips on them needs the
-//! I2C source, which this build does not have yet.
+//! timeout, not one per port. Every I2C bus (`/dev/i2c-*`, or those named with `--i2c`) is
+//! asked for the identity registers of the chips the agent drives.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -33,6 +33,8 @@ pub struct ScanOptions {
     pub modbus_baud: Option<u32>,
     /// The unit ids to probe.
     pub units: std::ops::RangeInclusive<u8>,
+    /// I2C buses to probe (empty: every /dev/i2c-*); `sim` is the simulated bus.
+    pub i2c: Vec<String>,
 }
 
 /// The serial ports worth probing when none are named.
@@ -56,6 +58,55 @@ pub fn default_ports() -> Vec<PathBuf> {
         }
     }
     found.into_values().collect()
+}
+
+/// What answers at the addresses of the chips the agent knows, on one bus.
+fn probe_i2c<I: embedded_hal::i2c::I2c>(bus: &mut I) -> Vec<String> {
+    // (address, identity register, expected, mask, chip) per the datasheets.
+    const KNOWN: [(u8, u8, u8, u8, &str); 3] = [
+        (0x2A, 0x1F, 0x0F, 0x0F, "NAU7802 bridge ADC"),
+        (0x1D, 0x00, 0xAD, 0xFF, "ADXL355 accelerometer"),
+        (0x53, 0x00, 0xAD, 0xFF, "ADXL355 accelerometer"),
+    ];
+    let mut found = Vec::new();
+    for (address, register, expected, mask, chip) in KNOWN {
+        let mut id = [0u8; 1];
+        match bus.write_read(address, &[register], &mut id) {
+            Ok(()) if id[0] & mask == expected => found.push(format!("{address:#04x} {chip}")),
+            Ok(()) => found.push(format!("{address:#04x} unknown chip (id {:#04x})", id[0])),
+            Err(_) => {}
+        }
+    }
+    found
+}
+
+#[cfg(feature = "sim")]
+fn probe_sim_bus() -> Result<Vec<String>, String> {
+    use towerlink_sim_chips::{PanelModel, PanelParams, SimBus, SimClock};
+    let model = std::sync::Arc::new(PanelModel::new(1, PanelParams::default(), Vec::new()));
+    Ok(probe_i2c(&mut SimBus::panel_node(model, SimClock::new())))
+}
+
+#[cfg(not(feature = "sim"))]
+fn probe_sim_bus() -> Result<Vec<String>, String> {
+    Err("this build has no simulated I2C bus (feature sim)".into())
+}
+
+fn scan_i2c_bus(bus: &str) -> String {
+    let found = if bus == "sim" {
+        probe_sim_bus()
+    } else {
+        linux_embedded_hal::I2cdev::new(bus)
+            .map(|mut dev| probe_i2c(&mut dev))
+            .map_err(|e| format!("cannot open: {e}"))
+    };
+    match found {
+        Err(e) => format!("{bus:<40} {e}"),
+        Ok(found) if found.is_empty() => {
+            format!("{bus:<40} I2C: no known chip answers (NAU7802 at 0x2a, ADXL355 at 0x1d/0x53)")
+        }
+        Ok(found) => format!("{bus:<40} I2C: {}", found.join(", ")),
+    }
 }
 
 fn i2c_buses() -> Vec<PathBuf> {
@@ -157,11 +208,20 @@ pub async fn run(options: ScanOptions) -> ExitCode {
             println!("{line}");
         }
     }
-    for bus in i2c_buses() {
-        println!(
-            "{:<40} I2C bus present (chip probing needs the I2C source, not in this build)",
-            bus.display()
-        );
+    let buses: Vec<String> = if options.i2c.is_empty() {
+        i2c_buses()
+            .iter()
+            .map(|b| b.display().to_string())
+            .collect()
+    } else {
+        options.i2c.clone()
+    };
+    for bus in buses {
+        let line = tokio::task::spawn_blocking(move || scan_i2c_bus(&bus))
+            .await
+            .unwrap_or_else(|e| format!("i2c probe failed: {e}"));
+        found |= line.contains(" I2C: 0x");
+        println!("{line}");
     }
     if found {
         ExitCode::SUCCESS
