@@ -304,7 +304,14 @@ fn tail_from_the_broker_shows_what_the_agent_publishes() -> anyhow::Result<()> {
     let config = write_config(dir.path(), &gw, &node_section(node.path(), ""))?;
     let mut agent = AgentProcess::start(&config)?;
     let (out, text) = towerlink(
-        &["tail", "--from-broker", "--duration", "20s", "--count", "10"],
+        &[
+            "tail",
+            "--from-broker",
+            "--duration",
+            "20s",
+            "--count",
+            "10",
+        ],
         &config,
     )?;
     let log = agent.log();
