@@ -75,6 +75,8 @@ fn replay_rate(broker: BrokerAddress, n: u64) -> Option<f64> {
                 max_inflight: 1000,
                 health_interval: Duration::from_secs(3600),
                 replay_rate: 0,
+                tls: None,
+                credentials: None,
             },
             q.clone(),
             stats.clone(),

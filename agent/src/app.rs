@@ -52,6 +52,9 @@ pub async fn run(
             config.store.path.display()
         )
     })?;
+    let (credentials, insecure) =
+        crate::secrets::uplink_security(&config, &broker).map_err(anyhow::Error::msg)?;
+    let tls = crate::uplink::tls::TlsFiles::from_config(&config.mqtt, &broker);
     let depth = queue.depth(now_millis());
     tracing::info!(gw = %gw, broker = %broker, store = %config.store.path.display(), last_seq = queue.last_seq(), unacknowledged = depth.messages, "towerlink agent starting");
 
@@ -117,7 +120,8 @@ pub async fn run(
         pipeline_stats,
         source_entries,
     )
-    .with_replay_rate(config.store.replay_rate);
+    .with_replay_rate(config.store.replay_rate)
+    .with_insecure(insecure);
     let (commands_tx, commands_rx) = mpsc::channel(64);
     let uplink = Uplink::start(
         UplinkConfig {
@@ -133,6 +137,8 @@ pub async fn run(
             max_inflight: config.mqtt.max_inflight,
             health_interval: config.health.interval,
             replay_rate: config.store.replay_rate,
+            tls,
+            credentials,
         },
         queue.clone(),
         uplink_stats,

@@ -275,7 +275,14 @@ pub fn redacted_config(config: &Config) -> Value {
             "data_qos": config.mqtt.data_qos,
             "allow_insecure": config.mqtt.allow_insecure,
             "max_inflight": config.mqtt.max_inflight,
+            // Paths and the user name only: never the password or any key material.
+            "ca_file": config.mqtt.ca_file.as_ref().map(|p| p.display().to_string()),
+            "cert_file": config.mqtt.cert_file.as_ref().map(|p| p.display().to_string()),
+            "key_file": config.mqtt.key_file.as_ref().map(|p| p.display().to_string()),
+            "username": config.mqtt.username,
+            "password_file": config.mqtt.password_file.as_ref().map(|p| p.display().to_string()),
         },
+        "commands": { "rate": config.commands.rate, "burst": config.commands.burst },
         "store": { "path": config.store.path.display().to_string(), "max_messages": config.store.max_messages },
         "health": { "interval": d(config.health.interval), "node_silent_after": d(config.health.node_silent_after) },
         "node": config.nodes.iter().map(|n| json!({

@@ -43,6 +43,7 @@ pub struct HealthReporter {
     sources: Vec<SourceEntry>,
     previous_errors: Mutex<BTreeMap<String, u64>>,
     replay_rate: u32,
+    insecure: bool,
 }
 
 impl HealthReporter {
@@ -65,12 +66,19 @@ impl HealthReporter {
             sources,
             previous_errors: Mutex::new(BTreeMap::new()),
             replay_rate: 0,
+            insecure: false,
         }
     }
 
     /// Reports the configured replay rate (`[store] replay_rate`, 0 = unlimited).
     pub fn with_replay_rate(mut self, rate: u32) -> HealthReporter {
         self.replay_rate = rate;
+        self
+    }
+
+    /// Reports that the uplink runs unencrypted to a non-loopback broker (`allow_insecure`).
+    pub fn with_insecure(mut self, insecure: bool) -> HealthReporter {
+        self.insecure = insecure;
         self
     }
 
@@ -180,6 +188,7 @@ impl HealthReporter {
                 "connects": self.uplink.connects.load(Ordering::Relaxed),
                 "connection_errors": self.uplink.connection_errors.load(Ordering::Relaxed),
                 "commands": self.uplink.commands.load(Ordering::Relaxed),
+                "insecure": self.insecure,
             },
             "pipeline": {
                 "late_samples": self.pipeline.late_samples.load(Ordering::Relaxed),

@@ -17,6 +17,7 @@
 //! - [`uplink`]: the MQTT session.
 //! - [`commands`]: platform commands and their replies.
 //! - [`health`]: the gateway's own health report.
+//! - [`secrets`]: the MQTT password and key files, kept out of logs and replies.
 //! - [`feed_view`]: feed messages as readable lines (demo, `tail`).
 //! - [`app`]: starts and stops everything.
 
@@ -30,6 +31,7 @@ pub mod health;
 pub mod pipeline;
 pub mod profile;
 pub mod queue;
+pub mod secrets;
 pub mod shutdown;
 pub mod sources;
 pub mod uplink;
