@@ -996,7 +996,10 @@ window = "10s"
         );
         let allowed = remote.replace("topic_root", "allow_insecure = true\ntopic_root");
         assert!(Config::parse(&allowed, "t").is_ok());
-        let tls = GOOD.replace("mqtt://127.0.0.1:1883", "mqtts://platform.example");
+        let tls = GOOD.replace(
+            "mqtt://127.0.0.1:1883\"",
+            "mqtts://platform.example\"\nca_file = \"/etc/towerlink/ca.pem\"",
+        );
         let c = Config::parse(&tls, "t").expect("tls config");
         assert_eq!(c.broker().expect("url").port, 8883);
     }
