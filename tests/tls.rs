@@ -566,3 +566,188 @@ fn unreadable_or_invalid_tls_files_stop_the_start_naming_the_file() -> anyhow::R
     }
     Ok(())
 }
+
+/// Replies received so far.
+fn replies(rig: &Rig) -> Vec<serde_json::Value> {
+    rig.sub
+        .all()
+        .into_iter()
+        .filter(|m| m.topic.ends_with("/reply"))
+        .map(|m| m.json)
+        .collect()
+}
+
+#[test]
+fn commands_are_refused_clearly_and_no_secret_ever_appears_in_logs_or_replies() -> anyhow::Result<()>
+{
+    const PASSWORD: &str = "Tl-s3cret-Pa55-9f2c";
+    const WRONG: &str = "wrong-Pa55-77ab";
+    let setup = tempfile::tempdir()?;
+    let passwd = setup.path().join("mosquitto.passwd");
+    let status = Command::new("mosquitto_passwd")
+        .args(["-c", "-b"])
+        .arg(&passwd)
+        .args(["sh-ja-0001", PASSWORD])
+        .stdout(Stdio::null())
+        .status()
+        .context("mosquitto_passwd")?;
+    ensure!(status.success(), "mosquitto_passwd failed");
+    let rig = Rig::new("tls-secrets", "server", Some(&passwd), 1)?;
+    rig.pki.install_client("client")?;
+    let password_file = rig.dir.path().join("password");
+    let mqtt = format!(
+        "{}username = \"sh-ja-0001\"\npassword_file = \"{}\"\n",
+        rig.client_cert_lines(),
+        password_file.display()
+    );
+    let key_material: Vec<String> = std::fs::read_to_string(rig.pki.path("gw.key"))?
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+        .map(str::to_owned)
+        .collect();
+    ensure!(!key_material.is_empty(), "no key lines to look for");
+
+    // A wrong password: refused by the broker, retried, and never shown.
+    std::fs::write(&password_file, format!("{WRONG}\n"))?;
+    let config = rig.config(&mqtt)?;
+    // 1 command/s after a burst of 20, so the flood below is limited however slow the machine.
+    let text = std::fs::read_to_string(&config)?;
+    std::fs::write(
+        &config,
+        format!("{text}\n[commands]\nrate = 1\nburst = 20\n"),
+    )?;
+    let mut agent = AgentProcess::start(&config)?;
+    expect_refused(&rig, &mut agent, 2, "NotAuthorized")?;
+    ensure!(
+        agent
+            .log()
+            .contains("check [mqtt] username and password_file"),
+        "no hint in the log"
+    );
+    agent.stop()?;
+
+    std::fs::write(&password_file, format!("{PASSWORD}\n"))?;
+    let mut agent = AgentProcess::start(&config)?;
+    ensure!(
+        wait_until(Duration::from_secs(20), || rig.online()),
+        "no session with the right password; log:\n{}",
+        agent.log()
+    );
+    let cmd = format!("towerlink/v1/{}/cmd", rig.gw);
+    let big = format!(
+        r#"{{"id":"c-big","op":"ping","pad":"{}"}}"#,
+        "x".repeat(5000)
+    );
+    let cases: [(&str, &str, Option<&str>); 9] = [
+        ("c-ping", r#"{"id":"c-ping","op":"ping"}"#, None),
+        ("c-config", r#"{"id":"c-config","op":"config"}"#, None),
+        (
+            "c-field",
+            r#"{"id":"c-field","op":"ping","sudo":true}"#,
+            Some("unknown field"),
+        ),
+        ("c-op", r#"{"id":"c-op","op":"reboot"}"#, Some("unknown op")),
+        (
+            "c-dev",
+            r#"{"id":"c-dev","op":"identify","dev":"lift-9"}"#,
+            Some("unknown device"),
+        ),
+        (
+            "c-write",
+            r#"{"id":"c-write","op":"write_register","dev":"lift-1"}"#,
+            Some("never writes"),
+        ),
+        ("", r#"{"id":"c-json","op":"ping""#, Some("malformed")),
+        ("", big.as_str(), Some("too large")),
+        ("c-type", r#"{"id":"c-type","op":7}"#, Some("malformed")),
+    ];
+    for (_, payload, _) in &cases {
+        rig.sub.publish(&cmd, payload.as_bytes());
+    }
+    ensure!(
+        wait_until(Duration::from_secs(15), || replies(&rig).len()
+            >= cases.len()),
+        "replies: {:?}",
+        replies(&rig)
+    );
+    let got = replies(&rig);
+    for (id, _, refusal) in &cases {
+        let matching = |r: &&serde_json::Value| {
+            r["id"] == *id
+                && match refusal {
+                    None => r["ok"] == true,
+                    Some(needle) => {
+                        r["ok"] == false && r["error"].as_str().is_some_and(|e| e.contains(needle))
+                    }
+                }
+        };
+        ensure!(
+            got.iter().any(|r| matching(&r)),
+            "no reply to {id:?} matching {refusal:?}: {got:?}"
+        );
+    }
+    let shown = got
+        .iter()
+        .find(|r| r["id"] == "c-config")
+        .map(|r| r["result"]["mqtt"].clone())
+        .unwrap_or_default();
+    ensure!(
+        shown["username"] == "sh-ja-0001" && shown["password_file"].is_string(),
+        "config reply: {shown}"
+    );
+
+    // A flood: at most the bucket (20) plus 1/s pass, the rest are answered "rate limited".
+    let flood_started = std::time::Instant::now();
+    for i in 0..40 {
+        rig.sub
+            .publish(&cmd, format!(r#"{{"id":"f{i}","op":"ping"}}"#).as_bytes());
+    }
+    ensure!(
+        wait_until(Duration::from_secs(15), || {
+            replies(&rig)
+                .iter()
+                .filter(|r| r["id"].as_str().is_some_and(|id| id.starts_with('f')))
+                .count()
+                >= 40
+        }),
+        "not every flooded command was answered"
+    );
+    let limited = replies(&rig)
+        .iter()
+        .filter(|r| {
+            r["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("rate limited"))
+        })
+        .count();
+    let admitted_at_most = 20 + flood_started.elapsed().as_secs() as usize + 1;
+    ensure!(
+        limited < 40 && 40 - limited <= admitted_at_most,
+        "{limited} of 40 rate limited (burst 20, 1/s, at most {admitted_at_most} admitted)"
+    );
+    ensure!(
+        wait_until(Duration::from_secs(10), || rig.sub.all().iter().any(|m| {
+            m.topic.ends_with("/health")
+                && m.json["commands"]["rate_limited"].as_u64() == Some(limited as u64)
+        })),
+        "health does not count {limited} rate-limited commands"
+    );
+    agent.stop()?;
+
+    let log = agent.log();
+    let everything: Vec<String> = log
+        .lines()
+        .map(str::to_owned)
+        .chain(rig.sub.all().iter().map(|m| m.json.to_string()))
+        .collect();
+    ensure!(everything.len() > 50, "too little to scan");
+    for line in &everything {
+        for secret in [PASSWORD, WRONG]
+            .into_iter()
+            .chain(key_material.iter().map(String::as_str))
+        {
+            ensure!(!line.contains(secret), "a secret leaked: {line}");
+        }
+    }
+    Ok(())
+}

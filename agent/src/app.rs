@@ -112,6 +112,7 @@ pub async fn run(
     ));
 
     let uplink_stats = Arc::new(UplinkStats::default());
+    let command_stats = Arc::new(crate::commands::CommandStats::default());
     let reporter = HealthReporter::new(
         &gw,
         config.health.node_silent_after.as_millis() as u64,
@@ -121,7 +122,8 @@ pub async fn run(
         source_entries,
     )
     .with_replay_rate(config.store.replay_rate)
-    .with_insecure(insecure);
+    .with_insecure(insecure)
+    .with_command_stats(command_stats.clone());
     let (commands_tx, commands_rx) = mpsc::channel(64);
     let uplink = Uplink::start(
         UplinkConfig {
@@ -147,7 +149,8 @@ pub async fn run(
     )
     .map_err(anyhow::Error::msg)?;
     let commands_task = tokio::spawn(crate::commands::run(
-        crate::commands::CommandContext::new(&config, node_requests, directory, pipeline_tx),
+        crate::commands::CommandContext::new(&config, node_requests, directory, pipeline_tx)
+            .with_stats(command_stats),
         commands_rx,
         queue.clone(),
         shutdown.clone(),

@@ -4,11 +4,14 @@
 //! fields refused), routed to the source or answered here, and answered exactly once through
 //! the queue, so a reply has a `seq` and survives an outage like any event. A command that does
 //! not parse, names an unknown op, device or channel, or would write to an elevator
-//! controller is answered `ok: false` with a clear error and changes nothing.
+//! controller is answered `ok: false` with a clear error and changes nothing. Commands are
+//! rate-limited (`[commands] rate` and `burst`, a token bucket): one over the limit is answered
+//! `ok: false`, "rate limited", without being carried out. Counters go to `health`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -79,8 +82,22 @@ pub fn parse(payload: &[u8]) -> Result<CommandRequest, (String, String)> {
     }
 }
 
+/// Command counters, shared with `health`.
+#[derive(Debug, Default)]
+pub struct CommandStats {
+    /// Commands answered `ok: true`.
+    pub accepted: AtomicU64,
+    /// Commands answered `ok: false` (rate-limited ones included).
+    pub refused: AtomicU64,
+    /// Commands refused because they came faster than `[commands] rate` allows.
+    pub rate_limited: AtomicU64,
+}
+
 /// What the command handler can reach.
 pub struct CommandContext {
+    limiter: Mutex<crate::rate_limit::TokenBucket>,
+    /// Counters.
+    pub stats: Arc<CommandStats>,
     config_json: Value,
     nodes: HashMap<String, mpsc::Sender<NodeRequest>>,
     zero_at: HashMap<String, ZeroAt>,
@@ -98,6 +115,12 @@ impl CommandContext {
         pipeline: mpsc::Sender<PipelineRequest>,
     ) -> CommandContext {
         CommandContext {
+            limiter: Mutex::new(crate::rate_limit::TokenBucket::new(
+                config.commands.rate,
+                config.commands.burst,
+                Instant::now(),
+            )),
+            stats: Arc::default(),
             config_json: redacted_config(config),
             nodes: nodes.into_iter().collect(),
             zero_at: config
@@ -110,7 +133,43 @@ impl CommandContext {
         }
     }
 
-    /// Carries out one command and returns its reply.
+    /// Counts into `stats` (shared with `health`).
+    pub fn with_stats(mut self, stats: Arc<CommandStats>) -> CommandContext {
+        self.stats = stats;
+        self
+    }
+
+    /// Answers one command received at `now`: refused unanswered by the node if over the
+    /// rate limit, else carried out; counted either way.
+    pub async fn handle(&self, payload: &[u8], now: Instant) -> Reply {
+        let admitted = self
+            .limiter
+            .lock()
+            .map(|mut bucket| bucket.try_take(now))
+            .unwrap_or(false);
+        let reply = if admitted {
+            self.execute(payload).await
+        } else {
+            self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            let id = match parse(payload) {
+                Ok(cmd) => cmd.id,
+                Err((id, _)) => id,
+            };
+            refuse(
+                id,
+                "rate limited: too many commands; send it again later".into(),
+            )
+        };
+        let counter = if reply.ok {
+            &self.stats.accepted
+        } else {
+            &self.stats.refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        reply
+    }
+
+    /// Carries out one command and returns its reply (no rate limit: see [`Self::handle`]).
     pub async fn execute(&self, payload: &[u8]) -> Reply {
         let cmd = match parse(payload) {
             Ok(cmd) => cmd,
@@ -311,7 +370,7 @@ pub async fn run(
             p = commands.recv() => match p { Some(p) => p, None => break },
             _ = shutdown.recv() => break,
         };
-        let reply = context.execute(&payload).await;
+        let reply = context.handle(&payload, Instant::now()).await;
         if !reply.ok {
             tracing::warn!(id = %reply.id, error = reply.error.as_deref().unwrap_or(""), "command refused");
         }
@@ -324,8 +383,12 @@ mod tests {
     use super::*;
 
     fn context() -> CommandContext {
+        context_with("")
+    }
+
+    fn context_with(extra: &str) -> CommandContext {
         let config = Config::parse(
-            "[gateway]\nid = \"gw\"\n[mqtt]\nurl = \"mqtt://127.0.0.1\"\n[store]\npath = \"/tmp/x\"\n[[node]]\nid = \"p1\"\nport = \"/dev/null\"\n",
+            &format!("[gateway]\nid = \"gw\"\n[mqtt]\nurl = \"mqtt://127.0.0.1\"\n[store]\npath = \"/tmp/x\"\n[[node]]\nid = \"p1\"\nport = \"/dev/null\"\n{extra}"),
             "t",
         )
         .expect("config");
@@ -401,5 +464,61 @@ mod tests {
         );
         let r = run_one(&big).await;
         assert!(r.error.unwrap_or_default().contains("too large"));
+    }
+
+    #[tokio::test]
+    async fn an_unknown_channel_is_refused_naming_the_known_ones() {
+        let ctx = context();
+        if let Ok(mut d) = ctx.directory.write() {
+            d.insert(
+                "p1".into(),
+                vec![Channel {
+                    id: 0,
+                    name: "strain".into(),
+                    quantity: towerlink_firmware::protocol::Quantity::Strain,
+                    rate_hz: 10,
+                }],
+            );
+        }
+        let r = ctx
+            .execute(br#"{"id":"u1","op":"zero","dev":"p1","ch":"tilt_q"}"#)
+            .await;
+        let e = r.error.unwrap_or_default();
+        assert!(
+            !r.ok && e.contains("unknown channel") && e.contains("strain"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn commands_over_the_rate_are_refused_and_counted() {
+        let ctx = context_with("[commands]\nrate = 2\nburst = 3\n");
+        let t0 = Instant::now();
+        let mut oks = 0;
+        for i in 0..5 {
+            let r = ctx
+                .handle(format!(r#"{{"id":"r{i}","op":"ping"}}"#).as_bytes(), t0)
+                .await;
+            assert_eq!(r.id, format!("r{i}"));
+            if r.ok {
+                oks += 1;
+            } else {
+                assert!(r.error.unwrap_or_default().contains("rate limited"));
+            }
+        }
+        assert_eq!(oks, 3);
+        // Half a second later (2/s): one more; a malformed one still counts against the rate.
+        let t1 = t0 + Duration::from_millis(500);
+        assert!(ctx.handle(br#"{"id":"r5","op":"ping"}"#, t1).await.ok);
+        assert!(!ctx.handle(br#"{"id":"r6","op":"ping"}"#, t1).await.ok);
+        let t2 = t1 + Duration::from_millis(500);
+        let r = ctx.handle(b"not json", t2).await;
+        assert!(r.error.unwrap_or_default().contains("malformed"));
+        let s = &ctx.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!(
+            (get(&s.accepted), get(&s.refused), get(&s.rate_limited)),
+            (4, 4, 3)
+        );
     }
 }

@@ -44,6 +44,7 @@ pub struct HealthReporter {
     previous_errors: Mutex<BTreeMap<String, u64>>,
     replay_rate: u32,
     insecure: bool,
+    commands: Arc<crate::commands::CommandStats>,
 }
 
 impl HealthReporter {
@@ -67,6 +68,7 @@ impl HealthReporter {
             previous_errors: Mutex::new(BTreeMap::new()),
             replay_rate: 0,
             insecure: false,
+            commands: Arc::default(),
         }
     }
 
@@ -79,6 +81,15 @@ impl HealthReporter {
     /// Reports that the uplink runs unencrypted to a non-loopback broker (`allow_insecure`).
     pub fn with_insecure(mut self, insecure: bool) -> HealthReporter {
         self.insecure = insecure;
+        self
+    }
+
+    /// Reports these command counters.
+    pub fn with_command_stats(
+        mut self,
+        stats: Arc<crate::commands::CommandStats>,
+    ) -> HealthReporter {
+        self.commands = stats;
         self
     }
 
@@ -189,6 +200,11 @@ impl HealthReporter {
                 "connection_errors": self.uplink.connection_errors.load(Ordering::Relaxed),
                 "commands": self.uplink.commands.load(Ordering::Relaxed),
                 "insecure": self.insecure,
+            },
+            "commands": {
+                "accepted": self.commands.accepted.load(Ordering::Relaxed),
+                "refused": self.commands.refused.load(Ordering::Relaxed),
+                "rate_limited": self.commands.rate_limited.load(Ordering::Relaxed),
             },
             "pipeline": {
                 "late_samples": self.pipeline.late_samples.load(Ordering::Relaxed),

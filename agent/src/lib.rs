@@ -17,6 +17,7 @@
 //! - [`uplink`]: the MQTT session.
 //! - [`commands`]: platform commands and their replies.
 //! - [`health`]: the gateway's own health report.
+//! - [`rate_limit`]: the token bucket that limits commands.
 //! - [`secrets`]: the MQTT password and key files, kept out of logs and replies.
 //! - [`feed_view`]: feed messages as readable lines (demo, `tail`).
 //! - [`app`]: starts and stops everything.
@@ -31,6 +32,7 @@ pub mod health;
 pub mod pipeline;
 pub mod profile;
 pub mod queue;
+pub mod rate_limit;
 pub mod secrets;
 pub mod shutdown;
 pub mod sources;

@@ -136,9 +136,11 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, TlsE
     Ok(Arc::new(config))
 }
 
-/// What to do about a TLS failure, for the log line next to rustls' own error.
+/// What to do about a TLS or login failure, for the log line next to the error itself.
 pub fn hint(error: &str) -> Option<&'static str> {
-    const HINTS: [(&str, &str); 6] = [
+    const HINTS: [(&str, &str); 8] = [
+        ("NotAuthorized", "the broker refused the credentials: check [mqtt] username and password_file"),
+        ("BadUserNamePassword", "the broker refused the credentials: check [mqtt] username and password_file"),
         ("CertificateRequired", "the broker requires a client certificate: set [mqtt] cert_file and key_file"),
         ("UnknownCA", "the broker does not trust the client certificate: it must be signed by the CA the broker trusts"),
         ("UnknownIssuer", "the broker's certificate is not signed by the CA of [mqtt] ca_file"),
