@@ -49,6 +49,12 @@ pub struct CommandRequest {
     /// Target channel (feed name), for channel ops.
     #[serde(default)]
     pub ch: Option<String>,
+    /// Unix milliseconds when the platform signed it (signed commands only).
+    #[serde(default)]
+    pub ts: Option<i64>,
+    /// Ed25519 signature, hex (signed commands only; see [`crate::command_auth`]).
+    #[serde(default)]
+    pub sig: Option<String>,
 }
 
 /// Parses a command payload; on failure returns the id (if one could be read) and the error.
@@ -95,6 +101,7 @@ pub struct CommandStats {
 
 /// What the command handler can reach.
 pub struct CommandContext {
+    verifier: Option<crate::command_auth::CommandVerifier>,
     limiter: Mutex<crate::rate_limit::TokenBucket>,
     /// Counters.
     pub stats: Arc<CommandStats>,
@@ -115,6 +122,15 @@ impl CommandContext {
         pipeline: mpsc::Sender<PipelineRequest>,
     ) -> CommandContext {
         CommandContext {
+            // The key was checked when the configuration loaded.
+            verifier: config.commands.public_key.as_deref().and_then(|key| {
+                crate::command_auth::CommandVerifier::new(
+                    &config.gateway.id,
+                    key,
+                    config.commands.max_skew.as_millis() as i64,
+                )
+                .ok()
+            }),
             limiter: Mutex::new(crate::rate_limit::TokenBucket::new(
                 config.commands.rate,
                 config.commands.burst,
@@ -176,6 +192,11 @@ impl CommandContext {
             Err((id, error)) => return refuse(id, error),
         };
         let id = cmd.id.clone();
+        if let Some(verifier) = &self.verifier {
+            if let Err(error) = verifier.verify(&cmd, now_millis()) {
+                return refuse(id, error);
+            }
+        }
         match self.dispatch(cmd).await {
             Ok(result) => Reply {
                 id,
@@ -341,7 +362,12 @@ pub fn redacted_config(config: &Config) -> Value {
             "username": config.mqtt.username,
             "password_file": config.mqtt.password_file.as_ref().map(|p| p.display().to_string()),
         },
-        "commands": { "rate": config.commands.rate, "burst": config.commands.burst },
+        "commands": {
+            "rate": config.commands.rate,
+            "burst": config.commands.burst,
+            "public_key": config.commands.public_key,
+            "max_skew": d(config.commands.max_skew),
+        },
         "store": { "path": config.store.path.display().to_string(), "max_messages": config.store.max_messages },
         "health": { "interval": d(config.health.interval), "node_silent_after": d(config.health.node_silent_after) },
         "node": config.nodes.iter().map(|n| json!({
@@ -488,6 +514,40 @@ mod tests {
             !r.ok && e.contains("unknown channel") && e.contains("strain"),
             "{e}"
         );
+    }
+
+    #[tokio::test]
+    async fn with_a_public_key_only_signed_commands_are_carried_out() {
+        use ed25519_dalek::{Signer, SigningKey};
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let platform = SigningKey::from_bytes(&[3; 32]);
+        let ctx = context_with(&format!(
+            "[commands]\npublic_key = \"{}\"\n",
+            hex(platform.verifying_key().as_bytes())
+        ));
+        let r = ctx.execute(br#"{"id":"s1","op":"ping"}"#).await;
+        assert!(!r.ok && r.error.unwrap_or_default().contains("unsigned"));
+        let ts = now_millis();
+        let mut cmd = CommandRequest {
+            id: "s2".into(),
+            op: "ping".into(),
+            dev: None,
+            ch: None,
+            ts: Some(ts),
+            sig: None,
+        };
+        let text = crate::command_auth::signed_text("gw", &cmd, ts);
+        cmd.sig = Some(hex(&platform.sign(text.as_bytes()).to_bytes()));
+        let payload = json!({"id": cmd.id, "op": cmd.op, "ts": ts, "sig": cmd.sig}).to_string();
+        let r = ctx.execute(payload.as_bytes()).await;
+        assert!(r.ok, "{r:?}");
+        let r = ctx.execute(payload.as_bytes()).await;
+        assert!(!r.ok && r.error.unwrap_or_default().contains("replayed"));
+        assert!(Config::parse(
+            "[gateway]\nid = \"gw\"\n[mqtt]\nurl = \"mqtt://127.0.0.1\"\n[store]\npath = \"/x\"\n[commands]\npublic_key = \"abc\"\n",
+            "t"
+        )
+        .is_err_and(|e| e.to_string().contains("commands.public_key")));
     }
 
     #[tokio::test]

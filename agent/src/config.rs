@@ -87,6 +87,17 @@ pub struct CommandsConfig {
     /// Commands accepted at once after a quiet period (token bucket size).
     #[serde(default = "default_command_burst")]
     pub burst: u32,
+    /// The platform's Ed25519 public key (64 hex digits): when set, only commands it signed
+    /// are carried out (see `command_auth`).
+    #[serde(default)]
+    pub public_key: Option<String>,
+    /// How far a signed command's `ts` may be from the gateway's clock.
+    #[serde(default = "default_max_skew", deserialize_with = "de_duration")]
+    pub max_skew: Duration,
+}
+
+fn default_max_skew() -> Duration {
+    Duration::from_secs(60)
 }
 
 impl Default for CommandsConfig {
@@ -94,6 +105,8 @@ impl Default for CommandsConfig {
         CommandsConfig {
             rate: default_command_rate(),
             burst: default_command_burst(),
+            public_key: None,
+            max_skew: default_max_skew(),
         }
     }
 }
@@ -618,6 +631,11 @@ impl Config {
             );
         }
         crate::uplink::tls::validate_config(&self.mqtt, &broker)?;
+        if let Some(key) = &self.commands.public_key {
+            if let Err(e) = crate::command_auth::CommandVerifier::new(&self.gateway.id, key, 0) {
+                return bad("commands.public_key", e);
+            }
+        }
         if self.commands.rate == 0 || self.commands.burst == 0 {
             return bad(
                 "commands.rate",

@@ -17,6 +17,7 @@
 //! - [`uplink`]: the MQTT session.
 //! - [`commands`]: platform commands and their replies.
 //! - [`health`]: the gateway's own health report.
+//! - [`command_auth`]: optional Ed25519-signed commands with replay protection.
 //! - [`rate_limit`]: the token bucket that limits commands.
 //! - [`secrets`]: the MQTT password and key files, kept out of logs and replies.
 //! - [`feed_view`]: feed messages as readable lines (demo, `tail`).
@@ -24,6 +25,7 @@
 
 pub mod app;
 pub mod backoff;
+pub mod command_auth;
 pub mod commands;
 pub mod config;
 pub mod feed;
