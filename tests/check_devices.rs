@@ -69,3 +69,54 @@ fn check_reports_lifts_and_i2c_devices() -> anyhow::Result<()> {
     bus.stop();
     Ok(())
 }
+
+#[test]
+fn check_flags_a_password_file_others_can_read() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = binary("towerlink-agent", "towerlink")?;
+    let dir = tempfile::tempdir()?;
+    let password = dir.path().join("password");
+    std::fs::write(&password, "s3cret-not-for-logs\n")?;
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o644))?;
+    let config = write_config(dir.path(), &unique_gw("e2e-perm"), "")?;
+    let text = std::fs::read_to_string(&config)?.replace(
+        "keep_alive = \"5s\"",
+        &format!(
+            "keep_alive = \"5s\"\nusername = \"gw\"\npassword_file = \"{}\"",
+            password.display()
+        ),
+    );
+    std::fs::write(&config, text)?;
+    let out = Command::new(&bin)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        !out.status.success(),
+        "a world-readable password file passed: {stdout}"
+    );
+    ensure!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("FAIL secret files") && l.contains("password_file")),
+        "{stdout}"
+    );
+    ensure!(
+        !stdout.contains("s3cret"),
+        "the password leaked into check's output"
+    );
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600))?;
+    let out = Command::new(&bin)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("OK") && l.contains("secret files")),
+        "{stdout}"
+    );
+    Ok(())
+}

@@ -76,6 +76,8 @@ fn replay_rate(broker: BrokerAddress, n: u64) -> Option<f64> {
                 health_interval: Duration::from_secs(3600),
                 replay_rate: 0,
                 heartbeat: towerlink_agent::service::Heartbeat::detached(),
+                tls: None,
+                credentials: None,
             },
             q.clone(),
             stats.clone(),

@@ -53,6 +53,9 @@ pub async fn run(
             config.store.path.display()
         )
     })?;
+    let (credentials, insecure) =
+        crate::secrets::uplink_security(&config, &broker).map_err(anyhow::Error::msg)?;
+    let tls = crate::uplink::tls::TlsFiles::from_config(&config.mqtt, &broker);
     let depth = queue.depth(now_millis());
     tracing::info!(gw = %gw, broker = %broker, store = %config.store.path.display(), last_seq = queue.last_seq(), unacknowledged = depth.messages, "towerlink agent starting");
 
@@ -135,6 +138,7 @@ pub async fn run(
     ));
 
     let uplink_stats = Arc::new(UplinkStats::default());
+    let command_stats = Arc::new(crate::commands::CommandStats::default());
     let reporter = HealthReporter::new(
         &gw,
         config.health.node_silent_after.as_millis() as u64,
@@ -143,7 +147,9 @@ pub async fn run(
         pipeline_stats,
         source_entries,
     )
-    .with_replay_rate(config.store.replay_rate);
+    .with_replay_rate(config.store.replay_rate)
+    .with_insecure(insecure)
+    .with_command_stats(command_stats.clone());
     let (commands_tx, commands_rx) = mpsc::channel(64);
     let uplink = Uplink::start(
         UplinkConfig {
@@ -160,6 +166,8 @@ pub async fn run(
             health_interval: config.health.interval,
             heartbeat: heartbeats.register("mqtt publisher"),
             replay_rate: config.store.replay_rate,
+            tls,
+            credentials,
         },
         queue.clone(),
         uplink_stats,
@@ -168,7 +176,8 @@ pub async fn run(
     )
     .map_err(anyhow::Error::msg)?;
     let commands_task = tokio::spawn(crate::commands::run(
-        crate::commands::CommandContext::new(&config, node_requests, directory, pipeline_tx),
+        crate::commands::CommandContext::new(&config, node_requests, directory, pipeline_tx)
+            .with_stats(command_stats),
         commands_rx,
         queue.clone(),
         shutdown.clone(),

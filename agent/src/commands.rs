@@ -4,11 +4,14 @@
 //! fields refused), routed to the source or answered here, and answered exactly once through
 //! the queue, so a reply has a `seq` and survives an outage like any event. A command that does
 //! not parse, names an unknown op, device or channel, or would write to an elevator
-//! controller is answered `ok: false` with a clear error and changes nothing.
+//! controller is answered `ok: false` with a clear error and changes nothing. Commands are
+//! rate-limited (`[commands] rate` and `burst`, a token bucket): one over the limit is answered
+//! `ok: false`, "rate limited", without being carried out. Counters go to `health`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -46,6 +49,12 @@ pub struct CommandRequest {
     /// Target channel (feed name), for channel ops.
     #[serde(default)]
     pub ch: Option<String>,
+    /// Unix milliseconds when the platform signed it (signed commands only).
+    #[serde(default)]
+    pub ts: Option<i64>,
+    /// Ed25519 signature, hex (signed commands only; see [`crate::command_auth`]).
+    #[serde(default)]
+    pub sig: Option<String>,
 }
 
 /// Parses a command payload; on failure returns the id (if one could be read) and the error.
@@ -79,8 +88,23 @@ pub fn parse(payload: &[u8]) -> Result<CommandRequest, (String, String)> {
     }
 }
 
+/// Command counters, shared with `health`.
+#[derive(Debug, Default)]
+pub struct CommandStats {
+    /// Commands answered `ok: true`.
+    pub accepted: AtomicU64,
+    /// Commands answered `ok: false` (rate-limited ones included).
+    pub refused: AtomicU64,
+    /// Commands refused because they came faster than `[commands] rate` allows.
+    pub rate_limited: AtomicU64,
+}
+
 /// What the command handler can reach.
 pub struct CommandContext {
+    verifier: Option<crate::command_auth::CommandVerifier>,
+    limiter: Mutex<crate::rate_limit::TokenBucket>,
+    /// Counters.
+    pub stats: Arc<CommandStats>,
     config_json: Value,
     nodes: HashMap<String, mpsc::Sender<NodeRequest>>,
     zero_at: HashMap<String, ZeroAt>,
@@ -98,6 +122,21 @@ impl CommandContext {
         pipeline: mpsc::Sender<PipelineRequest>,
     ) -> CommandContext {
         CommandContext {
+            // The key was checked when the configuration loaded.
+            verifier: config.commands.public_key.as_deref().and_then(|key| {
+                crate::command_auth::CommandVerifier::new(
+                    &config.gateway.id,
+                    key,
+                    config.commands.max_skew.as_millis() as i64,
+                )
+                .ok()
+            }),
+            limiter: Mutex::new(crate::rate_limit::TokenBucket::new(
+                config.commands.rate,
+                config.commands.burst,
+                Instant::now(),
+            )),
+            stats: Arc::default(),
             config_json: redacted_config(config),
             nodes: nodes.into_iter().collect(),
             zero_at: config
@@ -110,13 +149,54 @@ impl CommandContext {
         }
     }
 
-    /// Carries out one command and returns its reply.
+    /// Counts into `stats` (shared with `health`).
+    pub fn with_stats(mut self, stats: Arc<CommandStats>) -> CommandContext {
+        self.stats = stats;
+        self
+    }
+
+    /// Answers one command received at `now`: refused unanswered by the node if over the
+    /// rate limit, else carried out; counted either way.
+    pub async fn handle(&self, payload: &[u8], now: Instant) -> Reply {
+        let admitted = self
+            .limiter
+            .lock()
+            .map(|mut bucket| bucket.try_take(now))
+            .unwrap_or(false);
+        let reply = if admitted {
+            self.execute(payload).await
+        } else {
+            self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            let id = match parse(payload) {
+                Ok(cmd) => cmd.id,
+                Err((id, _)) => id,
+            };
+            refuse(
+                id,
+                "rate limited: too many commands; send it again later".into(),
+            )
+        };
+        let counter = if reply.ok {
+            &self.stats.accepted
+        } else {
+            &self.stats.refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        reply
+    }
+
+    /// Carries out one command and returns its reply (no rate limit: see [`Self::handle`]).
     pub async fn execute(&self, payload: &[u8]) -> Reply {
         let cmd = match parse(payload) {
             Ok(cmd) => cmd,
             Err((id, error)) => return refuse(id, error),
         };
         let id = cmd.id.clone();
+        if let Some(verifier) = &self.verifier {
+            if let Err(error) = verifier.verify(&cmd, now_millis()) {
+                return refuse(id, error);
+            }
+        }
         match self.dispatch(cmd).await {
             Ok(result) => Reply {
                 id,
@@ -275,6 +355,18 @@ pub fn redacted_config(config: &Config) -> Value {
             "data_qos": config.mqtt.data_qos,
             "allow_insecure": config.mqtt.allow_insecure,
             "max_inflight": config.mqtt.max_inflight,
+            // Paths and the user name only: never the password or any key material.
+            "ca_file": config.mqtt.ca_file.as_ref().map(|p| p.display().to_string()),
+            "cert_file": config.mqtt.cert_file.as_ref().map(|p| p.display().to_string()),
+            "key_file": config.mqtt.key_file.as_ref().map(|p| p.display().to_string()),
+            "username": config.mqtt.username,
+            "password_file": config.mqtt.password_file.as_ref().map(|p| p.display().to_string()),
+        },
+        "commands": {
+            "rate": config.commands.rate,
+            "burst": config.commands.burst,
+            "public_key": config.commands.public_key,
+            "max_skew": d(config.commands.max_skew),
         },
         "store": { "path": config.store.path.display().to_string(), "max_messages": config.store.max_messages },
         "health": { "interval": d(config.health.interval), "node_silent_after": d(config.health.node_silent_after) },
@@ -304,7 +396,7 @@ pub async fn run(
             p = commands.recv() => match p { Some(p) => p, None => break },
             _ = shutdown.recv() => break,
         };
-        let reply = context.execute(&payload).await;
+        let reply = context.handle(&payload, Instant::now()).await;
         if !reply.ok {
             tracing::warn!(id = %reply.id, error = reply.error.as_deref().unwrap_or(""), "command refused");
         }
@@ -317,8 +409,12 @@ mod tests {
     use super::*;
 
     fn context() -> CommandContext {
+        context_with("")
+    }
+
+    fn context_with(extra: &str) -> CommandContext {
         let config = Config::parse(
-            "[gateway]\nid = \"gw\"\n[mqtt]\nurl = \"mqtt://127.0.0.1\"\n[store]\npath = \"/tmp/x\"\n[[node]]\nid = \"p1\"\nport = \"/dev/null\"\n",
+            &format!("[gateway]\nid = \"gw\"\n[mqtt]\nurl = \"mqtt://127.0.0.1\"\n[store]\npath = \"/tmp/x\"\n[[node]]\nid = \"p1\"\nport = \"/dev/null\"\n{extra}"),
             "t",
         )
         .expect("config");
@@ -394,5 +490,95 @@ mod tests {
         );
         let r = run_one(&big).await;
         assert!(r.error.unwrap_or_default().contains("too large"));
+    }
+
+    #[tokio::test]
+    async fn an_unknown_channel_is_refused_naming_the_known_ones() {
+        let ctx = context();
+        if let Ok(mut d) = ctx.directory.write() {
+            d.insert(
+                "p1".into(),
+                vec![Channel {
+                    id: 0,
+                    name: "strain".into(),
+                    quantity: towerlink_firmware::protocol::Quantity::Strain,
+                    rate_hz: 10,
+                }],
+            );
+        }
+        let r = ctx
+            .execute(br#"{"id":"u1","op":"zero","dev":"p1","ch":"tilt_q"}"#)
+            .await;
+        let e = r.error.unwrap_or_default();
+        assert!(
+            !r.ok && e.contains("unknown channel") && e.contains("strain"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_a_public_key_only_signed_commands_are_carried_out() {
+        use ed25519_dalek::{Signer, SigningKey};
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let platform = SigningKey::from_bytes(&[3; 32]);
+        let ctx = context_with(&format!(
+            "[commands]\npublic_key = \"{}\"\n",
+            hex(platform.verifying_key().as_bytes())
+        ));
+        let r = ctx.execute(br#"{"id":"s1","op":"ping"}"#).await;
+        assert!(!r.ok && r.error.unwrap_or_default().contains("unsigned"));
+        let ts = now_millis();
+        let mut cmd = CommandRequest {
+            id: "s2".into(),
+            op: "ping".into(),
+            dev: None,
+            ch: None,
+            ts: Some(ts),
+            sig: None,
+        };
+        let text = crate::command_auth::signed_text("gw", &cmd, ts);
+        cmd.sig = Some(hex(&platform.sign(text.as_bytes()).to_bytes()));
+        let payload = json!({"id": cmd.id, "op": cmd.op, "ts": ts, "sig": cmd.sig}).to_string();
+        let r = ctx.execute(payload.as_bytes()).await;
+        assert!(r.ok, "{r:?}");
+        let r = ctx.execute(payload.as_bytes()).await;
+        assert!(!r.ok && r.error.unwrap_or_default().contains("replayed"));
+        assert!(Config::parse(
+            "[gateway]\nid = \"gw\"\n[mqtt]\nurl = \"mqtt://127.0.0.1\"\n[store]\npath = \"/x\"\n[commands]\npublic_key = \"abc\"\n",
+            "t"
+        )
+        .is_err_and(|e| e.to_string().contains("commands.public_key")));
+    }
+
+    #[tokio::test]
+    async fn commands_over_the_rate_are_refused_and_counted() {
+        let ctx = context_with("[commands]\nrate = 2\nburst = 3\n");
+        let t0 = Instant::now();
+        let mut oks = 0;
+        for i in 0..5 {
+            let r = ctx
+                .handle(format!(r#"{{"id":"r{i}","op":"ping"}}"#).as_bytes(), t0)
+                .await;
+            assert_eq!(r.id, format!("r{i}"));
+            if r.ok {
+                oks += 1;
+            } else {
+                assert!(r.error.unwrap_or_default().contains("rate limited"));
+            }
+        }
+        assert_eq!(oks, 3);
+        // Half a second later (2/s): one more; a malformed one still counts against the rate.
+        let t1 = t0 + Duration::from_millis(500);
+        assert!(ctx.handle(br#"{"id":"r5","op":"ping"}"#, t1).await.ok);
+        assert!(!ctx.handle(br#"{"id":"r6","op":"ping"}"#, t1).await.ok);
+        let t2 = t1 + Duration::from_millis(500);
+        let r = ctx.handle(b"not json", t2).await;
+        assert!(r.error.unwrap_or_default().contains("malformed"));
+        let s = &ctx.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!(
+            (get(&s.accepted), get(&s.refused), get(&s.rate_limited)),
+            (4, 4, 3)
+        );
     }
 }

@@ -75,6 +75,68 @@ pub struct Config {
     /// `[[i2c]]`: chips on the gateway's own I2C buses.
     #[serde(default, rename = "i2c")]
     pub i2c: Vec<crate::sources::i2c_device::I2cConfig>,
+    /// `[commands]`: limits on platform commands.
+    #[serde(default)]
+    pub commands: CommandsConfig,
+}
+
+/// `[commands]`: how many platform commands the agent takes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandsConfig {
+    /// Commands per second accepted on average (token bucket refill rate).
+    #[serde(default = "default_command_rate")]
+    pub rate: u32,
+    /// Commands accepted at once after a quiet period (token bucket size).
+    #[serde(default = "default_command_burst")]
+    pub burst: u32,
+    /// The platform's Ed25519 public key (64 hex digits): when set, only commands it signed
+    /// are carried out (see `command_auth`).
+    #[serde(default)]
+    pub public_key: Option<String>,
+    /// How far a signed command's `ts` may be from the gateway's clock.
+    #[serde(default = "default_max_skew", deserialize_with = "de_duration")]
+    pub max_skew: Duration,
+}
+
+fn default_max_skew() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl Default for CommandsConfig {
+    fn default() -> Self {
+        CommandsConfig {
+            rate: default_command_rate(),
+            burst: default_command_burst(),
+            public_key: None,
+            max_skew: default_max_skew(),
+        }
+    }
+}
+
+fn default_command_rate() -> u32 {
+    10
+}
+fn default_command_burst() -> u32 {
+    20
+}
+
+/// A key that must never be in the configuration (`[mqtt] password`): accepted by the parser
+/// only so that validation can refuse it with a pointer to `password_file`; its value is
+/// dropped unread and never printed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RefusedSecret;
+
+impl<'de> Deserialize<'de> for RefusedSecret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| RefusedSecret)
+    }
+}
+
+impl fmt::Debug for RefusedSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// Parity of an RS-485 line.
@@ -169,6 +231,24 @@ pub struct MqttConfig {
     /// Most QoS 1 messages in flight (sent, not yet acknowledged).
     #[serde(default = "default_inflight")]
     pub max_inflight: u16,
+    /// PEM file of the CA that signed the broker's certificate (required for `mqtts://`).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate (chain) of this gateway, for mTLS; needs `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// MQTT user name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the MQTT password (one line); needs `username`.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Refused: a password never goes into the configuration (see `password_file`).
+    #[serde(default)]
+    pub password: Option<RefusedSecret>,
 }
 
 /// `[store]`: where the agent keeps state across restarts.
@@ -551,6 +631,18 @@ impl Config {
                     "plain MQTT to {} would send data unencrypted; use mqtts:// or set allow_insecure = true",
                     broker.host
                 ),
+            );
+        }
+        crate::uplink::tls::validate_config(&self.mqtt, &broker)?;
+        if let Some(key) = &self.commands.public_key {
+            if let Err(e) = crate::command_auth::CommandVerifier::new(&self.gateway.id, key, 0) {
+                return bad("commands.public_key", e);
+            }
+        }
+        if self.commands.rate == 0 || self.commands.burst == 0 {
+            return bad(
+                "commands.rate",
+                "rate and burst must be at least 1 command".to_owned(),
             );
         }
         let root = &self.mqtt.topic_root;
@@ -948,7 +1040,10 @@ window = "10s"
         );
         let allowed = remote.replace("topic_root", "allow_insecure = true\ntopic_root");
         assert!(Config::parse(&allowed, "t").is_ok());
-        let tls = GOOD.replace("mqtt://127.0.0.1:1883", "mqtts://platform.example");
+        let tls = GOOD.replace(
+            "mqtt://127.0.0.1:1883\"",
+            "mqtts://platform.example\"\nca_file = \"/etc/towerlink/ca.pem\"",
+        );
         let c = Config::parse(&tls, "t").expect("tls config");
         assert_eq!(c.broker().expect("url").port, 8883);
     }

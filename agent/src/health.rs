@@ -43,6 +43,8 @@ pub struct HealthReporter {
     sources: Vec<SourceEntry>,
     previous_errors: Mutex<BTreeMap<String, u64>>,
     replay_rate: u32,
+    insecure: bool,
+    commands: Arc<crate::commands::CommandStats>,
 }
 
 impl HealthReporter {
@@ -65,12 +67,29 @@ impl HealthReporter {
             sources,
             previous_errors: Mutex::new(BTreeMap::new()),
             replay_rate: 0,
+            insecure: false,
+            commands: Arc::default(),
         }
     }
 
     /// Reports the configured replay rate (`[store] replay_rate`, 0 = unlimited).
     pub fn with_replay_rate(mut self, rate: u32) -> HealthReporter {
         self.replay_rate = rate;
+        self
+    }
+
+    /// Reports that the uplink runs unencrypted to a non-loopback broker (`allow_insecure`).
+    pub fn with_insecure(mut self, insecure: bool) -> HealthReporter {
+        self.insecure = insecure;
+        self
+    }
+
+    /// Reports these command counters.
+    pub fn with_command_stats(
+        mut self,
+        stats: Arc<crate::commands::CommandStats>,
+    ) -> HealthReporter {
+        self.commands = stats;
         self
     }
 
@@ -180,6 +199,12 @@ impl HealthReporter {
                 "connects": self.uplink.connects.load(Ordering::Relaxed),
                 "connection_errors": self.uplink.connection_errors.load(Ordering::Relaxed),
                 "commands": self.uplink.commands.load(Ordering::Relaxed),
+                "insecure": self.insecure,
+            },
+            "commands": {
+                "accepted": self.commands.accepted.load(Ordering::Relaxed),
+                "refused": self.commands.refused.load(Ordering::Relaxed),
+                "rate_limited": self.commands.rate_limited.load(Ordering::Relaxed),
             },
             "pipeline": {
                 "late_samples": self.pipeline.late_samples.load(Ordering::Relaxed),

@@ -17,6 +17,9 @@
 //! - [`uplink`]: the MQTT session.
 //! - [`commands`]: platform commands and their replies.
 //! - [`health`]: the gateway's own health report.
+//! - [`command_auth`]: optional Ed25519-signed commands with replay protection.
+//! - [`rate_limit`]: the token bucket that limits commands.
+//! - [`secrets`]: the MQTT password and key files, kept out of logs and replies.
 //! - [`feed_view`]: feed messages as readable lines (demo, `tail`).
 //! - [`service`]: systemd readiness and the watchdog, fed by every loop's heartbeat.
 //! - [`app`]: starts and stops everything.
@@ -25,6 +28,7 @@
 pub mod app;
 pub mod backoff;
 pub mod cli;
+pub mod command_auth;
 pub mod commands;
 pub mod config;
 pub mod feed;
@@ -33,6 +37,8 @@ pub mod health;
 pub mod pipeline;
 pub mod profile;
 pub mod queue;
+pub mod rate_limit;
+pub mod secrets;
 pub mod service;
 pub mod shutdown;
 pub mod sources;

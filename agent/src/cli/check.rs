@@ -113,6 +113,21 @@ pub async fn run(path: &Path) -> usize {
         }
     }
 
+    let secrets = crate::secrets::secret_file_problems(&config.mqtt);
+    let has_secret_files = config.mqtt.key_file.is_some() || config.mqtt.password_file.is_some();
+    for problem in &secrets {
+        report.fail(
+            "secret files",
+            problem,
+            "chmod 600 the file (or 640 with group towerlink) and chown it to the agent's user",
+        );
+    }
+    if secrets.is_empty() && has_secret_files {
+        report.ok(
+            "secret files: key and password files are readable by their owner (and group) only",
+        );
+    }
+
     let store = &config.store.path;
     match check_store(store) {
         Ok(what) => report.ok(&format!("store {}: {what}", store.display())),

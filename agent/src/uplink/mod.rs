@@ -11,9 +11,14 @@
 //!   PUBACK, rewinds the queue when a connection drops, publishes `health`, and on a clean
 //!   stop drains the queue, publishes `offline` and disconnects. Telemetry goes out at most
 //!   at `replay_rate` ([`pacer::Pacer`]), so a backlog replays steadily; events are not paced.
+//!
+//! With `mqtts://` every connection is TLS ([`tls`]): the client configuration is built when
+//! the uplink starts (bad files stop the agent) and rebuilt before each attempt, so renewed
+//! certificates are picked up; a TLS failure is retried with the same back-off as any other.
 
 pub mod ledger;
 pub mod pacer;
+pub mod tls;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +26,7 @@ use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, LastWill, MqttOptions, Outgoing, Packet, QoS,
+    TlsConfiguration, Transport,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -60,6 +66,10 @@ pub struct UplinkConfig {
     pub heartbeat: crate::service::Heartbeat,
     /// Most queued telemetry messages published per second (0 = no limit).
     pub replay_rate: u32,
+    /// TLS files, for `mqtts://`.
+    pub tls: Option<tls::TlsFiles>,
+    /// MQTT user name and password.
+    pub credentials: Option<(String, crate::secrets::Secret)>,
 }
 
 /// Uplink counters, shared with `health`.
@@ -96,7 +106,10 @@ enum NetEvent {
     Disconnected(String),
 }
 
-fn mqtt_options(config: &UplinkConfig) -> MqttOptions {
+fn mqtt_options(
+    config: &UplinkConfig,
+    tls: Option<&Arc<tokio_rustls::rustls::ClientConfig>>,
+) -> MqttOptions {
     let mut opts = MqttOptions::new(
         config.gw.clone(),
         config.broker.host.clone(),
@@ -113,6 +126,14 @@ fn mqtt_options(config: &UplinkConfig) -> MqttOptions {
         QoS::AtLeastOnce,
         true,
     ));
+    if let Some(tls) = tls {
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            tls.clone(),
+        )));
+    }
+    if let Some((user, password)) = &config.credentials {
+        opts.set_credentials(user.clone(), password.expose());
+    }
     opts
 }
 
@@ -133,17 +154,19 @@ impl Uplink {
         commands: mpsc::Sender<Vec<u8>>,
         health: Box<dyn Fn() -> Vec<u8> + Send>,
     ) -> Result<Uplink, String> {
-        if config.broker.tls {
-            return Err(format!(
-                "{}: TLS (mqtts://) is not supported by this build yet; use mqtt:// to a loopback broker",
-                config.broker
-            ));
-        }
+        let tls = match (&config.tls, config.broker.tls) {
+            (Some(files), true) => Some(tls::client_config(files).map_err(|e| e.to_string())?),
+            (None, true) => {
+                return Err(format!("{}: mqtts:// needs [mqtt] ca_file", config.broker));
+            }
+            (_, false) => None,
+        };
         let (net_tx, net_rx) = mpsc::unbounded_channel();
         let (conn_stop_tx, conn_stop_rx) = oneshot::channel();
         let (stop_tx, stop_rx) = oneshot::channel();
         tokio::spawn(connection_task(
             config.clone(),
+            tls,
             net_tx,
             conn_stop_rx,
             stats.clone(),
@@ -175,15 +198,30 @@ impl Uplink {
 
 async fn connection_task(
     config: UplinkConfig,
+    mut tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
     events: mpsc::UnboundedSender<NetEvent>,
     mut stop: oneshot::Receiver<()>,
     stats: Arc<UplinkStats>,
 ) {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let cmd_topic = config.topics.cmd();
+    let mut first_attempt = true;
     loop {
-        let (client, mut eventloop) =
-            AsyncClient::new(mqtt_options(&config), usize::from(config.max_inflight) + 64);
+        // Re-read the TLS files (a renewed certificate counts from the next attempt); the
+        // first attempt uses what `start` just read.
+        if let (Some(files), false) = (&config.tls, first_attempt) {
+            match tls::client_config(files) {
+                Ok(fresh) => tls = Some(fresh),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot reload the TLS files; using the last good ones")
+                }
+            }
+        }
+        first_attempt = false;
+        let (client, mut eventloop) = AsyncClient::new(
+            mqtt_options(&config, tls.as_ref()),
+            usize::from(config.max_inflight) + 64,
+        );
         if events.send(NetEvent::NewClient(client)).is_err() {
             return;
         }
@@ -231,7 +269,14 @@ async fn connection_task(
             backoff.reset();
         }
         let delay = backoff.next_delay();
-        tracing::warn!(broker = %config.broker, error = %reason, retry_in_ms = delay.as_millis() as u64, "MQTT connection failed");
+        match tls::hint(&reason) {
+            Some(hint) => {
+                tracing::warn!(broker = %config.broker, error = %reason, hint, retry_in_ms = delay.as_millis() as u64, "MQTT connection failed")
+            }
+            None => {
+                tracing::warn!(broker = %config.broker, error = %reason, retry_in_ms = delay.as_millis() as u64, "MQTT connection failed")
+            }
+        }
         drop(eventloop);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
