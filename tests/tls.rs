@@ -751,3 +751,94 @@ fn commands_are_refused_clearly_and_no_secret_ever_appears_in_logs_or_replies() 
     }
     Ok(())
 }
+
+#[test]
+fn check_verifies_the_tls_session_with_the_configured_certificate() -> anyhow::Result<()> {
+    let rig = Rig::new("tls-check", "server", None, 1)?;
+    let bin = towerlink_e2e::binary("towerlink-agent", "towerlink")?;
+    let run = |config: &Path| -> anyhow::Result<(bool, String)> {
+        let out = std::process::Command::new(&bin)
+            .args(["check", "--config"])
+            .arg(config)
+            .output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ))
+    };
+    // Without a client certificate the broker (require_certificate) refuses the session.
+    let (ok, text) = run(&rig.config("")?)?;
+    ensure!(!ok, "check passed without a client certificate:\n{text}");
+    ensure!(
+        text.lines()
+            .any(|l| l.starts_with("FAIL broker") && l.contains("session")),
+        "{text}"
+    );
+    // With it, the session is accepted.
+    rig.pki.install_client("client")?;
+    let (_, text) = run(&rig.config(&rig.client_cert_lines())?)?;
+    ensure!(
+        text.lines()
+            .any(|l| l.starts_with("OK") && l.contains("the broker accepted the session")),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[test]
+fn check_verifies_the_credentials() -> anyhow::Result<()> {
+    const PASSWORD: &str = "check-Pa55-41d2";
+    let setup = tempfile::tempdir()?;
+    let passwd = setup.path().join("mosquitto.passwd");
+    let status = Command::new("mosquitto_passwd")
+        .args(["-c", "-b"])
+        .arg(&passwd)
+        .args(["sh-ja-0001", PASSWORD])
+        .stdout(Stdio::null())
+        .status()
+        .context("mosquitto_passwd")?;
+    ensure!(status.success(), "mosquitto_passwd failed");
+    let rig = Rig::new("tls-check-creds", "server", Some(&passwd), 1)?;
+    rig.pki.install_client("client")?;
+    let password_file = rig.dir.path().join("password");
+    let mqtt = format!(
+        "{}username = \"sh-ja-0001\"\npassword_file = \"{}\"\n",
+        rig.client_cert_lines(),
+        password_file.display()
+    );
+    let bin = towerlink_e2e::binary("towerlink-agent", "towerlink")?;
+    let run = |config: &Path| -> anyhow::Result<(bool, String)> {
+        let out = Command::new(&bin)
+            .args(["check", "--config"])
+            .arg(config)
+            .output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ))
+    };
+    std::fs::write(&password_file, "wrong-password\n")?;
+    std::fs::set_permissions(
+        &password_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
+    let (ok, text) = run(&rig.config(&mqtt)?)?;
+    ensure!(!ok, "check passed with a wrong password:\n{text}");
+    ensure!(
+        text.lines()
+            .any(|l| l.starts_with("FAIL broker") && l.contains("refused")),
+        "{text}"
+    );
+    ensure!(
+        !text.contains("wrong-password"),
+        "the password leaked into check's output"
+    );
+    std::fs::write(&password_file, format!("{PASSWORD}\n"))?;
+    let (ok, text) = run(&rig.config(&mqtt)?)?;
+    ensure!(ok, "check failed with the right password:\n{text}");
+    ensure!(
+        !text.contains(PASSWORD),
+        "the password leaked into check's output"
+    );
+    Ok(())
+}

@@ -144,14 +144,85 @@ pub async fn run(path: &Path) -> usize {
             })
             .await
             .unwrap_or_else(|e| Err((format!("check aborted: {e}"), String::new())));
+            let reachable = outcome.is_ok();
             match outcome {
                 Ok(what) => report.ok(&format!("{item}: {what}")),
                 Err((reason, fix)) => report.fail(&item, &reason, &fix),
+            }
+            // With TLS or credentials, the agent's own session setup must be accepted too.
+            if reachable && (broker.tls || config.mqtt.username.is_some()) {
+                let item = format!("broker {broker} session (TLS and credentials as configured)");
+                match check_session(&config).await {
+                    Ok(what) => report.ok(&format!("{item}: {what}")),
+                    Err((reason, fix)) => report.fail(&item, &reason, &fix),
+                }
             }
         }
         Err(e) => report.fail("broker", &e, "correct [mqtt] url"),
     }
     report.failures()
+}
+
+/// One MQTT session set up exactly as the agent does (TLS files, client certificate,
+/// username and password file), under a client id of its own: the broker must accept it.
+async fn check_session(config: &Config) -> Result<String, (String, String)> {
+    use crate::uplink::tls::{client_config, hint, TlsFiles};
+    use rumqttc::{
+        AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, TlsConfiguration, Transport,
+    };
+    let broker = config
+        .broker()
+        .map_err(|e| (e, "correct [mqtt] url".to_owned()))?;
+    let client_id = format!("{}-check-{}", config.gateway.id, std::process::id());
+    let mut opts = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    opts.set_keep_alive(Duration::from_secs(10));
+    if let Some(files) = TlsFiles::from_config(&config.mqtt, &broker) {
+        let tls = client_config(&files)
+            .map_err(|e| (e.to_string(), "fix the TLS files named above".to_owned()))?;
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    }
+    if let Some(user) = &config.mqtt.username {
+        let password = match &config.mqtt.password_file {
+            Some(path) => crate::secrets::read_password_file(path)
+                .map_err(|e| {
+                    (
+                        e,
+                        "make mqtt.password_file readable by the agent".to_owned(),
+                    )
+                })?
+                .expose()
+                .to_owned(),
+            None => String::new(),
+        };
+        opts.set_credentials(user.clone(), password);
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, 4);
+    let outcome = tokio::time::timeout(BROKER_TIMEOUT, async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    return if ack.code == ConnectReturnCode::Success {
+                        Ok("the broker accepted the session".to_owned())
+                    } else {
+                        Err((
+                            format!("the broker refused the session: {:?}", ack.code),
+                            "check mqtt.username, mqtt.password_file and the broker's ACL for this gateway".to_owned(),
+                        ))
+                    };
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let text = e.to_string();
+                    let fix = hint(&text).unwrap_or("check the TLS files and the broker's TLS settings").to_owned();
+                    return Err((format!("session failed: {text}"), fix));
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err(("no CONNACK within 5 s".to_owned(), "check the broker's TLS port and settings".to_owned())));
+    let _ = client.try_disconnect();
+    outcome
 }
 
 /// An I2C device: the bus opens and the chip answers with its identity.
