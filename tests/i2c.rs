@@ -54,6 +54,27 @@ fn sim_bus_devices_publish_windows_and_health() -> anyhow::Result<()> {
             s["kind"] == "i2c" && s["status"] == "ok" && s["frames_ok"].as_u64().unwrap_or(0) > 10
         })
     })?;
+    // Commissioning: tare the tilt at the gateway; later windows sit near zero.
+    sub.publish(
+        &format!("towerlink/v1/{gw}/cmd"),
+        br#"{"id":"z-i2c","op":"zero","dev":"tilt-roof","ch":"tilt_x"}"#,
+    )?;
+    sub.wait(Duration::from_secs(10), "the zero reply", |m| {
+        m.iter().any(|r| {
+            r.topic.ends_with("/reply")
+                && r.json["id"] == "z-i2c"
+                && r.json["ok"] == true
+                && r.json["result"]["at"] == "gateway"
+        })
+    })?;
+    let before = windows(&sub.all(), "tilt-roof", "tilt_x").len();
+    sub.wait(Duration::from_secs(15), "tared tilt windows", |m| {
+        let w = windows(m, "tilt-roof", "tilt_x");
+        w.len() >= before + 2
+            && w[before + 1]["mean"]
+                .as_f64()
+                .is_some_and(|v| v.abs() < 0.01)
+    })?;
     agent.stop()?;
     sub.clear_retained(&format!("towerlink/v1/{gw}/state"));
     Ok(())

@@ -139,10 +139,12 @@ impl CommandContext {
             stats: Arc::default(),
             config_json: redacted_config(config),
             nodes: nodes.into_iter().collect(),
+            // I2C devices have no node to tare them: their zero is always kept here.
             zero_at: config
                 .nodes
                 .iter()
                 .map(|n| (n.id.clone(), n.zero_at))
+                .chain(config.i2c.iter().map(|d| (d.id.clone(), ZeroAt::Gateway)))
                 .collect(),
             pipeline,
             directory,
@@ -248,7 +250,7 @@ impl CommandContext {
     }
 
     fn channel_id(&self, dev: &str, ch: &str) -> Result<u8, String> {
-        if !self.nodes.contains_key(dev) {
+        if !self.nodes.contains_key(dev) && !self.zero_at.contains_key(dev) {
             return Err(format!("unknown device {dev:?}"));
         }
         let directory = self
