@@ -577,21 +577,27 @@ fn replies(rig: &Rig) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A Mosquitto password file with one user, made by `mosquitto_passwd`.
+fn mosquitto_password_file(dir: &Path, user: &str, password: &str) -> anyhow::Result<PathBuf> {
+    let passwd = dir.join("mosquitto.passwd");
+    let status = Command::new("mosquitto_passwd")
+        .args(["-c", "-b"])
+        .arg(&passwd)
+        .args([user, password])
+        .stdout(Stdio::null())
+        .status()
+        .context("mosquitto_passwd")?;
+    ensure!(status.success(), "mosquitto_passwd failed");
+    Ok(passwd)
+}
+
 #[test]
 fn commands_are_refused_clearly_and_no_secret_ever_appears_in_logs_or_replies() -> anyhow::Result<()>
 {
     const PASSWORD: &str = "Tl-s3cret-Pa55-9f2c";
     const WRONG: &str = "wrong-Pa55-77ab";
     let setup = tempfile::tempdir()?;
-    let passwd = setup.path().join("mosquitto.passwd");
-    let status = Command::new("mosquitto_passwd")
-        .args(["-c", "-b"])
-        .arg(&passwd)
-        .args(["sh-ja-0001", PASSWORD])
-        .stdout(Stdio::null())
-        .status()
-        .context("mosquitto_passwd")?;
-    ensure!(status.success(), "mosquitto_passwd failed");
+    let passwd = mosquitto_password_file(setup.path(), "sh-ja-0001", PASSWORD)?;
     let rig = Rig::new("tls-secrets", "server", Some(&passwd), 1)?;
     rig.pki.install_client("client")?;
     let password_file = rig.dir.path().join("password");
@@ -789,15 +795,7 @@ fn check_verifies_the_tls_session_with_the_configured_certificate() -> anyhow::R
 fn check_verifies_the_credentials() -> anyhow::Result<()> {
     const PASSWORD: &str = "check-Pa55-41d2";
     let setup = tempfile::tempdir()?;
-    let passwd = setup.path().join("mosquitto.passwd");
-    let status = Command::new("mosquitto_passwd")
-        .args(["-c", "-b"])
-        .arg(&passwd)
-        .args(["sh-ja-0001", PASSWORD])
-        .stdout(Stdio::null())
-        .status()
-        .context("mosquitto_passwd")?;
-    ensure!(status.success(), "mosquitto_passwd failed");
+    let passwd = mosquitto_password_file(setup.path(), "sh-ja-0001", PASSWORD)?;
     let rig = Rig::new("tls-check-creds", "server", Some(&passwd), 1)?;
     rig.pki.install_client("client")?;
     let password_file = rig.dir.path().join("password");
