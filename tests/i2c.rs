@@ -35,9 +35,11 @@ fn sim_bus_devices_publish_windows_and_health() -> anyhow::Result<()> {
     let all = sub.all();
     let strain = windows(&all, "strain-roof", "strain");
     let full = &strain[1];
-    // 20 Hz over 2 s, give or take the sample at the window's edge.
+    // 20 Hz over 2 s. The device thread keeps its schedule by catching up after a stall, and
+    // stamps each sample when it is read, so a loaded machine can move a few samples across
+    // a window edge; the rate is still clearly 20 Hz, not 10 or 40.
     let n = full["n"].as_u64().unwrap_or(0);
-    ensure!((38..=42).contains(&n), "strain window n = {n}: {full}");
+    ensure!((30..=50).contains(&n), "strain window n = {n}: {full}");
     ensure!(full["u"] == "ustrain", "{full}");
     // The simulated panel's base strain is positive (tens to hundreds of µε) plus the offset.
     let mean = full["mean"].as_f64().unwrap_or(0.0);
