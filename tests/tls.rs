@@ -304,6 +304,18 @@ impl Rig {
         Ok(path)
     }
 
+    /// `[mqtt]` lines for the client certificate plus `username` and a `password_file` in the
+    /// rig's directory (which the caller writes); returns the file and the lines.
+    fn credential_lines(&self, user: &str) -> (PathBuf, String) {
+        let password_file = self.dir.path().join("password");
+        let lines = format!(
+            "{}username = \"{user}\"\npassword_file = \"{}\"\n",
+            self.client_cert_lines(),
+            password_file.display()
+        );
+        (password_file, lines)
+    }
+
     fn client_cert_lines(&self) -> String {
         format!(
             "cert_file = \"{}\"\nkey_file = \"{}\"\n",
@@ -600,12 +612,7 @@ fn commands_are_refused_clearly_and_no_secret_ever_appears_in_logs_or_replies() 
     let passwd = mosquitto_password_file(setup.path(), "sh-ja-0001", PASSWORD)?;
     let rig = Rig::new("tls-secrets", "server", Some(&passwd), 1)?;
     rig.pki.install_client("client")?;
-    let password_file = rig.dir.path().join("password");
-    let mqtt = format!(
-        "{}username = \"sh-ja-0001\"\npassword_file = \"{}\"\n",
-        rig.client_cert_lines(),
-        password_file.display()
-    );
+    let (password_file, mqtt) = rig.credential_lines("sh-ja-0001");
     let key_material: Vec<String> = std::fs::read_to_string(rig.pki.path("gw.key"))?
         .lines()
         .filter(|l| !l.starts_with("-----") && l.len() >= 16)
@@ -798,12 +805,7 @@ fn check_verifies_the_credentials() -> anyhow::Result<()> {
     let passwd = mosquitto_password_file(setup.path(), "sh-ja-0001", PASSWORD)?;
     let rig = Rig::new("tls-check-creds", "server", Some(&passwd), 1)?;
     rig.pki.install_client("client")?;
-    let password_file = rig.dir.path().join("password");
-    let mqtt = format!(
-        "{}username = \"sh-ja-0001\"\npassword_file = \"{}\"\n",
-        rig.client_cert_lines(),
-        password_file.display()
-    );
+    let (password_file, mqtt) = rig.credential_lines("sh-ja-0001");
     let bin = towerlink_e2e::binary("towerlink-agent", "towerlink")?;
     let run = |config: &Path| -> anyhow::Result<(bool, String)> {
         let out = Command::new(&bin)
