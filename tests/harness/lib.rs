@@ -3,7 +3,14 @@
 //!
 //! Every wait is bounded and polls a condition: a test fails with what it saw, never hangs,
 //! and never relies on a sleep being long enough.
+//!
+//! Every message a [`Subscriber`] receives is checked against the feed's JSON Schemas
+//! (`config/schemas/`, see [`schemas`]); a violation fails the test at its next look at the
+//! messages ([`Subscriber::all`], [`Subscriber::on`], [`Subscriber::wait`]) or, at the latest,
+//! when the subscriber is dropped. Commands the tests publish themselves (deliberately bad ones
+//! included) are input, not the agent's output, and are not held to the schema.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -14,6 +21,33 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
 pub mod mosquitto;
+pub mod schemas;
+
+/// Payloads the tests published through a harness client (commands, good or deliberately
+/// bad): when they come back on a subscription they are the test's input, not checked.
+fn published_by_tests() -> &'static Mutex<HashSet<Vec<u8>>> {
+    static PUBLISHED: OnceLock<Mutex<HashSet<Vec<u8>>>> = OnceLock::new();
+    PUBLISHED.get_or_init(Mutex::default)
+}
+
+fn note_published(payload: &[u8]) {
+    if let Ok(mut set) = published_by_tests().lock() {
+        set.insert(payload.to_vec());
+    }
+}
+
+/// The schema check of one received message: `Err` with the reason for a violation.
+fn check_received(topic: &str, payload: &[u8]) -> Result<(), String> {
+    let own_input = schemas::parse_topic(topic).is_some_and(|t| t.kind == schemas::Kind::Cmd)
+        && published_by_tests()
+            .lock()
+            .map(|set| set.contains(payload))
+            .unwrap_or(false);
+    if own_input {
+        return Ok(());
+    }
+    schemas::FeedSchemas::repository().check_message(topic, payload)
+}
 
 /// The broker the tests use: `TOWERLINK_TEST_BROKER` (host:port), else the machine's
 /// Mosquitto on 127.0.0.1:1883.
@@ -110,6 +144,8 @@ pub struct Received {
 /// A platform-like subscriber on `{root}/{gw}/#`.
 pub struct Subscriber {
     messages: Arc<Mutex<Vec<Received>>>,
+    /// Schema violations seen by the receiving task, reported on the test's thread.
+    violations: Arc<Mutex<Vec<String>>>,
     runtime: tokio::runtime::Runtime,
     client: AsyncClient,
 }
@@ -140,12 +176,24 @@ impl Subscriber {
         let broker = format!("{:?}", opts.broker_address());
         let (client, mut eventloop) = AsyncClient::new(opts, capacity);
         let messages = Arc::new(Mutex::new(Vec::new()));
+        let violations = Arc::new(Mutex::new(Vec::new()));
         let subscribed = Arc::new(Mutex::new(false));
-        let (m, s) = (messages.clone(), subscribed.clone());
+        // Load the schemas here, on the test's thread: a broken schema fails at once.
+        schemas::FeedSchemas::repository();
+        let (m, s, bad) = (messages.clone(), subscribed.clone(), violations.clone());
         runtime.spawn(async move {
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if let Err(why) = check_received(&p.topic, &p.payload) {
+                            if let Ok(mut v) = bad.lock() {
+                                v.push(format!(
+                                    "{} {}: {why}",
+                                    p.topic,
+                                    String::from_utf8_lossy(&p.payload)
+                                ));
+                            }
+                        }
                         let json = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
                         if let Ok(mut v) = m.lock() {
                             v.push(Received {
@@ -176,13 +224,35 @@ impl Subscriber {
         }
         Ok(Subscriber {
             messages,
+            violations,
             runtime,
             client,
         })
     }
 
+    /// The schema violations received so far (see the module docs).
+    pub fn violations(&self) -> Vec<String> {
+        self.violations
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
+    }
+
+    /// Panics, on the test's thread, if any received message broke its schema.
+    fn assert_schemas(&self) {
+        let violations = self.violations();
+        if !violations.is_empty() {
+            panic!(
+                "{} message(s) received that break the feed schemas (config/schemas/):\n{}",
+                violations.len(),
+                violations.join("\n")
+            );
+        }
+    }
+
     /// Publishes (QoS 1) without waiting for the network: fine while the broker is down.
     pub fn publish_later(&self, topic: &str, payload: &[u8]) {
+        note_published(payload);
         let c = self.client.clone();
         let (t, p) = (topic.to_owned(), payload.to_vec());
         self.runtime.spawn(async move {
@@ -190,8 +260,9 @@ impl Subscriber {
         });
     }
 
-    /// Everything received so far.
+    /// Everything received so far; panics if any of it broke the feed schemas.
     pub fn all(&self) -> Vec<Received> {
+        self.assert_schemas();
         self.messages.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
@@ -229,6 +300,7 @@ impl Subscriber {
 
     /// Publishes a message (e.g. a command).
     pub fn publish(&self, topic: &str, payload: &[u8]) -> anyhow::Result<()> {
+        note_published(payload);
         let c = self.client.clone();
         let (t, p) = (topic.to_owned(), payload.to_vec());
         self.runtime
@@ -243,6 +315,16 @@ impl Subscriber {
         let _ = self
             .runtime
             .block_on(async move { c.publish(t, QoS::AtLeastOnce, true, Vec::<u8>::new()).await });
+    }
+}
+
+impl Drop for Subscriber {
+    /// The last chance to report a violation the test never looked at (not while the test
+    /// is already failing: that panic says more).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.assert_schemas();
+        }
     }
 }
 
