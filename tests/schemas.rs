@@ -26,30 +26,43 @@ fn docs(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The fenced blocks of a markdown text whose info string is `json <kind>`, with the line
-/// each starts on.
+/// The examples of a markdown text, with the line each starts on: the fenced blocks whose
+/// info string is `json <kind>` (one JSON value) or `jsonl <kind>` (one per line).
 fn examples(markdown: &str) -> Vec<(usize, Kind, Value)> {
     let mut out = Vec::new();
-    let mut open: Option<(usize, Kind, String)> = None;
+    // (first line, kind, JSON Lines?, text)
+    let mut open: Option<(usize, Kind, bool, String)> = None;
+    let parse = |line: usize, text: &str| -> Value {
+        serde_json::from_str(text)
+            .unwrap_or_else(|e| panic!("docs example at line {line}: not JSON: {e}\n{text}"))
+    };
     for (i, line) in markdown.lines().enumerate() {
         let trimmed = line.trim();
         match open.take() {
-            Some((start, kind, text)) if trimmed == "```" => {
-                let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
-                    panic!("docs example at line {}: not JSON: {e}\n{text}", start + 1)
-                });
-                out.push((start + 1, kind, value));
+            Some((start, kind, false, text)) if trimmed == "```" => {
+                out.push((start + 1, kind, parse(start + 1, &text)));
             }
-            Some((start, kind, mut text)) => {
+            Some((_, _, true, _)) if trimmed == "```" => {}
+            Some((start, kind, true, text)) => {
+                if !trimmed.is_empty() {
+                    out.push((i + 1, kind, parse(i + 1, trimmed)));
+                }
+                open = Some((start, kind, true, text));
+            }
+            Some((start, kind, false, mut text)) => {
                 text.push_str(line);
                 text.push('\n');
-                open = Some((start, kind, text));
+                open = Some((start, kind, false, text));
             }
             None => {
-                if let Some(info) = trimmed.strip_prefix("```json ") {
+                let block = trimmed
+                    .strip_prefix("```jsonl ")
+                    .map(|info| (info, true))
+                    .or_else(|| trimmed.strip_prefix("```json ").map(|info| (info, false)));
+                if let Some((info, lines)) = block {
                     let kind = Kind::from_name(info.trim())
                         .unwrap_or_else(|| panic!("line {}: unknown payload kind {info:?}", i + 1));
-                    open = Some((i, kind, String::new()));
+                    open = Some((i, kind, lines, String::new()));
                 }
             }
         }
