@@ -51,10 +51,44 @@ fn check_received(topic: &str, payload: &[u8]) -> Result<(), String> {
 
 /// The broker the tests use: `TOWERLINK_TEST_BROKER` (host:port), else the machine's
 /// Mosquitto on 127.0.0.1:1883.
+///
+/// The first call checks that it accepts a TCP connection; when it does not, the test binary
+/// stops at once with one line saying what to start ([`missing_broker_line`]), instead of every
+/// test failing its own way.
 pub fn broker() -> (String, u16) {
     let spec = std::env::var("TOWERLINK_TEST_BROKER").unwrap_or_else(|_| "127.0.0.1:1883".into());
     let (host, port) = spec.rsplit_once(':').unwrap_or((spec.as_str(), "1883"));
-    (host.to_owned(), port.parse().unwrap_or(1883))
+    let (host, port) = (host.to_owned(), port.parse().unwrap_or(1883));
+    static CHECKED: OnceLock<()> = OnceLock::new();
+    CHECKED.get_or_init(|| {
+        if let Err(e) = broker_reachable(&host, port) {
+            eprintln!("{}", missing_broker_line(&host, port, &e));
+            std::process::exit(2);
+        }
+    });
+    (host, port)
+}
+
+/// Does `host:port` accept a TCP connection (within 3 s)?
+pub fn broker_reachable(host: &str, port: u16) -> std::io::Result<()> {
+    use std::net::ToSocketAddrs;
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+    for addr in (host, port).to_socket_addrs()? {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// The one line a test run prints when its broker is missing.
+pub fn missing_broker_line(host: &str, port: u16, error: &std::io::Error) -> String {
+    format!(
+        "towerlink e2e: no MQTT broker at {host}:{port} ({error}). The end-to-end tests need one: \
+         start Mosquitto (`mosquitto -d -c /etc/mosquitto/mosquitto.conf`, Debian package \
+         `mosquitto`) or set TOWERLINK_TEST_BROKER=host:port to a loopback broker."
+    )
 }
 
 /// A gateway id unique to this test run, so parallel tests and earlier runs never mix.
