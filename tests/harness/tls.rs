@@ -115,6 +115,11 @@ pub struct Pki {
 impl Pki {
     /// The rcgen set described in the module documentation, written under `dir`.
     pub fn new(dir: &Path) -> anyhow::Result<Pki> {
+        Pki::with_ca(dir).map(|(pki, _)| pki)
+    }
+
+    /// [`Pki::new`], and the CA of `ca.pem` to issue more certificates with.
+    pub fn with_ca(dir: &Path) -> anyhow::Result<(Pki, Ca)> {
         let pki = Pki::at(dir)?;
         let ca = Ca::new("towerlink test CA")?;
         let impostor = Ca::new("impostor CA")?;
@@ -147,7 +152,7 @@ impl Pki {
         for (name, issued) in &pairs {
             pki.add(name, issued)?;
         }
-        Ok(pki)
+        Ok((pki, ca))
     }
 
     /// An empty PKI directory (created if missing), to fill with [`Pki::write`] / [`Pki::add`]
@@ -308,7 +313,8 @@ pub struct Rig {
     pub pki: Pki,
     /// The broker.
     pub broker: TlsBroker,
-    /// The simulated panel nodes (`panel-0`... on node ids 100...).
+    /// The simulated panel nodes (`panel-0`... on node ids 100...; none is fine for a test
+    /// of the connection alone).
     pub nodes: Vec<VirtualNode>,
     /// The gateway id (unique to the run).
     pub gw: String,
@@ -346,8 +352,12 @@ impl Rig {
                 100 + i
             ));
         }
-        let scenario = Scenario::from_toml_str(&scenario).context("scenario")?;
-        let nodes = spawn_tower(&scenario, &dir.path().join("ports"), false)?;
+        let nodes = if panels == 0 {
+            Vec::new()
+        } else {
+            let scenario = Scenario::from_toml_str(&scenario).context("scenario")?;
+            spawn_tower(&scenario, &dir.path().join("ports"), false)?
+        };
         let gw = unique_gw(name);
         let sub = SessionSubscriber::connect(
             broker.plain_port,
@@ -462,4 +472,176 @@ pub fn failures(log: &str) -> Vec<&str> {
     log.lines()
         .filter(|l| l.contains("MQTT connection failed"))
         .collect()
+}
+
+/// A CA made and used with the `openssl` CLI, following Mosquitto's recipe in
+/// `mosquitto-tls(7)` literally (RSA 2048, `openssl x509 -req ... -CAcreateserial`), with
+/// `-subj` instead of prompts and no passphrase: the certificates an installer gets, X.509 v1
+/// unless an extension file is given.
+pub struct OpensslCa {
+    dir: PathBuf,
+    name: String,
+}
+
+/// Runs `openssl` with `args` in `dir`; fails with its stderr.
+pub fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .context("running openssl (is it installed?)")?;
+    ensure!(
+        out.status.success(),
+        "openssl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+impl OpensslCa {
+    /// `openssl genrsa -out <name>.key 2048` and `openssl req -new -x509 -days 1826 -key
+    /// <name>.key -out <name>.pem -subj /CN=<cn>` in the PKI's directory (name `ca` makes the
+    /// PKI's `ca.pem`, the CA broker and agent trust).
+    pub fn create(pki: &Pki, name: &str, cn: &str) -> anyhow::Result<OpensslCa> {
+        let dir = pki.path("");
+        let (key, crt) = (format!("{name}.key"), format!("{name}.pem"));
+        openssl(&dir, &["genrsa", "-out", &key, "2048"])?;
+        let subj = format!("/CN={cn}");
+        openssl(
+            &dir,
+            &[
+                "req", "-new", "-x509", "-days", "1826", "-key", &key, "-out", &crt, "-subj", &subj,
+            ],
+        )?;
+        Ok(OpensslCa {
+            dir,
+            name: name.to_owned(),
+        })
+    }
+
+    /// A key and a signing request for `cn`: `openssl genrsa -out <out>.key 2048`,
+    /// `openssl req -new -out <out>.csr -key <out>.key -subj /CN=<cn>`.
+    fn request(&self, out: &str, cn: &str) -> anyhow::Result<()> {
+        let (key, csr) = (format!("{out}.key"), format!("{out}.csr"));
+        openssl(&self.dir, &["genrsa", "-out", &key, "2048"])?;
+        // As an installer would (and `towerlink check` demands) for the gateway's key.
+        std::fs::set_permissions(
+            self.dir.join(&key),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
+        let subj = format!("/CN={cn}");
+        openssl(
+            &self.dir,
+            &["req", "-new", "-out", &csr, "-key", &key, "-subj", &subj],
+        )
+    }
+
+    /// Writes `text` as an extension file `<out>.cnf`; returns its name.
+    fn extfile(&self, out: &str, text: &str) -> anyhow::Result<String> {
+        let name = format!("{out}.cnf");
+        std::fs::write(self.dir.join(&name), text)?;
+        Ok(name)
+    }
+
+    /// Issues `<out>.pem` / `<out>.key` for `cn`: `openssl x509 -req -in <out>.csr -CA
+    /// <ca>.pem -CAkey <ca>.key -CAcreateserial -out <out>.pem -days 360`, plus `-extfile
+    /// <out>.cnf -extensions v3` when `v3` (the `[v3]` section's lines, e.g.
+    /// `subjectAltName = IP:127.0.0.1`) is given. Without it the certificate is X.509 v1.
+    pub fn issue(&self, out: &str, cn: &str, v3: Option<&str>) -> anyhow::Result<()> {
+        self.request(out, cn)?;
+        let (csr, crt) = (format!("{out}.csr"), format!("{out}.pem"));
+        let (ca, ca_key) = (format!("{}.pem", self.name), format!("{}.key", self.name));
+        let mut args = vec![
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "360",
+        ];
+        let ext;
+        if let Some(lines) = v3 {
+            ext = self.extfile(out, &format!("[v3]\n{lines}\n"))?;
+            args.extend(["-extfile", ext.as_str(), "-extensions", "v3"]);
+        }
+        openssl(&self.dir, &args)
+    }
+
+    /// Like [`OpensslCa::issue`], valid from `start` to `end` (`YYYYMMDDHHMMSSZ`), which
+    /// `openssl x509 -req` of OpenSSL 3.0 cannot set: signed with `openssl ca -startdate
+    /// -enddate` instead (X.509 v1 too without `v3`).
+    pub fn issue_dated(
+        &self,
+        out: &str,
+        cn: &str,
+        v3: Option<&str>,
+        start: &str,
+        end: &str,
+    ) -> anyhow::Result<()> {
+        self.request(out, cn)?;
+        let db = self.dir.join(format!("{}.db", self.name));
+        std::fs::create_dir_all(&db)?;
+        let index = db.join("index.txt");
+        if !index.exists() {
+            std::fs::write(&index, "")?;
+        }
+        let conf = format!(
+            "[ca]\ndefault_ca = tl\n[tl]\ndatabase = {index}\nnew_certs_dir = {db}\n\
+             certificate = {ca}.pem\nprivate_key = {ca}.key\nrand_serial = yes\n\
+             default_md = sha256\npolicy = any\nunique_subject = no\ncopy_extensions = none\n\
+             [any]\ncommonName = supplied\n[v3]\n{lines}\n",
+            index = index.display(),
+            db = db.display(),
+            ca = self.dir.join(&self.name).display(),
+            lines = v3.unwrap_or(""),
+        );
+        let conf_name = self.extfile(&format!("{out}-ca"), &conf)?;
+        let (csr, crt) = (format!("{out}.csr"), format!("{out}.pem"));
+        let mut args = vec![
+            "ca",
+            "-batch",
+            "-notext",
+            "-config",
+            &conf_name,
+            "-in",
+            &csr,
+            "-out",
+            &crt,
+            "-startdate",
+            start,
+            "-enddate",
+            end,
+        ];
+        if v3.is_some() {
+            args.extend(["-extensions", "v3"]);
+        }
+        openssl(&self.dir, &args)
+    }
+}
+
+/// The X.509 version `openssl x509 -text` reports for the PEM certificate `path` (1 or 3).
+pub fn x509_version(path: &Path) -> anyhow::Result<u8> {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(path)
+        .output()
+        .context("openssl x509 -text")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Version: "))
+        .with_context(|| format!("no Version in {}", path.display()))?;
+    line.split(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("version {line:?}"))
 }
