@@ -22,6 +22,7 @@ use serde_json::Value;
 
 pub mod mosquitto;
 pub mod schemas;
+pub mod tls;
 
 /// Payloads the tests published through a harness client (commands, good or deliberately
 /// bad): when they come back on a subscription they are the test's input, not checked.

@@ -177,8 +177,7 @@ async fn check_session(config: &Config) -> Result<String, (String, String)> {
     let mut opts = MqttOptions::new(client_id, broker.host.clone(), broker.port);
     opts.set_keep_alive(Duration::from_secs(10));
     if let Some(files) = TlsFiles::from_config(&config.mqtt, &broker) {
-        let tls = client_config(&files)
-            .map_err(|e| (e.to_string(), "fix the TLS files named above".to_owned()))?;
+        let tls = client_config(&files).map_err(|e| (e.problem.to_string(), e.fix().to_owned()))?;
         opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
     }
     if let Some(user) = &config.mqtt.username {
