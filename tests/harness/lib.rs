@@ -14,6 +14,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
 pub mod mosquitto;
+pub mod tls;
 
 /// The broker the tests use: `TOWERLINK_TEST_BROKER` (host:port), else the machine's
 /// Mosquitto on 127.0.0.1:1883.
