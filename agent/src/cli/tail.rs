@@ -248,8 +248,8 @@ pub async fn from_broker(config: &Config, limits: Limits) -> u8 {
             }
         }
     });
-    show(rx, limits).await;
-    if pump.is_finished() {
+    if show(rx, limits).await {
+        // The pump ended (it closed the channel): its verdict is the exit code.
         return match pump.await {
             Ok(true) => 0,
             _ => 1,
@@ -260,8 +260,8 @@ pub async fn from_broker(config: &Config, limits: Limits) -> u8 {
     0
 }
 
-/// Shows updates until the channel closes or a limit is reached.
-async fn show(mut rx: mpsc::Receiver<Update>, limits: Limits) {
+/// Shows updates until the channel closes (then `true`) or a limit is reached.
+async fn show(mut rx: mpsc::Receiver<Update>, limits: Limits) -> bool {
     let live = std::io::stdout().is_terminal();
     let deadline = limits.duration.map(|d| Instant::now() + d);
     let mut rows: BTreeMap<String, String> = BTreeMap::new();
@@ -275,7 +275,7 @@ async fn show(mut rx: mpsc::Receiver<Update>, limits: Limits) {
             },
             None => rx.recv().await,
         };
-        let Some(update) = next else { break };
+        let Some(update) = next else { return true };
         let mut out = std::io::stdout().lock();
         let written = if live {
             rows.insert(update.row, update.line);
@@ -292,6 +292,7 @@ async fn show(mut rx: mpsc::Receiver<Update>, limits: Limits) {
             break;
         }
     }
+    false
 }
 
 /// Moves the cursor back over the rows drawn last time and draws them all again.
