@@ -1,5 +1,6 @@
 //! Durable queue throughput: append rate per fsync policy, and replay rate of a backlog to a
-//! local Mosquitto through the real uplink (ledger, PUBACKs, acks written back to the store).
+//! local Mosquitto through the real uplink (ledger, PUBACKs, acks written back to the store),
+//! over MQTT 5 and 3.1.1.
 //!
 //! Run: `cargo bench -p towerlink-agent --bench queue` (Mosquitto on 127.0.0.1:1883, or set
 //! `TOWERLINK_BENCH_BROKER=host:port`; the replay part is skipped when no broker answers).
@@ -9,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use towerlink_agent::config::BrokerAddress;
+use towerlink_agent::config::{BrokerAddress, MqttProtocol};
 use towerlink_agent::feed::{Message, Topics};
 use towerlink_agent::queue::store::{FsyncPolicy, StoreOptions};
 use towerlink_agent::queue::Queue;
@@ -51,7 +52,7 @@ fn append_rate(fsync: FsyncPolicy, n: u64) -> Option<f64> {
     Some(n as f64 / t.elapsed().as_secs_f64())
 }
 
-fn replay_rate(broker: BrokerAddress, n: u64) -> Option<f64> {
+fn replay_rate(broker: BrokerAddress, protocol: MqttProtocol, n: u64) -> Option<f64> {
     let dir = tempfile::tempdir().ok()?;
     let q = open(dir.path(), FsyncPolicy::Every(Duration::from_millis(100)))?;
     for i in 0..n {
@@ -78,6 +79,8 @@ fn replay_rate(broker: BrokerAddress, n: u64) -> Option<f64> {
                 heartbeat: towerlink_agent::service::Heartbeat::detached(),
                 tls: None,
                 credentials: None,
+                protocol,
+                max_packet: 256 * 1024,
             },
             q.clone(),
             stats.clone(),
@@ -136,10 +139,12 @@ fn main() {
             return;
         }
     };
-    match replay_rate(broker, 100_000) {
-        Some(rate) => println!(
-            "replay to mqtt://{spec} (QoS 1, inflight 1000) {rate:>10.0} msgs/s (100000 queued)"
-        ),
-        None => println!("replay: skipped"),
+    for protocol in [MqttProtocol::V5, MqttProtocol::V311] {
+        match replay_rate(broker.clone(), protocol, 100_000) {
+            Some(rate) => println!(
+                "replay to mqtt://{spec} (MQTT {protocol}, QoS 1, inflight 1000) {rate:>10.0} msgs/s (100000 queued)"
+            ),
+            None => println!("replay (MQTT {protocol}): skipped"),
+        }
     }
 }

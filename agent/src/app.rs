@@ -149,6 +149,7 @@ pub async fn run(
     )
     .with_replay_rate(config.store.replay_rate)
     .with_insecure(insecure)
+    .with_protocol(config.mqtt.protocol)
     .with_command_stats(command_stats.clone());
     let (commands_tx, commands_rx) = mpsc::channel(64);
     let uplink = Uplink::start(
@@ -168,6 +169,9 @@ pub async fn run(
             replay_rate: config.store.replay_rate,
             tls,
             credentials,
+            protocol: config.mqtt.protocol,
+            // Validated to at most MQTT's largest packet, which fits in u32.
+            max_packet: u32::try_from(config.mqtt.max_packet).unwrap_or(u32::MAX),
         },
         queue.clone(),
         uplink_stats,

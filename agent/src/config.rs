@@ -231,6 +231,13 @@ pub struct MqttConfig {
     /// Most QoS 1 messages in flight (sent, not yet acknowledged).
     #[serde(default = "default_inflight")]
     pub max_inflight: u16,
+    /// MQTT protocol version: `"5"` (default) or `"3.1.1"` (brokers without MQTT 5).
+    #[serde(default)]
+    pub protocol: MqttProtocol,
+    /// The largest MQTT packet the client takes in (bytes, or `"256KiB"`); with MQTT 5 it is
+    /// announced in CONNECT (Maximum Packet Size) so the broker drops bigger messages for us.
+    #[serde(default = "default_max_packet", deserialize_with = "de_size")]
+    pub max_packet: u64,
     /// PEM file of the CA that signed the broker's certificate (required for `mqtts://`).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -250,6 +257,31 @@ pub struct MqttConfig {
     #[serde(default)]
     pub password: Option<RefusedSecret>,
 }
+
+/// `[mqtt] protocol`: the MQTT version every session of this gateway speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum MqttProtocol {
+    /// MQTT 5.0: Maximum Packet Size in CONNECT, PUBACK reason codes.
+    #[default]
+    #[serde(rename = "5")]
+    V5,
+    /// MQTT 3.1.1, for brokers without MQTT 5 (e.g. NATS' MQTT).
+    #[serde(rename = "3.1.1")]
+    V311,
+}
+
+impl std::fmt::Display for MqttProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MqttProtocol::V5 => "5",
+            MqttProtocol::V311 => "3.1.1",
+        })
+    }
+}
+
+/// Bounds of `[mqtt] max_packet`: room for the largest data window and reply, and MQTT's
+/// own ceiling (a remaining length of 268,435,455 bytes plus the fixed header).
+pub const MAX_PACKET_RANGE: std::ops::RangeInclusive<u64> = 16 * 1024..=268_435_460;
 
 /// `[store]`: where the agent keeps state across restarts.
 #[derive(Debug, Clone, Deserialize)]
@@ -351,6 +383,9 @@ fn default_data_qos() -> u8 {
 }
 fn default_inflight() -> u16 {
     100
+}
+fn default_max_packet() -> u64 {
+    256 * 1024
 }
 fn default_max_messages() -> usize {
     100_000
@@ -671,6 +706,15 @@ impl Config {
         if self.mqtt.max_inflight == 0 {
             return bad("mqtt.max_inflight", "must be at least 1".to_owned());
         }
+        if !MAX_PACKET_RANGE.contains(&self.mqtt.max_packet) {
+            return bad(
+                "mqtt.max_packet",
+                format!(
+                    "{} bytes: must be between 16KiB and 268435460 bytes (MQTT's largest packet)",
+                    self.mqtt.max_packet
+                ),
+            );
+        }
         if self.store.max_messages < 100 {
             return bad("store.max_messages", "must be at least 100".to_owned());
         }
@@ -988,6 +1032,31 @@ window = "10s"
                 port: 1883
             }
         );
+    }
+
+    #[test]
+    fn mqtt_protocol_and_max_packet() {
+        let c = Config::parse(GOOD, "t.toml").expect("good config");
+        assert_eq!(
+            (c.mqtt.protocol, c.mqtt.max_packet),
+            (MqttProtocol::V5, 256 * 1024)
+        );
+        let with = |keys: &str| GOOD.replace("[mqtt]\n", &format!("[mqtt]\n{keys}\n"));
+        let c = Config::parse(&with("protocol = \"3.1.1\"\nmax_packet = \"1MiB\""), "t")
+            .expect("3.1.1");
+        assert_eq!(
+            (c.mqtt.protocol, c.mqtt.max_packet),
+            (MqttProtocol::V311, 1 << 20)
+        );
+        assert_eq!(c.mqtt.protocol.to_string(), "3.1.1");
+        let e = err(&with("protocol = \"4\""));
+        assert!(e.contains("protocol") && e.contains("3.1.1"), "{e}");
+        for bad in ["\"1KiB\"", "\"300MiB\""] {
+            let e = err(&with(&format!("max_packet = {bad}")));
+            assert!(e.contains("mqtt.max_packet"), "{e}");
+        }
+        let c = Config::parse(&with("max_packet = 268435460"), "t").expect("the ceiling");
+        assert_eq!(c.mqtt.max_packet, 268_435_460);
     }
 
     #[test]

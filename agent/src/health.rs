@@ -44,6 +44,7 @@ pub struct HealthReporter {
     previous_errors: Mutex<BTreeMap<String, u64>>,
     replay_rate: u32,
     insecure: bool,
+    protocol: crate::config::MqttProtocol,
     commands: Arc<crate::commands::CommandStats>,
 }
 
@@ -68,6 +69,7 @@ impl HealthReporter {
             previous_errors: Mutex::new(BTreeMap::new()),
             replay_rate: 0,
             insecure: false,
+            protocol: crate::config::MqttProtocol::default(),
             commands: Arc::default(),
         }
     }
@@ -81,6 +83,12 @@ impl HealthReporter {
     /// Reports that the uplink runs unencrypted to a non-loopback broker (`allow_insecure`).
     pub fn with_insecure(mut self, insecure: bool) -> HealthReporter {
         self.insecure = insecure;
+        self
+    }
+
+    /// Reports the MQTT version of the uplink (`[mqtt] protocol`).
+    pub fn with_protocol(mut self, protocol: crate::config::MqttProtocol) -> HealthReporter {
+        self.protocol = protocol;
         self
     }
 
@@ -200,6 +208,9 @@ impl HealthReporter {
                 "connection_errors": self.uplink.connection_errors.load(Ordering::Relaxed),
                 "commands": self.uplink.commands.load(Ordering::Relaxed),
                 "insecure": self.insecure,
+                "protocol": self.protocol.to_string(),
+                "oversize_packets": self.uplink.oversize_packets.load(Ordering::Relaxed),
+                "publish_refused": self.uplink.publish_refused.load(Ordering::Relaxed),
             },
             "commands": {
                 "accepted": self.commands.accepted.load(Ordering::Relaxed),

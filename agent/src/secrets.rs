@@ -98,6 +98,15 @@ pub fn secret_file_problems(mqtt: &crate::config::MqttConfig) -> Vec<String> {
     .collect()
 }
 
+/// The MQTT user name and the password read from `password_file` (empty without one).
+pub fn credentials(mqtt: &crate::config::MqttConfig) -> Result<Option<(String, Secret)>, String> {
+    Ok(match (&mqtt.username, &mqtt.password_file) {
+        (Some(user), Some(file)) => Some((user.clone(), read_password_file(file)?)),
+        (Some(user), None) => Some((user.clone(), Secret::new(String::new()))),
+        _ => None,
+    })
+}
+
 /// Reads the password file and warns about what weakens the uplink: plain MQTT to a
 /// non-loopback broker (allowed by `allow_insecure`) and secret files others can read.
 /// Returns the credentials and whether the uplink is insecure.
@@ -105,11 +114,7 @@ pub fn uplink_security(
     config: &crate::config::Config,
     broker: &crate::config::BrokerAddress,
 ) -> Result<(Option<(String, Secret)>, bool), String> {
-    let credentials = match (&config.mqtt.username, &config.mqtt.password_file) {
-        (Some(user), Some(file)) => Some((user.clone(), read_password_file(file)?)),
-        (Some(user), None) => Some((user.clone(), Secret::new(String::new()))),
-        _ => None,
-    };
+    let credentials = credentials(&config.mqtt)?;
     let insecure = !broker.tls && !broker.is_loopback();
     if insecure {
         tracing::warn!(broker = %broker, "allow_insecure = true: MQTT to a non-loopback broker is NOT encrypted; use mqtts://");

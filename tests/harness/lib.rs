@@ -204,6 +204,26 @@ impl Subscriber {
         filter: &str,
         capacity: usize,
     ) -> anyhow::Result<Subscriber> {
+        Subscriber::connect_filters(opts, &[filter], capacity)
+    }
+
+    /// Like [`Subscriber::connect`] on several filters (e.g. every topic of a gateway but
+    /// `cmd`); returns once the broker acknowledged them all.
+    pub fn connect_many(filters: &[&str]) -> anyhow::Result<Subscriber> {
+        let (host, port) = broker();
+        let mut opts = MqttOptions::new(unique_gw("sub"), host, port);
+        opts.set_keep_alive(Duration::from_secs(10));
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        Subscriber::connect_filters(opts, filters, 64)
+    }
+
+    /// Connects with these options and subscribes to every filter at QoS 1; returns once
+    /// the broker acknowledged them all. The event loop reconnects by itself after an error.
+    pub fn connect_filters(
+        opts: MqttOptions,
+        filters: &[&str],
+        capacity: usize,
+    ) -> anyhow::Result<Subscriber> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -212,7 +232,7 @@ impl Subscriber {
         let (client, mut eventloop) = AsyncClient::new(opts, capacity);
         let messages = Arc::new(Mutex::new(Vec::new()));
         let violations = Arc::new(Mutex::new(Vec::new()));
-        let subscribed = Arc::new(Mutex::new(false));
+        let subscribed = Arc::new(Mutex::new(0usize));
         // Load the schemas here, on the test's thread: a broken schema fails at once.
         schemas::FeedSchemas::repository();
         let (m, s, bad) = (messages.clone(), subscribed.clone(), violations.clone());
@@ -241,7 +261,7 @@ impl Subscriber {
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         if let Ok(mut v) = s.lock() {
-                            *v = true;
+                            *v += 1;
                         }
                     }
                     Ok(_) => {}
@@ -249,11 +269,16 @@ impl Subscriber {
                 }
             }
         });
-        let c = client.clone();
-        let filter = filter.to_owned();
-        runtime.block_on(async move { c.subscribe(filter, QoS::AtLeastOnce).await })?;
+        for filter in filters {
+            let c = client.clone();
+            let filter = (*filter).to_owned();
+            runtime.block_on(async move { c.subscribe(filter, QoS::AtLeastOnce).await })?;
+        }
         if !wait_until(Duration::from_secs(10), || {
-            subscribed.lock().map(|v| *v).unwrap_or(false)
+            subscribed
+                .lock()
+                .map(|v| *v >= filters.len())
+                .unwrap_or(false)
         }) {
             bail!("subscription not acknowledged by the broker at {broker}");
         }

@@ -34,6 +34,12 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
 impl MosquittoProcess {
     /// Starts a broker in `dir` on a free port (tries a few ports if one is taken meanwhile).
     pub fn start(dir: &Path) -> anyhow::Result<MosquittoProcess> {
+        MosquittoProcess::start_with(dir, "")
+    }
+
+    /// Like [`MosquittoProcess::start`], with more configuration lines (e.g.
+    /// `message_size_limit 262144`).
+    pub fn start_with(dir: &Path, extra: &str) -> anyhow::Result<MosquittoProcess> {
         std::fs::create_dir_all(dir.join("data"))?;
         let mut last_error = None;
         for _ in 0..5 {
@@ -42,7 +48,7 @@ impl MosquittoProcess {
             std::fs::write(
                 &conf,
                 format!(
-                    "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 0\nmax_inflight_messages 0\n{}",
+                    "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 0\nmax_inflight_messages 0\n{}{extra}\n",
                     dir.join("data").display(),
                     // Started as root, Mosquitto drops to user `mosquitto`, which cannot write
                     // its database into our temporary directory (no effect when not root).

@@ -163,56 +163,39 @@ pub async fn run(path: &Path) -> usize {
     report.failures()
 }
 
-/// One MQTT session set up exactly as the agent does (TLS files, client certificate,
-/// username and password file), under a client id of its own: the broker must accept it.
+/// One MQTT session set up exactly as the agent does ([`SessionSpec::for_tool`]: protocol
+/// version, TLS files, client certificate, username and password file), under a client id
+/// of its own: the broker must accept it.
 async fn check_session(config: &Config) -> Result<String, (String, String)> {
-    use crate::uplink::tls::{client_config, hint, TlsFiles};
-    use rumqttc::{
-        AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, TlsConfiguration, Transport,
-    };
-    let broker = config
-        .broker()
-        .map_err(|e| (e, "correct [mqtt] url".to_owned()))?;
-    let client_id = format!("{}-check-{}", config.gateway.id, std::process::id());
-    let mut opts = MqttOptions::new(client_id, broker.host.clone(), broker.port);
-    opts.set_keep_alive(Duration::from_secs(10));
-    if let Some(files) = TlsFiles::from_config(&config.mqtt, &broker) {
-        let tls = client_config(&files).map_err(|e| (e.problem.to_string(), e.fix().to_owned()))?;
-        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
-    }
-    if let Some(user) = &config.mqtt.username {
-        let password = match &config.mqtt.password_file {
-            Some(path) => crate::secrets::read_password_file(path)
-                .map_err(|e| {
-                    (
-                        e,
-                        "make mqtt.password_file readable by the agent".to_owned(),
-                    )
-                })?
-                .expose()
-                .to_owned(),
-            None => String::new(),
+    use crate::uplink::session::{Event, SessionError, SessionSpec, SetupError};
+    use crate::uplink::tls::hint;
+    let spec = SessionSpec::for_tool(config, "check").map_err(|e| {
+        let fix = match &e {
+            SetupError::Url(_) => "correct [mqtt] url",
+            SetupError::NoCa(_) => "set [mqtt] ca_file",
+            SetupError::Tls(t) => t.fix(),
+            SetupError::Password(_) => "make mqtt.password_file readable by the agent",
         };
-        opts.set_credentials(user.clone(), password);
-    }
-    let (client, mut eventloop) = AsyncClient::new(opts, 4);
+        (e.to_string(), fix.to_owned())
+    })?;
+    let protocol = spec.protocol;
+    let (client, mut eventloop) = spec.connect();
     let outcome = tokio::time::timeout(BROKER_TIMEOUT, async {
         loop {
             match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    return if ack.code == ConnectReturnCode::Success {
-                        Ok("the broker accepted the session".to_owned())
-                    } else {
-                        Err((
-                            format!("the broker refused the session: {:?}", ack.code),
-                            "check mqtt.username, mqtt.password_file and the broker's ACL for this gateway".to_owned(),
-                        ))
-                    };
+                Ok(Event::ConnAck) => {
+                    return Ok(format!("the broker accepted the session (MQTT {protocol})"));
                 }
                 Ok(_) => {}
+                Err(SessionError::Refused(code)) => {
+                    return Err((
+                        format!("the broker refused the session: {code}"),
+                        "check mqtt.username, mqtt.password_file, the broker's ACL for this gateway and [mqtt] protocol".to_owned(),
+                    ));
+                }
                 Err(e) => {
                     let text = e.to_string();
-                    let fix = hint(&text).unwrap_or("check the TLS files and the broker's TLS settings").to_owned();
+                    let fix = hint(&text).unwrap_or("check the TLS files, the broker's TLS settings and [mqtt] protocol").to_owned();
                     return Err((format!("session failed: {text}"), fix));
                 }
             }

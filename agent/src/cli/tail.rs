@@ -18,6 +18,7 @@ use super::node_port;
 use crate::config::{Config, NodeConfig};
 use crate::feed::{now_millis, rfc3339, Topics};
 use crate::pipeline::channel_names;
+use crate::uplink::session::{Event, SessionSpec};
 
 /// When to stop.
 #[derive(Debug, Clone, Copy, Default)]
@@ -194,24 +195,19 @@ async fn read_node(node: NodeConfig, mut port: node_port::NodePort, tx: mpsc::Se
 }
 
 /// Subscribes to `{root}/{gw}/#` and shows what the agent publishes; returns the exit code.
+/// The session is set up as the agent's (TLS, client certificate, credentials, protocol,
+/// `max_packet`: see [`SessionSpec::for_tool`]), under the client id `<gw>-tail-<pid>`.
 pub async fn from_broker(config: &Config, limits: Limits) -> u8 {
-    let broker = match config.broker() {
-        Ok(b) => b,
+    let spec = match SessionSpec::for_tool(config, "tail") {
+        Ok(s) => s,
         Err(e) => {
-            eprintln!("towerlink tail: [mqtt] url: {e}");
+            eprintln!("towerlink tail: {e}");
             return 2;
         }
     };
-    if broker.tls {
-        eprintln!("towerlink tail: TLS brokers are not supported by this build yet");
-        return 2;
-    }
+    let broker = spec.broker.clone();
     let topics = Topics::new(&config.mqtt.topic_root, &config.gateway.id);
-    let client_id = format!("{}-tail-{}", config.gateway.id, std::process::id());
-    let mut options = rumqttc::MqttOptions::new(client_id, broker.host.clone(), broker.port);
-    options.set_keep_alive(Duration::from_secs(30));
-    options.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 16);
+    let (client, mut eventloop) = spec.connect();
     let filter = format!("{}/#", topics.state().trim_end_matches("/state"));
     if let Err(e) = client.subscribe(&filter, rumqttc::QoS::AtMostOnce).await {
         eprintln!("towerlink tail: cannot subscribe: {e}");
@@ -220,35 +216,40 @@ pub async fn from_broker(config: &Config, limits: Limits) -> u8 {
     let (tx, rx) = mpsc::channel::<Update>(1024);
     let pump = tokio::spawn(async move {
         let mut connected = false;
+        // The client of the session in use (the first one stays with the caller).
+        let mut _current = None;
         loop {
             match eventloop.poll().await {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => connected = true,
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                    let line = crate::feed_view::render(&p.topic, &p.payload);
-                    if tx
-                        .send(Update {
-                            row: p.topic.clone(),
-                            line,
-                        })
-                        .await
-                        .is_err()
-                    {
+                Ok(Event::ConnAck) => connected = true,
+                Ok(Event::Message { topic, payload }) => {
+                    let line = crate::feed_view::render(&topic, &payload);
+                    if tx.send(Update { row: topic, line }).await.is_err() {
                         return true;
                     }
                 }
                 Ok(_) => {}
                 Err(e) => {
                     if !connected {
-                        eprintln!("towerlink tail: cannot reach the broker at {broker}: {e}");
+                        let hint = crate::uplink::tls::hint(&e.to_string())
+                            .map(|h| format!(" — {h}"))
+                            .unwrap_or_default();
+                        eprintln!("towerlink tail: cannot reach the broker at {broker}: {e}{hint}");
                         return false;
                     }
+                    // A session ends with its first error: open the next one, as `run` does.
                     tokio::time::sleep(Duration::from_secs(1)).await;
+                    let (c, e) = spec.connect();
+                    if c.try_subscribe(&filter, rumqttc::QoS::AtMostOnce).is_err() {
+                        return false;
+                    }
+                    eventloop = e;
+                    _current = Some(c);
                 }
             }
         }
     });
-    show(rx, limits).await;
-    if pump.is_finished() {
+    if show(rx, limits).await {
+        // The pump ended (it closed the channel): its verdict is the exit code.
         return match pump.await {
             Ok(true) => 0,
             _ => 1,
@@ -259,8 +260,8 @@ pub async fn from_broker(config: &Config, limits: Limits) -> u8 {
     0
 }
 
-/// Shows updates until the channel closes or a limit is reached.
-async fn show(mut rx: mpsc::Receiver<Update>, limits: Limits) {
+/// Shows updates until the channel closes (then `true`) or a limit is reached.
+async fn show(mut rx: mpsc::Receiver<Update>, limits: Limits) -> bool {
     let live = std::io::stdout().is_terminal();
     let deadline = limits.duration.map(|d| Instant::now() + d);
     let mut rows: BTreeMap<String, String> = BTreeMap::new();
@@ -274,7 +275,7 @@ async fn show(mut rx: mpsc::Receiver<Update>, limits: Limits) {
             },
             None => rx.recv().await,
         };
-        let Some(update) = next else { break };
+        let Some(update) = next else { return true };
         let mut out = std::io::stdout().lock();
         let written = if live {
             rows.insert(update.row, update.line);
@@ -291,6 +292,7 @@ async fn show(mut rx: mpsc::Receiver<Update>, limits: Limits) {
             break;
         }
     }
+    false
 }
 
 /// Moves the cursor back over the rows drawn last time and draws them all again.

@@ -3,6 +3,7 @@
 //! By default through the running agent, exactly as the platform would: publish
 //! `{"id","op":"zero","dev","ch"}` on `{root}/{gw}/cmd` and wait (bounded) for the reply with
 //! the same id on `{root}/{gw}/reply`; the agent decides where the zero lives (`zero_at`).
+//! The session is opened as the agent's own (TLS, mTLS, credentials, protocol).
 //! With `--direct` (agent stopped) the node's port is opened and the wire protocol's Zero
 //! command is sent, and the node's Ack is awaited.
 
@@ -16,6 +17,7 @@ use super::node_port;
 use crate::config::{Config, ZeroAt};
 use crate::feed::Topics;
 use crate::pipeline::channel_names;
+use crate::uplink::session::{Event, SessionSpec};
 
 /// How long the agent has to reply.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -24,29 +26,23 @@ pub const NODE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Asks the running agent to zero `dev`/`ch`; prints the outcome; returns the exit code.
 pub async fn via_agent(config: &Config, dev: &str, ch: &str) -> u8 {
-    let broker = match config.broker() {
-        Ok(b) if !b.tls => b,
-        Ok(_) => {
-            eprintln!(
-                "towerlink zero: TLS brokers are not supported by this build yet; use --direct"
-            );
-            return 2;
-        }
+    // The agent's own session setup (TLS, client certificate, credentials, protocol), under
+    // the client id `<gw>-zero-<pid>`.
+    let spec = match SessionSpec::for_tool(config, "zero") {
+        Ok(s) => s,
         Err(e) => {
-            eprintln!("towerlink zero: [mqtt] url: {e}");
+            eprintln!("towerlink zero: {e}");
             return 2;
         }
     };
+    let broker = spec.broker.clone();
     let topics = Topics::new(&config.mqtt.topic_root, &config.gateway.id);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     let id = format!("zero-{}-{nanos:x}", std::process::id());
-    let client_id = format!("{}-zero-{}", config.gateway.id, std::process::id());
-    let mut options = rumqttc::MqttOptions::new(client_id, broker.host.clone(), broker.port);
-    options.set_keep_alive(Duration::from_secs(30));
-    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 16);
+    let (client, mut eventloop) = spec.connect();
     if let Err(e) = client
         .subscribe(topics.reply(), rumqttc::QoS::AtLeastOnce)
         .await
@@ -66,14 +62,17 @@ pub async fn via_agent(config: &Config, dev: &str, ch: &str) -> u8 {
                 return 1;
             }
             Ok(Err(e)) => {
-                eprintln!("towerlink zero: cannot reach the broker at {broker}: {e}");
+                let hint = crate::uplink::tls::hint(&e.to_string())
+                    .map(|h| format!(" — {h}"))
+                    .unwrap_or_default();
+                eprintln!("towerlink zero: cannot reach the broker at {broker}: {e}{hint}");
                 return 1;
             }
             Ok(Ok(event)) => event,
         };
         match event {
             // Publish only once the reply subscription is in place, so the reply cannot be missed.
-            rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) if !sent => {
+            Event::SubAck if !sent => {
                 sent = true;
                 if let Err(e) = client
                     .publish(
@@ -88,8 +87,8 @@ pub async fn via_agent(config: &Config, dev: &str, ch: &str) -> u8 {
                     return 1;
                 }
             }
-            rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => {
-                let Ok(reply) = serde_json::from_slice::<Value>(&p.payload) else {
+            Event::Message { payload, .. } => {
+                let Ok(reply) = serde_json::from_slice::<Value>(&payload) else {
                     continue;
                 };
                 if reply["id"].as_str() != Some(id.as_str()) {

@@ -12,34 +12,47 @@
 //!   stop drains the queue, publishes `offline` and disconnects. Telemetry goes out at most
 //!   at `replay_rate` ([`pacer::Pacer`]), so a backlog replays steadily; events are not paced.
 //!
+//! Sessions are opened through [`session::SessionSpec`], the builder `check`, `tail` and
+//! `zero` use too: MQTT 5 by default, announcing `[mqtt] max_packet` as Maximum Packet Size
+//! so the broker drops oversize messages (a huge publish on `cmd` is never delivered, the
+//! session stays up), and a PUBACK reason code of 0x80 or more leaves the record queued
+//! (counted in `publish_refused`; it goes again after the next reconnect). With
+//! `protocol = "3.1.1"` a packet over `max_packet` that a misconfigured broker sends anyway
+//! ends the connection: it is counted (`oversize_packets`), logged with the broker setting
+//! to fix, and the agent reconnects at once (a clean session: the broker forgets the packet)
+//! rather than with a growing back-off.
+//!
 //! With `mqtts://` every connection is TLS ([`tls`]): the client configuration is built when
 //! the uplink starts (bad files stop the agent) and rebuilt before each attempt, so renewed
 //! certificates are picked up; a TLS failure is retried with the same back-off as any other.
 
 pub mod ledger;
 pub mod pacer;
+pub mod session;
 pub mod tls;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, ConnectReturnCode, Event, LastWill, MqttOptions, Outgoing, Packet, QoS,
-    TlsConfiguration, Transport,
-};
+use rumqttc::QoS;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use self::ledger::{Entry, Ledger, Resolved};
 use self::pacer::Pacer;
+use self::session::{Client, Event, SessionError, SessionSpec, Will};
 use crate::backoff::Backoff;
-use crate::config::BrokerAddress;
+use crate::config::{BrokerAddress, MqttProtocol};
 use crate::feed::{now_millis, state_payload, Topics};
 use crate::queue::Queue;
 
-/// The largest MQTT packet either way (a data window of many channels, a long reply).
-const MAX_PACKET: usize = 256 * 1024;
+/// After an oversize packet (3.1.1), how soon another one still counts as a repeat: the
+/// first reconnect is immediate, a repeat within this time waits [`OVERSIZE_RETRY`] (a
+/// retained oversize message would otherwise make a busy loop).
+const OVERSIZE_REPEAT: Duration = Duration::from_secs(5);
+/// The fixed delay before reconnecting after a repeated oversize packet.
+const OVERSIZE_RETRY: Duration = Duration::from_secs(1);
 /// How long a clean stop waits for the queue to drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a clean stop waits for the broker to acknowledge `offline`.
@@ -70,6 +83,10 @@ pub struct UplinkConfig {
     pub tls: Option<tls::TlsFiles>,
     /// MQTT user name and password.
     pub credentials: Option<(String, crate::secrets::Secret)>,
+    /// MQTT 5 or 3.1.1.
+    pub protocol: MqttProtocol,
+    /// The largest packet taken in (`[mqtt] max_packet`).
+    pub max_packet: u32,
 }
 
 /// Uplink counters, shared with `health`.
@@ -87,54 +104,51 @@ pub struct UplinkStats {
     pub submit_errors: AtomicU64,
     /// Commands received on `cmd`.
     pub commands: AtomicU64,
+    /// Packets over `max_packet` the broker sent anyway (3.1.1; each cost a reconnect).
+    pub oversize_packets: AtomicU64,
+    /// Publishes the broker acknowledged with a refusal (MQTT 5 reason code >= 0x80).
+    pub publish_refused: AtomicU64,
 }
 
 /// What the connection task tells the publisher.
 #[derive(Debug)]
 enum NetEvent {
     /// A new connection attempt, with its own client handle.
-    NewClient(AsyncClient),
+    NewClient(Client),
     /// The broker accepted the session.
     ConnAck,
     /// A publish left the client (`pkid` 0 for QoS 0).
     Outgoing(u16),
-    /// The broker acknowledged `pkid`.
-    PubAck(u16),
+    /// The broker acknowledged `pkid` with this reason code (0 with 3.1.1).
+    PubAck(u16, u8),
     /// A message arrived on `cmd`.
     Command(Vec<u8>),
     /// The session ended.
     Disconnected(String),
 }
 
-fn mqtt_options(
+/// The uplink's session: the agent's own client id, the inflight window, the last will.
+fn session_spec(
     config: &UplinkConfig,
     tls: Option<&Arc<tokio_rustls::rustls::ClientConfig>>,
-) -> MqttOptions {
-    let mut opts = MqttOptions::new(
+) -> SessionSpec {
+    let mut spec = SessionSpec::new(
+        config.broker.clone(),
         config.gw.clone(),
-        config.broker.host.clone(),
-        config.broker.port,
+        config.protocol,
+        config.max_packet,
     );
-    opts.set_keep_alive(config.keep_alive);
-    // The disk queue, not the broker session, re-sends what was not acknowledged.
-    opts.set_clean_session(true);
-    opts.set_inflight(config.max_inflight);
-    opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
-    opts.set_last_will(LastWill::new(
-        config.topics.state(),
-        state_payload(&config.gw, false, None),
-        QoS::AtLeastOnce,
-        true,
-    ));
-    if let Some(tls) = tls {
-        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            tls.clone(),
-        )));
-    }
-    if let Some((user, password)) = &config.credentials {
-        opts.set_credentials(user.clone(), password.expose());
-    }
-    opts
+    spec.keep_alive = config.keep_alive;
+    spec.inflight = config.max_inflight;
+    spec.capacity = usize::from(config.max_inflight) + 64;
+    spec.tls = tls.cloned();
+    spec.credentials = config.credentials.clone();
+    spec.will = Some(Will {
+        topic: config.topics.state(),
+        payload: state_payload(&config.gw, false, None),
+        retain: true,
+    });
+    spec
 }
 
 /// Handles to a running uplink.
@@ -206,6 +220,7 @@ async fn connection_task(
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let cmd_topic = config.topics.cmd();
     let mut first_attempt = true;
+    let mut last_oversize: Option<Instant> = None;
     loop {
         // Re-read the TLS files (a renewed certificate counts from the next attempt); the
         // first attempt uses what `start` just read.
@@ -218,10 +233,7 @@ async fn connection_task(
             }
         }
         first_attempt = false;
-        let (client, mut eventloop) = AsyncClient::new(
-            mqtt_options(&config, tls.as_ref()),
-            usize::from(config.max_inflight) + 64,
-        );
+        let (client, mut eventloop) = session_spec(&config, tls.as_ref()).connect();
         if events.send(NetEvent::NewClient(client)).is_err() {
             return;
         }
@@ -232,19 +244,16 @@ async fn connection_task(
                 _ = &mut stop => return,
             };
             let forward = match polled {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    if ack.code != ConnectReturnCode::Success {
-                        break format!("broker refused the connection: {:?}", ack.code);
-                    }
+                Ok(Event::ConnAck) => {
                     session_started = Some(Instant::now());
                     Some(NetEvent::ConnAck)
                 }
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Some(NetEvent::Outgoing(pkid)),
-                Ok(Event::Incoming(Packet::PubAck(ack))) => Some(NetEvent::PubAck(ack.pkid)),
-                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == cmd_topic => {
-                    Some(NetEvent::Command(p.payload.to_vec()))
+                Ok(Event::Published(pkid)) => Some(NetEvent::Outgoing(pkid)),
+                Ok(Event::PubAck { pkid, code }) => Some(NetEvent::PubAck(pkid, code)),
+                Ok(Event::Message { topic, payload }) if topic == cmd_topic => {
+                    Some(NetEvent::Command(payload))
                 }
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                Ok(Event::Disconnecting) => {
                     let _ = events.send(NetEvent::Disconnected("clean stop".into()));
                     // Let the DISCONNECT reach the broker before the socket closes.
                     let _ =
@@ -252,7 +261,7 @@ async fn connection_task(
                     return;
                 }
                 Ok(_) => None,
-                Err(e) => break e.to_string(),
+                Err(e) => break e,
             };
             if let Some(ev) = forward {
                 if events.send(ev).is_err() {
@@ -262,12 +271,42 @@ async fn connection_task(
         };
         stats.connected.store(false, Ordering::Relaxed);
         stats.connection_errors.fetch_add(1, Ordering::Relaxed);
-        if events.send(NetEvent::Disconnected(reason.clone())).is_err() {
+        if events
+            .send(NetEvent::Disconnected(reason.to_string()))
+            .is_err()
+        {
             return;
         }
         if session_started.is_some_and(|t| t.elapsed() > Duration::from_secs(60)) {
             backoff.reset();
         }
+        if let SessionError::Oversize { size, limit } = reason {
+            // The broker forwarded what this client said it would not take (3.1.1 has no way
+            // to say so). Not the network's fault: reconnect at once, without growing the
+            // back-off; the clean session makes the broker forget the packet.
+            stats.oversize_packets.fetch_add(1, Ordering::Relaxed);
+            let repeat = last_oversize.is_some_and(|t| t.elapsed() < OVERSIZE_REPEAT);
+            last_oversize = Some(Instant::now());
+            let delay = if repeat {
+                OVERSIZE_RETRY
+            } else {
+                Duration::ZERO
+            };
+            tracing::error!(
+                broker = %config.broker,
+                size,
+                max_packet = limit,
+                retry_in_ms = delay.as_millis() as u64,
+                "the broker sent a packet over [mqtt] max_packet; reconnecting. Fix the broker: Mosquitto message_size_limit {limit} (or lower), or use protocol = \"5\""
+            );
+            drop(eventloop);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = &mut stop => return,
+            }
+            continue;
+        }
+        let reason = reason.to_string();
         let delay = backoff.next_delay();
         match tls::hint(&reason) {
             Some(hint) => {
@@ -296,7 +335,7 @@ async fn publisher_task(
     commands: mpsc::Sender<Vec<u8>>,
     health: Box<dyn Fn() -> Vec<u8> + Send>,
 ) {
-    let mut client: Option<AsyncClient> = None;
+    let mut client: Option<Client> = None;
     let mut connected = false;
     let mut ledger = Ledger::new();
     let mut health_tick = tokio::time::interval(config.health_interval);
@@ -352,7 +391,19 @@ async fn publisher_task(
                             stats.published.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    NetEvent::PubAck(pkid) => match ledger.on_puback(pkid) {
+                    NetEvent::PubAck(pkid, code) if !session::accepted(code) => {
+                        // Not accepted: a record stays queued (sent again after the next
+                        // reconnect); counted, never silently lost.
+                        stats.publish_refused.fetch_add(1, Ordering::Relaxed);
+                        let resolved = ledger.on_puback(pkid);
+                        tracing::warn!(pkid, reason_code = code, record = ?resolved, "the broker refused a publish; it stays queued");
+                        if resolved == Resolved::OfflineDelivered {
+                            if let Some(c) = &client {
+                                let _ = c.try_disconnect();
+                            }
+                        }
+                    }
+                    NetEvent::PubAck(pkid, _) => match ledger.on_puback(pkid) {
                         Resolved::Delivered(seq) => {
                             queue.ack(seq);
                             stats.published.fetch_add(1, Ordering::Relaxed);
@@ -439,7 +490,7 @@ async fn publisher_task(
 /// Publishes the clean stop's `offline`; `false` if there is no session to publish it on.
 fn send_offline(
     config: &UplinkConfig,
-    client: Option<&AsyncClient>,
+    client: Option<&Client>,
     connected: bool,
     ledger: &mut Ledger,
 ) -> bool {
@@ -460,7 +511,7 @@ fn send_offline(
 /// allows).
 fn pump(
     config: &UplinkConfig,
-    client: Option<&AsyncClient>,
+    client: Option<&Client>,
     queue: &Queue,
     ledger: &mut Ledger,
     pacer: &mut Pacer,
