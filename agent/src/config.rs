@@ -179,6 +179,11 @@ pub struct LiftConfig {
     /// How long the controller has to answer one request.
     #[serde(default = "default_modbus_timeout", deserialize_with = "de_duration")]
     pub timeout: Duration,
+    /// How long after a request that got no answer the unit is still owed one: nothing more
+    /// is sent to it until its late answer has arrived (and been thrown away) or this much
+    /// time has passed since the request. Unset: [`LATE_GUARD_TIMEOUTS`] x `timeout`.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub late_guard: Option<Duration>,
     /// Highest floor served (overtravel above it).
     pub top_floor: i16,
     /// Lowest floor served (overtravel below it).
@@ -504,6 +509,22 @@ fn de_fsync<'de, D: Deserializer<'de>>(d: D) -> Result<crate::queue::store::Fsyn
                 "invalid fsync policy {text:?} ({e}); write \"always\" or an interval such as \"100ms\""
             ))
         })
+}
+
+/// `lift[].late_guard` when unset, in timeouts: an answer up to 4 x the timeout late is
+/// recognised as late with certainty.
+pub const LATE_GUARD_TIMEOUTS: u32 = 4;
+
+impl LiftConfig {
+    /// The late-answer guard: `late_guard`, or [`LATE_GUARD_TIMEOUTS`] x `timeout`.
+    pub fn late_guard(&self) -> Duration {
+        self.late_guard
+            .unwrap_or(self.timeout * LATE_GUARD_TIMEOUTS)
+    }
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
 }
 
 /// Parses `"10s"`, `"250ms"`, `"5m"`, `"1h 30m"`.
@@ -917,6 +938,14 @@ impl Config {
             if lift.timeout < Duration::from_millis(10) || lift.timeout > Duration::from_secs(5) {
                 return bad(key("timeout"), "must be between 10ms and 5s".to_owned());
             }
+            if let Some(guard) = lift.late_guard {
+                if guard <= lift.timeout || guard > Duration::from_secs(60) {
+                    return bad(
+                        key("late_guard"),
+                        format!("must be above timeout ({:?}) and at most 60s", lift.timeout),
+                    );
+                }
+            }
             if lift.top_floor <= lift.bottom_floor {
                 return bad(
                     key("top_floor"),
@@ -1205,6 +1234,7 @@ outside_zone_after = "5s"
         assert_eq!(lift.parity, Parity::None);
         assert_eq!(lift.poll, Duration::from_millis(250));
         assert_eq!(lift.timeout, Duration::from_millis(200));
+        assert_eq!(lift.late_guard(), Duration::from_millis(800));
         assert_eq!((lift.top_floor, lift.bottom_floor), (32, -2));
         assert_eq!(lift.trapped_after, Duration::from_secs(30));
         assert_eq!(lift.status_interval, Duration::from_secs(60));
@@ -1221,6 +1251,16 @@ outside_zone_after = "5s"
             ("baud = 9600", "baud = 230400", "lift[0].baud"),
             ("top_floor = 32", "top_floor = -3", "lift[0].top_floor"),
             ("poll = \"250ms\"", "poll = \"1ms\"", "lift[0].poll"),
+            (
+                "poll = \"250ms\"",
+                "poll = \"250ms\"\nlate_guard = \"100ms\"",
+                "lift[0].late_guard",
+            ),
+            (
+                "poll = \"250ms\"",
+                "poll = \"250ms\"\nlate_guard = \"61s\"",
+                "lift[0].late_guard",
+            ),
             (
                 "profile = \"generic\"",
                 "profile = \"acme\"",

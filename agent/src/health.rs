@@ -167,6 +167,7 @@ impl HealthReporter {
                         ("modbus_truncated", &st.modbus_truncated),
                         ("modbus_exceptions", &st.modbus_exceptions),
                         ("modbus_retries", &st.modbus_retries),
+                        ("late_answers", &st.late_answers),
                         ("max_poll_gap_ms", &st.max_poll_gap_ms),
                     ] {
                         obj.insert(key.to_owned(), get(counter).into());

@@ -7,25 +7,26 @@
 //!
 //! A pseudo-terminal has no baud rate: it moves bytes instantly. The simulator therefore
 //! paces its answers at the configured baud (it answers when a real line would deliver the
-//! answer's last byte), which is what makes this figure mean anything. The agent's master is
-//! used unchanged, with `poll = 0` (back to back).
+//! answer's last byte), which is what makes this figure mean anything. The agent's bus
+//! thread is used unchanged, with `poll = 0` (back to back).
 //!
 //! Run: `cargo bench -p towerlink-sim --bench lift_polls`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use towerlink_agent::config::{Config, Parity};
-use towerlink_agent::sources::modbus_lift::{poll_lift, BusLift, BusMaster, PollOutcome};
+use towerlink_agent::config::Config;
+use towerlink_agent::service::Heartbeat;
+use towerlink_agent::sources::modbus_lift::{run_blocking, BusLift, ModbusBusSource};
 use towerlink_agent::sources::modbus_rtu::LineTiming;
 use towerlink_agent::sources::SourceStats;
 use towerlink_sim::lift::{BusOptions, LiftBus, LiftSpec};
 
 const RUN: Duration = Duration::from_secs(4);
+const WARM_UP: Duration = Duration::from_millis(500);
 
 fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let dir = tempfile::tempdir()?;
     println!("lift_polls: one lift, generic profile (14 registers), 8N1, back-to-back polls");
     for baud in [9600u32, 115_200] {
@@ -46,7 +47,9 @@ fn main() -> anyhow::Result<()> {
             link.display()
         );
         let config = Config::parse(&text, "bench")?;
-        let lift_config = config.lifts[0].clone();
+        let mut lift_config = config.lifts[0].clone();
+        lift_config.poll = Duration::ZERO; // back to back (below what a config may say)
+        let stats = SourceStats::new();
         let lift = BusLift {
             lift: 0,
             profile: lift_config
@@ -54,32 +57,37 @@ fn main() -> anyhow::Result<()> {
                 .clone()
                 .ok_or_else(|| anyhow::anyhow!("no profile"))?,
             config: lift_config,
-            stats: SourceStats::new(),
+            stats: stats.clone(),
         };
-        let (ok, failed, elapsed) = runtime.block_on(async {
-            let mut master = BusMaster::open(&link.display().to_string(), baud, Parity::None, 1)?;
-            let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
-            // Warm up (first answers, page faults), then measure.
-            for _ in 0..5 {
-                poll_lift(&mut master, &lift, true, &tx).await?;
-                while rx.try_recv().is_ok() {}
-            }
-            let (mut ok, mut failed) = (0u64, 0u64);
-            let t0 = Instant::now();
-            while t0.elapsed() < RUN {
-                match poll_lift(&mut master, &lift, true, &tx).await? {
-                    PollOutcome::Ok => ok += 1,
-                    PollOutcome::Failed => failed += 1,
-                }
-                while rx.try_recv().is_ok() {}
-            }
-            anyhow::Ok((ok, failed, t0.elapsed()))
-        })?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
+        let drain = std::thread::spawn(move || while rx.blocking_recv().is_some() {});
+        let stop = Arc::new(AtomicBool::new(false));
+        let source = ModbusBusSource {
+            port: link.clone(),
+            lifts: vec![lift],
+            events: tx,
+            heartbeat: Heartbeat::detached(),
+        };
+        let thread_stop = stop.clone();
+        let bus_thread = std::thread::spawn(move || run_blocking(source, &thread_stop));
+        std::thread::sleep(WARM_UP);
+        let (ok0, lost0) = (
+            SourceStats::get(&stats.polls_ok),
+            SourceStats::get(&stats.polls_lost),
+        );
+        let t0 = Instant::now();
+        std::thread::sleep(RUN);
+        let elapsed = t0.elapsed();
+        let ok = SourceStats::get(&stats.polls_ok) - ok0;
+        let failed = SourceStats::get(&stats.polls_lost) - lost0;
+        stop.store(true, Ordering::Relaxed);
+        let _ = bus_thread.join();
+        let _ = drain.join();
         let timing = LineTiming::new(baud, false, 1);
         let limit = 1.0 / timing.poll_time(14).as_secs_f64();
         let rate = ok as f64 / elapsed.as_secs_f64();
         println!(
-            "  {baud:>6} baud: {rate:7.1} polls/s  (line-rate limit {limit:6.1}/s: {:.1} ms per poll = 41 chars x {:.1} us + 2 x {:.2} ms)  {:.1} % of the limit, {failed} failed",
+            "  {baud:>6} baud: {rate:7.1} polls/s  (line-rate limit {limit:6.1}/s: {:.1} ms per poll = 41 chars x {:.1} us + 2 x {:.2} ms)  {:.1} % of the limit, {failed} lost",
             timing.poll_time(14).as_secs_f64() * 1000.0,
             timing.char_time().as_secs_f64() * 1e6,
             timing.t3_5().as_secs_f64() * 1000.0,

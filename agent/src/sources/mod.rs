@@ -6,6 +6,7 @@
 //! loses bytes in the UART).
 
 pub mod i2c_device;
+pub mod modbus_bus;
 pub mod modbus_lift;
 pub mod modbus_rtu;
 pub mod node_clock;
@@ -141,6 +142,9 @@ pub struct SourceStats {
     pub modbus_exceptions: AtomicU64,
     /// Modbus: requests sent again after a failed first attempt.
     pub modbus_retries: AtomicU64,
+    /// Modbus: answers from this unit that arrived when it was not being asked (after their
+    /// request had timed out): thrown away, never a reading.
+    pub late_answers: AtomicU64,
     /// Modbus: the longest time between two valid readings, ms (how long others delayed it).
     pub max_poll_gap_ms: AtomicU64,
 }

@@ -1,42 +1,43 @@
 //! Lift controllers on an RS-485 bus, polled over Modbus RTU (read-only, function 0x04).
 //!
-//! One task per bus ([`run`]) owns the port and polls every lift on it in turn, each on its
-//! own schedule (`poll`), with ONE read-input-registers request per poll.
+//! One thread per bus ([`run`] starts it, [`run_blocking`] is its body) owns the port and
+//! polls every lift on it in turn, each on its own schedule (`poll`), with ONE
+//! read-input-registers request per poll.
 //!
 //! Why a small hand-written RTU master instead of tokio-modbus: everything that matters on a
 //! shared RS-485 line is timing and recovery, which tokio-modbus leaves to the caller (no
 //! timeouts, a context that must be dropped after any error, no control of the inter-frame
 //! silence) — and the agent needs exactly one request type, whose function code must not be
-//! choosable ([`super::modbus_rtu`]). [`BusMaster`] owns all of it in one place:
+//! choosable ([`super::modbus_rtu`]).
 //!
-//! - every request runs under a timeout (default 200 ms, counted from the end of the request
-//!   on the wire);
-//! - before each request the line must have been silent for 3.5 character times, and the
-//!   input buffer is discarded, so nothing from an earlier exchange can be read as this
-//!   answer;
-//! - after a timeout, a CRC error, a truncated or a foreign answer, the master waits until
-//!   the line is silent and throws away what arrived — the equivalent of dropping a
-//!   tokio-modbus context — so a late answer cannot desynchronise the next exchange;
-//! - one retry, then the poll counts as lost; a lift already in `comm_lost` gets no retry
-//!   and is polled at most once a second, so a dead controller costs the others at most one
-//!   timeout per second and a silent lift never delays the others beyond its timeout;
+//! The protocol (schedule, owed answers after a timeout, retries, what every received byte
+//! means, counters) is [`super::modbus_bus::BusState`], which does no I/O; its module doc
+//! states the late-answer guarantee. This module only moves bytes and time:
+//!
+//! - the port is read with blocking I/O on a dedicated thread: every wait (the 3.5-character
+//!   silence, a timeout, the next lift's due time) is one `ppoll(2)` with a nanosecond
+//!   timeout on the port, which returns when bytes arrive or the time is up — no busy loop,
+//!   no 1 ms timer ticks, and bytes are read as they come, idle or not;
+//! - just before a request goes out, whatever the kernel buffered meanwhile is read and
+//!   classified (never flushed unseen);
 //! - an I/O error (adapter unplugged) closes the port, which is reopened with back-off.
 //!
-//! tokio's timers tick in whole milliseconds, while the 3.5-character silence is 1.75 ms at
-//! 115200 baud; the master sleeps to within 2 ms of the deadline and yields the rest (at most
-//! ~2 ms of yielding per poll) so fast buses reach their line rate.
+//! [`BusMaster`] is the same line for one-off requests (`towerlink scan`, `check`).
 
+use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
-use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
+use tokio_serial::SerialPort;
 
-use super::modbus_rtu::{scan, Answer, Invalid, LineTiming, ReadInputRegisters};
+use super::modbus_bus::{BusState, Next, Output};
+pub use super::modbus_bus::{LOST_AFTER_POLLS, LOST_LIFT_POLL};
+use super::modbus_rtu::{
+    frames, has_corrupt_answer, Answer, LineTiming, ReadInputRegisters, REQUEST_LEN,
+};
 use super::{SourceEvent, SourceStats};
 use crate::backoff::Backoff;
 use crate::config::{LiftConfig, Parity};
@@ -44,11 +45,9 @@ use crate::feed::now_millis;
 use crate::profile::Profile;
 use crate::shutdown::Shutdown;
 
-/// Consecutive polls without a valid reading after which a lift is considered lost; from
-/// then on it is polled less often and without retry.
-pub const LOST_AFTER_POLLS: u32 = 3;
-/// How often a lost lift is still polled (at least).
-pub const LOST_LIFT_POLL: Duration = Duration::from_secs(1);
+/// The longest single wait of the bus thread: how soon it notices a shutdown and beats its
+/// heartbeat when nothing is due.
+const MAX_WAIT: Duration = Duration::from_millis(200);
 
 /// Why one request got no usable answer.
 #[derive(Debug)]
@@ -59,43 +58,35 @@ pub enum RequestError {
     Truncated,
     /// A complete frame with a wrong CRC.
     Crc,
-    /// A valid frame from another unit.
+    /// A valid frame from another unit (or of another shape).
     WrongUnit(u8),
     /// The port failed: it must be reopened.
     Io(std::io::Error),
 }
 
-/// The Modbus RTU master of one open port.
-#[derive(Debug)]
-pub struct BusMaster {
-    port: SerialStream,
+/// An open serial port with blocking, precisely timed reads.
+pub struct Line {
+    port: Box<dyn SerialPort>,
     timing: LineTiming,
-    /// When the line was last busy (a byte received, or our request finished sending).
-    line_busy_until: Instant,
-    buf: Vec<u8>,
+    chunk: [u8; 256],
 }
 
-/// Waits until `deadline` with sub-millisecond precision (see the module doc).
-async fn wait_precisely(deadline: Instant) {
-    // tokio's timer rounds up to its next 1 ms tick, so a sleep can overshoot by ~1 ms:
-    // sleep only while more than 2 ms remain.
-    let coarse = Duration::from_millis(2);
-    if deadline > Instant::now() + coarse {
-        tokio::time::sleep_until(deadline - coarse).await;
-    }
-    while Instant::now() < deadline {
-        tokio::task::yield_now().await;
+impl std::fmt::Debug for Line {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Line")
+            .field("port", &self.port.name())
+            .field("timing", &self.timing)
+            .finish()
     }
 }
 
-impl BusMaster {
-    /// Opens `path` for Modbus RTU (8 data bits).
-    pub fn open(
-        path: &str,
-        baud: u32,
-        parity: Parity,
-        stop_bits: u8,
-    ) -> std::io::Result<BusMaster> {
+fn hung_up() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the port hung up")
+}
+
+impl Line {
+    /// Opens `path` at these line settings (8 data bits, no flow control).
+    pub fn open(path: &str, baud: u32, parity: Parity, stop_bits: u8) -> std::io::Result<Line> {
         let port = tokio_serial::new(path, baud)
             .data_bits(tokio_serial::DataBits::Eight)
             .parity(match parity {
@@ -109,29 +100,128 @@ impl BusMaster {
                 tokio_serial::StopBits::One
             })
             .flow_control(tokio_serial::FlowControl::None)
-            .open_native_async()
-            .map_err(std::io::Error::other)?;
-        Ok(BusMaster::new(
-            port,
-            LineTiming::new(baud, parity != Parity::None, stop_bits),
-        ))
-    }
-
-    /// A master on an open port.
-    pub fn new(port: SerialStream, timing: LineTiming) -> BusMaster {
-        // Whatever the line buffered before we listened is of no use.
+            .timeout(Duration::ZERO)
+            .open()
+            .map_err(std::io::Error::from)?;
+        // Whatever the line buffered before we listened answers no request of ours.
         let _ = port.clear(tokio_serial::ClearBuffer::All);
-        BusMaster {
+        Ok(Line {
             port,
-            timing,
-            line_busy_until: Instant::now(),
-            buf: Vec::with_capacity(512),
-        }
+            timing: LineTiming::new(baud, parity != Parity::None, stop_bits),
+            chunk: [0; 256],
+        })
     }
 
     /// The line's timing.
     pub fn timing(&self) -> LineTiming {
         self.timing
+    }
+
+    /// Waits until bytes arrive or `deadline` passes (one `ppoll`), and returns what arrived
+    /// (empty at the deadline). A deadline already past only collects what is buffered.
+    pub fn read_until(&mut self, deadline: Instant) -> std::io::Result<&[u8]> {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        self.port.set_timeout(wait).map_err(std::io::Error::from)?;
+        match self.port.read(&mut self.chunk) {
+            Ok(0) => Err(hung_up()),
+            Ok(n) => Ok(&self.chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                        | std::io::ErrorKind::WouldBlock
+                ) =>
+            {
+                Ok(&[])
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes a request.
+    pub fn send(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        self.port
+            .set_timeout(Duration::from_secs(1))
+            .map_err(std::io::Error::from)?;
+        self.port.write_all(frame)
+    }
+
+    /// One request outside a bus schedule (scan, check): waits for 3.5 characters of silence
+    /// (dropping what arrives, at most `timeout`), sends, and waits at most `timeout` after
+    /// the request left the line for a frame that answers it.
+    pub fn exchange(
+        &mut self,
+        req: &ReadInputRegisters,
+        timeout: Duration,
+    ) -> Result<Answer, RequestError> {
+        let t3_5 = self.timing.t3_5();
+        let give_up = Instant::now() + timeout;
+        let mut quiet_from = Instant::now();
+        loop {
+            let until = (quiet_from + t3_5).min(give_up);
+            if Instant::now() >= until {
+                break;
+            }
+            if !self.read_until(until).map_err(RequestError::Io)?.is_empty() {
+                quiet_from = Instant::now();
+            }
+        }
+        self.send(&req.to_frame()).map_err(RequestError::Io)?;
+        let deadline = Instant::now() + self.timing.chars(REQUEST_LEN) + timeout;
+        let silence = t3_5.max(Duration::from_millis(2));
+        let mut until = deadline;
+        let mut buf: Vec<u8> = Vec::new();
+        let (mut crc, mut foreign) = (false, None);
+        while Instant::now() < until {
+            let bytes = self.read_until(until).map_err(RequestError::Io)?;
+            if bytes.is_empty() {
+                continue;
+            }
+            buf.extend_from_slice(bytes);
+            for f in frames(&buf) {
+                if f.answers(req) {
+                    let answer = buf.get(f.start..f.start + f.len).and_then(|b| f.decode(b));
+                    return answer.ok_or(RequestError::Truncated);
+                }
+                foreign = Some(f.unit);
+            }
+            crc |= has_corrupt_answer(req, &buf);
+            if crc || foreign.is_some() {
+                until = deadline.min(Instant::now() + silence);
+            }
+            if buf.len() > 4096 {
+                let keep = buf.len() - req.answer_len();
+                buf.drain(..keep);
+            }
+        }
+        Err(match foreign {
+            _ if crc => RequestError::Crc,
+            Some(u) => RequestError::WrongUnit(u),
+            None if buf.is_empty() => RequestError::Timeout,
+            None => RequestError::Truncated,
+        })
+    }
+}
+
+/// A Modbus RTU master for one-off requests from async code (`towerlink scan`, `check`): the
+/// blocking [`Line`] runs on tokio's blocking pool.
+#[derive(Debug)]
+pub struct BusMaster {
+    line: Option<Line>,
+}
+
+impl BusMaster {
+    /// Opens `path` at these line settings (8 data bits, no flow control).
+    pub fn open(
+        path: &str,
+        baud: u32,
+        parity: Parity,
+        stop_bits: u8,
+    ) -> std::io::Result<BusMaster> {
+        Ok(BusMaster {
+            line: Some(Line::open(path, baud, parity, stop_bits)?),
+        })
     }
 
     /// Sends one request and waits (at most `timeout` after it left the line) for its answer.
@@ -140,98 +230,20 @@ impl BusMaster {
         req: &ReadInputRegisters,
         timeout: Duration,
     ) -> Result<Answer, RequestError> {
-        wait_precisely(self.line_busy_until + self.timing.t3_5()).await;
-        self.port
-            .clear(tokio_serial::ClearBuffer::Input)
-            .map_err(|e| RequestError::Io(std::io::Error::other(e)))?;
-        self.buf.clear();
-        let frame = req.to_frame();
-        self.port
-            .write_all(&frame)
-            .await
-            .map_err(RequestError::Io)?;
-        let sent = Instant::now();
-        // The UART is still shifting the request out when write returns.
-        let on_line = self.timing.chars(frame.len());
-        self.line_busy_until = sent + on_line;
-        let deadline = sent + on_line + timeout;
-        let mut until = deadline;
-        let mut invalid = None;
-        let mut chunk = [0u8; 256];
-        loop {
-            match tokio::time::timeout_at(until, self.port.read(&mut chunk)).await {
-                Err(_) => break,
-                Ok(Ok(0)) => {
-                    return Err(RequestError::Io(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "the port hung up",
-                    )))
-                }
-                Ok(Ok(n)) => {
-                    let now = Instant::now();
-                    self.line_busy_until = now;
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    let found = scan(req, &self.buf);
-                    if let Some(answer) = found.answer {
-                        return Ok(answer);
-                    }
-                    if found.invalid.is_some() {
-                        // A complete frame that is not ours: the answer is not coming behind
-                        // it unless bytes keep arriving; stop at the next silence.
-                        invalid = found.invalid;
-                        until = deadline.min(now + self.silence());
-                    }
-                    if self.buf.len() > 4096 {
-                        // A babbling line: keep the tail, which may hold the answer's start.
-                        let keep = self.buf.len() - req.answer_len();
-                        self.buf.drain(..keep);
-                    }
-                }
-                Ok(Err(e)) => return Err(RequestError::Io(e)),
-            }
-        }
-        let error = match invalid {
-            Some(Invalid::Crc) => RequestError::Crc,
-            Some(Invalid::WrongUnit(u)) => RequestError::WrongUnit(u),
-            None if self.buf.is_empty() => RequestError::Timeout,
-            None => RequestError::Truncated,
-        };
-        self.resync(timeout).await?;
-        Err(error)
-    }
-
-    /// How long the line must stay quiet before a frame is over: t3.5, and at least 2 ms
-    /// because the OS delivers bytes in chunks.
-    fn silence(&self) -> Duration {
-        self.timing.t3_5().max(Duration::from_millis(2))
-    }
-
-    /// After a failed exchange: read and drop everything until the line has been silent for
-    /// [`Self::silence`] (at most `limit`), so a late answer is gone before the next request.
-    async fn resync(&mut self, limit: Duration) -> Result<(), RequestError> {
-        let give_up = Instant::now() + limit;
-        let mut chunk = [0u8; 256];
-        loop {
-            let quiet_until = (Instant::now() + self.silence()).min(give_up);
-            match tokio::time::timeout_at(quiet_until, self.port.read(&mut chunk)).await {
-                Err(_) => break,
-                Ok(Ok(0)) => {
-                    return Err(RequestError::Io(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "the port hung up",
-                    )))
-                }
-                Ok(Ok(_)) => {
-                    self.line_busy_until = Instant::now();
-                    if Instant::now() >= give_up {
-                        break;
-                    }
-                }
-                Ok(Err(e)) => return Err(RequestError::Io(e)),
-            }
-        }
-        self.buf.clear();
-        Ok(())
+        let mut line = self.line.take().ok_or_else(|| {
+            RequestError::Io(std::io::Error::other(
+                "the port was lost by an earlier request",
+            ))
+        })?;
+        let req = *req;
+        let (line, result) = tokio::task::spawn_blocking(move || {
+            let result = line.exchange(&req, timeout);
+            (line, result)
+        })
+        .await
+        .map_err(|e| RequestError::Io(std::io::Error::other(e)))?;
+        self.line = Some(line);
+        result
     }
 }
 
@@ -248,7 +260,7 @@ pub struct BusLift {
     pub stats: Arc<SourceStats>,
 }
 
-/// Everything a bus task needs.
+/// Everything a bus thread needs.
 #[derive(Debug)]
 pub struct ModbusBusSource {
     /// The port.
@@ -261,103 +273,56 @@ pub struct ModbusBusSource {
     pub heartbeat: crate::service::Heartbeat,
 }
 
-/// Outcome of one poll, for the caller's counters and schedule.
-#[derive(Debug, PartialEq, Eq)]
-pub enum PollOutcome {
-    /// A valid reading was delivered.
-    Ok,
-    /// No valid reading (lost, exception, undecodable).
-    Failed,
-}
-
-/// The polling state of one lift.
-#[derive(Debug)]
-struct LiftSchedule {
-    due: Instant,
-    failed_in_row: u32,
-    last_ok: Option<Instant>,
-}
-
-/// Polls one lift once (with at most one retry); counts everything in its stats and sends
-/// the reading or the failure to the pipeline. `Err` means the port must be reopened.
-pub async fn poll_lift(
-    master: &mut BusMaster,
-    lift: &BusLift,
-    retry: bool,
-    events: &mpsc::Sender<SourceEvent>,
-) -> Result<PollOutcome, std::io::Error> {
-    let stats = &lift.stats;
-    let req = ReadInputRegisters {
-        unit: lift.config.unit,
-        start: lift.profile.start,
-        count: lift.profile.count,
-    };
-    let attempts = if retry { 2 } else { 1 };
-    let mut outcome = None;
-    for attempt in 0..attempts {
-        if attempt > 0 {
-            SourceStats::add(&stats.modbus_retries, 1);
-        }
-        match master.request(&req, lift.config.timeout).await {
-            Ok(answer) => {
-                outcome = Some(answer);
-                break;
-            }
-            Err(RequestError::Io(e)) => return Err(e),
-            Err(RequestError::Timeout) => SourceStats::add(&stats.modbus_timeouts, 1),
-            Err(RequestError::Truncated) => SourceStats::add(&stats.modbus_truncated, 1),
-            Err(RequestError::Crc) => SourceStats::add(&stats.crc_errors, 1),
-            Err(RequestError::WrongUnit(_)) => SourceStats::add(&stats.foreign_frames, 1),
-        }
-    }
-    let ts = now_millis();
-    let send = |ev: SourceEvent| {
-        if events.try_send(ev).is_err() {
-            SourceStats::add(&stats.dropped_events, 1);
-        }
-    };
-    let failed = SourceEvent::LiftPollFailed {
-        lift: lift.lift,
-        ts,
-    };
-    match outcome {
-        None => {
-            SourceStats::add(&stats.polls_lost, 1);
-            send(failed);
-            Ok(PollOutcome::Failed)
-        }
-        Some(Answer::Exception(code)) => {
-            SourceStats::add(&stats.modbus_exceptions, 1);
-            tracing::debug!(lift = %lift.config.id, code, "lift answered with a Modbus exception");
-            send(failed);
-            Ok(PollOutcome::Failed)
-        }
-        Some(Answer::Registers(regs)) => match lift.profile.decode(&regs) {
-            Ok(reading) => {
-                SourceStats::add(&stats.polls_ok, 1);
-                SourceStats::add(&stats.frames_ok, 1);
-                stats
-                    .last_frame_ms
-                    .store(ts.max(0) as u64, Ordering::Relaxed);
-                send(SourceEvent::LiftReading {
-                    lift: lift.lift,
-                    ts,
-                    reading,
-                });
-                Ok(PollOutcome::Ok)
-            }
-            Err(e) => {
-                SourceStats::add(&stats.undecodable, 1);
-                tracing::debug!(lift = %lift.config.id, error = %e, "lift answer does not decode");
-                send(failed);
-                Ok(PollOutcome::Failed)
-            }
-        },
-    }
-}
-
-/// Runs one bus until shutdown.
+/// Runs one bus until shutdown: the polling runs on its own thread ([`run_blocking`]).
 pub async fn run(source: ModbusBusSource, mut shutdown: Shutdown) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let name = source
+        .port
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let thread_stop = stop.clone();
+    // "modbus <port>" (a thread name is at most 15 bytes).
+    let thread_name: String = format!("modbus {name}").chars().take(15).collect();
+    let handle = match std::thread::Builder::new()
+        .name(thread_name)
+        .spawn(move || run_blocking(source, &thread_stop))
+    {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the RS-485 bus thread");
+            return;
+        }
+    };
+    shutdown.recv().await;
+    stop.store(true, Ordering::Relaxed);
+    // The thread notices within MAX_WAIT.
+    let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+}
+
+/// Sleeps `delay` in steps of at most [`MAX_WAIT`], beating; false if `stop` was set.
+fn sleep_unless_stopped(
+    delay: Duration,
+    stop: &AtomicBool,
+    heartbeat: &crate::service::Heartbeat,
+) -> bool {
+    let deadline = Instant::now() + delay;
+    loop {
+        heartbeat.beat();
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return true;
+        }
+        std::thread::sleep((deadline - now).min(MAX_WAIT));
+    }
+}
+
+/// The bus thread: opens the port (with back-off), polls until `stop` or an I/O error, and
+/// reopens after an error.
+pub fn run_blocking(source: ModbusBusSource, stop: &AtomicBool) {
     let ModbusBusSource {
         port,
         lifts,
@@ -373,24 +338,19 @@ pub async fn run(source: ModbusBusSource, mut shutdown: Shutdown) {
     let path = port.display().to_string();
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let mut logged_open_error = false;
-    let now = Instant::now();
-    let mut schedule: Vec<LiftSchedule> = lifts
-        .iter()
-        .map(|_| LiftSchedule {
-            due: now,
-            failed_in_row: 0,
-            last_ok: None,
-        })
-        .collect();
+    let mut state = BusState::new(
+        lifts.clone(),
+        LineTiming::new(baud, parity != Parity::None, stop_bits),
+        Instant::now(),
+    );
     let set_link = |up: bool| {
         for l in &lifts {
             l.stats.link_up.store(up, Ordering::Relaxed);
         }
     };
-
-    while !shutdown.is_shutdown() {
-        let mut master = match BusMaster::open(&path, baud, parity, stop_bits) {
-            Ok(m) => m,
+    while !stop.load(Ordering::Relaxed) {
+        let mut line = match Line::open(&path, baud, parity, stop_bits) {
+            Ok(l) => l,
             Err(e) => {
                 for l in &lifts {
                     SourceStats::add(&l.stats.io_errors, 1);
@@ -399,7 +359,9 @@ pub async fn run(source: ModbusBusSource, mut shutdown: Shutdown) {
                     tracing::warn!(port = %path, error = %e, "cannot open RS-485 port; retrying with back-off");
                     logged_open_error = true;
                 }
-                heartbeat.sleep(backoff.next_delay(), &mut shutdown).await;
+                if !sleep_unless_stopped(backoff.next_delay(), stop, &heartbeat) {
+                    break;
+                }
                 continue;
             }
         };
@@ -410,161 +372,88 @@ pub async fn run(source: ModbusBusSource, mut shutdown: Shutdown) {
         set_link(true);
         tracing::info!(port = %path, baud, lifts = lifts.len(), "RS-485 bus open");
         let opened_at = Instant::now();
-
-        let why = loop {
-            // The lift whose poll is due first; ties go to the lower index (config order).
-            let Some((i, due)) = schedule
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (i, s.due))
-                .min_by_key(|&(i, due)| (due, i))
-            else {
-                break None;
-            };
-            heartbeat.beat();
-            tokio::select! {
-                _ = tokio::time::sleep_until(due) => {}
-                _ = shutdown.recv() => break None,
-            }
-            let lift = &lifts[i];
-            let sched = &mut schedule[i];
-            let lost = sched.failed_in_row >= LOST_AFTER_POLLS;
-            let result = tokio::select! {
-                r = poll_lift(&mut master, lift, !lost, &events) => r,
-                _ = shutdown.recv() => break None,
-            };
-            let now = Instant::now();
-            match result {
-                Ok(PollOutcome::Ok) => {
-                    if let Some(prev) = sched.last_ok {
-                        let gap = now.duration_since(prev).as_millis() as u64;
-                        lift.stats.max_poll_gap_ms.fetch_max(gap, Ordering::Relaxed);
-                    }
-                    sched.last_ok = Some(now);
-                    sched.failed_in_row = 0;
-                }
-                Ok(PollOutcome::Failed) => {
-                    sched.failed_in_row = sched.failed_in_row.saturating_add(1);
-                    // The gap measures delay by other lifts; a lift's own failures restart it.
-                    sched.last_ok = None;
-                }
-                Err(e) => break Some(e),
-            }
-            let interval = if sched.failed_in_row >= LOST_AFTER_POLLS {
-                lift.config.poll.max(LOST_LIFT_POLL)
-            } else {
-                lift.config.poll
-            };
-            // Keep the rhythm, but never try to catch up with a burst after a delay.
-            sched.due = (due + interval).max(now);
-        };
+        state.on_reopened(opened_at);
+        let result = serve(&mut line, &mut state, &events, &heartbeat, stop);
         set_link(false);
-        drop(master);
-        let Some(e) = why else { break };
+        drop(line);
+        let Err(e) = result else { break };
         for l in &lifts {
             SourceStats::add(&l.stats.io_errors, 1);
-        }
-        for s in &mut schedule {
-            s.last_ok = None;
         }
         tracing::warn!(port = %path, error = %e, "RS-485 port lost; reopening with back-off");
         if opened_at.elapsed() > Duration::from_secs(60) {
             backoff.reset();
         }
-        heartbeat.sleep(backoff.next_delay(), &mut shutdown).await;
+        if !sleep_unless_stopped(backoff.next_delay(), stop, &heartbeat) {
+            break;
+        }
     }
     tracing::debug!(port = %path, "modbus bus stopped");
 }
 
-#[cfg(test)]
-mod tests {
-    use super::super::modbus_rtu::push_crc;
-    use super::*;
-
-    /// A minimal slave on the other end of a pseudo-terminal pair: answers each request
-    /// according to `script` (one entry per request received).
-    async fn slave(mut port: SerialStream, script: Vec<Option<Vec<u8>>>) -> Vec<Vec<u8>> {
-        let mut requests = Vec::new();
-        for reply in script {
-            let mut req = [0u8; 8];
-            if port.read_exact(&mut req).await.is_err() {
-                break;
+/// Polls on an open line until `stop` (Ok) or an I/O error (Err: reopen).
+fn serve(
+    line: &mut Line,
+    state: &mut BusState,
+    events: &mpsc::Sender<SourceEvent>,
+    heartbeat: &crate::service::Heartbeat,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
+    while !stop.load(Ordering::Relaxed) {
+        heartbeat.beat();
+        let now = Instant::now();
+        match state.next(now) {
+            Next::Send { lift, frame } => {
+                // What the kernel buffered since the last read is classified first; if
+                // anything came, the line was not silent after all: ask again.
+                let pending = line.read_until(now)?;
+                if !pending.is_empty() {
+                    state.on_bytes(Instant::now(), pending);
+                    continue;
+                }
+                line.send(&frame)?;
+                state.on_sent(lift, Instant::now());
             }
-            requests.push(req.to_vec());
-            if let Some(bytes) = reply {
-                if port.write_all(&bytes).await.is_err() {
-                    break;
+            Next::Wait(until) => {
+                let bytes = line.read_until(until.min(now + MAX_WAIT))?;
+                if !bytes.is_empty() {
+                    state.on_bytes(Instant::now(), bytes);
                 }
             }
         }
-        requests
-    }
-
-    fn answer(unit: u8, regs: &[u16]) -> Vec<u8> {
-        let mut f = vec![unit, 0x04, (regs.len() * 2) as u8];
-        for r in regs {
-            f.extend_from_slice(&r.to_be_bytes());
-        }
-        push_crc(&mut f);
-        f
-    }
-
-    fn generic_lift(unit: u8) -> BusLift {
-        let text = format!(
-            "[gateway]\nid = \"g\"\n[mqtt]\nurl = \"mqtt://127.0.0.1\"\n[store]\npath = \"/tmp/x\"\n[[lift]]\nid = \"lift-1\"\nport = \"/dev/null\"\nunit = {unit}\ntop_floor = 10\nbottom_floor = 0\nrated_speed_mm_s = 1000\ntimeout = \"50ms\"\n"
-        );
-        let config = crate::config::Config::parse(&text, "t").expect("config");
-        let lift = config.lifts[0].clone();
-        BusLift {
-            lift: 0,
-            profile: lift.register_map.clone().expect("profile"),
-            config: lift,
-            stats: SourceStats::new(),
+        for out in state.take_outputs() {
+            forward(state, out, events);
         }
     }
+    Ok(())
+}
 
-    #[tokio::test]
-    async fn a_silent_lift_is_retried_once_then_lost_and_a_crc_error_is_retried() {
-        let (master_port, slave_port) = SerialStream::pair().expect("pty pair");
-        let lift = generic_lift(5);
-        let mut regs = [0u16; 14];
-        regs[1] = 7;
-        let good = answer(5, &regs);
-        // 1st request: silence. 2nd (the retry): silence. 3rd: a CRC-broken answer, 4th
-        // (retry): the good one.
-        let mut bad = good.clone();
-        bad[5] ^= 0xFF;
-        let script = vec![None, None, Some(bad), Some(good.clone())];
-        let slave = tokio::spawn(slave(slave_port, script));
-        let mut master = BusMaster::new(master_port, LineTiming::new(115_200, false, 1));
-        let (tx, mut rx) = mpsc::channel(16);
-
-        let out = poll_lift(&mut master, &lift, true, &tx).await.expect("io");
-        assert_eq!(out, PollOutcome::Failed);
-        assert_eq!(SourceStats::get(&lift.stats.modbus_timeouts), 2);
-        assert_eq!(SourceStats::get(&lift.stats.polls_lost), 1);
-        assert!(matches!(
-            rx.try_recv(),
-            Ok(SourceEvent::LiftPollFailed { lift: 0, .. })
-        ));
-
-        let out = poll_lift(&mut master, &lift, true, &tx).await.expect("io");
-        assert_eq!(out, PollOutcome::Ok);
-        assert_eq!(SourceStats::get(&lift.stats.crc_errors), 1);
-        assert_eq!(SourceStats::get(&lift.stats.modbus_retries), 2);
-        match rx.try_recv() {
-            Ok(SourceEvent::LiftReading { reading, .. }) => assert_eq!(reading.status.floor, 7),
-            other => panic!("expected a reading, got {other:?}"),
+/// Hands a finished poll to the pipeline, never waiting on it.
+fn forward(state: &BusState, out: Output, events: &mpsc::Sender<SourceEvent>) {
+    let index = match &out {
+        Output::Reading { lift, .. } | Output::Failed { lift } => *lift,
+    };
+    let Some(lift) = state.lift(index) else {
+        return;
+    };
+    let ts = now_millis();
+    let event = match out {
+        Output::Reading { reading, .. } => {
+            lift.stats
+                .last_frame_ms
+                .store(ts.max(0) as u64, Ordering::Relaxed);
+            SourceEvent::LiftReading {
+                lift: lift.lift,
+                ts,
+                reading,
+            }
         }
-        drop(master);
-        let requests = slave.await.expect("slave");
-        assert_eq!(requests.len(), 4);
-        for r in requests {
-            assert_eq!(
-                &r[..6],
-                &[5, 0x04, 0, 0, 0, 14],
-                "only function 4 is ever sent"
-            );
-        }
+        Output::Failed { .. } => SourceEvent::LiftPollFailed {
+            lift: lift.lift,
+            ts,
+        },
+    };
+    if events.try_send(event).is_err() {
+        SourceStats::add(&lift.stats.dropped_events, 1);
     }
 }

@@ -148,6 +148,108 @@ pub fn scan(req: &ReadInputRegisters, buf: &[u8]) -> Scan {
     found
 }
 
+/// A complete, CRC-valid frame found in received bytes, whoever it is from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Offset of its first byte in the buffer scanned.
+    pub start: usize,
+    /// Its length on the wire, CRC included.
+    pub len: usize,
+    /// The unit id it carries.
+    pub unit: u8,
+    /// Its function code (the exception bit included).
+    pub function: u8,
+    /// Its byte count (normal answers) or exception code (exceptions).
+    pub byte_count_or_code: u8,
+}
+
+impl Frame {
+    /// Is this the answer `req` asks for (its unit, function 0x04 with its byte count, or an
+    /// exception to function 0x04)?
+    pub fn answers(&self, req: &ReadInputRegisters) -> bool {
+        self.unit == req.unit
+            && ((self.function == READ_INPUT_REGISTERS
+                && usize::from(self.byte_count_or_code) == 2 * usize::from(req.count))
+                || self.function == READ_INPUT_REGISTERS | EXCEPTION_FLAG)
+    }
+
+    /// The answer it carries, `frame` being its bytes (`buf[start..start + len]`).
+    pub fn decode(&self, frame: &[u8]) -> Option<Answer> {
+        if self.function & EXCEPTION_FLAG != 0 {
+            return Some(Answer::Exception(self.byte_count_or_code));
+        }
+        let data = frame.get(3..self.len.checked_sub(2)?)?;
+        Some(Answer::Registers(
+            data.chunks_exact(2)
+                .map(|w| u16::from_be_bytes([w[0], w[1]]))
+                .collect(),
+        ))
+    }
+}
+
+/// Length of a frame starting at `rest` if it is shaped like an answer to a read (functions
+/// 1..=4: unit, function, byte count, data, CRC) or an exception to one (5 bytes); `None` if
+/// its first bytes cannot start such a frame (or are not all there yet).
+fn answer_shape(rest: &[u8]) -> Option<usize> {
+    let function = *rest.get(1)?;
+    match function {
+        1..=4 => rest.get(2).map(|&bc| 5 + usize::from(bc)),
+        0x81..=0x84 => Some(EXCEPTION_LEN),
+        _ => None,
+    }
+}
+
+/// Every complete, CRC-valid answer-shaped frame in `buf`, left to right and not overlapping
+/// (bytes before, between and after them are noise or the start of a frame still arriving).
+/// Pure: the bus decides what each one means (the awaited answer, a late one, a foreign one).
+pub fn frames(buf: &[u8]) -> Vec<Frame> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + 1 < buf.len() {
+        let rest = &buf[i..];
+        if let Some(len) = answer_shape(rest) {
+            if let Some(bytes) = rest.get(..len) {
+                if crc_ok(bytes) {
+                    out.push(Frame {
+                        start: i,
+                        len,
+                        unit: bytes[0],
+                        function: bytes[1],
+                        byte_count_or_code: bytes[2],
+                    });
+                    i += len;
+                    continue;
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Is there, anywhere in `buf`, a complete frame shaped like the answer to `req` (its unit,
+/// function and byte count, or an exception) whose CRC is wrong?
+pub fn has_corrupt_answer(req: &ReadInputRegisters, buf: &[u8]) -> bool {
+    let byte_count = 2 * usize::from(req.count);
+    (0..buf.len()).any(|i| {
+        let rest = &buf[i..];
+        let len = match (rest.first(), rest.get(1), rest.get(2)) {
+            (Some(&u), Some(&f), Some(&bc))
+                if u == req.unit && f == READ_INPUT_REGISTERS && usize::from(bc) == byte_count =>
+            {
+                req.answer_len()
+            }
+            (Some(&u), Some(&f), _)
+                if u == req.unit && f == READ_INPUT_REGISTERS | EXCEPTION_FLAG =>
+            {
+                EXCEPTION_LEN
+            }
+            _ => return false,
+        };
+        rest.get(..len).is_some_and(|f| !crc_ok(f))
+    })
+}
+
 /// Character and inter-frame times of a serial line.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LineTiming {
@@ -299,6 +401,47 @@ mod tests {
         assert_eq!(scan(&REQ, &other).answer, None);
         // An answer with the wrong number of registers is not ours either.
         assert_eq!(scan(&REQ, &answer(3, &[1, 2, 3])).answer, None);
+    }
+
+    #[test]
+    fn frames_finds_every_valid_answer_shaped_frame_in_order() {
+        let a = answer(3, &[1, 2]);
+        let b = answer(9, &[7]);
+        let mut exc = vec![3, 0x84, 0x02];
+        push_crc(&mut exc);
+        let mut buf = vec![0x55, 0x03, 0x04];
+        buf.extend_from_slice(&a);
+        buf.extend_from_slice(&[0xAA]);
+        buf.extend_from_slice(&b);
+        buf.extend_from_slice(&exc);
+        buf.extend_from_slice(&a[..4]); // a frame still arriving
+        let found = frames(&buf);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert_eq!(
+            (found[0].start, found[0].unit, found[0].len),
+            (3, 3, a.len())
+        );
+        assert!(found[0].answers(&REQ));
+        assert_eq!(
+            found[0].decode(&buf[3..3 + a.len()]),
+            Some(Answer::Registers(vec![1, 2]))
+        );
+        assert_eq!(found[1].unit, 9);
+        assert!(!found[1].answers(&REQ));
+        assert!(found[2].answers(&REQ));
+        assert_eq!(found[2].decode(&exc), Some(Answer::Exception(2)));
+        // Wrong byte count from the right unit: a frame, not the answer.
+        let three = answer(3, &[1, 2, 3]);
+        let f = frames(&three);
+        assert_eq!(f.len(), 1);
+        assert!(!f[0].answers(&REQ));
+        // A corrupt answer is no frame, but is seen as one.
+        let mut bad = a.clone();
+        bad[4] ^= 1;
+        assert!(frames(&bad).is_empty());
+        assert!(has_corrupt_answer(&REQ, &bad));
+        assert!(!has_corrupt_answer(&REQ, &a));
+        assert!(!has_corrupt_answer(&REQ, &bad[..bad.len() - 1]));
     }
 
     #[test]
