@@ -52,6 +52,14 @@ impl Ledger {
         self.submitted.push_back(entry);
     }
 
+    /// A submitted publish the client refused after all: take its entry out (the newest
+    /// equal one), so later bindings do not shift.
+    pub fn withdraw(&mut self, entry: Entry) {
+        if let Some(i) = self.submitted.iter().rposition(|e| *e == entry) {
+            self.submitted.remove(i);
+        }
+    }
+
     /// Publishes submitted or in flight (the window to keep under the broker's inflight limit).
     pub fn outstanding(&self) -> usize {
         self.submitted.len() + self.in_flight.len()

@@ -5,8 +5,9 @@
 //!   never cancelled mid-packet; each connection gets a fresh client and event loop, so no
 //!   request or event of a dead connection can leak into the next one (and a stuck client is
 //!   never reused). It backs off 1 s doubling to 60 s, with jitter, between attempts.
-//! - the **publisher** task owns the [`ledger::Ledger`] and the client handle: on every
-//!   ConnAck it publishes the retained `online` birth and subscribes to `cmd`; it feeds queued
+//! - the **publisher** task owns the client handle and a [`publisher::Publisher`], the
+//!   protocol state with the [`ledger::Ledger`] (no I/O, unit-tested): it moves network
+//!   events and time into it and performs the actions it answers. On every ConnAck it publishes the retained `online` birth and subscribes to `cmd`; it feeds queued
 //!   records to the client under the inflight window, acknowledges them in the queue on
 //!   PUBACK, rewinds the queue when a connection drops, publishes `health`, and on a clean
 //!   stop drains the queue, publishes `offline` and disconnects. Telemetry goes out at most
@@ -28,6 +29,7 @@
 
 pub mod ledger;
 pub mod pacer;
+pub mod publisher;
 pub mod session;
 pub mod tls;
 
@@ -39,12 +41,11 @@ use rumqttc::QoS;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use self::ledger::{Entry, Ledger, Resolved};
-use self::pacer::Pacer;
-use self::session::{Client, Event, SessionError, SessionSpec, Will};
+use self::publisher::{Action, Publisher};
+use self::session::{Client, Event, SessionError, SessionSpec, SetupError, Will};
 use crate::backoff::Backoff;
 use crate::config::{BrokerAddress, MqttProtocol};
-use crate::feed::{now_millis, state_payload, Topics};
+use crate::feed::{state_payload, Topics};
 use crate::queue::Queue;
 
 /// After an oversize packet (3.1.1), how soon another one still counts as a repeat: the
@@ -53,10 +54,6 @@ use crate::queue::Queue;
 const OVERSIZE_REPEAT: Duration = Duration::from_secs(5);
 /// The fixed delay before reconnecting after a repeated oversize packet.
 const OVERSIZE_RETRY: Duration = Duration::from_secs(1);
-/// How long a clean stop waits for the queue to drain.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a clean stop waits for the broker to acknowledge `offline`.
-const OFFLINE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the uplink needs to know.
 #[derive(Debug, Clone)]
@@ -167,12 +164,10 @@ impl Uplink {
         stats: Arc<UplinkStats>,
         commands: mpsc::Sender<Vec<u8>>,
         health: Box<dyn Fn() -> Vec<u8> + Send>,
-    ) -> Result<Uplink, String> {
+    ) -> Result<Uplink, SetupError> {
         let tls = match (&config.tls, config.broker.tls) {
-            (Some(files), true) => Some(tls::client_config(files).map_err(|e| e.to_string())?),
-            (None, true) => {
-                return Err(format!("{}: mqtts:// needs [mqtt] ca_file", config.broker));
-            }
+            (Some(files), true) => Some(tls::client_config(files)?),
+            (None, true) => return Err(SetupError::NoCa(config.broker.clone())),
             (_, false) => None,
         };
         let (net_tx, net_rx) = mpsc::unbounded_channel();
@@ -324,6 +319,7 @@ async fn connection_task(
     }
 }
 
+/// The publisher task: moves events into the [`Publisher`] and performs what it answers.
 #[allow(clippy::too_many_arguments)]
 async fn publisher_task(
     config: UplinkConfig,
@@ -335,212 +331,113 @@ async fn publisher_task(
     commands: mpsc::Sender<Vec<u8>>,
     health: Box<dyn Fn() -> Vec<u8> + Send>,
 ) {
+    let settings = publisher::Settings {
+        gw: config.gw.clone(),
+        topics: config.topics.clone(),
+        data_qos: config.data_qos,
+        window: usize::from(config.max_inflight),
+        health_interval: config.health_interval,
+        replay_rate: config.replay_rate,
+    };
+    let mut publisher = Publisher::new(settings, stats, health, Instant::now());
     let mut client: Option<Client> = None;
-    let mut connected = false;
-    let mut ledger = Ledger::new();
-    let mut health_tick = tokio::time::interval(config.health_interval);
-    health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heartbeat_tick = tokio::time::interval(Duration::from_secs(1));
-    let window = usize::from(config.max_inflight);
-    let mut stopping: Option<Instant> = None;
-    let mut offline_sent: Option<Instant> = None;
-    let far = Duration::from_secs(86_400 * 365);
-    let mut pacer = Pacer::new(config.replay_rate, Instant::now());
-
-    loop {
-        let deadline = match (stopping, offline_sent) {
-            (_, Some(t)) => t + OFFLINE_TIMEOUT,
-            (Some(t), None) => t + DRAIN_TIMEOUT,
-            _ => Instant::now() + far,
-        };
-        // Telemetry is waiting only for the pacer: wake up when the next token is due.
-        let paced = connected
-            && offline_sent.is_none()
-            && ledger.outstanding() < window
-            && !pacer.available(Instant::now())
-            && queue.has_unsent_telemetry();
-        let next_token = Instant::now() + pacer.wait(Instant::now());
-        tokio::select! {
+    while !publisher.is_finished() {
+        let wake = publisher.next_wake(Instant::now(), &*queue);
+        let actions = tokio::select! {
             ev = net.recv() => {
                 let Some(ev) = ev else { break };
                 match ev {
                     NetEvent::NewClient(c) => {
                         client = Some(c);
-                        connected = false;
-                        ledger.clear();
+                        publisher.new_session();
+                        Vec::new()
                     }
                     NetEvent::ConnAck => {
-                        connected = true;
-                        stats.connected.store(true, Ordering::Relaxed);
-                        stats.connects.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(broker = %config.broker, "MQTT session up");
-                        if let Some(c) = &client {
-                            let birth = state_payload(&config.gw, true, Some(now_millis()));
-                            match c.try_publish(config.topics.state(), QoS::AtLeastOnce, true, birth) {
-                                Ok(()) => ledger.submitted(Entry::Untracked { offline: false }),
-                                Err(e) => tracing::warn!(error = %e, "cannot publish birth"),
-                            }
-                            if let Err(e) = c.try_subscribe(config.topics.cmd(), QoS::AtLeastOnce) {
-                                tracing::warn!(error = %e, "cannot subscribe to cmd");
-                            }
-                        }
+                        publisher.connected()
                     }
-                    NetEvent::Outgoing(pkid) => {
-                        if let Resolved::Delivered(seq) = ledger.on_outgoing(pkid) {
-                            queue.ack(seq);
-                            stats.published.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    NetEvent::PubAck(pkid, code) if !session::accepted(code) => {
-                        // Not accepted: a record stays queued (sent again after the next
-                        // reconnect); counted, never silently lost.
-                        stats.publish_refused.fetch_add(1, Ordering::Relaxed);
-                        let resolved = ledger.on_puback(pkid);
-                        tracing::warn!(pkid, reason_code = code, record = ?resolved, "the broker refused a publish; it stays queued");
-                        if resolved == Resolved::OfflineDelivered {
-                            if let Some(c) = &client {
-                                let _ = c.try_disconnect();
-                            }
-                        }
-                    }
-                    NetEvent::PubAck(pkid, _) => match ledger.on_puback(pkid) {
-                        Resolved::Delivered(seq) => {
-                            queue.ack(seq);
-                            stats.published.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Resolved::OfflineDelivered => {
-                            if let Some(c) = &client {
-                                let _ = c.try_disconnect();
-                            }
-                        }
-                        Resolved::Nothing => {}
-                    },
-                    NetEvent::Command(payload) => {
-                        stats.commands.fetch_add(1, Ordering::Relaxed);
-                        if commands.try_send(payload).is_err() {
-                            tracing::warn!("command dropped: the command handler is busy");
-                        }
-                    }
-                    NetEvent::Disconnected(reason) => {
-                        let was = connected;
-                        connected = false;
-                        stats.connected.store(false, Ordering::Relaxed);
-                        ledger.clear();
-                        queue.rewind();
-                        if offline_sent.is_some() {
-                            tracing::info!("MQTT session closed cleanly");
-                            break;
-                        }
-                        if was {
-                            tracing::warn!(reason = %reason, "MQTT session lost; unacknowledged messages will be sent again");
-                        }
-                    }
+                    NetEvent::Outgoing(pkid) => publisher.outgoing(pkid),
+                    NetEvent::PubAck(pkid, code) => publisher.puback(pkid, code),
+                    NetEvent::Command(payload) => publisher.command(payload),
+                    NetEvent::Disconnected(reason) => publisher.disconnected(&reason),
                 }
             }
-            _ = queue.wait_ready(), if connected && ledger.outstanding() < window => {}
-            _ = tokio::time::sleep_until(next_token), if paced => {}
-            _ = heartbeat_tick.tick() => config.heartbeat.beat(),
-            _ = health_tick.tick() => {
-                if connected {
-                    if let Some(c) = &client {
-                        if c.try_publish(config.topics.health(), QoS::AtMostOnce, false, health()).is_ok() {
-                            ledger.submitted(Entry::Untracked { offline: false });
-                        }
-                    }
-                }
+            _ = queue.wait_ready(), if publisher.wants_records() => Vec::new(),
+            _ = tokio::time::sleep_until(wake) => Vec::new(),
+            _ = heartbeat_tick.tick() => {
+                config.heartbeat.beat();
+                Vec::new()
             }
-            _ = &mut stop, if stopping.is_none() => {
-                stopping = Some(Instant::now());
+            _ = &mut stop, if !publisher.is_stopping() => {
+                publisher.stop(Instant::now());
+                Vec::new()
             }
-            _ = tokio::time::sleep_until(deadline), if stopping.is_some() => {
-                if offline_sent.is_some() {
-                    tracing::warn!("broker did not acknowledge offline in time");
-                    break;
-                }
-                tracing::warn!(left = queue.depth(now_millis()).messages, "queue not drained before stop; the rest stays for the next start");
-                offline_sent = Some(Instant::now());
-                if !send_offline(&config, client.as_ref(), connected, &mut ledger) {
-                    break;
-                }
-            }
-        }
-
-        if connected && offline_sent.is_none() {
-            pump(
-                &config,
-                client.as_ref(),
-                &queue,
-                &mut ledger,
-                &mut pacer,
-                window,
-                &stats,
-            );
-        }
-        if stopping.is_some() && offline_sent.is_none() && queue.depth(now_millis()).messages == 0 {
-            offline_sent = Some(Instant::now());
-            if !send_offline(&config, client.as_ref(), connected, &mut ledger) {
-                break;
-            }
+        };
+        perform(actions, &mut publisher, client.as_ref(), &queue, &commands);
+        if !publisher.is_finished() {
+            let actions = publisher.tick(Instant::now(), &*queue);
+            perform(actions, &mut publisher, client.as_ref(), &queue, &commands);
         }
     }
     let _ = conn_stop.send(());
     tracing::debug!("uplink stopped");
 }
 
-/// Publishes the clean stop's `offline`; `false` if there is no session to publish it on.
-fn send_offline(
-    config: &UplinkConfig,
-    client: Option<&Client>,
-    connected: bool,
-    ledger: &mut Ledger,
-) -> bool {
-    let Some(c) = client.filter(|_| connected) else {
-        return false;
-    };
-    let offline = state_payload(&config.gw, false, None);
-    match c.try_publish(config.topics.state(), QoS::AtLeastOnce, true, offline) {
-        Ok(()) => {
-            ledger.submitted(Entry::Untracked { offline: true });
-            true
-        }
-        Err(_) => false,
-    }
-}
-
-/// Feeds queued records to the client while the window has room (telemetry as the pacer
-/// allows).
-fn pump(
-    config: &UplinkConfig,
+/// Performs the publisher's actions in order. Once the client refuses a record, the later
+/// records of the same batch are not tried (they would go out of order): they are given
+/// back to the queue too.
+fn perform(
+    actions: Vec<Action>,
+    publisher: &mut Publisher,
     client: Option<&Client>,
     queue: &Queue,
-    ledger: &mut Ledger,
-    pacer: &mut Pacer,
-    window: usize,
-    stats: &UplinkStats,
+    commands: &mpsc::Sender<Vec<u8>>,
 ) {
-    let Some(c) = client else { return };
-    while ledger.outstanding() < window {
-        let Some(record) = queue.next_unsent_if(pacer.available(Instant::now())) else {
-            break;
-        };
-        if record.class == crate::feed::MessageClass::Telemetry {
-            pacer.take();
-        }
-        let qos = match record.class {
-            crate::feed::MessageClass::Telemetry => config.data_qos,
-            crate::feed::MessageClass::Event => QoS::AtLeastOnce,
-        };
-        match c.try_publish(record.topic.clone(), qos, false, record.payload.clone()) {
-            Ok(()) => ledger.submitted(match qos {
-                QoS::AtMostOnce => Entry::RecordAtMostOnce(record.seq),
-                _ => Entry::Record(record.seq),
-            }),
-            Err(e) => {
-                stats.submit_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error = %e, "client busy; will retry");
-                queue.unsend(&record);
-                break;
+    let mut work: std::collections::VecDeque<Action> = actions.into();
+    let mut client_full = false;
+    while let Some(action) = work.pop_front() {
+        match action {
+            Action::Publish(p) => {
+                let sent = match client {
+                    Some(c) if !(client_full && p.record.is_some()) => c
+                        .try_publish(p.topic.clone(), p.qos, p.retain, p.payload.clone())
+                        .map_err(|e| {
+                            if p.record.is_some() {
+                                tracing::debug!(error = %e, "client busy; will retry");
+                            } else {
+                                tracing::warn!(topic = %p.topic, error = %e, "cannot publish");
+                            }
+                        })
+                        .is_ok(),
+                    _ => false,
+                };
+                if !sent {
+                    client_full |= p.record.is_some();
+                    for a in publisher.client_refused(&p).into_iter().rev() {
+                        work.push_front(a);
+                    }
+                }
             }
+            Action::Subscribe(filter) => {
+                if let Some(Err(e)) = client.map(|c| c.try_subscribe(filter, QoS::AtLeastOnce)) {
+                    tracing::warn!(error = %e, "cannot subscribe to cmd");
+                }
+            }
+            Action::Ack(seq) => queue.ack(seq),
+            Action::Unsend(record) => queue.unsend(&record),
+            Action::Rewind => queue.rewind(),
+            Action::Command(payload) => {
+                if commands.try_send(payload).is_err() {
+                    tracing::warn!("command dropped: the command handler is busy");
+                }
+            }
+            Action::Disconnect => {
+                if let Some(c) = client {
+                    let _ = c.try_disconnect();
+                }
+            }
+            Action::Finish => {}
         }
     }
 }

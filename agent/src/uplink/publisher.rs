@@ -1,0 +1,427 @@
+//! The publisher as protocol state: what to do on each network event, with no I/O.
+//!
+//! In the style of rumqttc's `MqttState`: [`Publisher`] has one method per event (a new
+//! session, ConnAck, `Outgoing::Publish(pkid)`, PUBACK, a command, the session's end, a tick
+//! of the clock, the stop request), and each returns the [`Action`]s to take: publish these
+//! records, the birth, health or `offline`; subscribe to `cmd`; acknowledge `seq`s in the
+//! queue; rewind it; hand a command on; disconnect; finish. The task in [`super`] only moves
+//! bytes and time: it performs the actions with the client and the queue, and feeds the
+//! client's refusals back ([`Publisher::client_refused`]). Time comes in as an argument, so
+//! the rules are unit-tested without a broker or a clock.
+//!
+//! The rules (see [`super::ledger`] for the packet-id bookkeeping):
+//! - every ConnAck publishes the retained `online` birth and subscribes to `cmd`;
+//! - no more than `window` publishes are submitted or in flight at once;
+//! - a PUBACK acknowledges exactly the record its pkid was bound to, and only if its reason
+//!   code is a success (MQTT 5: below 0x80); a refusal is counted and the record stays queued;
+//! - the end of a session forgets the pkid map and rewinds the queue to the oldest
+//!   unacknowledged record;
+//! - events go before telemetry, and only telemetry is paced (`replay_rate`);
+//! - `health` goes out on its interval while a session is up;
+//! - a clean stop drains the queue (at most [`DRAIN_TIMEOUT`]), publishes `offline`, waits for
+//!   its PUBACK (at most [`OFFLINE_TIMEOUT`]), then disconnects and finishes.
+//!
+//! The queue is read through [`Backlog`] (memory only: which record is next); everything the
+//! publisher changes in it is an action.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::QoS;
+use tokio::time::Instant;
+
+use super::ledger::{Entry, Ledger, Resolved};
+use super::pacer::Pacer;
+use super::session;
+use super::UplinkStats;
+use crate::feed::{now_millis, state_payload, MessageClass, Topics};
+use crate::queue::{Queue, Record};
+
+/// How long a clean stop waits for the queue to drain.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a clean stop waits for the broker to acknowledge `offline`.
+pub const OFFLINE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the publisher reads from the queue (its in-memory state; no disk I/O).
+pub trait Backlog {
+    /// The next record to send (events first); telemetry only if `telemetry`. It counts as
+    /// handed out until [`Action::Rewind`] or [`Action::Unsend`].
+    fn next_unsent_if(&self, telemetry: bool) -> Option<Arc<Record>>;
+    /// Is released telemetry waiting to be handed out?
+    fn has_unsent_telemetry(&self) -> bool;
+    /// Messages not yet acknowledged (handed out or not).
+    fn waiting(&self) -> usize;
+}
+
+impl Backlog for Queue {
+    fn next_unsent_if(&self, telemetry: bool) -> Option<Arc<Record>> {
+        Queue::next_unsent_if(self, telemetry)
+    }
+    fn has_unsent_telemetry(&self) -> bool {
+        Queue::has_unsent_telemetry(self)
+    }
+    fn waiting(&self) -> usize {
+        self.depth(now_millis()).messages
+    }
+}
+
+/// One publish to submit with `try_publish`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publish {
+    /// Topic.
+    pub topic: String,
+    /// QoS.
+    pub qos: QoS,
+    /// Retained?
+    pub retain: bool,
+    /// Payload.
+    pub payload: Vec<u8>,
+    /// What the ledger recorded for it.
+    pub entry: Entry,
+    /// The queued record it carries, if any (given back with [`Action::Unsend`] if the client
+    /// refuses it).
+    pub record: Option<Arc<Record>>,
+}
+
+/// What the task must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Submit this publish (already in the ledger).
+    Publish(Publish),
+    /// Subscribe to this filter, QoS 1.
+    Subscribe(String),
+    /// The broker has record `seq`: acknowledge it in the queue.
+    Ack(u64),
+    /// The record was not submitted after all: due again.
+    Unsend(Arc<Record>),
+    /// The session is gone: every unacknowledged record is due again.
+    Rewind,
+    /// A message received on `cmd`, for the command handler.
+    Command(Vec<u8>),
+    /// Send DISCONNECT.
+    Disconnect,
+    /// The publisher is done (clean stop complete, or no session to finish it on).
+    Finish,
+}
+
+/// The publisher's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Gateway id (in the state payloads).
+    pub gw: String,
+    /// Topic names.
+    pub topics: Topics,
+    /// QoS of telemetry.
+    pub data_qos: QoS,
+    /// Most publishes submitted or in flight.
+    pub window: usize,
+    /// How often `health` goes out.
+    pub health_interval: Duration,
+    /// Telemetry per second (0 = no limit).
+    pub replay_rate: u32,
+}
+
+/// The publisher's state.
+pub struct Publisher {
+    settings: Settings,
+    stats: Arc<UplinkStats>,
+    health: Box<dyn Fn() -> Vec<u8> + Send>,
+    ledger: Ledger,
+    pacer: Pacer,
+    connected: bool,
+    next_health: Instant,
+    stopping: Option<Instant>,
+    offline_sent: Option<Instant>,
+    finished: bool,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("connected", &self.connected)
+            .field("outstanding", &self.ledger.outstanding())
+            .field("stopping", &self.stopping)
+            .field("offline_sent", &self.offline_sent)
+            .field("finished", &self.finished)
+            .finish()
+    }
+}
+
+impl Publisher {
+    /// A publisher with no session yet; `health` builds the health payload when it is due
+    /// (first one interval after `now`).
+    pub fn new(
+        settings: Settings,
+        stats: Arc<UplinkStats>,
+        health: Box<dyn Fn() -> Vec<u8> + Send>,
+        now: Instant,
+    ) -> Publisher {
+        Publisher {
+            pacer: Pacer::new(settings.replay_rate, now),
+            next_health: now + settings.health_interval,
+            settings,
+            stats,
+            health,
+            ledger: Ledger::new(),
+            connected: false,
+            stopping: None,
+            offline_sent: None,
+            finished: false,
+        }
+    }
+
+    /// Is a session up?
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// Has a stop been asked for?
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.is_some()
+    }
+
+    /// Is the publisher done?
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Publishes submitted or in flight.
+    pub fn outstanding(&self) -> usize {
+        self.ledger.outstanding()
+    }
+
+    /// Would the publisher take more records now (wake it when the queue has some)?
+    pub fn wants_records(&self) -> bool {
+        self.connected && self.offline_sent.is_none() && self.ledger.outstanding() < self.window()
+    }
+
+    fn window(&self) -> usize {
+        self.settings.window.max(1)
+    }
+
+    /// A new connection attempt with a fresh client: nothing of the old one counts.
+    pub fn new_session(&mut self) {
+        self.connected = false;
+        self.ledger.clear();
+    }
+
+    /// ConnAck: publish the birth and subscribe to `cmd`.
+    pub fn connected(&mut self) -> Vec<Action> {
+        self.connected = true;
+        self.stats.connected.store(true, Ordering::Relaxed);
+        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        let birth = state_payload(&self.settings.gw, true, Some(now_millis()));
+        let entry = Entry::Untracked { offline: false };
+        self.ledger.submitted(entry);
+        vec![
+            Action::Publish(Publish {
+                topic: self.settings.topics.state(),
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                payload: birth,
+                entry,
+                record: None,
+            }),
+            Action::Subscribe(self.settings.topics.cmd()),
+        ]
+    }
+
+    /// `Outgoing::Publish(pkid)`: bind the pkid (a QoS 0 record is done at once).
+    pub fn outgoing(&mut self, pkid: u16) -> Vec<Action> {
+        match self.ledger.on_outgoing(pkid) {
+            Resolved::Delivered(seq) => self.delivered(seq),
+            _ => Vec::new(),
+        }
+    }
+
+    /// PUBACK for `pkid` with reason `code` (0 with 3.1.1).
+    pub fn puback(&mut self, pkid: u16, code: u8) -> Vec<Action> {
+        let resolved = self.ledger.on_puback(pkid);
+        if !session::accepted(code) {
+            // Not accepted: the record stays queued (sent again after the next reconnect);
+            // counted, never silently lost.
+            self.stats.publish_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(pkid, reason_code = code, record = ?resolved, "the broker refused a publish; it stays queued");
+            return match resolved {
+                Resolved::OfflineDelivered => vec![Action::Disconnect],
+                _ => Vec::new(),
+            };
+        }
+        match resolved {
+            Resolved::Delivered(seq) => self.delivered(seq),
+            Resolved::OfflineDelivered => vec![Action::Disconnect],
+            Resolved::Nothing => Vec::new(),
+        }
+    }
+
+    fn delivered(&mut self, seq: u64) -> Vec<Action> {
+        self.stats.published.fetch_add(1, Ordering::Relaxed);
+        vec![Action::Ack(seq)]
+    }
+
+    /// A message arrived on `cmd`.
+    pub fn command(&mut self, payload: Vec<u8>) -> Vec<Action> {
+        self.stats.commands.fetch_add(1, Ordering::Relaxed);
+        vec![Action::Command(payload)]
+    }
+
+    /// The session ended (`reason` for the log): rewind; finish if this was the clean stop.
+    pub fn disconnected(&mut self, reason: &str) -> Vec<Action> {
+        let was = self.connected;
+        self.connected = false;
+        self.stats.connected.store(false, Ordering::Relaxed);
+        self.ledger.clear();
+        let mut actions = vec![Action::Rewind];
+        if self.offline_sent.is_some() {
+            tracing::info!("MQTT session closed cleanly");
+            self.finished = true;
+            actions.push(Action::Finish);
+        } else if was {
+            tracing::warn!(reason = %reason, "MQTT session lost; unacknowledged messages will be sent again");
+        }
+        actions
+    }
+
+    /// A clean stop was asked for: drain from now on ([`Publisher::tick`] does the rest).
+    pub fn stop(&mut self, now: Instant) {
+        self.stopping.get_or_insert(now);
+    }
+
+    /// The client refused a publish from the last actions (its request queue is full): take
+    /// it out of the ledger; a record is due again, a refused `offline` ends the stop.
+    pub fn client_refused(&mut self, publish: &Publish) -> Vec<Action> {
+        self.ledger.withdraw(publish.entry);
+        match (&publish.record, publish.entry) {
+            (Some(record), _) => {
+                self.stats.submit_errors.fetch_add(1, Ordering::Relaxed);
+                vec![Action::Unsend(record.clone())]
+            }
+            (None, Entry::Untracked { offline: true }) => {
+                self.finished = true;
+                vec![Action::Finish]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        match (self.stopping, self.offline_sent) {
+            (_, Some(t)) => Some(t + OFFLINE_TIMEOUT),
+            (Some(t), None) => Some(t + DRAIN_TIMEOUT),
+            _ => None,
+        }
+    }
+
+    /// When [`Publisher::tick`] has something to do next, at the latest (health, the next
+    /// pacing token while telemetry waits for it, a stop's deadline).
+    pub fn next_wake(&mut self, now: Instant, backlog: &dyn Backlog) -> Instant {
+        let mut wake = self.next_health;
+        if let Some(deadline) = self.deadline() {
+            wake = wake.min(deadline);
+        }
+        if self.wants_records() && !self.pacer.available(now) && backlog.has_unsent_telemetry() {
+            wake = wake.min(now + self.pacer.wait(now));
+        }
+        wake
+    }
+
+    /// The clock moved or the queue changed: stop deadlines, health, feeding the window,
+    /// the end of a drain.
+    pub fn tick(&mut self, now: Instant, backlog: &dyn Backlog) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.finished {
+            return actions;
+        }
+        if self.deadline().is_some_and(|d| now >= d) {
+            if self.offline_sent.is_some() {
+                tracing::warn!("broker did not acknowledge offline in time");
+                self.finished = true;
+                actions.push(Action::Finish);
+                return actions;
+            }
+            tracing::warn!(
+                left = backlog.waiting(),
+                "queue not drained before stop; the rest stays for the next start"
+            );
+            self.send_offline(now, &mut actions);
+            if self.finished {
+                return actions;
+            }
+        }
+        if now >= self.next_health {
+            self.next_health = now + self.settings.health_interval;
+            if self.connected && self.offline_sent.is_none() {
+                let entry = Entry::Untracked { offline: false };
+                self.ledger.submitted(entry);
+                actions.push(Action::Publish(Publish {
+                    topic: self.settings.topics.health(),
+                    qos: QoS::AtMostOnce,
+                    retain: false,
+                    payload: (self.health)(),
+                    entry,
+                    record: None,
+                }));
+            }
+        }
+        if self.connected && self.offline_sent.is_none() {
+            self.pump(now, backlog, &mut actions);
+        }
+        if self.stopping.is_some() && self.offline_sent.is_none() && backlog.waiting() == 0 {
+            self.send_offline(now, &mut actions);
+        }
+        actions
+    }
+
+    /// Records to the window while it has room (telemetry as the pacer allows).
+    fn pump(&mut self, now: Instant, backlog: &dyn Backlog, actions: &mut Vec<Action>) {
+        while self.ledger.outstanding() < self.window() {
+            let Some(record) = backlog.next_unsent_if(self.pacer.available(now)) else {
+                break;
+            };
+            let qos = match record.class {
+                MessageClass::Telemetry => {
+                    self.pacer.take();
+                    self.settings.data_qos
+                }
+                MessageClass::Event => QoS::AtLeastOnce,
+            };
+            let entry = match qos {
+                QoS::AtMostOnce => Entry::RecordAtMostOnce(record.seq),
+                _ => Entry::Record(record.seq),
+            };
+            self.ledger.submitted(entry);
+            actions.push(Action::Publish(Publish {
+                topic: record.topic.clone(),
+                qos,
+                retain: false,
+                payload: record.payload.clone(),
+                entry,
+                record: Some(record),
+            }));
+        }
+    }
+
+    /// The clean stop's retained `offline`, or the end if there is no session for it.
+    fn send_offline(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        self.offline_sent = Some(now);
+        if !self.connected {
+            self.finished = true;
+            actions.push(Action::Finish);
+            return;
+        }
+        let entry = Entry::Untracked { offline: true };
+        self.ledger.submitted(entry);
+        actions.push(Action::Publish(Publish {
+            topic: self.settings.topics.state(),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            payload: state_payload(&self.settings.gw, false, None),
+            entry,
+            record: None,
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests;

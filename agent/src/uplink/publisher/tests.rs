@@ -1,0 +1,433 @@
+//! The publisher's rules, without a broker: a small in-memory backlog stands in for the queue
+//! (it applies the acks, rewinds and unsends the publisher asks for).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use super::*;
+
+/// An in-memory backlog: records by seq with a "handed out" flag, events first.
+#[derive(Default)]
+struct Fake {
+    records: RefCell<BTreeMap<u64, (Arc<Record>, bool)>>,
+}
+
+impl Fake {
+    fn with(classes: &[MessageClass]) -> Fake {
+        let f = Fake::default();
+        for (i, class) in classes.iter().enumerate() {
+            f.add(i as u64 + 1, *class);
+        }
+        f
+    }
+
+    fn add(&self, seq: u64, class: MessageClass) {
+        let record = Record {
+            seq,
+            class,
+            topic: format!("t/{seq}"),
+            payload: format!("p{seq}").into_bytes(),
+            queued_at: 0,
+        };
+        self.records
+            .borrow_mut()
+            .insert(seq, (Arc::new(record), false));
+    }
+
+    /// Applies the queue's share of `actions`; returns the publishes in order.
+    fn apply(&self, actions: &[Action]) -> Vec<Publish> {
+        let mut out = Vec::new();
+        for a in actions {
+            match a {
+                Action::Publish(p) => out.push(p.clone()),
+                Action::Ack(seq) => {
+                    self.records.borrow_mut().remove(seq);
+                }
+                Action::Rewind => self
+                    .records
+                    .borrow_mut()
+                    .values_mut()
+                    .for_each(|r| r.1 = false),
+                Action::Unsend(r) => {
+                    if let Some(slot) = self.records.borrow_mut().get_mut(&r.seq) {
+                        slot.1 = false;
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+impl Backlog for Fake {
+    fn next_unsent_if(&self, telemetry: bool) -> Option<Arc<Record>> {
+        let mut records = self.records.borrow_mut();
+        let pick = |class: MessageClass, records: &BTreeMap<u64, (Arc<Record>, bool)>| {
+            records
+                .iter()
+                .find(|(_, (r, sent))| !sent && r.class == class)
+                .map(|(&seq, _)| seq)
+        };
+        let seq = pick(MessageClass::Event, &records).or_else(|| {
+            telemetry
+                .then(|| pick(MessageClass::Telemetry, &records))
+                .flatten()
+        })?;
+        let slot = records.get_mut(&seq)?;
+        slot.1 = true;
+        Some(slot.0.clone())
+    }
+    fn has_unsent_telemetry(&self) -> bool {
+        self.records
+            .borrow()
+            .values()
+            .any(|(r, sent)| !sent && r.class == MessageClass::Telemetry)
+    }
+    fn waiting(&self) -> usize {
+        self.records.borrow().len()
+    }
+}
+
+const T: MessageClass = MessageClass::Telemetry;
+const E: MessageClass = MessageClass::Event;
+
+fn settings(window: usize, replay_rate: u32) -> Settings {
+    Settings {
+        gw: "gw-1".into(),
+        topics: Topics::new("r", "gw-1"),
+        data_qos: QoS::AtLeastOnce,
+        window,
+        health_interval: Duration::from_secs(10),
+        replay_rate,
+    }
+}
+
+fn publisher(window: usize, replay_rate: u32, t0: Instant) -> (Publisher, Arc<UplinkStats>) {
+    let stats = Arc::new(UplinkStats::default());
+    let p = Publisher::new(
+        settings(window, replay_rate),
+        stats.clone(),
+        Box::new(|| b"{\"health\":1}".to_vec()),
+        t0,
+    );
+    (p, stats)
+}
+
+/// A connected publisher whose birth has left (pkid 1) and been acknowledged.
+fn online(window: usize, replay_rate: u32, t0: Instant) -> (Publisher, Arc<UplinkStats>) {
+    let (mut p, stats) = publisher(window, replay_rate, t0);
+    p.new_session();
+    p.connected();
+    p.outgoing(1);
+    p.puback(1, 0);
+    assert_eq!(p.outstanding(), 0);
+    (p, stats)
+}
+
+fn seqs(publishes: &[Publish]) -> Vec<u64> {
+    publishes
+        .iter()
+        .filter_map(|p| p.record.as_ref().map(|r| r.seq))
+        .collect()
+}
+
+/// Binds the publishes' pkids in order from `first`; returns the pkid of each record seq.
+fn go_out(p: &mut Publisher, q: &Fake, publishes: &[Publish], first: u16) -> Vec<(u64, u16)> {
+    let mut map = Vec::new();
+    for (i, pb) in publishes.iter().enumerate() {
+        let pkid = first + i as u16;
+        q.apply(&p.outgoing(pkid));
+        if let Some(r) = &pb.record {
+            map.push((r.seq, pkid));
+        }
+    }
+    map
+}
+
+#[test]
+fn every_connack_publishes_the_birth_and_subscribes() {
+    let t0 = Instant::now();
+    let (mut p, stats) = publisher(10, 0, t0);
+    for round in 1..=3u64 {
+        p.new_session();
+        let actions = p.connected();
+        let Action::Publish(birth) = &actions[0] else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(
+            (birth.topic.as_str(), birth.qos, birth.retain),
+            ("r/gw-1/state", QoS::AtLeastOnce, true)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&birth.payload).expect("json");
+        assert_eq!(v["state"], "online", "{v}");
+        assert_eq!(actions[1], Action::Subscribe("r/gw-1/cmd".into()));
+        assert!(p.is_connected());
+        assert_eq!(stats.connects.load(Ordering::Relaxed), round);
+        p.disconnected("test");
+        assert!(!p.is_connected());
+    }
+}
+
+#[test]
+fn the_inflight_window_is_never_exceeded() {
+    let t0 = Instant::now();
+    let (mut p, _) = online(4, 0, t0);
+    let q = Fake::with(&[T; 20]);
+    let first = q.apply(&p.tick(t0, &q));
+    assert_eq!(seqs(&first), vec![1, 2, 3, 4]);
+    assert_eq!(p.outstanding(), 4);
+    assert!(!p.wants_records());
+    assert!(
+        q.apply(&p.tick(t0, &q)).is_empty(),
+        "a full window takes nothing"
+    );
+    // Two leave and one is acknowledged: exactly one slot frees.
+    let map = go_out(&mut p, &q, &first[..2], 10);
+    q.apply(&p.puback(map[0].1, 0));
+    let next = q.apply(&p.tick(t0, &q));
+    assert_eq!(seqs(&next), vec![5]);
+    assert_eq!(p.outstanding(), 4);
+    // Health counts against the window too.
+    let (mut p, _) = online(2, 0, t0);
+    let q = Fake::with(&[T; 5]);
+    let out = q.apply(&p.tick(t0 + Duration::from_secs(10), &q));
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(out[0].topic, "r/gw-1/health");
+    assert_eq!(seqs(&out), vec![1]);
+}
+
+#[test]
+fn a_puback_acknowledges_exactly_the_mapped_record() {
+    let t0 = Instant::now();
+    let (mut p, stats) = online(10, 0, t0);
+    let q = Fake::with(&[T, T, E]);
+    let out = q.apply(&p.tick(t0, &q));
+    assert_eq!(seqs(&out), vec![3, 1, 2], "events first");
+    let map = go_out(&mut p, &q, &out, 7); // 3 -> 7, 1 -> 8, 2 -> 9
+    assert_eq!(map, vec![(3, 7), (1, 8), (2, 9)]);
+    assert_eq!(p.puback(9, 0), vec![Action::Ack(2)]);
+    assert_eq!(p.puback(7, 0), vec![Action::Ack(3)]);
+    assert_eq!(p.puback(7, 0), vec![], "a duplicate acks nothing");
+    assert_eq!(p.puback(42, 0), vec![], "an unknown pkid acks nothing");
+    assert_eq!(stats.published.load(Ordering::Relaxed), 2);
+    assert_eq!(p.outstanding(), 1);
+}
+
+#[test]
+fn a_refused_puback_does_not_ack() {
+    let t0 = Instant::now();
+    let (mut p, stats) = online(10, 0, t0);
+    let q = Fake::with(&[T, T]);
+    let out = q.apply(&p.tick(t0, &q));
+    go_out(&mut p, &q, &out, 1);
+    assert_eq!(p.puback(1, 0x87), vec![], "not authorized: stays queued");
+    let acked = p.puback(2, 0x10);
+    assert_eq!(acked, vec![Action::Ack(2)], "no subscribers is success");
+    q.apply(&acked);
+    assert_eq!(stats.publish_refused.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.published.load(Ordering::Relaxed), 1);
+    // It goes again after the next session.
+    q.apply(&p.disconnected("test"));
+    p.new_session();
+    q.apply(&p.connected());
+    let again = q.apply(&p.tick(t0, &q));
+    assert_eq!(seqs(&again), vec![1]);
+}
+
+#[test]
+fn a_disconnect_rewinds_and_forgets_the_pkid_map() {
+    let t0 = Instant::now();
+    let (mut p, stats) = online(10, 0, t0);
+    let q = Fake::with(&[T, T, T]);
+    let out = q.apply(&p.tick(t0, &q));
+    go_out(&mut p, &q, &out, 1);
+    q.apply(&p.puback(2, 0)); // seq 2 done
+    let actions = p.disconnected("reset");
+    assert_eq!(actions, vec![Action::Rewind]);
+    q.apply(&actions);
+    assert!(!p.is_finished());
+    assert_eq!(p.outstanding(), 0);
+    assert!(!stats.connected.load(Ordering::Relaxed));
+    assert!(
+        q.apply(&p.tick(t0, &q)).is_empty(),
+        "nothing goes without a session"
+    );
+    // A late PUBACK of the old session acknowledges nothing.
+    assert_eq!(p.puback(1, 0), vec![]);
+    p.new_session();
+    let birth = q.apply(&p.connected());
+    let out = q.apply(&p.tick(t0, &q));
+    assert_eq!(seqs(&out), vec![1, 3], "from the oldest unacknowledged");
+    // The new session binds its own pkids: birth 1, seq 1 -> 2, seq 3 -> 3.
+    go_out(&mut p, &q, &birth, 1);
+    let map = go_out(&mut p, &q, &out, 2);
+    assert_eq!(map, vec![(1, 2), (3, 3)]);
+    assert_eq!(p.puback(3, 0), vec![Action::Ack(3)]);
+}
+
+#[test]
+fn events_go_before_telemetry_and_only_telemetry_is_paced() {
+    let t0 = Instant::now();
+    // 10/s: a burst of one token, then one every 100 ms.
+    let (mut p, _) = online(100, 10, t0);
+    let q = Fake::with(&[T, T, T, E, E, E]);
+    let out = q.apply(&p.tick(t0, &q));
+    assert_eq!(seqs(&out), vec![4, 5, 6, 1], "every event, one telemetry");
+    let wake = p.next_wake(t0, &q);
+    assert!(
+        wake > t0 + Duration::from_millis(50) && wake <= t0 + Duration::from_millis(101),
+        "the next token: {:?}",
+        wake - t0
+    );
+    q.add(7, E);
+    let out = q.apply(&p.tick(t0 + Duration::from_millis(10), &q));
+    assert_eq!(
+        seqs(&out),
+        vec![7],
+        "a new event does not wait for the pacer"
+    );
+    let out = q.apply(&p.tick(t0 + Duration::from_millis(110), &q));
+    assert_eq!(seqs(&out), vec![2]);
+    let out = q.apply(&p.tick(t0 + Duration::from_millis(150), &q));
+    assert!(out.is_empty());
+    let out = q.apply(&p.tick(t0 + Duration::from_millis(220), &q));
+    assert_eq!(seqs(&out), vec![3]);
+}
+
+#[test]
+fn health_goes_out_on_its_interval_while_connected() {
+    let t0 = Instant::now();
+    let (mut p, _) = publisher(10, 0, t0);
+    let q = Fake::default();
+    assert_eq!(p.next_wake(t0, &q), t0 + Duration::from_secs(10));
+    assert!(
+        p.tick(t0 + Duration::from_secs(10), &q).is_empty(),
+        "no session, no health"
+    );
+    p.new_session();
+    p.connected();
+    assert!(
+        p.tick(t0 + Duration::from_secs(15), &q).is_empty(),
+        "not due"
+    );
+    let out = q.apply(&p.tick(t0 + Duration::from_secs(20), &q));
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (
+            out[0].topic.as_str(),
+            out[0].qos,
+            out[0].retain,
+            &out[0].payload[..]
+        ),
+        (
+            "r/gw-1/health",
+            QoS::AtMostOnce,
+            false,
+            &b"{\"health\":1}"[..]
+        )
+    );
+    assert!(p.tick(t0 + Duration::from_secs(29), &q).is_empty());
+    assert_eq!(q.apply(&p.tick(t0 + Duration::from_secs(30), &q)).len(), 1);
+    // QoS 0 health takes its place in the FIFO: the next record binds correctly.
+    q.add(1, T);
+    let out = q.apply(&p.tick(t0 + Duration::from_secs(31), &q));
+    p.outgoing(2); // birth
+    p.outgoing(0); // health at 20 s
+    p.outgoing(0); // health at 30 s
+    let map = go_out(&mut p, &q, &out, 3);
+    assert_eq!(p.puback(map[0].1, 0), vec![Action::Ack(1)]);
+}
+
+#[test]
+fn a_clean_stop_drains_publishes_offline_and_disconnects() {
+    let t0 = Instant::now();
+    let (mut p, _) = online(10, 0, t0);
+    let q = Fake::with(&[T, E]);
+    p.stop(t0);
+    let out = q.apply(&p.tick(t0, &q));
+    assert_eq!(seqs(&out), vec![2, 1], "the queue drains first");
+    let map = go_out(&mut p, &q, &out, 1);
+    q.apply(&p.puback(map[0].1, 0));
+    assert!(
+        q.apply(&p.tick(t0, &q)).is_empty(),
+        "one still unacknowledged"
+    );
+    q.apply(&p.puback(map[1].1, 0));
+    let out = q.apply(&p.tick(t0, &q));
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (out[0].topic.as_str(), out[0].retain, out[0].qos),
+        ("r/gw-1/state", true, QoS::AtLeastOnce)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out[0].payload).expect("json");
+    assert_eq!(v["state"], "offline", "{v}");
+    assert!(!p.wants_records(), "nothing more after offline");
+    p.outgoing(9);
+    assert_eq!(p.puback(9, 0), vec![Action::Disconnect]);
+    assert!(!p.is_finished());
+    assert_eq!(
+        p.disconnected("clean stop"),
+        vec![Action::Rewind, Action::Finish]
+    );
+    assert!(p.is_finished());
+}
+
+#[test]
+fn a_stop_that_cannot_drain_gives_up_in_bounded_time() {
+    let t0 = Instant::now();
+    let (mut p, _) = online(10, 0, t0);
+    let q = Fake::with(&[T]);
+    p.stop(t0);
+    let out = q.apply(&p.tick(t0, &q));
+    go_out(&mut p, &q, &out, 1); // never acknowledged
+    assert_eq!(p.next_wake(t0, &q), t0 + DRAIN_TIMEOUT);
+    assert!(q
+        .apply(&p.tick(t0 + DRAIN_TIMEOUT - Duration::from_millis(1), &q))
+        .is_empty());
+    let out = q.apply(&p.tick(t0 + DRAIN_TIMEOUT, &q));
+    assert_eq!(out.len(), 1, "offline after the drain timeout");
+    assert_eq!(out[0].entry, Entry::Untracked { offline: true });
+    let then = t0 + DRAIN_TIMEOUT;
+    assert_eq!(p.next_wake(then, &q), then + OFFLINE_TIMEOUT);
+    assert_eq!(p.tick(then + OFFLINE_TIMEOUT, &q), vec![Action::Finish]);
+    assert!(p.is_finished());
+    // Without a session there is nothing to drain into: finish at the drain deadline.
+    let (mut p, _) = publisher(10, 0, t0);
+    p.stop(t0);
+    assert!(p.tick(t0, &q).is_empty());
+    assert_eq!(p.tick(t0 + DRAIN_TIMEOUT, &q), vec![Action::Finish]);
+}
+
+#[test]
+fn a_publish_the_client_refuses_is_due_again_and_leaves_the_ledger() {
+    let t0 = Instant::now();
+    let (mut p, stats) = online(10, 0, t0);
+    let q = Fake::with(&[T, T]);
+    let out = q.apply(&p.tick(t0, &q));
+    assert_eq!(p.outstanding(), 2);
+    // The first went, the second was refused by the client.
+    let refused = p.client_refused(&out[1]);
+    assert!(
+        matches!(&refused[..], [Action::Unsend(r)] if r.seq == 2),
+        "{refused:?}"
+    );
+    q.apply(&refused);
+    assert_eq!(p.outstanding(), 1);
+    assert_eq!(stats.submit_errors.load(Ordering::Relaxed), 1);
+    assert_eq!(p.outgoing(5), vec![]);
+    assert_eq!(p.puback(5, 0), vec![Action::Ack(1)], "binding not shifted");
+    let again = q.apply(&p.tick(t0, &q));
+    assert_eq!(seqs(&again), vec![2]);
+}
+
+#[test]
+fn commands_are_handed_on_and_counted() {
+    let t0 = Instant::now();
+    let (mut p, stats) = online(10, 0, t0);
+    assert_eq!(
+        p.command(b"{}".to_vec()),
+        vec![Action::Command(b"{}".to_vec())]
+    );
+    assert_eq!(stats.commands.load(Ordering::Relaxed), 1);
+}
