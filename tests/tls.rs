@@ -1,8 +1,9 @@
 //! The secure uplink (issue 7) against a real Mosquitto started by each test on free loopback
 //! ports: a TLS listener with `require_certificate true` for the agent, and a plain listener
-//! for the platform-like subscriber. Every certificate is generated at test time with rcgen
-//! (a CA, the broker's certificate for 127.0.0.1, the gateway's client certificate, and
-//! impostors: a second CA, a broker certificate for another name).
+//! for the platform-like subscriber (the rig: `towerlink_e2e::tls`). Every certificate is
+//! generated at test time with rcgen (a CA, the broker's certificate for 127.0.0.1, the
+//! gateway's client certificate, and impostors: a second CA, a broker certificate for
+//! another name).
 //!
 //! Covered: the agent connects with its client certificate and publishes (birth and data from
 //! a simulated panel node); without a client certificate, with one from another CA, against a
@@ -13,366 +14,22 @@
 //! a password file and a client key ever shows the password or the key.
 
 use std::collections::BTreeSet;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
-};
-use towerlink_e2e::mosquitto::SessionSubscriber;
-use towerlink_e2e::{unique_gw, wait_until, AgentProcess, Received};
-use towerlink_sim::virtual_node::{spawn_tower, VirtualNode};
-use towerlink_sim_chips::Scenario;
+use anyhow::{ensure, Context};
+use towerlink_e2e::tls::{mosquitto_password_file, Pki, Rig};
+use towerlink_e2e::{wait_until, AgentProcess, Received};
 
-/// A CA that signs certificates.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-/// A certificate and its key, as PEM.
-struct Issued {
-    cert_pem: String,
-    key_pem: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> anyhow::Result<Ca> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let cert = params.self_signed(&key)?;
-        Ok(Ca { cert, key })
-    }
-
-    fn issue(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> anyhow::Result<Issued> {
-        let key = KeyPair::generate()?;
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names.first().copied().unwrap_or("gw"));
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &self.cert, &self.key)?;
-        Ok(Issued {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
-    }
-
-    fn pem(&self) -> String {
-        self.cert.pem()
-    }
-}
-
-/// All the certificates of a test, written under `dir`.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new(dir: &Path) -> anyhow::Result<Pki> {
-        std::fs::create_dir_all(dir)?;
-        let ca = Ca::new("towerlink test CA")?;
-        let impostor = Ca::new("impostor CA")?;
-        let write = |name: &str, text: &str| -> anyhow::Result<()> {
-            use std::os::unix::fs::PermissionsExt;
-            let path = dir.join(name);
-            std::fs::write(&path, text)?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-            Ok(())
-        };
-        write("ca.pem", &ca.pem())?;
-        let pairs = [
-            (
-                "server",
-                ca.issue(
-                    &["127.0.0.1", "localhost"],
-                    ExtendedKeyUsagePurpose::ServerAuth,
-                )?,
-            ),
-            (
-                "server-other-name",
-                ca.issue(&["other.example"], ExtendedKeyUsagePurpose::ServerAuth)?,
-            ),
-            (
-                "server-impostor",
-                impostor.issue(&["127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth)?,
-            ),
-            (
-                "client",
-                ca.issue(&["sh-ja-0001"], ExtendedKeyUsagePurpose::ClientAuth)?,
-            ),
-            (
-                "client-impostor",
-                impostor.issue(&["sh-ja-0001"], ExtendedKeyUsagePurpose::ClientAuth)?,
-            ),
-        ];
-        for (name, issued) in pairs {
-            write(&format!("{name}.pem"), &issued.cert_pem)?;
-            write(&format!("{name}.key"), &issued.key_pem)?;
-        }
-        Ok(Pki {
-            dir: dir.to_owned(),
-        })
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    /// Installs `<name>.pem` / `<name>.key` as the gateway's `gw.pem` / `gw.key` (by rename,
-    /// so the agent never reads half a file).
-    fn install_client(&self, name: &str) -> anyhow::Result<()> {
-        for ext in ["pem", "key"] {
-            let tmp = self.path(&format!("gw.{ext}.tmp"));
-            std::fs::copy(self.path(&format!("{name}.{ext}")), &tmp)?;
-            std::fs::rename(&tmp, self.path(&format!("gw.{ext}")))?;
-        }
-        Ok(())
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn running_as_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
-/// A Mosquitto with a TLS listener (client certificates required) and a plain one.
-struct TlsBroker {
-    child: Child,
-    tls_port: u16,
-    plain_port: u16,
-    log: PathBuf,
-}
-
-impl TlsBroker {
-    /// `server` names the broker's certificate in `pki`; `passwords`, if given, is a
-    /// mosquitto password file required on the TLS listener.
-    fn start(
-        dir: &Path,
-        pki: &Pki,
-        server: &str,
-        passwords: Option<&Path>,
-    ) -> anyhow::Result<TlsBroker> {
-        std::fs::create_dir_all(dir)?;
-        let mut last = None;
-        for _ in 0..5 {
-            let (tls_port, plain_port) = (free_port()?, free_port()?);
-            if tls_port == plain_port {
-                continue;
-            }
-            let conf = dir.join("mosquitto.conf");
-            let auth = match passwords {
-                Some(p) => format!("allow_anonymous false\npassword_file {}\n", p.display()),
-                None => "allow_anonymous true\n".to_owned(),
-            };
-            std::fs::write(
-                &conf,
-                format!(
-                    "per_listener_settings true\n{}\
-                     listener {plain_port} 127.0.0.1\nallow_anonymous true\n\n\
-                     listener {tls_port} 127.0.0.1\n{auth}cafile {}\ncertfile {}\nkeyfile {}\n\
-                     require_certificate true\n",
-                    if running_as_root() { "user root\n" } else { "" },
-                    pki.path("ca.pem").display(),
-                    pki.path(&format!("{server}.pem")).display(),
-                    pki.path(&format!("{server}.key")).display(),
-                ),
-            )?;
-            let log = dir.join("mosquitto.log");
-            let out = std::fs::File::create(&log)?;
-            let mut child = Command::new("mosquitto")
-                .arg("-c")
-                .arg(&conf)
-                .stdin(Stdio::null())
-                .stdout(out.try_clone()?)
-                .stderr(out)
-                .spawn()
-                .context("spawning mosquitto")?;
-            let up = wait_until(Duration::from_secs(5), || {
-                (TcpStream::connect(("127.0.0.1", tls_port)).is_ok()
-                    && TcpStream::connect(("127.0.0.1", plain_port)).is_ok())
-                    || matches!(child.try_wait(), Ok(Some(_)))
-            });
-            if up && matches!(child.try_wait(), Ok(None)) {
-                return Ok(TlsBroker {
-                    child,
-                    tls_port,
-                    plain_port,
-                    log,
-                });
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            last = Some(std::fs::read_to_string(&log).unwrap_or_default());
-        }
-        bail!(
-            "mosquitto with TLS did not start: {}",
-            last.unwrap_or_default()
-        )
-    }
-}
-
-impl Drop for TlsBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A broker, a simulated panel node and a subscriber on the gateway's feed.
-struct Rig {
-    dir: tempfile::TempDir,
-    pki: Pki,
-    broker: TlsBroker,
-    nodes: Vec<VirtualNode>,
-    gw: String,
-    sub: SessionSubscriber,
-}
-
-impl Rig {
-    fn new(
-        name: &str,
-        server: &str,
-        passwords: Option<&Path>,
-        panels: usize,
-    ) -> anyhow::Result<Rig> {
-        let dir = tempfile::tempdir()?;
-        let pki = Pki::new(&dir.path().join("pki"))?;
-        let broker = TlsBroker::start(&dir.path().join("broker"), &pki, server, passwords)?;
-        let mut scenario = "seed = 7\n".to_owned();
-        for i in 0..panels {
-            scenario.push_str(&format!(
-                "\n[[panels]]\nname = \"panel-{i}\"\nnode = {}\n",
-                100 + i
-            ));
-        }
-        let scenario = Scenario::from_toml_str(&scenario).context("scenario")?;
-        let nodes = spawn_tower(&scenario, &dir.path().join("ports"), false)?;
-        let gw = unique_gw(name);
-        let sub = SessionSubscriber::connect(
-            broker.plain_port,
-            &unique_gw("tls-sub"),
-            &format!("towerlink/v1/{gw}/#"),
-        )?;
-        Ok(Rig {
-            dir,
-            pki,
-            broker,
-            nodes,
-            gw,
-            sub,
-        })
-    }
-
-    /// Writes the agent's configuration with these extra `[mqtt]` lines.
-    fn config(&self, mqtt: &str) -> anyhow::Result<PathBuf> {
-        let mut text = format!(
-            "[gateway]\nid = \"{}\"\n\n[mqtt]\nurl = \"mqtts://127.0.0.1:{}\"\nca_file = \"{}\"\nkeep_alive = \"5s\"\n{mqtt}\n\n\
-             [store]\npath = \"{}\"\nfsync = \"50ms\"\n\n[health]\ninterval = \"1s\"\n\n",
-            self.gw,
-            self.broker.tls_port,
-            self.pki.path("ca.pem").display(),
-            self.dir.path().join("store").display()
-        );
-        for n in &self.nodes {
-            text.push_str(&format!(
-                "[[node]]\nid = \"{}\"\nport = \"{}\"\nwindow = \"200ms\"\nwindow_grace = \"300ms\"\nnode_id = {}\n\n",
-                n.dev(),
-                n.path().display(),
-                n.node_id()
-            ));
-        }
-        let path = self.dir.path().join("towerlink.toml");
-        std::fs::write(&path, text)?;
-        Ok(path)
-    }
-
-    /// `[mqtt]` lines for the client certificate plus `username` and a `password_file` in the
-    /// rig's directory (which the caller writes); returns the file and the lines.
-    fn credential_lines(&self, user: &str) -> (PathBuf, String) {
-        let password_file = self.dir.path().join("password");
-        let lines = format!(
-            "{}username = \"{user}\"\npassword_file = \"{}\"\n",
-            self.client_cert_lines(),
-            password_file.display()
-        );
-        (password_file, lines)
-    }
-
-    fn client_cert_lines(&self) -> String {
-        format!(
-            "cert_file = \"{}\"\nkey_file = \"{}\"\n",
-            self.pki.path("gw.pem").display(),
-            self.pki.path("gw.key").display()
-        )
-    }
-
-    fn online(&self) -> bool {
-        self.sub
-            .all()
-            .iter()
-            .any(|m| m.topic.ends_with("/state") && m.json["state"].as_str() == Some("online"))
-    }
-}
-
-/// Lines of the log that report a failed connection attempt.
-fn failures(log: &str) -> Vec<&str> {
-    log.lines()
-        .filter(|l| l.contains("MQTT connection failed"))
-        .collect()
-}
-
-/// Waits for `n` failed attempts, checks each says why (`needle`) and when it retries, the
-/// agent still runs and nothing reached the broker.
+/// See [`Rig::expect_refused`].
 fn expect_refused(
     rig: &Rig,
     agent: &mut AgentProcess,
     n: usize,
     needle: &str,
 ) -> anyhow::Result<()> {
-    let refused = wait_until(Duration::from_secs(20), || {
-        failures(&agent.log()).len() >= n
-    });
-    let log = agent.log();
-    ensure!(
-        refused,
-        "fewer than {n} failed attempts in 20 s; log:\n{log}"
-    );
-    for line in failures(&log) {
-        ensure!(
-            line.to_ascii_lowercase()
-                .contains(&needle.to_ascii_lowercase())
-                && line.contains("retry_in_ms="),
-            "an attempt failed without {needle:?} or a retry delay: {line}"
-        );
-    }
-    ensure!(
-        agent.is_running(),
-        "the agent exited after TLS failures; log:\n{log}"
-    );
-    ensure!(
-        !rig.online(),
-        "the broker let the agent in; broker log:\n{}",
-        std::fs::read_to_string(&rig.broker.log).unwrap_or_default()
-    );
-    Ok(())
+    rig.expect_refused(agent, n, needle).map(|_| ())
 }
 
 /// Seqs of queued messages (data, events, replies) the subscriber received.
@@ -497,7 +154,7 @@ fn no_client_certificate_is_refused_and_a_restart_with_one_delivers_the_backlog(
         wait_until(Duration::from_secs(20), || rig.online()),
         "no birth with the client certificate; log:\n{}\nbroker log:\n{}",
         agent.log(),
-        std::fs::read_to_string(&rig.broker.log).unwrap_or_default()
+        rig.broker.log_text()
     );
     // The backlog replays, then fresh windows follow it.
     ensure!(
@@ -587,20 +244,6 @@ fn replies(rig: &Rig) -> Vec<serde_json::Value> {
         .filter(|m| m.topic.ends_with("/reply"))
         .map(|m| m.json)
         .collect()
-}
-
-/// A Mosquitto password file with one user, made by `mosquitto_passwd`.
-fn mosquitto_password_file(dir: &Path, user: &str, password: &str) -> anyhow::Result<PathBuf> {
-    let passwd = dir.join("mosquitto.passwd");
-    let status = Command::new("mosquitto_passwd")
-        .args(["-c", "-b"])
-        .arg(&passwd)
-        .args([user, password])
-        .stdout(Stdio::null())
-        .status()
-        .context("mosquitto_passwd")?;
-    ensure!(status.success(), "mosquitto_passwd failed");
-    Ok(passwd)
 }
 
 #[test]

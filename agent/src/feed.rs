@@ -1,8 +1,9 @@
-//! The MQTT feed contract v1 (`shared/spec/mqtt-feed-v1.md`): topic names and payloads.
+//! The MQTT feed contract v1 (`docs/mqtt-feed.md`; JSON Schemas in `config/schemas/`): topic
+//! names and payloads.
 //!
 //! This is the one place that decides a topic name, a payload field or its spelling, so the
-//! contract can be checked against the spec by reading one file. Everything the pipeline
-//! produces is a [`Message`]; the queue gives it a `seq` and calls [`Message::render`].
+//! contract can be checked against `docs/mqtt-feed.md` by reading one file. Everything the
+//! pipeline produces is a [`Message`]; the queue gives it a `seq` and calls [`Message::render`].
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -3,7 +3,7 @@
 //! Controllers differ in register addresses, 32-bit word order and fault codes, so the map is
 //! data, not code. A profile describes ONE block of input registers, read with one
 //! "read input registers" request (function 0x04), where each field of the generic profile
-//! of `shared/spec/elevator-modbus-v1.md` lives, and optionally names the controller's fault
+//! of `docs/lift-modbus.md` lives, and optionally names the controller's fault
 //! codes. It cannot describe anything else: there is no key for a function code other than
 //! 0x04, for a holding register or for a value to write, and a profile that tries (a
 //! `function` other than 4, an unknown key) is refused when the configuration loads.

@@ -2,7 +2,7 @@
 //!
 //! The `no_std` core of a towerlink sensor node, shared with the gateway agent:
 //!
-//! - [`protocol`]: the sensor-node wire protocol v1 (`shared/spec/node-wire-v1.md`): message
+//! - [`protocol`]: the sensor-node wire protocol v1 (`docs/node-wire.md`): message
 //!   types, framing (postcard + CRC-32 + COBS) and a streaming decoder that never stops.
 //! - [`drivers`]: chip drivers generic over `embedded_hal::i2c::I2c` (NAU7802 bridge ADC,
 //!   ADXL355 accelerometer used as an inclinometer).

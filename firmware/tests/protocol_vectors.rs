@@ -1,4 +1,4 @@
-//! The test vectors of `shared/spec/node-wire-v1.md`, byte for byte: postcard bytes, the
+//! The test vectors of `docs/node-wire.md`, byte for byte: postcard bytes, the
 //! framed bytes on the line, and decoding the line bytes back; plus the CRC check value and
 //! a Command round trip (the spec gives no Command vector).
 

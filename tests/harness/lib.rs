@@ -3,7 +3,14 @@
 //!
 //! Every wait is bounded and polls a condition: a test fails with what it saw, never hangs,
 //! and never relies on a sleep being long enough.
+//!
+//! Every message a [`Subscriber`] receives is checked against the feed's JSON Schemas
+//! (`config/schemas/`, see [`schemas`]); a violation fails the test at its next look at the
+//! messages ([`Subscriber::all`], [`Subscriber::on`], [`Subscriber::wait`]) or, at the latest,
+//! when the subscriber is dropped. Commands the tests publish themselves (deliberately bad ones
+//! included) are input, not the agent's output, and are not held to the schema.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -14,13 +21,75 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
 pub mod mosquitto;
+pub mod schemas;
+pub mod tls;
+
+/// Payloads the tests published through a harness client (commands, good or deliberately
+/// bad): when they come back on a subscription they are the test's input, not checked.
+fn published_by_tests() -> &'static Mutex<HashSet<Vec<u8>>> {
+    static PUBLISHED: OnceLock<Mutex<HashSet<Vec<u8>>>> = OnceLock::new();
+    PUBLISHED.get_or_init(Mutex::default)
+}
+
+fn note_published(payload: &[u8]) {
+    if let Ok(mut set) = published_by_tests().lock() {
+        set.insert(payload.to_vec());
+    }
+}
+
+/// The schema check of one received message: `Err` with the reason for a violation.
+fn check_received(topic: &str, payload: &[u8]) -> Result<(), String> {
+    let own_input = schemas::parse_topic(topic).is_some_and(|t| t.kind == schemas::Kind::Cmd)
+        && published_by_tests()
+            .lock()
+            .map(|set| set.contains(payload))
+            .unwrap_or(false);
+    if own_input {
+        return Ok(());
+    }
+    schemas::FeedSchemas::repository().check_message(topic, payload)
+}
 
 /// The broker the tests use: `TOWERLINK_TEST_BROKER` (host:port), else the machine's
 /// Mosquitto on 127.0.0.1:1883.
+///
+/// The first call checks that it accepts a TCP connection; when it does not, the test binary
+/// stops at once with one line saying what to start ([`missing_broker_line`]), instead of every
+/// test failing its own way.
 pub fn broker() -> (String, u16) {
     let spec = std::env::var("TOWERLINK_TEST_BROKER").unwrap_or_else(|_| "127.0.0.1:1883".into());
     let (host, port) = spec.rsplit_once(':').unwrap_or((spec.as_str(), "1883"));
-    (host.to_owned(), port.parse().unwrap_or(1883))
+    let (host, port) = (host.to_owned(), port.parse().unwrap_or(1883));
+    static CHECKED: OnceLock<()> = OnceLock::new();
+    CHECKED.get_or_init(|| {
+        if let Err(e) = broker_reachable(&host, port) {
+            eprintln!("{}", missing_broker_line(&host, port, &e));
+            std::process::exit(2);
+        }
+    });
+    (host, port)
+}
+
+/// Does `host:port` accept a TCP connection (within 3 s)?
+pub fn broker_reachable(host: &str, port: u16) -> std::io::Result<()> {
+    use std::net::ToSocketAddrs;
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+    for addr in (host, port).to_socket_addrs()? {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// The one line a test run prints when its broker is missing.
+pub fn missing_broker_line(host: &str, port: u16, error: &std::io::Error) -> String {
+    format!(
+        "towerlink e2e: no MQTT broker at {host}:{port} ({error}). The end-to-end tests need one: \
+         start Mosquitto (`mosquitto -d -c /etc/mosquitto/mosquitto.conf`, Debian package \
+         `mosquitto`) or set TOWERLINK_TEST_BROKER=host:port to a loopback broker."
+    )
 }
 
 /// A gateway id unique to this test run, so parallel tests and earlier runs never mix.
@@ -110,6 +179,8 @@ pub struct Received {
 /// A platform-like subscriber on `{root}/{gw}/#`.
 pub struct Subscriber {
     messages: Arc<Mutex<Vec<Received>>>,
+    /// Schema violations seen by the receiving task, reported on the test's thread.
+    violations: Arc<Mutex<Vec<String>>>,
     runtime: tokio::runtime::Runtime,
     client: AsyncClient,
 }
@@ -160,12 +231,24 @@ impl Subscriber {
         let broker = format!("{:?}", opts.broker_address());
         let (client, mut eventloop) = AsyncClient::new(opts, capacity);
         let messages = Arc::new(Mutex::new(Vec::new()));
+        let violations = Arc::new(Mutex::new(Vec::new()));
         let subscribed = Arc::new(Mutex::new(0usize));
-        let (m, s) = (messages.clone(), subscribed.clone());
+        // Load the schemas here, on the test's thread: a broken schema fails at once.
+        schemas::FeedSchemas::repository();
+        let (m, s, bad) = (messages.clone(), subscribed.clone(), violations.clone());
         runtime.spawn(async move {
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if let Err(why) = check_received(&p.topic, &p.payload) {
+                            if let Ok(mut v) = bad.lock() {
+                                v.push(format!(
+                                    "{} {}: {why}",
+                                    p.topic,
+                                    String::from_utf8_lossy(&p.payload)
+                                ));
+                            }
+                        }
                         let json = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
                         if let Ok(mut v) = m.lock() {
                             v.push(Received {
@@ -201,13 +284,35 @@ impl Subscriber {
         }
         Ok(Subscriber {
             messages,
+            violations,
             runtime,
             client,
         })
     }
 
+    /// The schema violations received so far (see the module docs).
+    pub fn violations(&self) -> Vec<String> {
+        self.violations
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
+    }
+
+    /// Panics, on the test's thread, if any received message broke its schema.
+    fn assert_schemas(&self) {
+        let violations = self.violations();
+        if !violations.is_empty() {
+            panic!(
+                "{} message(s) received that break the feed schemas (config/schemas/):\n{}",
+                violations.len(),
+                violations.join("\n")
+            );
+        }
+    }
+
     /// Publishes (QoS 1) without waiting for the network: fine while the broker is down.
     pub fn publish_later(&self, topic: &str, payload: &[u8]) {
+        note_published(payload);
         let c = self.client.clone();
         let (t, p) = (topic.to_owned(), payload.to_vec());
         self.runtime.spawn(async move {
@@ -215,8 +320,9 @@ impl Subscriber {
         });
     }
 
-    /// Everything received so far.
+    /// Everything received so far; panics if any of it broke the feed schemas.
     pub fn all(&self) -> Vec<Received> {
+        self.assert_schemas();
         self.messages.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
@@ -254,6 +360,7 @@ impl Subscriber {
 
     /// Publishes a message (e.g. a command).
     pub fn publish(&self, topic: &str, payload: &[u8]) -> anyhow::Result<()> {
+        note_published(payload);
         let c = self.client.clone();
         let (t, p) = (topic.to_owned(), payload.to_vec());
         self.runtime
@@ -268,6 +375,16 @@ impl Subscriber {
         let _ = self
             .runtime
             .block_on(async move { c.publish(t, QoS::AtLeastOnce, true, Vec::<u8>::new()).await });
+    }
+}
+
+impl Drop for Subscriber {
+    /// The last chance to report a violation the test never looked at (not while the test
+    /// is already failing: that panic says more).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.assert_schemas();
+        }
     }
 }
 

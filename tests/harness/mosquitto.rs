@@ -20,12 +20,14 @@ pub struct MosquittoProcess {
     log: PathBuf,
 }
 
-fn running_as_root() -> bool {
+/// Are the tests running as root (then Mosquitto needs `user root` to write our files)?
+pub(crate) fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A loopback port that was free a moment ago.
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

@@ -173,7 +173,7 @@ async fn check_session(config: &Config) -> Result<String, (String, String)> {
         let fix = match &e {
             SetupError::Url(_) => "correct [mqtt] url",
             SetupError::NoCa(_) => "set [mqtt] ca_file",
-            SetupError::Tls(_) => "fix the TLS files named above",
+            SetupError::Tls(t) => t.fix(),
             SetupError::Password(_) => "make mqtt.password_file readable by the agent",
         };
         (e.to_string(), fix.to_owned())

@@ -1,7 +1,7 @@
-//! Lift status and safety events at the edge (`shared/spec/elevator-modbus-v1.md`, "Events
-//! the agent derives"), as pure, time-driven rules: readings and failed polls go in with
-//! their time, feed messages come out. No I/O, no clock of its own, so every rule and every
-//! timing edge is tested with plain numbers.
+//! Lift status and safety events at the edge (`docs/lift-modbus.md`, "Events"), as pure,
+//! time-driven rules: readings and failed polls go in with their time, feed messages come out.
+//! No I/O, no clock of its own, so every rule and every timing edge is tested with plain
+//! numbers.
 //!
 //! Each event of the spec's table is a rule over the latest reading. An event goes `active`
 //! the moment its rule holds (timed rules: once it has held continuously for the lift's

@@ -2,8 +2,8 @@
 //! node as an inclinometer (tilt from the gravity vector) and as its board thermometer.
 //!
 //! Generic over [`embedded_hal::i2c::I2c`]; owns only the bus handle and its configuration.
-//! [`Adxl355::init`] follows the Linux kernel driver's order (register map in
-//! `shared/notes/domain-research.md` B.3): check the three identity registers, soft reset,
+//! [`Adxl355::init`] follows the Linux kernel driver's order
+//! (`drivers/iio/accel/adxl355_core.c`, register map of Analog Devices' datasheet): check the three identity registers, soft reset,
 //! then, while the chip is still in standby after the reset, program the filter/ODR and the
 //! range, and finally enter measurement mode.
 //!

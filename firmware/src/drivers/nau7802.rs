@@ -2,11 +2,11 @@
 //! front end of a panel node.
 //!
 //! The driver is generic over [`embedded_hal::i2c::I2c`] and owns only the bus handle and
-//! its configuration. [`Nau7802::init`] runs the power-up sequence of the register map in
-//! `shared/notes/domain-research.md` B.2: register reset, digital then analog power-up,
-//! revision check, LDO / gain / conversion rate, chopper clock off, PGA output capacitor on,
-//! and an internal offset calibration whose `CALS` bit is polled until it self-clears (the
-//! SparkFun semantics; Adafruit's inverted wait is a known bug).
+//! its configuration. [`Nau7802::init`] runs the power-up sequence of the register map
+//! (Nuvoton's datasheet, as the SparkFun and Adafruit libraries use it): register reset,
+//! digital then analog power-up, revision check, LDO / gain / conversion rate, chopper clock
+//! off, PGA output capacitor on, and an internal offset calibration whose `CALS` bit is polled
+//! until it self-clears (the SparkFun semantics; Adafruit's inverted wait is a known bug).
 //!
 //! Readings come out as raw 24-bit two's-complement codes ([`Nau7802::read_raw`]) or as
 //! strain ([`Nau7802::read_microstrain`]) through the standard Wheatstone-bridge equations

@@ -9,7 +9,7 @@
 //! work due up to `now_ms` is done in time order, so the bytes sent do not depend on how
 //! often the caller polls (as long as it polls at least once per [`MAX_CATCH_UP_MS`]).
 //!
-//! Output follows `shared/spec/node-wire-v1.md`: a Hello first (seq 0) and every 60 s,
+//! Output follows `docs/node-wire.md`: a Hello first (seq 0) and every 60 s,
 //! Status every 10 s, per-channel `Samples` batches of consecutive values, a Fault when a
 //! read fails (at onset, then at most every 10 s while it lasts), and an Ack per command.
 //! All clock arithmetic wraps.

@@ -2,7 +2,7 @@
 //!
 //! This module owns the byte-level building blocks shared by the sender ([`encode`]) and the
 //! streaming reader ([`super::decoder`]): the CRC-32 flavour, COBS encoding and in-place
-//! decoding, and the size limits of the spec (`shared/spec/node-wire-v1.md`, "Framing").
+//! decoding, and the size limits of the spec (`docs/node-wire.md`, "One frame").
 //!
 //! Encoding allocates nothing and needs no scratch buffer: postcard writes the message into
 //! the tail of the caller's buffer, the CRC is appended after it, and COBS then stuffs the

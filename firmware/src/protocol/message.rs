@@ -2,7 +2,7 @@
 //!
 //! Field order and enum variant order ARE the wire format (postcard encodes structs as their
 //! fields in order and enums as a varint discriminant), so nothing here may be reordered.
-//! See `shared/spec/node-wire-v1.md`.
+//! See `docs/node-wire.md`.
 
 use heapless::Vec;
 use serde::{Deserialize, Serialize};

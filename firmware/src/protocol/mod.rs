@@ -1,4 +1,4 @@
-//! Sensor-node wire protocol v1 (`shared/spec/node-wire-v1.md`).
+//! Sensor-node wire protocol v1 (`docs/node-wire.md`).
 //!
 //! - [`message`]: the typed messages ([`Frame`], [`Command`] and their parts).
 //! - [`framing`]: `COBS(postcard(msg) ++ crc32_le) ++ 0x00` encoding of one message.

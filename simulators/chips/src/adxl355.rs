@@ -1,7 +1,8 @@
 //! A simulated ADXL355 3-axis accelerometer (used as the panel's inclinometer and temperature
 //! sensor) at I2C address 0x1D or 0x53.
 //!
-//! Modelled at the register level (shared/notes B.3), as far as a driver uses the chip:
+//! Modelled at the register level (Analog Devices' datasheet, as the Linux kernel driver uses
+//! it), as far as a driver uses the chip:
 //! - Identity: `DEVID_AD` 0xAD, `DEVID_MST` 0x1D, `PARTID` 0xED, `REVID` [`REVID`].
 //! - Power-on and `RESET` = 0x52 restore the defaults: `POWER_CTL` 0x01 (standby), `RANGE`
 //!   0x81 (I2C_HS, ±2 g), `FILTER` 0x00 (4000 Hz), `FIFO_SAMPLES` 0x60, `ACT_COUNT` 0x01,

@@ -1,6 +1,7 @@
 //! A simulated NAU7802 24-bit bridge ADC at I2C address 0x2A, reading a panel's strain gauge.
 //!
-//! Modelled at the register level (shared/notes B.2), as far as a driver uses the chip:
+//! Modelled at the register level (Nuvoton's datasheet, as the SparkFun and Adafruit libraries
+//! use it), as far as a driver uses the chip:
 //! - Power-on and register reset (`PU_CTRL.RR` = 1) restore the defaults: every register 0
 //!   except `REVISION_ID` = 0x0F. While RR is 1 the chip is held in reset.
 //! - `PU_CTRL.PUR` reads 1 from [`POWER_UP_READY_US`] after `PUD` was set.

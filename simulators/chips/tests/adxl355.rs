@@ -1,4 +1,4 @@
-//! Register semantics of the simulated ADXL355 (shared/notes B.3).
+//! Register semantics of the simulated ADXL355 (its datasheet register map).
 
 mod common;
 

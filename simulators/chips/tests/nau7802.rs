@@ -1,4 +1,4 @@
-//! Register semantics of the simulated NAU7802 (shared/notes B.2).
+//! Register semantics of the simulated NAU7802 (its datasheet register map).
 
 mod common;
 
