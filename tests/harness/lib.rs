@@ -20,6 +20,7 @@ use anyhow::{bail, Context};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
+pub mod brokers;
 pub mod mosquitto;
 pub mod schemas;
 pub mod tls;
