@@ -173,7 +173,9 @@ async fn check_session(config: &Config) -> Result<String, (String, String)> {
         let fix = match &e {
             SetupError::Url(_) => "correct [mqtt] url",
             SetupError::NoCa(_) => "set [mqtt] ca_file",
-            SetupError::Tls(t) => t.fix(),
+            // A TLS error's text already ends with its fix: report the problem and the fix
+            // once each.
+            SetupError::Tls(t) => return (t.problem.to_string(), t.fix().to_owned()),
             SetupError::Password(_) => "make mqtt.password_file readable by the agent",
         };
         (e.to_string(), fix.to_owned())
