@@ -7,6 +7,8 @@
 //! - [`drivers`]: chip drivers generic over `embedded_hal::i2c::I2c` (NAU7802 bridge ADC,
 //!   ADXL355 accelerometer used as an inclinometer).
 //! - [`node`]: the node's sampling loop, generic over its sensors and a byte sink.
+//! - `chip_models` (feature `chip-models`): `no_std` register-level models of the two chips,
+//!   for the emulated board image (`boards/mps2-an386`).
 //!
 //! Nothing here knows about tokio, std I/O, MQTT or JSON: the same code runs on an MCU, in
 //! the simulators and inside the agent.
@@ -14,6 +16,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(any(test, feature = "chip-models"))]
+pub mod chip_models;
 pub mod drivers;
 pub mod node;
 pub mod protocol;
