@@ -8,10 +8,14 @@
 //! - [`lift`]: simulated lift controllers on a Modbus RTU bus (a pseudo-terminal).
 //! - [`broker`]: the demo's embedded MQTT broker.
 //! - [`demo`]: broker + tower + agent + a live feed printer.
+//! - [`mcu`]: the firmware's emulated-board image on `qemu-system-arm`, its UART on a
+//!   pseudo-terminal; [`footprint`]: the images' flash, RAM, stack and link timing, measured.
 
 pub mod broker;
 pub mod demo;
+pub mod footprint;
 pub mod lift;
+pub mod mcu;
 pub mod pty;
 pub mod virtual_node;
 

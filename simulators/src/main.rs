@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use towerlink_sim::demo::{self, DemoOptions};
+use towerlink_sim::mcu::{EmulatedMcu, McuOptions};
 use towerlink_sim::virtual_node::spawn_tower;
 use towerlink_sim_chips::scenario::Scenario;
 
@@ -65,6 +66,40 @@ enum Command {
         /// Stop after this long (default: until Ctrl-C).
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
+    },
+    /// Run the firmware on an emulated MCU (qemu-system-arm -M mps2-an386) with its UART on a
+    /// pseudo-terminal, and print the node's port path.
+    Mcu {
+        /// The board image (default: $TOWERLINK_MCU_IMAGE, else
+        /// firmware/boards/mps2-an386/target/thumbv7em-none-eabihf/release/towerlink-node-mps2-an386;
+        /// build it with `cargo build --release` in firmware/boards/mps2-an386).
+        #[arg(long)]
+        image: Option<PathBuf>,
+        /// Device id of the node (its port link is DIR/DEV).
+        #[arg(long, default_value = "panel-mcu")]
+        dev: String,
+        /// Node id the firmware announces.
+        #[arg(long, default_value_t = 101)]
+        node_id: u32,
+        /// Directory for the stable port link.
+        #[arg(long, default_value = "/tmp/towerlink-sim")]
+        dir: PathBuf,
+        /// QEMU's -icount setting; "off" runs without instruction counting.
+        #[arg(long, default_value = towerlink_sim::mcu::DEFAULT_ICOUNT)]
+        icount: String,
+        /// Stop after this long (default: until Ctrl-C).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Instead of running: print both images' flash and RAM, then run the emulated node at
+        /// 4 x 50 Hz and print its link's bytes/s, jitter, clock drift and stack high-water mark.
+        #[arg(long)]
+        footprint: bool,
+        /// With --footprint: how long to measure the link.
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        measure: Duration,
+        /// With --footprint: busy threads loading the host meanwhile (clock stability under load).
+        #[arg(long, default_value_t = 0)]
+        load: usize,
     },
 }
 
@@ -150,7 +185,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let scenario = load_scenario(scenario.as_ref())?;
             let nodes = spawn_tower(&scenario, &dir, false)?;
             for n in &nodes {
-                println!("{} {} {}", n.dev(), n.node_id(), n.path().display());
+                println!(
+                    "node {} node id {} on {}",
+                    n.dev(),
+                    n.node_id(),
+                    n.path().display()
+                );
             }
             runtime.block_on(run_until(duration));
             for n in nodes {
@@ -158,7 +198,122 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Mcu {
+            image,
+            dev,
+            node_id,
+            dir,
+            icount,
+            duration,
+            footprint,
+            measure,
+            load,
+        } => run_mcu(
+            &runtime, image, dev, node_id, dir, icount, duration, footprint, measure, load,
+        ),
     }
+}
+
+/// `towerlink-sim mcu`.
+#[allow(clippy::too_many_arguments)]
+fn run_mcu(
+    runtime: &tokio::runtime::Runtime,
+    image: Option<PathBuf>,
+    dev: String,
+    node_id: u32,
+    dir: PathBuf,
+    icount: String,
+    duration: Option<Duration>,
+    footprint: bool,
+    measure: Duration,
+    load: usize,
+) -> anyhow::Result<()> {
+    let mut options = McuOptions::new(&dev, node_id, &dir.join(&dev));
+    if let Some(image) = image {
+        options.image = image;
+    }
+    options.icount = (icount != "off").then_some(icount);
+    if footprint {
+        return print_footprint(&options, measure, load);
+    }
+    let mcu = EmulatedMcu::start(&options)?;
+    println!(
+        "node {} node id {} on {}",
+        mcu.dev(),
+        mcu.node_id(),
+        mcu.path().display()
+    );
+    println!("monitor {}", mcu.monitor_path().display());
+    runtime.block_on(run_until(duration));
+    mcu.stop();
+    Ok(())
+}
+
+fn print_footprint(options: &McuOptions, measure: Duration, load: usize) -> anyhow::Result<()> {
+    use towerlink_sim::footprint::{image_footprint, measure_link};
+    let real = towerlink_sim::mcu::board_dir()
+        .join("../stm32f411-panel")
+        .join(towerlink_sim::mcu::REAL_IMAGE_IN_BOARD);
+    println!("image                 flash (.text+.rodata+.data)   static RAM (.data+.bss)");
+    for (name, path) in [
+        ("mps2-an386 (emulated)", &options.image),
+        ("stm32f411-panel", &real),
+    ] {
+        match image_footprint(path) {
+            Ok(f) => println!(
+                "{name:<21} {:>7} B (code {} + data {})   {:>7} B (data {} + bss {})",
+                f.flash(),
+                f.code,
+                f.data,
+                f.ram(),
+                f.data,
+                f.bss
+            ),
+            Err(e) => println!("{name:<21} not built ({}): {e}", path.display()),
+        }
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loaders: Vec<_> = (0..load)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let figures = measure_link(options, measure);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in loaders {
+        let _ = l.join();
+    }
+    let f = figures?;
+    let capacity = 115_200.0 / 10.0;
+    println!(
+        "emulated node, 4 channels x 50 Hz, icount {}, {} busy host thread(s), {:.1} s:",
+        options.icount.as_deref().unwrap_or("off"),
+        load,
+        f.seconds
+    );
+    println!(
+        "  UART {:.0} B/s of {capacity:.0} B/s at 115200 baud 8N1 ({:.1} %), {:.1} samples/s, {} bad frame(s)",
+        f.bytes_per_s,
+        100.0 * f.bytes_per_s / capacity,
+        f.samples_per_s,
+        f.bad_frames
+    );
+    println!(
+        "  sampling jitter seen on the line: median {:.2} ms, p99 {:.2} ms, max {:.2} ms; node clock drift {:+.0} ppm",
+        f.jitter_ms.0, f.jitter_ms.1, f.jitter_ms.2, f.drift_ppm
+    );
+    println!("  acks OK {} of 5 (SetRate x3, Identify, Zero)", f.acks_ok);
+    match f.stack {
+        Some((used, size)) => println!("  stack high-water (painted): {used} B of {size} B"),
+        None => println!("  stack high-water: no console report"),
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -5,8 +5,9 @@
 //! the same NAU7802/ADXL355 drivers as on the real board, over the crate's no_std
 //! register-level chip models (`towerlink_firmware::chip_models`) in place of the I2C bus.
 //!
-//! - Clock: SysTick at 1 kHz from the core clock; the node's ms clock and the chip models' µs
-//!   clock both come from it.
+//! - Clock: CMSDK timer 0 free-running at 25 MHz (extended to 64 bits in software) is the time
+//!   base of the node's ms clock and the chip models' µs clock; SysTick at 100 Hz only wakes
+//!   the main loop from WFI.
 //! - Gateway link: CMSDK APB UART0 (0x4000_4000, 115200 8N1), interrupt driven both ways:
 //!   the RX interrupt moves received bytes into a ring the main loop drains; frames are queued
 //!   in a TX ring that the TX interrupt feeds to the UART.
@@ -102,36 +103,55 @@ pub static __INTERRUPTS: [Vector; 2] = [Vector { handler: uart0_rx }, Vector { h
 
 // ---- clock -------------------------------------------------------------------------------
 
-/// Milliseconds since reset (wraps after ~49.7 days), and how often it wrapped.
-static MILLIS: AtomicU32 = AtomicU32::new(0);
-static MILLIS_WRAPS: AtomicU32 = AtomicU32::new(0);
+/// SysTick interrupts per second: the main loop's wake-up, not its clock. Every wake-up
+/// costs the emulator host time, so it is kept slow; 100 Hz wakes the node every 10 ms, often
+/// enough for its 50 Hz channels (their samples are due at multiples of 20 ms).
+const TICK_HZ: u32 = 100;
+
+/// CMSDK APB timer 0: the time base, a free-running 32-bit down-counter at the 25 MHz APB
+/// clock. Its count is the emulator's virtual time itself, so the node's clock does not lose
+/// time when an interrupt is serviced late (a tick counter would: QEMU drops SysTick periods
+/// it could not deliver while its host was busy).
+const TIMER0: usize = 0x4000_0000;
+const TIMER_CTRL: usize = 0x00;
+const TIMER_VALUE: usize = 0x04;
+const TIMER_RELOAD: usize = 0x08;
+const TIMER_CTRL_EN: u32 = 1 << 0;
+const CYCLES_PER_US: u64 = CPU_HZ as u64 / 1_000_000;
+
+/// (elapsed count at the last read, wraps of the 32-bit count): extends it to 64 bits. It is
+/// read at least every tick, far more often than the 171 s the 32-bit count takes to wrap.
+static CLOCK: Mutex<RefCell<(u32, u32)>> = Mutex::new(RefCell::new((0, 0)));
 
 #[exception]
 fn SysTick() {
-    let next = MILLIS.load(Ordering::Relaxed).wrapping_add(1);
-    if next == 0 {
-        MILLIS_WRAPS.fetch_add(1, Ordering::Relaxed);
-    }
-    MILLIS.store(next, Ordering::Release);
+    let _ = now_us();
 }
 
-fn millis() -> u32 {
-    MILLIS.load(Ordering::Acquire)
+fn start_clock() {
+    reg_write(TIMER0, TIMER_CTRL, 0);
+    reg_write(TIMER0, TIMER_RELOAD, u32::MAX);
+    reg_write(TIMER0, TIMER_VALUE, u32::MAX);
+    reg_write(TIMER0, TIMER_CTRL, TIMER_CTRL_EN);
 }
 
-/// Microseconds since reset, from the ms count and the SysTick counter within the ms.
+/// Microseconds since the clock started (at boot).
 fn now_us() -> u64 {
-    loop {
-        let wraps = MILLIS_WRAPS.load(Ordering::Acquire);
-        let ms = MILLIS.load(Ordering::Acquire);
-        let counter = cortex_m::peripheral::SYST::get_current();
-        if MILLIS.load(Ordering::Acquire) == ms && MILLIS_WRAPS.load(Ordering::Acquire) == wraps {
-            let reload = CPU_HZ / 1000 - 1;
-            let within_us = (reload.saturating_sub(counter)) / (CPU_HZ / 1_000_000);
-            let total_ms = (u64::from(wraps) << 32) | u64::from(ms);
-            return total_ms * 1000 + u64::from(within_us.min(999));
+    critical_section::with(|cs| {
+        let mut clock = CLOCK.borrow_ref_mut(cs);
+        let elapsed = u32::MAX - reg_read(TIMER0, TIMER_VALUE);
+        if elapsed < clock.0 {
+            clock.1 = clock.1.wrapping_add(1);
         }
-    }
+        clock.0 = elapsed;
+        let cycles = (u64::from(clock.1) << 32) | u64::from(elapsed);
+        cycles / CYCLES_PER_US
+    })
+}
+
+/// The node's clock: ms since boot, wrapping as the node core expects.
+fn millis() -> u32 {
+    (now_us() / 1000) as u32
 }
 
 /// Busy-wait delay on the µs clock (drivers' init waits).
@@ -283,8 +303,9 @@ fn main() -> ! {
         }
     };
 
+    start_clock();
     cp.SYST.set_clock_source(SystClkSource::Core);
-    cp.SYST.set_reload(CPU_HZ / 1000 - 1);
+    cp.SYST.set_reload(CPU_HZ / TICK_HZ - 1);
     cp.SYST.clear_current();
     cp.SYST.enable_interrupt();
     cp.SYST.enable_counter();
