@@ -127,7 +127,8 @@ fn the_emulated_mcu_feeds_the_agent_and_answers_commands() -> anyhow::Result<()>
     let link = dir.path().join("ports").join(DEV);
     let mut options = McuOptions::new(DEV, NODE_ID, &link);
     options.image = image;
-    let mut mcu = EmulatedMcu::start(&options)?;
+    let mut mcu = EmulatedMcu::start(&options)
+        .context("the emulated MCU needs qemu-system-arm (apt-get install qemu-system-arm)")?;
 
     let gw = unique_gw("e2e-mcu");
     let sub = Subscriber::connect(&format!("towerlink/v1/{gw}/#"))?;

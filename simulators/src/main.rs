@@ -84,7 +84,8 @@ enum Command {
         /// Directory for the stable port link.
         #[arg(long, default_value = "/tmp/towerlink-sim")]
         dir: PathBuf,
-        /// QEMU's -icount setting; "off" runs without instruction counting.
+        /// QEMU's -icount setting, e.g. "shift=auto,sleep=on"; "off" (the default, measured
+        /// to keep the node's clock closest to the host's under load) runs without it.
         #[arg(long, default_value = towerlink_sim::mcu::DEFAULT_ICOUNT)]
         icount: String,
         /// Stop after this long (default: until Ctrl-C).
@@ -313,6 +314,18 @@ fn print_footprint(options: &McuOptions, measure: Duration, load: usize) -> anyh
         Some((used, size)) => println!("  stack high-water (painted): {used} B of {size} B"),
         None => println!("  stack high-water: no console report"),
     }
+    // The run fails on what must hold on any host: every command acknowledged, no corrupt
+    // frame, the link within the line's capacity, a stack report.
+    anyhow::ensure!(f.acks_ok == 5, "{} of 5 commands acknowledged", f.acks_ok);
+    anyhow::ensure!(f.bad_frames == 0, "{} corrupt frame(s)", f.bad_frames);
+    anyhow::ensure!(
+        f.bytes_per_s < capacity,
+        "the link needs more than 115200 baud"
+    );
+    anyhow::ensure!(
+        f.stack.is_some(),
+        "the board reported no stack high-water mark"
+    );
     Ok(())
 }
 

@@ -14,7 +14,7 @@
 //!   resets the board there (`system_reset`), as a watchdog or a power cut would.
 //! - The node id in the board's settings block (0x203F_FF00: magic `TLNK`, id), written by
 //!   QEMU's loader device at every reset.
-//! - `-icount` ([`DEFAULT_ICOUNT`]): see the README's firmware section for why.
+//! - No `-icount` unless asked ([`DEFAULT_ICOUNT`] says why, with the measurements).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -32,9 +32,14 @@ pub const REAL_IMAGE_IN_BOARD: &str =
 pub const IMAGE_ENV: &str = "TOWERLINK_MCU_IMAGE";
 /// Overrides the QEMU binary.
 pub const QEMU_ENV: &str = "TOWERLINK_QEMU";
-/// QEMU's instruction counting: one instruction = 2^shift ns of virtual time, and the
-/// virtual clock jumps ahead while the CPU sleeps in WFI (`sleep=on`).
-pub const DEFAULT_ICOUNT: &str = "shift=5,sleep=on";
+/// QEMU's instruction counting by default: off. Measured (`towerlink-sim mcu --footprint
+/// --icount ... --load N`, README firmware section): without `-icount` QEMU's virtual clock is
+/// the host clock and the board's time base (a free-running hardware timer, not a tick count)
+/// stays within 0.06 % of it with every core busy; `shift=auto,sleep=on` oscillates by
+/// ±0.4 s and drifts 0.1-0.4 %, and a fixed shift falls 4-20 % behind under load, because
+/// virtual time then advances only with executed instructions and warps across WFI, so every
+/// host stall is lost. `--icount SETTING` still passes any setting through.
+pub const DEFAULT_ICOUNT: &str = "off";
 /// Settings block the image reads its node id from.
 const SETTINGS_ADDR: u32 = 0x203F_FF00;
 const SETTINGS_MAGIC: u32 = u32::from_le_bytes(*b"TLNK");
@@ -102,12 +107,13 @@ pub struct McuOptions {
     pub node_id: u32,
     /// Stable link to the UART's terminal.
     pub link: PathBuf,
-    /// `-icount` argument; `None` runs without instruction counting.
+    /// `-icount` argument; `None` (the default, see [`DEFAULT_ICOUNT`]) runs without
+    /// instruction counting.
     pub icount: Option<String>,
 }
 
 impl McuOptions {
-    /// Defaults: [`default_image`], `qemu-system-arm` (or `TOWERLINK_QEMU`), [`DEFAULT_ICOUNT`].
+    /// Defaults: [`default_image`], `qemu-system-arm` (or `TOWERLINK_QEMU`), no `-icount`.
     pub fn new(dev: &str, node_id: u32, link: &Path) -> Self {
         McuOptions {
             image: default_image(),
@@ -117,7 +123,7 @@ impl McuOptions {
             dev: dev.to_owned(),
             node_id,
             link: link.to_owned(),
-            icount: Some(DEFAULT_ICOUNT.to_owned()),
+            icount: None,
         }
     }
 }
