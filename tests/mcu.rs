@@ -102,14 +102,16 @@ fn reboots(m: &[Received]) -> Option<u64> {
         .and_then(|r| r.json["sources"][DEV]["reboots"].as_u64())
 }
 
-/// A full window of `ch` at `rate_hz` has about `rate_hz * WINDOW_S` values. The emulated
-/// clock may run a few per cent slow on a loaded host (see the README's firmware section), so
-/// counts between 80 % and 105 % of nominal pass; a wrong rate or lost frames do not.
+/// A full window of `ch` at `rate_hz` has `rate_hz * WINDOW_S` values. The emulated node's
+/// clock keeps within 0.1 % of the host's even under load (README, firmware section); a
+/// window edge may fall either side of a sample, and a loaded host may delay a frame past
+/// the window's grace, so counts within 96..=102 % of nominal pass; a wrong rate (a 40 Hz
+/// strain channel gives 80) or lost frames do not.
 fn counts_right(w: &Value, rate_hz: f64) -> bool {
     let nominal = rate_hz * WINDOW_S;
     w["n"]
         .as_f64()
-        .is_some_and(|n| n >= (0.8 * nominal).floor() && n <= (1.05 * nominal).ceil())
+        .is_some_and(|n| n >= (0.96 * nominal).floor() && n <= (1.02 * nominal).ceil())
 }
 
 fn mean(w: &Value) -> f64 {
@@ -226,12 +228,22 @@ fn the_emulated_mcu_feeds_the_agent_and_answers_commands() -> anyhow::Result<()>
     })?;
     step("reboot seen");
     let after = sub.all().len();
-    sub.wait(Duration::from_secs(30), "windows after the reset", |m| {
+    // The agent re-learns the node clock after the reboot, so the first windows may be cut
+    // differently; three full windows in a row must follow.
+    sub.wait(Duration::from_secs(40), "windows after the reset", |m| {
         let w = windows(&m[after..], "strain");
-        w.len() >= 3
-            && w[1..]
+        w.len() >= 4
+            && w[w.len() - 3..]
                 .iter()
                 .all(|w| counts_right(w, 50.0) && mean(w) > 50.0)
+    })
+    .with_context(|| {
+        let all = sub.all();
+        let n: Vec<_> = windows(&all[after..], "strain")
+            .iter()
+            .map(|w| (w["n"].clone(), mean(w)))
+            .collect();
+        format!("strain windows after the reset (n, mean): {n:?}")
     })?;
     ensure!(mcu.is_running(), "QEMU stopped: {}", mcu.qemu_stderr());
     ensure!(
