@@ -43,3 +43,4 @@ pub mod service;
 pub mod shutdown;
 pub mod sources;
 pub mod uplink;
+pub mod values;
