@@ -406,9 +406,12 @@ fn check_devices(
             );
         }
     }
-    // Bus rules compare lifts by their index in the file: only when every lift was read.
+    // Bus rules compare devices by their index in the file: only when every one was read.
     if let Some(all) = lifts.iter().cloned().collect::<Option<Vec<_>>>() {
         source_config::check_lift_buses(&all, v);
+    }
+    if let Some(all) = i2c.iter().cloned().collect::<Option<Vec<_>>>() {
+        source_config::check_i2c_buses(&all, v);
     }
 }
 

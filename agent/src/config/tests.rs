@@ -372,6 +372,28 @@ fn ids_are_unique_across_nodes_i2c_devices_and_lifts() {
 }
 
 #[test]
+fn two_chips_on_one_i2c_bus_need_two_addresses() {
+    let dev = |id: &str, chip: &str, extra: &str| {
+        format!("\n[[i2c]]\nid = \"{id}\"\nbus = \"/dev/i2c-1\"\nchip = \"{chip}\"\n{extra}")
+    };
+    let two = format!(
+        "{GOOD}{}{}",
+        dev("a", "adxl355", ""),
+        dev("b", "adxl355", "")
+    );
+    let found = problems(&two);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].key, "i2c[1].address");
+    let apart = format!(
+        "{GOOD}{}{}{}",
+        dev("a", "adxl355", ""),
+        dev("b", "adxl355", "address = 0x53"),
+        dev("c", "nau7802", "")
+    );
+    assert!(Config::parse(&apart, "t").is_ok());
+}
+
+#[test]
 fn channel_names_by_id_parse() {
     let text = GOOD.replace(
         "window = \"10s\"",

@@ -277,6 +277,32 @@ pub fn check_lift_buses(lifts: &[LiftConfig], v: &mut Violations) {
     }
 }
 
+/// The rule between the devices of one I2C bus: each answers at its own address (the
+/// NAU7802's is fixed, 0x2A; an ADXL355 answers at 0x53 when so configured, else 0x1D).
+/// Simulated devices (`bus = "sim"`) each have a bus of their own.
+pub fn check_i2c_buses<C>(devices: &[I2cConfig<C>], v: &mut Violations) {
+    let mut taken: BTreeMap<(&str, u8), usize> = BTreeMap::new();
+    for (i, dev) in devices.iter().enumerate() {
+        if dev.bus == "sim" {
+            continue;
+        }
+        let address = match (dev.chip, dev.address) {
+            (Chip::Nau7802, _) => 0x2A,
+            (Chip::Adxl355, Some(0x53)) => 0x53,
+            (Chip::Adxl355, _) => 0x1D,
+        };
+        if let Some(first) = taken.insert((dev.bus.as_str(), address), i) {
+            v.add(
+                &format!("i2c[{i}].address"),
+                format!(
+                    "{address:#04x} on {} is i2c[{first}]'s: two chips on one bus need two addresses",
+                    dev.bus
+                ),
+            );
+        }
+    }
+}
+
 /// A chip the agent can read directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
