@@ -212,13 +212,16 @@ impl Config {
         let i2c = doc.array::<I2cDevice>("i2c");
         doc.unknown_sections(&SECTIONS);
 
+        // Rules between keys run on sections read as written; on a partial one (a bad key
+        // taken out) only rules that cannot depend on a defaulted key run.
         let mut v = Violations::new("");
-        if let Some(mqtt) = &mqtt {
+        if let Some(mqtt) = mqtt.as_ref().filter(|_| doc.is_clean("mqtt")) {
             let mut section = Violations::new("mqtt");
             mqtt.check(&mut section);
             v.append(section);
         }
-        if let (Some(commands), Some(gateway)) = (&commands, &gateway) {
+        let commands_clean = doc.is_clean("commands");
+        if let (Some(commands), Some(gateway), true) = (&commands, &gateway, commands_clean) {
             let mut section = Violations::new("commands");
             commands.check(gateway.id.as_str(), &mut section);
             v.append(section);
@@ -240,14 +243,17 @@ impl Config {
         for (i, lift) in lifts.iter_mut().enumerate() {
             let Some(lift) = lift else { continue };
             let mut own = Violations::new(format!("lift[{i}]"));
-            lift.check(&mut own);
+            if doc.is_clean(&format!("lift[{i}]")) {
+                lift.check(&mut own);
+            }
             match crate::profile::Profile::resolve(&lift.profile, dir) {
                 Ok(map) => lift.register_map = Some(map),
                 Err(message) => own.add("profile", message),
             }
             v.append(own);
         }
-        check_devices(&nodes, &i2c, &lifts, &mut v);
+        let buses_clean = (doc.is_clean("lift"), doc.is_clean("i2c"));
+        check_devices(&nodes, &i2c, &lifts, buses_clean, &mut v);
         for violation in v.into_vec() {
             doc.rule(violation);
         }
@@ -367,6 +373,7 @@ fn check_devices(
     nodes: &[Option<Node>],
     i2c: &[Option<I2cDevice>],
     lifts: &[Option<LiftConfig>],
+    (lifts_clean, i2c_clean): (bool, bool),
     v: &mut Violations,
 ) {
     let mut ids = BTreeSet::new();
@@ -406,12 +413,17 @@ fn check_devices(
             );
         }
     }
-    // Bus rules compare devices by their index in the file: only when every one was read.
+    // Bus rules compare devices by their index and line settings: only when every one
+    // was read as written.
     if let Some(all) = lifts.iter().cloned().collect::<Option<Vec<_>>>() {
-        source_config::check_lift_buses(&all, v);
+        if lifts_clean {
+            source_config::check_lift_buses(&all, v);
+        }
     }
     if let Some(all) = i2c.iter().cloned().collect::<Option<Vec<_>>>() {
-        source_config::check_i2c_buses(&all, v);
+        if i2c_clean {
+            source_config::check_i2c_buses(&all, v);
+        }
     }
 }
 

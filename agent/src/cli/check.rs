@@ -529,7 +529,12 @@ fn explain_problem(p: &Problem) -> (String, String) {
 /// The installer's fix for a value that parses but breaks a rule.
 fn fix_for_key(key: &str) -> String {
     let last = key.rsplit('.').next().unwrap_or(key);
+    if key.contains(".channels.") {
+        return "correct the channel's filter setting as described (README, per-channel settings)"
+            .into();
+    }
     match last {
+        "port" if key.starts_with("lift") => "give the lifts an RS-485 adapter of their own".into(),
         "id" => {
             "use 1-64 of a-z 0-9 . _ - starting with a letter or digit, unique per gateway".into()
         }

@@ -5,8 +5,9 @@
 //! file. Each top-level section, and each element of an array of tables (`[[node]]`), is then
 //! deserialised on its own; when serde refuses a value, the key at the error's place is
 //! reported, taken out, and the element is read again, so one bad key does not hide the next.
-//! An element that had a problem yields nothing (its cross-section rules are not checked
-//! against half-defaulted values).
+//! An element read with keys taken out is *partial*: the caller checks only the rules that
+//! cannot depend on a defaulted key on it (see [`Document::is_clean`]), and a rule broken
+//! under a taken-out key is not reported twice.
 
 use std::ops::Range;
 
@@ -63,6 +64,8 @@ pub(crate) struct Document<'t> {
     headers: Vec<(String, Vec<Option<usize>>)>,
     /// The sections read so far.
     taken: Vec<String>,
+    /// Keys taken out of partial elements (full paths).
+    removed: Vec<String>,
     problems: Vec<Problem>,
 }
 
@@ -91,6 +94,7 @@ impl<'t> Document<'t> {
             sections,
             headers,
             taken: Vec::new(),
+            removed: Vec::new(),
             problems: Vec::new(),
         })
     }
@@ -168,11 +172,22 @@ impl<'t> Document<'t> {
     /// Reports a rule broken by a value that parsed, placed at its key (or, for a key left
     /// at its default, at its table).
     pub(crate) fn rule(&mut self, violation: Violation) {
+        if self.removed.iter().any(|r| under(&violation.key, r)) {
+            return; // that key's own problem is reported already
+        }
         let at = self.locate(&violation.key);
         self.problems.push(Problem {
             kind: ProblemKind::Rule,
             ..problem_at(self.text, at, violation.key, violation.message)
         });
+    }
+
+    /// Was everything under `prefix` (`mqtt`, `lift[1]`, `lift`) read as written, no key
+    /// taken out?
+    pub(crate) fn is_clean(&self, prefix: &str) -> bool {
+        !self.removed.iter().any(|r| {
+            under(r, prefix) || (r.starts_with(prefix) && r[prefix.len()..].starts_with('['))
+        })
     }
 
     /// All problems found, in the order of the file.
@@ -200,7 +215,15 @@ impl<'t> Document<'t> {
         // Each round removes one key, so this ends; the bound is a guard only.
         for _ in 0..1000 {
             let err = match T::deserialize(value.clone().into_deserializer()) {
-                Ok(t) => return (!failed).then_some(t),
+                Ok(t) => {
+                    if failed {
+                        for steps in removed {
+                            let full: Vec<Step> = prefix.iter().chain(&steps).cloned().collect();
+                            self.removed.push(render(&full));
+                        }
+                    }
+                    return Some(t);
+                }
                 Err(e) => e,
             };
             let message = err.message().trim_end().to_owned();
@@ -323,6 +346,12 @@ fn first_span(value: &Value) -> Option<usize> {
         Value::Array(a) => a.iter().filter_map(first_span).min(),
         _ => None,
     }
+}
+
+/// Is `key` the key `parent` or under it (`a.b[1]` and `a.b.c` are under `a.b`)?
+fn under(key: &str, parent: &str) -> bool {
+    key.strip_prefix(parent)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with('['))
 }
 
 /// `missing field `x``'s `x`.
@@ -448,7 +477,12 @@ mod tests {
         let text = "[[node]]\nid = \"a\"\nbaud = \"x\"\nbogus = 1\n[node.sub]\nk = \"3\"\n\n[[node]]\nbaud = 9600\n";
         let mut doc = Document::parse(text).expect("toml");
         let nodes = doc.array::<Node>("node");
-        assert!(nodes.iter().all(Option::is_none));
+        // node[0] is read without its bad keys; node[1] lacks a required one.
+        assert!(nodes[0]
+            .as_ref()
+            .is_some_and(|n| n.id == "a" && n.sub.is_none()));
+        assert!(nodes[1].is_none());
+        assert!(!doc.is_clean("node[0]") && doc.is_clean("node[1]") && !doc.is_clean("node"));
         let found: Vec<(Option<usize>, String)> = doc
             .into_problems()
             .into_iter()

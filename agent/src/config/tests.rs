@@ -327,12 +327,14 @@ rated_speed_mm_s = 1000
             (Some(9), "store.max_bytes"),
             (Some(13), "node[0].baud"),
             (Some(14), "node[0].window"),
+            // node[0] is read without its two bad keys, so its channel's rules run too.
+            (Some(16), "node[0].channels.strain.spike.k"),
             (Some(20), "node[1].bogus"),
             (Some(24), "lift[0].unit"),
         ],
         "{found:#?}"
     );
-    // With the values right, the rules between keys show (the node's channel, the floors).
+    // With the values right, the lift is read as written and its rules between keys run.
     let fixed = text
         .replace("\"GW\"", "\"gw\"")
         .replace("data_qos = 2", "data_qos = 0")
