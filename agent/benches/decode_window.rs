@@ -104,7 +104,8 @@ fn main() {
         let stats = SourceStats::new();
         let mut link = NodeLink::new(0, None, stats.clone());
         let mut pipeline = Pipeline::new(
-            &config,
+            config.devices(),
+            config.health.node_silent_after,
             0,
             Arc::new(PipelineStats::default()),
             ChannelDirectory::default(),

@@ -189,7 +189,13 @@ fn main() {
     let mut messages: Vec<Message> = Vec::new();
     for _ in 0..3 {
         let stats = Arc::new(PipelineStats::default());
-        let mut pipeline = Pipeline::new(&config, T0_MS as i64, stats, ChannelDirectory::default());
+        let mut pipeline = Pipeline::new(
+            config.devices(),
+            config.health.node_silent_after,
+            T0_MS as i64,
+            stats,
+            ChannelDirectory::default(),
+        );
         let mut out = Vec::with_capacity(20_000);
         pipeline.handle(hello.clone(), T0_MS as i64, &mut out);
         let start = Instant::now();

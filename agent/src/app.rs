@@ -30,7 +30,7 @@ pub async fn run(
     config: Config,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let gw = config.gateway.id.clone();
+    let gw = config.gateway.id.to_string();
     let topics = Topics::new(&config.mqtt.topic_root, &gw);
     let broker = config
         .broker()
@@ -53,8 +53,10 @@ pub async fn run(
             config.store.path.display()
         )
     })?;
-    let (credentials, insecure) =
-        crate::secrets::uplink_security(&config, &broker).map_err(anyhow::Error::msg)?;
+    let (credentials, insecure) = config
+        .mqtt
+        .uplink_security(&broker)
+        .map_err(anyhow::Error::msg)?;
     let tls = crate::uplink::tls::TlsFiles::from_config(&config.mqtt, &broker);
     let depth = queue.depth(now_millis());
     tracing::info!(gw = %gw, broker = %broker, store = %config.store.path.display(), last_seq = queue.last_seq(), unacknowledged = depth.messages, "towerlink agent starting");
@@ -69,16 +71,16 @@ pub async fn run(
     for (dev, node) in config.nodes.iter().enumerate() {
         let stats = SourceStats::new();
         let (req_tx, req_rx) = mpsc::channel::<NodeRequest>(16);
-        node_requests.push((node.id.clone(), req_tx));
+        node_requests.push((node.id.to_string(), req_tx));
         source_entries.push(SourceEntry {
-            dev: node.id.clone(),
+            dev: node.id.to_string(),
             kind: "serial_node",
             port: node.port.display().to_string(),
             stats: stats.clone(),
         });
         let source = SerialNodeSource {
             dev,
-            config: node.clone(),
+            config: node.map_channels(|_| ()),
             events: events_tx.clone(),
             requests: req_rx,
             stats,
@@ -98,14 +100,14 @@ pub async fn run(
     for (i, dev) in config.i2c.iter().enumerate() {
         let stats = SourceStats::new();
         source_entries.push(SourceEntry {
-            dev: dev.id.clone(),
+            dev: dev.id.to_string(),
             kind: "i2c",
             port: dev.bus.clone(),
             stats: stats.clone(),
         });
         let source = crate::sources::i2c_device::I2cSource {
             dev: config.nodes.len() + i,
-            config: dev.clone(),
+            config: dev.map_channels(|_| ()),
             events: events_tx.clone(),
             stats,
             heartbeat: heartbeats.register(&format!("i2c {}", dev.id)),
@@ -120,7 +122,8 @@ pub async fn run(
     let pipeline_stats = Arc::new(PipelineStats::default());
     let directory = crate::commands::ChannelDirectory::default();
     let pipeline = Pipeline::new(
-        &config,
+        config.devices(),
+        config.health.node_silent_after,
         now_millis(),
         pipeline_stats.clone(),
         directory.clone(),
@@ -180,8 +183,15 @@ pub async fn run(
     )
     .map_err(anyhow::Error::msg)?;
     let commands_task = tokio::spawn(crate::commands::run(
-        crate::commands::CommandContext::new(&config, node_requests, directory, pipeline_tx)
-            .with_stats(command_stats),
+        crate::commands::CommandContext::new(
+            config.command_settings(),
+            config.zero_at(),
+            config.redacted(),
+            node_requests,
+            directory,
+            pipeline_tx,
+        )
+        .with_stats(command_stats),
         commands_rx,
         queue.clone(),
         shutdown.clone(),
@@ -248,7 +258,7 @@ fn start_lift_buses(
         })?;
         let stats = SourceStats::new();
         entries.push(SourceEntry {
-            dev: lift.id.clone(),
+            dev: lift.id.to_string(),
             kind: "modbus_lift",
             port: lift.port.display().to_string(),
             stats: stats.clone(),

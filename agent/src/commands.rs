@@ -8,6 +8,8 @@
 //! rate-limited (`[commands] rate` and `burst`, a token bucket): one over the limit is answered
 //! `ok: false`, "rate limited", without being carried out. Counters go to `health`.
 
+pub mod config;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -18,12 +20,13 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use towerlink_firmware::protocol::{AckResult, Op};
 
-use crate::config::{Config, ZeroAt};
 use crate::feed::{now_millis, rfc3339, Message, Reply};
 use crate::pipeline::{Channel, PipelineRequest};
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
+use crate::sources::config::ZeroAt;
 use crate::sources::NodeRequest;
+use config::CommandsConfig;
 
 /// Largest command payload accepted.
 pub const MAX_COMMAND_BYTES: usize = 4096;
@@ -116,36 +119,32 @@ pub struct CommandContext {
 impl CommandContext {
     /// A context over the running configuration and the nodes' request channels.
     pub fn new(
-        config: &Config,
+        (gw, settings): (&str, &CommandsConfig),
+        zero_at: Vec<(String, ZeroAt)>,
+        config_json: Value,
         nodes: Vec<(String, mpsc::Sender<NodeRequest>)>,
         directory: ChannelDirectory,
         pipeline: mpsc::Sender<PipelineRequest>,
     ) -> CommandContext {
         CommandContext {
             // The key was checked when the configuration loaded.
-            verifier: config.commands.public_key.as_deref().and_then(|key| {
+            verifier: settings.public_key.as_deref().and_then(|key| {
                 crate::command_auth::CommandVerifier::new(
-                    &config.gateway.id,
+                    gw,
                     key,
-                    config.commands.max_skew.as_millis() as i64,
+                    settings.max_skew.as_millis() as i64,
                 )
                 .ok()
             }),
             limiter: Mutex::new(crate::rate_limit::TokenBucket::new(
-                config.commands.rate,
-                config.commands.burst,
+                settings.rate,
+                settings.burst,
                 Instant::now(),
             )),
             stats: Arc::default(),
-            config_json: redacted_config(config),
+            config_json,
             nodes: nodes.into_iter().collect(),
-            // I2C devices have no node to tare them: their zero is always kept here.
-            zero_at: config
-                .nodes
-                .iter()
-                .map(|n| (n.id.clone(), n.zero_at))
-                .chain(config.i2c.iter().map(|d| (d.id.clone(), ZeroAt::Gateway)))
-                .collect(),
+            zero_at: zero_at.into_iter().collect(),
             pipeline,
             directory,
         }
@@ -345,47 +344,6 @@ fn refuse(id: String, error: String) -> Reply {
     }
 }
 
-/// The running configuration as JSON, with nothing secret in it.
-pub fn redacted_config(config: &Config) -> Value {
-    let d = |d: Duration| humantime::format_duration(d).to_string();
-    json!({
-        "gateway": { "id": config.gateway.id },
-        "mqtt": {
-            "url": config.mqtt.url,
-            "topic_root": config.mqtt.topic_root,
-            "keep_alive": d(config.mqtt.keep_alive),
-            "data_qos": config.mqtt.data_qos,
-            "allow_insecure": config.mqtt.allow_insecure,
-            "max_inflight": config.mqtt.max_inflight,
-            // Paths and the user name only: never the password or any key material.
-            "ca_file": config.mqtt.ca_file.as_ref().map(|p| p.display().to_string()),
-            "cert_file": config.mqtt.cert_file.as_ref().map(|p| p.display().to_string()),
-            "key_file": config.mqtt.key_file.as_ref().map(|p| p.display().to_string()),
-            "username": config.mqtt.username,
-            "password_file": config.mqtt.password_file.as_ref().map(|p| p.display().to_string()),
-        },
-        "commands": {
-            "rate": config.commands.rate,
-            "burst": config.commands.burst,
-            "public_key": config.commands.public_key,
-            "max_skew": d(config.commands.max_skew),
-        },
-        "store": { "path": config.store.path.display().to_string(), "max_messages": config.store.max_messages },
-        "health": { "interval": d(config.health.interval), "node_silent_after": d(config.health.node_silent_after) },
-        "node": config.nodes.iter().map(|n| json!({
-            "id": n.id,
-            "port": n.port.display().to_string(),
-            "baud": n.baud,
-            "window": d(n.window),
-            "window_grace": d(n.window_grace),
-            "node_id": n.node_id,
-            "names": n.names,
-            "zero_at": match n.zero_at { ZeroAt::Node => "node", ZeroAt::Gateway => "gateway" },
-            "channels": n.channels.keys().collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-    })
-}
-
 /// Answers commands until shutdown.
 pub async fn run(
     context: CommandContext,
@@ -409,6 +367,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     fn context() -> CommandContext {
         context_with("")
@@ -423,7 +382,9 @@ mod tests {
         let (tx, _rx) = mpsc::channel(1);
         let (ptx, _prx) = mpsc::channel(1);
         CommandContext::new(
-            &config,
+            config.command_settings(),
+            config.zero_at(),
+            config.redacted(),
             vec![("p1".into(), tx)],
             ChannelDirectory::default(),
             ptx,

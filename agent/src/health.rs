@@ -8,8 +8,9 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::feed::{now_millis, rfc3339, FEED_VERSION};
@@ -17,6 +18,41 @@ use crate::pipeline::PipelineStats;
 use crate::queue::Queue;
 use crate::sources::SourceStats;
 use crate::uplink::UplinkStats;
+use crate::values;
+
+/// `[health]`: the gateway's own health report.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// How often `health` is published (at least 1s).
+    #[serde(
+        default = "default_health_interval",
+        deserialize_with = "values::de_duration_in::<_, 1_000, { u64::MAX }>"
+    )]
+    pub interval: Duration,
+    /// A node that sends nothing at all for this long is reported `sensor_offline`.
+    #[serde(
+        default = "default_node_silence",
+        deserialize_with = "values::de_duration"
+    )]
+    pub node_silent_after: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval: default_health_interval(),
+            node_silent_after: default_node_silence(),
+        }
+    }
+}
+
+fn default_health_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_node_silence() -> Duration {
+    Duration::from_secs(30)
+}
 
 /// One watched source.
 #[derive(Debug, Clone)]
@@ -44,7 +80,7 @@ pub struct HealthReporter {
     previous_errors: Mutex<BTreeMap<String, u64>>,
     replay_rate: u32,
     insecure: bool,
-    protocol: crate::config::MqttProtocol,
+    protocol: crate::uplink::config::MqttProtocol,
     commands: Arc<crate::commands::CommandStats>,
 }
 
@@ -69,7 +105,7 @@ impl HealthReporter {
             previous_errors: Mutex::new(BTreeMap::new()),
             replay_rate: 0,
             insecure: false,
-            protocol: crate::config::MqttProtocol::default(),
+            protocol: crate::uplink::config::MqttProtocol::default(),
             commands: Arc::default(),
         }
     }
@@ -87,7 +123,10 @@ impl HealthReporter {
     }
 
     /// Reports the MQTT version of the uplink (`[mqtt] protocol`).
-    pub fn with_protocol(mut self, protocol: crate::config::MqttProtocol) -> HealthReporter {
+    pub fn with_protocol(
+        mut self,
+        protocol: crate::uplink::config::MqttProtocol,
+    ) -> HealthReporter {
         self.protocol = protocol;
         self
     }

@@ -8,7 +8,37 @@
 //!                                       commands/ (cmd -> node, replies) +
 //! ```
 //!
-//! - [`config`]: the TOML configuration and its validation.
+//! ## Which module may import which
+//!
+//! Imports go one way; `tests/import_layers.rs` fails on any other edge and on any circle.
+//!
+//! ```text
+//! bottom    values, feed, feed_view, secrets, backoff, shutdown, rate_limit, service
+//!           (import only each other)
+//! sources   (with profile)       -> bottom
+//! queue                          -> bottom
+//! pipeline                       -> sources, queue, bottom
+//! uplink                         -> queue, bottom
+//! commands  (with command_auth)  -> pipeline, sources, queue, bottom
+//! health                         -> the stages above, bottom
+//! config                         -> the stages' config sections, health, bottom
+//! app, cli                       -> everything above; main -> everything
+//! ```
+//!
+//! Data flows sources -> pipeline -> queue -> uplink; the pipeline pushes into the queue
+//! (so it imports it) and the uplink drains it. Each stage owns its config section in its
+//! own `config` module (`sources::config`, `queue::config`, `uplink::config`,
+//! `commands::config`; the pipeline's per-channel settings in `pipeline::settings`,
+//! `[health]` in `health`), built from the checked values of `values`. `config` only
+//! composes them: nothing but `app`, `cli` and `main` imports it. `service` (the watchdog's
+//! heartbeats) sits at the bottom because every loop beats. Test modules may use any
+//! module. One edge still breaks the rule and is being removed (issue 14): the pipeline
+//! fills `commands::ChannelDirectory`; the test lists it as known, and only it.
+//!
+//! ## Modules
+//!
+//! - [`config`]: loads the file, composes the stages' sections, checks the rules across them.
+//! - [`values`]: ids, sizes, durations and ranges checked while the configuration is read.
 //! - [`profile`]: lift controller register maps (Modbus input registers, read-only).
 //! - [`feed`]: the MQTT feed contract (topics and payloads), decided in one place.
 //! - [`sources`]: tasks that own devices and produce [`sources::SourceEvent`]s.
@@ -43,3 +73,4 @@ pub mod service;
 pub mod shutdown;
 pub mod sources;
 pub mod uplink;
+pub mod values;

@@ -118,7 +118,8 @@ fn with_config(path: &std::path::Path, f: impl FnOnce(Config) -> ExitCode) -> Ex
     match Config::load(path) {
         Ok(c) => f(c),
         Err(e) => {
-            eprintln!("towerlink: {e} (run `towerlink check` for details)");
+            eprintln!("towerlink: {e}");
+            eprintln!("towerlink: run `towerlink check` for details and fixes");
             ExitCode::from(2)
         }
     }

@@ -87,44 +87,6 @@ pub fn permission_problem(key: &str, path: &Path) -> Option<String> {
     ))
 }
 
-/// Every secret file of `[mqtt]` with too open permissions (`key_file`, `password_file`).
-pub fn secret_file_problems(mqtt: &crate::config::MqttConfig) -> Vec<String> {
-    [
-        ("mqtt.key_file", mqtt.key_file.as_deref()),
-        ("mqtt.password_file", mqtt.password_file.as_deref()),
-    ]
-    .into_iter()
-    .filter_map(|(key, path)| path.and_then(|p| permission_problem(key, p)))
-    .collect()
-}
-
-/// The MQTT user name and the password read from `password_file` (empty without one).
-pub fn credentials(mqtt: &crate::config::MqttConfig) -> Result<Option<(String, Secret)>, String> {
-    Ok(match (&mqtt.username, &mqtt.password_file) {
-        (Some(user), Some(file)) => Some((user.clone(), read_password_file(file)?)),
-        (Some(user), None) => Some((user.clone(), Secret::new(String::new()))),
-        _ => None,
-    })
-}
-
-/// Reads the password file and warns about what weakens the uplink: plain MQTT to a
-/// non-loopback broker (allowed by `allow_insecure`) and secret files others can read.
-/// Returns the credentials and whether the uplink is insecure.
-pub fn uplink_security(
-    config: &crate::config::Config,
-    broker: &crate::config::BrokerAddress,
-) -> Result<(Option<(String, Secret)>, bool), String> {
-    let credentials = credentials(&config.mqtt)?;
-    let insecure = !broker.tls && !broker.is_loopback();
-    if insecure {
-        tracing::warn!(broker = %broker, "allow_insecure = true: MQTT to a non-loopback broker is NOT encrypted; use mqtts://");
-    }
-    for problem in secret_file_problems(&config.mqtt) {
-        tracing::warn!("{problem}");
-    }
-    Ok((credentials, insecure))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,40 +159,5 @@ mod tests {
         }
         let missing = permission_problem("mqtt.password_file", &dir.path().join("nope"));
         assert!(missing.is_some_and(|m| m.contains("cannot check")));
-    }
-
-    #[test]
-    fn uplink_security_reads_the_password_and_flags_insecure() {
-        let dir = tempfile::tempdir().expect("dir");
-        let pw = dir.path().join("password");
-        std::fs::write(&pw, "pa55word\n").expect("write");
-        let config = |mqtt: &str| {
-            crate::config::Config::parse(
-                &format!("[gateway]\nid = \"gw\"\n[store]\npath = \"/tmp/x\"\n[mqtt]\n{mqtt}\n"),
-                "t",
-            )
-            .expect("config")
-        };
-        let c = config(&format!(
-            "url = \"mqtt://127.0.0.1\"\nusername = \"u\"\npassword_file = \"{}\"",
-            pw.display()
-        ));
-        let (credentials, insecure) =
-            uplink_security(&c, &c.broker().expect("url")).expect("security");
-        let (user, password) = credentials.expect("credentials");
-        assert_eq!(
-            (user.as_str(), password.expose(), insecure),
-            ("u", "pa55word", false)
-        );
-        let c = config("url = \"mqtt://10.1.2.3\"\nallow_insecure = true");
-        let (credentials, insecure) =
-            uplink_security(&c, &c.broker().expect("url")).expect("security");
-        assert!(credentials.is_none() && insecure);
-        let c = config(&format!(
-            "url = \"mqtt://127.0.0.1\"\nusername = \"u\"\npassword_file = \"{}\"",
-            dir.path().join("absent").display()
-        ));
-        let e = uplink_security(&c, &c.broker().expect("url")).expect_err("missing file");
-        assert!(e.contains("absent"), "{e}");
     }
 }

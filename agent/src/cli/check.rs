@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::node_port;
-use crate::config::{Config, ConfigError, NodeConfig};
+use crate::config::{Config, ConfigError, Node as NodeConfig, Problem, ProblemKind};
 
 /// How long a node has to introduce itself.
 pub const NODE_LISTEN: Duration = Duration::from_secs(4);
@@ -53,8 +53,9 @@ pub async fn run(path: &Path) -> usize {
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(e) => {
-            let (reason, fix) = explain_config_error(path, &e);
-            report.fail(&format!("config {}", path.display()), &reason, &fix);
+            for (reason, fix) in explain_config_error(&e) {
+                report.fail(&format!("config {}", path.display()), &reason, &fix);
+            }
             return report.failures();
         }
     };
@@ -91,7 +92,7 @@ pub async fn run(path: &Path) -> usize {
     for dev in &config.i2c {
         let item = format!("i2c {} ({:?} on {})", dev.id, dev.chip, dev.bus);
         let d = dev.clone();
-        let outcome = tokio::task::spawn_blocking(move || check_i2c(&d))
+        let outcome = tokio::task::spawn_blocking(move || check_i2c(&d.map_channels(|_| ())))
             .await
             .unwrap_or_else(|e| Err((format!("check aborted: {e}"), String::new())));
         match outcome {
@@ -113,7 +114,7 @@ pub async fn run(path: &Path) -> usize {
         }
     }
 
-    let secrets = crate::secrets::secret_file_problems(&config.mqtt);
+    let secrets = config.mqtt.secret_file_problems();
     let has_secret_files = config.mqtt.key_file.is_some() || config.mqtt.password_file.is_some();
     for problem in &secrets {
         report.fail(
@@ -169,7 +170,7 @@ pub async fn run(path: &Path) -> usize {
 async fn check_session(config: &Config) -> Result<String, (String, String)> {
     use crate::uplink::session::{Event, SessionError, SessionSpec, SetupError};
     use crate::uplink::tls::hint;
-    let spec = SessionSpec::for_tool(config, "check").map_err(|e| {
+    let spec = SessionSpec::for_tool(&config.gateway.id, &config.mqtt, "check").map_err(|e| {
         let fix = match &e {
             SetupError::Url(_) => "correct [mqtt] url",
             SetupError::NoCa(_) => "set [mqtt] ca_file",
@@ -258,7 +259,7 @@ fn check_i2c(dev: &crate::sources::i2c_device::I2cConfig) -> Result<String, (Str
 }
 
 /// A lift: the bus opens and the unit answers one read (function 0x04 only).
-async fn check_lift(lift: &crate::config::LiftConfig) -> Result<String, (String, String)> {
+async fn check_lift(lift: &crate::sources::config::LiftConfig) -> Result<String, (String, String)> {
     use crate::sources::modbus_lift::BusMaster;
     use crate::sources::modbus_rtu::{Answer, ReadInputRegisters};
     let path = lift.port.display().to_string();
@@ -482,8 +483,9 @@ fn connect_packet(client_id: &str, keep_alive_s: u16) -> Vec<u8> {
     packet
 }
 
-/// The reason (with file, line and key) and the fix for a configuration that did not load.
-pub fn explain_config_error(path: &Path, e: &ConfigError) -> (String, String) {
+/// The reasons (each with its line and key) and fixes for a configuration that did not
+/// load: one per problem in the file.
+pub fn explain_config_error(e: &ConfigError) -> Vec<(String, String)> {
     match e {
         ConfigError::Read { source, .. } => {
             let fix = if source.kind() == std::io::ErrorKind::PermissionDenied {
@@ -491,114 +493,48 @@ pub fn explain_config_error(path: &Path, e: &ConfigError) -> (String, String) {
             } else {
                 "give the right path with --config (the package installs /etc/towerlink/towerlink.toml)"
             };
-            (format!("cannot read: {source}"), fix.to_owned())
+            vec![(format!("cannot read: {source}"), fix.to_owned())]
         }
-        ConfigError::Parse { message, .. } => {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            let (line, summary) = summarise_toml_error(message);
-            let key = line.and_then(|l| key_at_line(&text, l));
-            let place = match (line, &key) {
-                (Some(l), Some(k)) => format!("line {l}, key {k}: "),
-                (Some(l), None) => format!("line {l}: "),
-                _ => String::new(),
-            };
-            let fix = if summary.contains("unknown field") {
-                "remove or correct that key (README, configuration reference)"
-            } else if summary.contains("missing field") {
-                "add the missing key (README, configuration reference)"
-            } else if summary.contains("invalid type") || summary.contains("invalid value") {
-                "give the value the type shown (strings in quotes, numbers without)"
-            } else if summary.contains("duration") {
-                "write durations like \"10s\", \"250ms\", \"5m\""
-            } else {
-                "fix the TOML at that line"
-            };
-            (format!("{place}{summary}"), fix.to_owned())
-        }
-        ConfigError::Invalid { key, message, .. } => {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            let place = match line_of_key(&text, key) {
-                Some(l) => format!("line {l}, key {key}"),
-                None => format!("key {key}"),
-            };
-            (format!("{place}: {message}"), fix_for_key(key))
-        }
+        ConfigError::Invalid { problems, .. } => problems.iter().map(explain_problem).collect(),
     }
 }
 
-/// toml's multi-line message as `(line, one-line summary)`.
-fn summarise_toml_error(message: &str) -> (Option<usize>, String) {
-    let mut line = None;
-    let mut parts = Vec::new();
-    for raw in message.lines() {
-        let l = raw.trim();
-        if let Some(rest) = l.strip_prefix("TOML parse error at line ") {
-            line = rest
-                .split(|c: char| !c.is_ascii_digit())
-                .next()
-                .and_then(|n| n.parse().ok());
-            continue;
+/// One problem as `line L, key K: message` and its fix.
+fn explain_problem(p: &Problem) -> (String, String) {
+    let place = match (p.line, p.key.is_empty()) {
+        (Some(l), false) => format!("line {l}, key {}: ", p.key),
+        (Some(l), true) => format!("line {l}: "),
+        (None, false) => format!("key {}: ", p.key),
+        (None, true) => String::new(),
+    };
+    let fix = match p.kind {
+        ProblemKind::Syntax => "fix the TOML at that line".to_owned(),
+        ProblemKind::UnknownKey => {
+            "remove or correct that key (README, configuration reference)".to_owned()
         }
-        // The source excerpt: "13 | baud = 1", "|", "^^^".
-        let after_number = l
-            .trim_start_matches(|c: char| c.is_ascii_digit())
-            .trim_start();
-        if l.is_empty() || after_number.starts_with('|') || l.starts_with('^') {
-            continue;
+        ProblemKind::MissingKey => {
+            "add the missing key (README, configuration reference)".to_owned()
         }
-        parts.push(l.to_owned());
-    }
-    (line, parts.join("; "))
-}
-
-/// `table.key` (or `node[1].key`) of the assignment on 1-based `line`.
-fn key_at_line(text: &str, line: usize) -> Option<String> {
-    let lines: Vec<&str> = text.lines().collect();
-    let current = lines.get(line.checked_sub(1)?)?.trim();
-    let (mut table, mut counts) = (String::new(), std::collections::BTreeMap::new());
-    for l in lines.iter().take(line) {
-        let l = l.trim();
-        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split_once("]]")) {
-            let n = counts.entry(name.0.trim().to_owned()).or_insert(0usize);
-            table = format!("{}[{}]", name.0.trim(), *n);
-            *n += 1;
-        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split_once(']')) {
-            table = name.0.trim().to_owned();
+        ProblemKind::WrongType => {
+            "give the value the type shown (strings in quotes, numbers without)".to_owned()
         }
-    }
-    if current.starts_with('[') {
-        return Some(current.trim_matches(['[', ']']).to_owned());
-    }
-    let key = current.split_once('=')?.0.trim();
-    if key.is_empty() {
-        return None;
-    }
-    Some(if table.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{table}.{key}")
-    })
-}
-
-/// The 1-based line where `key` (`mqtt.url`, `node[1].baud`) is set, or where its table
-/// starts when the key was left at its default.
-fn line_of_key(text: &str, key: &str) -> Option<usize> {
-    let lines: Vec<&str> = text.lines().collect();
-    (1..=lines.len())
-        .find(|&l| key_at_line(text, l).as_deref() == Some(key))
-        .or_else(|| {
-            let table = key.rsplit_once('.')?.0;
-            (1..=lines.len()).find(|&l| {
-                lines[l - 1].trim().starts_with('[')
-                    && key_at_line(text, l + 1).is_some_and(|k| k.starts_with(table))
-            })
-        })
+        ProblemKind::Rule if p.message.contains("invalid duration") => {
+            "write durations like \"10s\", \"250ms\", \"5m\"".to_owned()
+        }
+        ProblemKind::Rule => fix_for_key(&p.key),
+    };
+    (format!("{place}{}", p.message), fix)
 }
 
 /// The installer's fix for a value that parses but breaks a rule.
 fn fix_for_key(key: &str) -> String {
     let last = key.rsplit('.').next().unwrap_or(key);
+    if key.contains(".channels.") {
+        return "correct the channel's filter setting as described (README, per-channel settings)"
+            .into();
+    }
     match last {
+        "port" if key.starts_with("lift") => "give the lifts an RS-485 adapter of their own".into(),
         "id" => {
             "use 1-64 of a-z 0-9 . _ - starting with a letter or digit, unique per gateway".into()
         }
@@ -621,32 +557,22 @@ fn fix_for_key(key: &str) -> String {
 mod tests {
     use super::*;
 
-    const TEXT: &str = "[gateway]\nid = \"a\"\n\n[[node]]\nid = \"n1\"\nport = \"/dev/x\"\n\n[[node]]\nid = \"n2\"\nbaud = 7\n[node.channels.tilt_x]\nalpha = 2\n";
-
     #[test]
-    fn keys_are_found_by_line_and_lines_by_key() {
-        assert_eq!(key_at_line(TEXT, 2).as_deref(), Some("gateway.id"));
-        assert_eq!(key_at_line(TEXT, 9).as_deref(), Some("node[1].id"));
-        assert_eq!(key_at_line(TEXT, 10).as_deref(), Some("node[1].baud"));
-        assert_eq!(
-            key_at_line(TEXT, 12).as_deref(),
-            Some("node.channels.tilt_x.alpha")
-        );
-        assert_eq!(line_of_key(TEXT, "node[1].baud"), Some(10));
-        assert_eq!(line_of_key(TEXT, "node[0].port"), Some(6));
-        assert_eq!(line_of_key(TEXT, "gateway.id"), Some(2));
-    }
-
-    #[test]
-    fn toml_messages_become_one_line() {
-        let (line, summary) = summarise_toml_error(
-            "TOML parse error at line 13, column 1\n   |\n13 | baudrate = 9600\n   | ^^^^^^^^\nunknown field `baudrate`, expected one of `id`, `port`\n",
-        );
-        assert_eq!(line, Some(13));
-        assert_eq!(
-            summary,
-            "unknown field `baudrate`, expected one of `id`, `port`"
-        );
+    fn every_config_problem_gets_its_place_and_fix() {
+        let e = Config::parse(
+            "[gateway]\nid = \"GW\"\n[mqtt]\nurl = \"mqtt://127.0.0.1\"\nwindow = 1\n[store]\npath = \"/x\"\n[[node]]\nid = \"n\"\nport = \"/dev/x\"\nbaud = \"fast\"\nwindow = \"ten\"\n",
+            "t",
+        )
+        .expect_err("broken");
+        let explained = explain_config_error(&e);
+        let reasons: Vec<&str> = explained.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(reasons.len(), 4, "{explained:#?}");
+        assert!(reasons[0].starts_with("line 2, key gateway.id: \"GW\" is not a valid gateway id"));
+        assert!(reasons[1].starts_with("line 5, key mqtt.window: unknown field `window`"));
+        assert!(reasons[2].starts_with("line 11, key node[0].baud: invalid type"));
+        assert!(reasons[3].starts_with("line 12, key node[0].window: invalid duration"));
+        assert!(explained[1].1.contains("remove or correct"));
+        assert!(explained[3].1.contains("durations like"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::node_port;
-use crate::config::Parity;
+use crate::sources::config::Parity;
 use crate::sources::modbus_lift::BusMaster;
 use crate::sources::modbus_rtu::{Answer, ReadInputRegisters};
 

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use towerlink_firmware::protocol::{Body, ChannelInfo, Frame};
 
 use super::node_port;
-use crate::config::{Config, NodeConfig};
+use crate::config::{Config, Node as NodeConfig};
 use crate::feed::{now_millis, rfc3339, Topics};
 use crate::pipeline::channel_names;
 use crate::uplink::session::{Event, SessionSpec};
@@ -198,7 +198,7 @@ async fn read_node(node: NodeConfig, mut port: node_port::NodePort, tx: mpsc::Se
 /// The session is set up as the agent's (TLS, client certificate, credentials, protocol,
 /// `max_packet`: see [`SessionSpec::for_tool`]), under the client id `<gw>-tail-<pid>`.
 pub async fn from_broker(config: &Config, limits: Limits) -> u8 {
-    let spec = match SessionSpec::for_tool(config, "tail") {
+    let spec = match SessionSpec::for_tool(&config.gateway.id, &config.mqtt, "tail") {
         Ok(s) => s,
         Err(e) => {
             eprintln!("towerlink tail: {e}");

@@ -14,9 +14,10 @@ use tokio::time::Instant;
 use towerlink_firmware::protocol::{AckResult, Op};
 
 use super::node_port;
-use crate::config::{Config, ZeroAt};
+use crate::config::Config;
 use crate::feed::Topics;
 use crate::pipeline::channel_names;
+use crate::sources::config::ZeroAt;
 use crate::uplink::session::{Event, SessionSpec};
 
 /// How long the agent has to reply.
@@ -28,7 +29,7 @@ pub const NODE_TIMEOUT: Duration = Duration::from_secs(4);
 pub async fn via_agent(config: &Config, dev: &str, ch: &str) -> u8 {
     // The agent's own session setup (TLS, client certificate, credentials, protocol), under
     // the client id `<gw>-zero-<pid>`.
-    let spec = match SessionSpec::for_tool(config, "zero") {
+    let spec = match SessionSpec::for_tool(&config.gateway.id, &config.mqtt, "zero") {
         Ok(s) => s,
         Err(e) => {
             eprintln!("towerlink zero: {e}");

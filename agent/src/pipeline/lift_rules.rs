@@ -24,11 +24,11 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use crate::config::LiftConfig;
 use crate::feed::{
     Event, EventState, LiftDoor, LiftMode, LiftStatus, Message, Severity, UnixMillis,
 };
 use crate::profile::LiftReading;
+use crate::sources::config::LiftConfig;
 
 /// Consecutive polls without a valid reading that make `comm_lost`.
 pub const COMM_LOST_AFTER_POLLS: u32 = 3;

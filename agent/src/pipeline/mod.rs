@@ -29,11 +29,12 @@ use self::sensor_health::DeviceHealth;
 use self::window::DeviceWindows;
 use self::zero::ZeroTable;
 use crate::commands::ChannelDirectory;
-use crate::config::{Config, NodeConfig};
 use crate::feed::{now_millis, Event, Message, UnixMillis};
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
+use crate::sources::config::LiftConfig;
 use crate::sources::SourceEvent;
+use settings::{I2cDevice, Node as NodeConfig};
 
 /// Samples that arrive before the node's Hello are held (up to this many events) until its
 /// channels are known; the source asks for a Hello as soon as it opens the port.
@@ -150,7 +151,7 @@ struct Device {
 impl Device {
     fn new(config: &NodeConfig, now: UnixMillis, silent_after: Duration) -> Device {
         Device {
-            id: config.id.clone(),
+            id: config.id.to_string(),
             config: config.clone(),
             channels: Vec::new(),
             chains: Vec::new(),
@@ -185,22 +186,21 @@ pub struct Pipeline {
 impl Pipeline {
     /// A pipeline for the configured devices, started at `now`.
     pub fn new(
-        config: &Config,
+        (nodes, i2c, lifts): (&[NodeConfig], &[I2cDevice], &[LiftConfig]),
+        silent_after: Duration,
         now: UnixMillis,
         stats: Arc<PipelineStats>,
         directory: ChannelDirectory,
     ) -> Pipeline {
         // Devices are indexed nodes first, then I2C devices (which the pipeline treats as
         // nodes: same windows, filters and health rules).
-        let i2c_nodes: Vec<NodeConfig> = config.i2c.iter().map(|d| d.as_node()).collect();
-        let devices = config
-            .nodes
+        let i2c_nodes: Vec<NodeConfig> = i2c.iter().map(|d| d.as_node()).collect();
+        let devices = nodes
             .iter()
             .chain(&i2c_nodes)
-            .map(|n| Device::new(n, now, config.health.node_silent_after))
+            .map(|n| Device::new(n, now, silent_after))
             .collect();
-        let lifts = config
-            .lifts
+        let lifts = lifts
             .iter()
             .map(|l| LiftMonitor::new(&l.id, LiftRuleSettings::from_config(l)))
             .collect();

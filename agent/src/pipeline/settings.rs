@@ -32,6 +32,11 @@ fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, 
     de_duration(d).map(Some)
 }
 
+/// A `[[node]]` as the pipeline runs it: the source's keys with these settings per channel.
+pub type Node = crate::sources::config::NodeConfig<ChannelSettings>;
+/// An `[[i2c]]` device as the pipeline runs it.
+pub type I2cDevice = crate::sources::config::I2cConfig<ChannelSettings>;
+
 /// `spike = { window, k }` or `spike = false`.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(untagged)]

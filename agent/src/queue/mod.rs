@@ -20,6 +20,7 @@
 //! Pushing never waits for the network: a slow or absent broker fills this queue, never the
 //! pipeline or a serial reader.
 
+pub mod config;
 pub mod record;
 pub mod segment;
 pub mod seq;

@@ -18,92 +18,20 @@ use std::time::{Duration, Instant};
 
 use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
-use serde::Deserialize;
 use tokio::sync::mpsc;
 use towerlink_firmware::drivers::{adxl355, nau7802};
 use towerlink_firmware::protocol::{ChannelInfo, FaultCode, Quantity};
 
+use super::config::NodeConfig;
 use super::{DevIndex, SourceEvent, SourceStats};
 use crate::backoff::Backoff;
-use crate::config::NodeConfig;
 use crate::feed::now_millis;
 use crate::service::Heartbeat;
 use crate::shutdown::Shutdown;
 
-/// A chip the agent can read directly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Chip {
-    /// 24-bit bridge ADC: one strain channel.
-    Nau7802,
-    /// 3-axis accelerometer as an inclinometer: tilt X, tilt Y, temperature.
-    Adxl355,
-}
+pub use super::config::{Calibration, Chip, I2cConfig};
 
-/// `calibration = { gain, offset }`: value = gain x reading + offset.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Calibration {
-    /// Multiplier.
-    #[serde(default = "one")]
-    pub gain: f64,
-    /// Offset, in the channel's unit.
-    #[serde(default)]
-    pub offset: f64,
-}
-
-fn one() -> f64 {
-    1.0
-}
-
-impl Default for Calibration {
-    fn default() -> Self {
-        Calibration {
-            gain: 1.0,
-            offset: 0.0,
-        }
-    }
-}
-
-fn default_rate() -> u16 {
-    10
-}
-
-/// `[[i2c]]`: one chip on one of the gateway's I2C buses.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct I2cConfig {
-    /// Device id `{dev}`.
-    pub id: String,
-    /// `/dev/i2c-N`, or `"sim"` (builds with the `sim` feature).
-    pub bus: String,
-    /// The chip.
-    pub chip: Chip,
-    /// 7-bit address (default: 0x2A for the NAU7802, 0x1D for the ADXL355).
-    #[serde(default)]
-    pub address: Option<u8>,
-    /// Samples per second, 1..=100.
-    #[serde(default = "default_rate")]
-    pub rate_hz: u16,
-    /// Applied to every reading.
-    #[serde(default)]
-    pub calibration: Calibration,
-    /// Telemetry window and filter settings, as for a node.
-    #[serde(
-        default = "default_window",
-        deserialize_with = "crate::config::de_duration"
-    )]
-    pub window: Duration,
-    /// Filter chain per channel, as for a node.
-    #[serde(default)]
-    pub channels: BTreeMap<String, crate::pipeline::settings::ChannelSettings>,
-}
-
-fn default_window() -> Duration {
-    Duration::from_secs(10)
-}
-
-impl I2cConfig {
+impl<C: Clone> I2cConfig<C> {
     /// The channels this device delivers.
     pub fn channel_infos(&self) -> Vec<ChannelInfo> {
         let rate_hz = self.rate_hz;
@@ -134,7 +62,7 @@ impl I2cConfig {
     }
 
     /// The device as the pipeline sees a node (windows, names, filter settings).
-    pub fn as_node(&self) -> NodeConfig {
+    pub fn as_node(&self) -> NodeConfig<C> {
         NodeConfig {
             id: self.id.clone(),
             port: PathBuf::from(&self.bus),
@@ -143,40 +71,9 @@ impl I2cConfig {
             window_grace: Duration::from_secs(2),
             node_id: None,
             names: BTreeMap::new(),
-            zero_at: crate::config::ZeroAt::Gateway,
+            zero_at: super::config::ZeroAt::Gateway,
             channels: self.channels.clone(),
         }
-    }
-
-    /// Checks what parses but makes no sense; returns (sub-key, message).
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        if !(1..=100).contains(&self.rate_hz) {
-            return Err(("rate_hz".into(), "must be 1..=100".into()));
-        }
-        if self.bus != "sim" && !self.bus.starts_with("/dev/") {
-            return Err((
-                "bus".into(),
-                format!(
-                    "{:?}: give a device such as /dev/i2c-1, or \"sim\"",
-                    self.bus
-                ),
-            ));
-        }
-        if let Some(a) = self.address {
-            if !(0x08..=0x77).contains(&a) {
-                return Err((
-                    "address".into(),
-                    format!("{a:#04x} is not a 7-bit device address (0x08..=0x77)"),
-                ));
-            }
-        }
-        if !self.calibration.gain.is_finite() || !self.calibration.offset.is_finite() {
-            return Err((
-                "calibration".into(),
-                "gain and offset must be finite".into(),
-            ));
-        }
-        Ok(())
     }
 }
 

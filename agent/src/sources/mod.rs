@@ -5,6 +5,7 @@
 //! events to the pipeline without ever waiting on it (a serial reader that stops reading
 //! loses bytes in the UART).
 
+pub mod config;
 pub mod i2c_device;
 pub mod modbus_bus;
 pub mod modbus_lift;

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_serial::SerialPort;
 
+use super::config::{LiftConfig, Parity};
 use super::modbus_bus::{BusState, Next, Output};
 pub use super::modbus_bus::{LOST_AFTER_POLLS, LOST_LIFT_POLL};
 use super::modbus_rtu::{
@@ -40,7 +41,6 @@ use super::modbus_rtu::{
 };
 use super::{SourceEvent, SourceStats};
 use crate::backoff::Backoff;
-use crate::config::{LiftConfig, Parity};
 use crate::feed::now_millis;
 use crate::profile::Profile;
 use crate::shutdown::Shutdown;

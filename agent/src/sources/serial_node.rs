@@ -21,10 +21,10 @@ use towerlink_firmware::protocol::{
     PROTOCOL_VERSION,
 };
 
+use super::config::NodeConfig;
 use super::node_clock::NodeClock;
 use super::{DevIndex, NodeRequest, SourceEvent, SourceStats};
 use crate::backoff::Backoff;
-use crate::config::NodeConfig;
 use crate::feed::now_millis;
 use crate::shutdown::Shutdown;
 

@@ -27,6 +27,7 @@
 //! the uplink starts (bad files stop the agent) and rebuilt before each attempt, so renewed
 //! certificates are picked up; a TLS failure is retried with the same back-off as any other.
 
+pub mod config;
 pub mod ledger;
 pub mod pacer;
 pub mod publisher;
@@ -41,10 +42,10 @@ use rumqttc::QoS;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use self::config::{BrokerAddress, MqttProtocol};
 use self::publisher::{Action, Publisher};
 use self::session::{Client, Event, SessionError, SessionSpec, SetupError, Will};
 use crate::backoff::Backoff;
-use crate::config::{BrokerAddress, MqttProtocol};
 use crate::feed::{state_payload, Topics};
 use crate::queue::Queue;
 

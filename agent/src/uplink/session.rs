@@ -26,7 +26,7 @@ use rumqttc::v5::mqttbytes::v5 as v5p;
 use rumqttc::QoS;
 use tokio_rustls::rustls::ClientConfig;
 
-use crate::config::{BrokerAddress, Config, MqttProtocol};
+use super::config::{BrokerAddress, MqttConfig, MqttProtocol};
 use crate::secrets::Secret;
 
 /// The last will: published by the broker (QoS 1) when the session ends without a DISCONNECT.
@@ -225,19 +225,18 @@ impl SessionSpec {
     /// The session of CLI tool `tool`, set up exactly as the agent's (URL, TLS files, client
     /// certificate, user name and password file, keep-alive, protocol, `max_packet`), under
     /// the client id `<gw>-<tool>-<pid>`.
-    pub fn for_tool(config: &Config, tool: &str) -> Result<SessionSpec, SetupError> {
-        let broker = config.broker().map_err(SetupError::Url)?;
-        let tls = match super::tls::TlsFiles::from_config(&config.mqtt, &broker) {
+    pub fn for_tool(gw: &str, mqtt: &MqttConfig, tool: &str) -> Result<SessionSpec, SetupError> {
+        let broker = mqtt.broker().map_err(SetupError::Url)?;
+        let tls = match super::tls::TlsFiles::from_config(mqtt, &broker) {
             Some(files) => Some(super::tls::client_config(&files)?),
             None if broker.tls => return Err(SetupError::NoCa(broker)),
             None => None,
         };
-        let credentials =
-            crate::secrets::credentials(&config.mqtt).map_err(SetupError::Password)?;
-        let client_id = format!("{}-{tool}-{}", config.gateway.id, std::process::id());
-        let max_packet = u32::try_from(config.mqtt.max_packet).unwrap_or(u32::MAX);
-        let mut spec = SessionSpec::new(broker, client_id, config.mqtt.protocol, max_packet);
-        spec.keep_alive = config.mqtt.keep_alive;
+        let credentials = mqtt.credentials().map_err(SetupError::Password)?;
+        let client_id = format!("{gw}-{tool}-{}", std::process::id());
+        let max_packet = u32::try_from(mqtt.max_packet).unwrap_or(u32::MAX);
+        let mut spec = SessionSpec::new(broker, client_id, mqtt.protocol, max_packet);
+        spec.keep_alive = mqtt.keep_alive;
         spec.tls = tls;
         spec.credentials = credentials;
         Ok(spec)
@@ -602,11 +601,11 @@ mod tests {
         let pw = dir.path().join("password");
         std::fs::write(&pw, "s3cret\n").expect("write");
         let text = format!(
-            "[gateway]\nid = \"gw-7\"\n[store]\npath = \"/tmp/x\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1999\"\nkeep_alive = \"9s\"\nprotocol = \"3.1.1\"\nmax_packet = \"1MiB\"\nusername = \"u7\"\npassword_file = \"{}\"\n",
+            "url = \"mqtt://127.0.0.1:1999\"\nkeep_alive = \"9s\"\nprotocol = \"3.1.1\"\nmax_packet = \"1MiB\"\nusername = \"u7\"\npassword_file = \"{}\"\n",
             pw.display()
         );
-        let config = Config::parse(&text, "t").expect("config");
-        let s = SessionSpec::for_tool(&config, "zero").expect("spec");
+        let mqtt: MqttConfig = toml::from_str(&text).expect("[mqtt]");
+        let s = SessionSpec::for_tool("gw-7", &mqtt, "zero").expect("spec");
         assert_eq!(s.client_id, format!("gw-7-zero-{}", std::process::id()));
         assert_eq!(
             (s.protocol, s.max_packet, s.keep_alive, s.broker.port),
@@ -616,7 +615,7 @@ mod tests {
         assert_eq!((user.as_str(), password.expose()), ("u7", "s3cret"));
         assert!(s.tls.is_none() && s.will.is_none());
         std::fs::remove_file(&pw).expect("rm");
-        let e = SessionSpec::for_tool(&config, "zero").expect_err("no password file");
+        let e = SessionSpec::for_tool("gw-7", &mqtt, "zero").expect_err("no password file");
         assert!(e.to_string().contains("password"), "{e}");
     }
 

@@ -37,7 +37,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName,
 use tokio_rustls::rustls::sign::{CertifiedKey, SingleCertAndKey};
 use tokio_rustls::rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
 
-use crate::config::{BrokerAddress, MqttConfig};
+use super::config::{BrokerAddress, MqttConfig};
 
 /// Where the TLS material is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -777,7 +777,7 @@ mod tests {
             assert!(!e.contains("hunter2"), "{e}");
         }
         // The refused password is not kept, not even in Debug output of a parsed value.
-        let parsed: crate::config::MqttConfig =
+        let parsed: super::super::config::MqttConfig =
             toml::from_str("url = \"mqtt://127.0.0.1\"\npassword = \"hunter2\"").expect("parses");
         assert!(!format!("{parsed:?}").contains("hunter2"));
     }
