@@ -10,6 +10,7 @@ pub mod modbus_bus;
 pub mod modbus_lift;
 pub mod modbus_rtu;
 pub mod node_clock;
+pub mod node_link;
 pub mod serial_node;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
