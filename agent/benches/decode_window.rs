@@ -12,7 +12,6 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use towerlink_agent::commands::ChannelDirectory;
 use towerlink_agent::config::Config;
 use towerlink_agent::pipeline::{Pipeline, PipelineStats};
 use towerlink_agent::sources::serial_node::NodeLink;
@@ -103,12 +102,7 @@ fn main() {
     for _ in 0..RUNS {
         let stats = SourceStats::new();
         let mut link = NodeLink::new(0, None, stats.clone());
-        let mut pipeline = Pipeline::new(
-            &config,
-            0,
-            Arc::new(PipelineStats::default()),
-            ChannelDirectory::default(),
-        );
+        let mut pipeline = Pipeline::new(&config, 0, Arc::new(PipelineStats::default()));
         let mut decoder = StreamDecoder::new();
         let mut messages = Vec::new();
         let mut events: Vec<SourceEvent> = Vec::with_capacity(4);

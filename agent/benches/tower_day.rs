@@ -14,7 +14,6 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use towerlink_agent::commands::ChannelDirectory;
 use towerlink_agent::config::Config;
 use towerlink_agent::feed::{rfc3339, Message, Topics};
 use towerlink_agent::pipeline::{Pipeline, PipelineStats};
@@ -189,7 +188,7 @@ fn main() {
     let mut messages: Vec<Message> = Vec::new();
     for _ in 0..3 {
         let stats = Arc::new(PipelineStats::default());
-        let mut pipeline = Pipeline::new(&config, T0_MS as i64, stats, ChannelDirectory::default());
+        let mut pipeline = Pipeline::new(&config, T0_MS as i64, stats);
         let mut out = Vec::with_capacity(20_000);
         pipeline.handle(hello.clone(), T0_MS as i64, &mut out);
         let start = Instant::now();

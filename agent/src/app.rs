@@ -118,14 +118,10 @@ pub async fn run(
     drop(events_tx);
 
     let pipeline_stats = Arc::new(PipelineStats::default());
-    let directory = crate::commands::ChannelDirectory::default();
-    let pipeline = Pipeline::new(
-        &config,
-        now_millis(),
-        pipeline_stats.clone(),
-        directory.clone(),
-    )
-    .with_zeros(crate::pipeline::zero::ZeroTable::load(&config.store.path));
+    let pipeline = Pipeline::new(&config, now_millis(), pipeline_stats.clone())
+        .with_zeros(crate::pipeline::zero::ZeroTable::load(&config.store.path));
+    // The pipeline publishes the devices' channels; the command path reads them.
+    let directory = pipeline.directory();
     let (pipeline_tx, pipeline_rx) = mpsc::channel(16);
     let pipeline_task = tokio::spawn(pipeline::run(
         pipeline,

@@ -7,6 +7,7 @@
 
 pub mod alarm;
 pub mod chain;
+pub mod directory;
 pub mod filter;
 pub mod lift_rules;
 pub mod sensor_health;
@@ -24,11 +25,11 @@ use towerlink_firmware::protocol::{ChannelInfo, Quantity};
 
 use self::alarm::Transition;
 use self::chain::{ChannelChain, Deadband};
+pub use self::directory::ChannelDirectory;
 use self::lift_rules::{LiftMonitor, LiftRuleSettings};
 use self::sensor_health::DeviceHealth;
 use self::window::DeviceWindows;
 use self::zero::ZeroTable;
-use crate::commands::ChannelDirectory;
 use crate::config::{Config, NodeConfig};
 use crate::feed::{now_millis, Event, Message, UnixMillis};
 use crate::queue::Queue;
@@ -183,13 +184,9 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// A pipeline for the configured devices, started at `now`.
-    pub fn new(
-        config: &Config,
-        now: UnixMillis,
-        stats: Arc<PipelineStats>,
-        directory: ChannelDirectory,
-    ) -> Pipeline {
+    /// A pipeline for the configured devices, started at `now`. It publishes the devices'
+    /// channels in its own [`ChannelDirectory`] (see [`Pipeline::directory`]).
+    pub fn new(config: &Config, now: UnixMillis, stats: Arc<PipelineStats>) -> Pipeline {
         // Devices are indexed nodes first, then I2C devices (which the pipeline treats as
         // nodes: same windows, filters and health rules).
         let i2c_nodes: Vec<NodeConfig> = config.i2c.iter().map(|d| d.as_node()).collect();
@@ -207,11 +204,16 @@ impl Pipeline {
         Pipeline {
             devices,
             stats,
-            directory,
+            directory: ChannelDirectory::new(),
             zeros: ZeroTable::in_memory(),
             transitions: Vec::new(),
             lifts,
         }
+    }
+
+    /// A handle on the channel directory this pipeline publishes (for the command path).
+    pub fn directory(&self) -> ChannelDirectory {
+        self.directory.clone()
     }
 
     /// Uses (and persists gateway zeros to) this table.
@@ -304,9 +306,7 @@ impl Pipeline {
                     );
                     device.health.set_channels(&named, now);
                     build_chains(device, &named, &self.zeros);
-                    if let Ok(mut dir) = self.directory.write() {
-                        dir.insert(device.id.clone(), named.clone());
-                    }
+                    self.directory.publish(&device.id, named.clone());
                     device.channels = named;
                     tracing::info!(dev = %device.id, channels = ?device.channels.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), "node channels known");
                 }
