@@ -28,7 +28,7 @@ use crate::config::LiftConfig;
 use crate::feed::{
     Event, EventState, LiftDoor, LiftMode, LiftStatus, Message, Severity, UnixMillis,
 };
-use crate::profile::LiftReading;
+use crate::sources::{CarStatus, LiftReading};
 
 /// Consecutive polls without a valid reading that make `comm_lost`.
 pub const COMM_LOST_AFTER_POLLS: u32 = 3;
@@ -203,7 +203,7 @@ impl LiftMonitor {
 
     /// A reading arrived at `ts`.
     pub fn on_reading(&mut self, ts: UnixMillis, reading: LiftReading, out: &mut Vec<Message>) {
-        let s = reading.status;
+        let s = feed_status(&reading.status);
         let due = match self.last_published {
             None => true,
             Some((at, p)) => {
@@ -413,6 +413,25 @@ impl LiftMonitor {
     }
 }
 
+/// The feed's `lift` payload of a car status (the source's reading, mapped to the contract).
+pub fn feed_status(s: &CarStatus) -> LiftStatus {
+    LiftStatus {
+        mode: s.mode,
+        floor: s.floor,
+        direction: s.direction,
+        door: s.door,
+        running: s.running,
+        door_zone: s.door_zone,
+        occupied: s.occupied,
+        speed_mm_s: s.speed_mm_s,
+        load_pct: s.load_pct,
+        position_mm: s.position_mm,
+        fault_code: s.fault_code,
+        run_count: s.run_count,
+        door_cycles: s.door_cycles,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,7 +456,7 @@ mod tests {
     /// A lift parked at floor 3, doors closed, empty, all healthy.
     fn idle() -> LiftReading {
         LiftReading {
-            status: LiftStatus {
+            status: CarStatus {
                 mode: LiftMode::Normal,
                 floor: 3,
                 direction: LiftDirection::Stopped,

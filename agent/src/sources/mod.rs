@@ -19,6 +19,7 @@ use std::sync::Arc;
 use towerlink_firmware::protocol::{AckResult, ChannelInfo, FaultCode, Op};
 
 use crate::feed::UnixMillis;
+pub use crate::profile::{CarStatus, LiftReading};
 
 /// Index of a device in the configuration (cheap to copy, fast to look up).
 pub type DevIndex = usize;
@@ -82,7 +83,7 @@ pub enum SourceEvent {
         /// When the answer arrived.
         ts: UnixMillis,
         /// What it said.
-        reading: crate::profile::LiftReading,
+        reading: LiftReading,
     },
     /// A poll of a lift ended without a valid reading (lost, exception or undecodable).
     LiftPollFailed {

@@ -46,8 +46,8 @@ use super::modbus_lift::BusLift;
 use super::modbus_rtu::{
     frames, has_corrupt_answer, Answer, LineTiming, ReadInputRegisters, REQUEST_LEN,
 };
+use super::LiftReading;
 use super::SourceStats;
-use crate::profile::LiftReading;
 
 /// Consecutive polls without a valid reading after which a lift is considered lost; from
 /// then on it is polled less often and without retry.
