@@ -15,7 +15,7 @@ use std::time::Instant;
 use towerlink_agent::config::Config;
 use towerlink_agent::pipeline::{Pipeline, PipelineStats};
 use towerlink_agent::sources::serial_node::NodeLink;
-use towerlink_agent::sources::{SourceEvent, SourceStats};
+use towerlink_agent::sources::{DeviceKey, SourceEvent, SourceStats};
 use towerlink_firmware::protocol::{
     encode, Body, ChannelInfo, Frame, Quantity, StreamDecoder, MAX_ENCODED_LEN,
 };
@@ -101,7 +101,7 @@ fn main() {
     let mut best = f64::MAX;
     for _ in 0..RUNS {
         let stats = SourceStats::new();
-        let mut link = NodeLink::new(0, None, stats.clone());
+        let mut link = NodeLink::new(DeviceKey::Node(0), None, stats.clone());
         let mut pipeline = Pipeline::new(&config, 0, Arc::new(PipelineStats::default()));
         let mut decoder = StreamDecoder::new();
         let mut messages = Vec::new();

@@ -19,7 +19,7 @@ use crate::queue::Queue;
 use crate::service::{self, Heartbeats};
 use crate::shutdown;
 use crate::sources::serial_node::{self, SerialNodeSource};
-use crate::sources::{NodeRequest, SourceStats};
+use crate::sources::{DeviceKey, NodeRequest, SourceStats};
 use crate::uplink::{Uplink, UplinkConfig, UplinkStats};
 
 /// Capacity of the channel from the sources to the pipeline (events, each up to 32 samples).
@@ -77,7 +77,7 @@ pub async fn run(
             stats: stats.clone(),
         });
         let source = SerialNodeSource {
-            dev,
+            dev: DeviceKey::Node(dev),
             config: node.clone(),
             events: events_tx.clone(),
             requests: req_rx,
@@ -104,7 +104,7 @@ pub async fn run(
             stats: stats.clone(),
         });
         let source = crate::sources::i2c_device::I2cSource {
-            dev: config.nodes.len() + i,
+            dev: DeviceKey::I2c(i),
             config: dev.clone(),
             events: events_tx.clone(),
             stats,

@@ -34,7 +34,8 @@ use crate::config::{Config, NodeConfig};
 use crate::feed::{now_millis, Event, Message, UnixMillis};
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
-use crate::sources::SourceEvent;
+use crate::sources::i2c_device::I2cConfig;
+use crate::sources::{DeviceKey, SourceEvent};
 
 /// Samples that arrive before the node's Hello are held (up to this many events) until its
 /// channels are known; the source asks for a Hello as soon as it opens the port.
@@ -134,9 +135,50 @@ pub fn channel_names(infos: &[ChannelInfo], configured: &BTreeMap<u8, String>) -
         .collect()
 }
 
+/// What the pipeline needs of a device's configuration, whatever its source: a serial node
+/// or an I2C device (which has no port, baud or node id, and keeps its zero here).
+#[derive(Debug, Clone)]
+pub struct DeviceSettings {
+    /// Device id `{dev}`.
+    pub id: String,
+    /// Telemetry window.
+    pub window: Duration,
+    /// How long a window waits for late samples.
+    pub window_grace: Duration,
+    /// Configured feed names of channels, by channel id.
+    pub names: BTreeMap<u8, String>,
+    /// Filter chain per channel, by feed name.
+    pub channels: BTreeMap<String, settings::ChannelSettings>,
+}
+
+impl From<&NodeConfig> for DeviceSettings {
+    fn from(n: &NodeConfig) -> DeviceSettings {
+        DeviceSettings {
+            id: n.id.clone(),
+            window: n.window,
+            window_grace: n.window_grace,
+            names: n.names.clone(),
+            channels: n.channels.clone(),
+        }
+    }
+}
+
+impl From<&I2cConfig> for DeviceSettings {
+    fn from(d: &I2cConfig) -> DeviceSettings {
+        DeviceSettings {
+            id: d.id.clone(),
+            window: d.window,
+            // The chip is read by this gateway: samples are never late by much.
+            window_grace: Duration::from_secs(2),
+            names: BTreeMap::new(),
+            channels: d.channels.clone(),
+        }
+    }
+}
+
 struct Device {
     id: String,
-    config: NodeConfig,
+    config: DeviceSettings,
     channels: Vec<Channel>,
     chains: Vec<ChannelChain>,
     deadbands: Vec<Option<Deadband>>,
@@ -149,10 +191,9 @@ struct Device {
 }
 
 impl Device {
-    fn new(config: &NodeConfig, now: UnixMillis, silent_after: Duration) -> Device {
+    fn new(config: DeviceSettings, now: UnixMillis, silent_after: Duration) -> Device {
         Device {
             id: config.id.clone(),
-            config: config.clone(),
             channels: Vec::new(),
             chains: Vec::new(),
             deadbands: Vec::new(),
@@ -165,6 +206,7 @@ impl Device {
             held: Vec::new(),
             health: DeviceHealth::new(now, silent_after.as_millis() as i64),
             late_reported: 0,
+            config,
         }
     }
 
@@ -175,7 +217,10 @@ impl Device {
 
 /// The state of every device's windows and health rules.
 pub struct Pipeline {
-    devices: Vec<Device>,
+    /// By [`DeviceKey::Node`] index (`config.nodes`).
+    nodes: Vec<Device>,
+    /// By [`DeviceKey::I2c`] index (`config.i2c`).
+    i2c: Vec<Device>,
     stats: Arc<PipelineStats>,
     directory: ChannelDirectory,
     zeros: ZeroTable,
@@ -187,14 +232,18 @@ impl Pipeline {
     /// A pipeline for the configured devices, started at `now`. It publishes the devices'
     /// channels in its own [`ChannelDirectory`] (see [`Pipeline::directory`]).
     pub fn new(config: &Config, now: UnixMillis, stats: Arc<PipelineStats>) -> Pipeline {
-        // Devices are indexed nodes first, then I2C devices (which the pipeline treats as
-        // nodes: same windows, filters and health rules).
-        let i2c_nodes: Vec<NodeConfig> = config.i2c.iter().map(|d| d.as_node()).collect();
-        let devices = config
+        // Serial nodes and I2C devices get the same windows, filters and health rules; each
+        // list is indexed as its `DeviceKey`.
+        let silent_after = config.health.node_silent_after;
+        let nodes = config
             .nodes
             .iter()
-            .chain(&i2c_nodes)
-            .map(|n| Device::new(n, now, config.health.node_silent_after))
+            .map(|n| Device::new(n.into(), now, silent_after))
+            .collect();
+        let i2c = config
+            .i2c
+            .iter()
+            .map(|d| Device::new(d.into(), now, silent_after))
             .collect();
         let lifts = config
             .lifts
@@ -202,7 +251,8 @@ impl Pipeline {
             .map(|l| LiftMonitor::new(&l.id, LiftRuleSettings::from_config(l)))
             .collect();
         Pipeline {
-            devices,
+            nodes,
+            i2c,
             stats,
             directory: ChannelDirectory::new(),
             zeros: ZeroTable::in_memory(),
@@ -233,8 +283,9 @@ impl Pipeline {
 
     fn zero(&mut self, dev: &str, ch: &str) -> Result<f64, String> {
         let device = self
-            .devices
+            .nodes
             .iter_mut()
+            .chain(self.i2c.iter_mut())
             .find(|d| d.id == dev)
             .ok_or_else(|| format!("unknown device {dev:?}"))?;
         let slot = device
@@ -279,7 +330,10 @@ impl Pipeline {
             | SourceEvent::Alive { dev, .. } => *dev,
             SourceEvent::LiftReading { .. } | SourceEvent::LiftPollFailed { .. } => return,
         };
-        let Some(device) = self.devices.get_mut(dev_index) else {
+        let Some(device) = (match dev_index {
+            DeviceKey::Node(i) => self.nodes.get_mut(i),
+            DeviceKey::I2c(i) => self.i2c.get_mut(i),
+        }) else {
             return;
         };
         match event {
@@ -433,7 +487,7 @@ impl Pipeline {
 
     /// Closes due windows and applies the time-based health rules.
     pub fn tick(&mut self, now: UnixMillis, out: &mut Vec<Message>) {
-        for device in &mut self.devices {
+        for device in self.nodes.iter_mut().chain(self.i2c.iter_mut()) {
             let closed = device.windows.close_due(now);
             emit_windows(device, closed, out);
             let late = device.windows.late_samples();
@@ -452,7 +506,7 @@ impl Pipeline {
 
     /// Closes every open window (clean shutdown): no sample that arrived is left behind.
     pub fn flush(&mut self, out: &mut Vec<Message>) {
-        for device in &mut self.devices {
+        for device in self.nodes.iter_mut().chain(self.i2c.iter_mut()) {
             let closed = device.windows.close_all();
             emit_windows(device, closed, out);
         }
@@ -579,3 +633,6 @@ pub async fn run(
     }
     tracing::debug!("pipeline stopped");
 }
+
+#[cfg(test)]
+mod tests;

@@ -11,7 +11,6 @@
 //! `/dev/i2c-*` device; it exists only in builds with the `sim` feature.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,9 +22,8 @@ use tokio::sync::mpsc;
 use towerlink_firmware::drivers::{adxl355, nau7802};
 use towerlink_firmware::protocol::{ChannelInfo, FaultCode, Quantity};
 
-use super::{DevIndex, SourceEvent, SourceStats};
+use super::{DeviceKey, SourceEvent, SourceStats};
 use crate::backoff::Backoff;
-use crate::config::NodeConfig;
 use crate::feed::now_millis;
 use crate::service::Heartbeat;
 use crate::shutdown::Shutdown;
@@ -133,21 +131,6 @@ impl I2cConfig {
         }
     }
 
-    /// The device as the pipeline sees a node (windows, names, filter settings).
-    pub fn as_node(&self) -> NodeConfig {
-        NodeConfig {
-            id: self.id.clone(),
-            port: PathBuf::from(&self.bus),
-            baud: 115_200,
-            window: self.window,
-            window_grace: Duration::from_secs(2),
-            node_id: None,
-            names: BTreeMap::new(),
-            zero_at: crate::config::ZeroAt::Gateway,
-            channels: self.channels.clone(),
-        }
-    }
-
     /// Checks what parses but makes no sense; returns (sub-key, message).
     pub fn validate(&self) -> Result<(), (String, String)> {
         if !(1..=100).contains(&self.rate_hz) {
@@ -183,7 +166,7 @@ impl I2cConfig {
 /// Everything one device's thread needs.
 pub struct I2cSource {
     /// Device index in the pipeline.
-    pub dev: DevIndex,
+    pub dev: DeviceKey,
     /// Its configuration.
     pub config: I2cConfig,
     /// Where events go.

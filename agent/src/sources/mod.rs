@@ -21,8 +21,16 @@ use towerlink_firmware::protocol::{AckResult, ChannelInfo, FaultCode, Op};
 use crate::feed::UnixMillis;
 pub use crate::profile::{CarStatus, LiftReading};
 
-/// Index of a device in the configuration (cheap to copy, fast to look up).
-pub type DevIndex = usize;
+/// Which device an event comes from: made once, when the device's source is started, from the
+/// device's place in its own configuration list, and resolved by the pipeline against the same
+/// list. Serial nodes and I2C devices are told apart by the key itself (no shared index space).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DeviceKey {
+    /// The serial node `[[node]]` number `n` (0-based).
+    Node(usize),
+    /// The I2C device `[[i2c]]` number `n` (0-based).
+    I2c(usize),
+}
 
 /// What a source tells the pipeline.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,7 +38,7 @@ pub enum SourceEvent {
     /// The node said who it is and what it samples (Hello).
     Hello {
         /// Device.
-        dev: DevIndex,
+        dev: DeviceKey,
         /// Firmware version.
         fw: (u8, u8, u8),
         /// Its channels.
@@ -39,7 +47,7 @@ pub enum SourceEvent {
     /// Consecutive samples of one channel.
     Samples {
         /// Device.
-        dev: DevIndex,
+        dev: DeviceKey,
         /// Channel id.
         channel: u8,
         /// Wall-clock time of `values[0]`, ms (fractional).
@@ -52,7 +60,7 @@ pub enum SourceEvent {
     /// A channel's sensor could not be read.
     Fault {
         /// Device.
-        dev: DevIndex,
+        dev: DeviceKey,
         /// Channel id.
         channel: u8,
         /// What went wrong.
@@ -63,7 +71,7 @@ pub enum SourceEvent {
     /// Frames were lost (a gap in the node's `seq`).
     FramesLost {
         /// Device.
-        dev: DevIndex,
+        dev: DeviceKey,
         /// How many.
         count: u64,
         /// When the gap was seen.
@@ -72,7 +80,7 @@ pub enum SourceEvent {
     /// The device was heard from (any valid frame).
     Alive {
         /// Device.
-        dev: DevIndex,
+        dev: DeviceKey,
         /// When.
         ts: UnixMillis,
     },

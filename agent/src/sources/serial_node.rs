@@ -18,7 +18,7 @@ use towerlink_firmware::protocol::{AckResult, Body, Frame, FrameError, Op};
 
 use super::node_clock::NodeClock;
 use super::node_link::{NodePort, Received, SendError};
-use super::{DevIndex, NodeRequest, SourceEvent, SourceStats};
+use super::{DeviceKey, NodeRequest, SourceEvent, SourceStats};
 use crate::backoff::Backoff;
 use crate::config::NodeConfig;
 use crate::feed::now_millis;
@@ -30,7 +30,7 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// The protocol state of one node, without I/O.
 #[derive(Debug)]
 pub struct NodeLink {
-    dev: DevIndex,
+    dev: DeviceKey,
     expected_node: Option<u32>,
     stats: Arc<SourceStats>,
     clock: NodeClock,
@@ -41,7 +41,7 @@ pub struct NodeLink {
 
 impl NodeLink {
     /// The link of device `dev`; frames of another node than `expected_node` are dropped.
-    pub fn new(dev: DevIndex, expected_node: Option<u32>, stats: Arc<SourceStats>) -> NodeLink {
+    pub fn new(dev: DeviceKey, expected_node: Option<u32>, stats: Arc<SourceStats>) -> NodeLink {
         NodeLink {
             dev,
             expected_node,
@@ -191,7 +191,7 @@ impl NodeLink {
 #[derive(Debug)]
 pub struct SerialNodeSource {
     /// Device index.
-    pub dev: DevIndex,
+    pub dev: DeviceKey,
     /// Its configuration.
     pub config: NodeConfig,
     /// Where events go.
@@ -388,12 +388,12 @@ mod tests {
     #[test]
     fn seq_gaps_are_counted_as_lost_frames() {
         let stats = SourceStats::new();
-        let mut link = NodeLink::new(0, None, stats.clone());
+        let mut link = NodeLink::new(DeviceKey::Node(0), None, stats.clone());
         collect(&mut link, samples(10, 0, &[1.0]), 1000.0);
         collect(&mut link, samples(11, 20, &[1.0]), 1020.0);
         let ev = collect(&mut link, samples(15, 100, &[1.0]), 1100.0);
         assert!(ev.contains(&SourceEvent::FramesLost {
-            dev: 0,
+            dev: DeviceKey::Node(0),
             count: 3,
             ts: 1100
         }));
@@ -409,7 +409,7 @@ mod tests {
     #[test]
     fn a_hello_with_seq_zero_is_a_reboot_not_a_gap() {
         let stats = SourceStats::new();
-        let mut link = NodeLink::new(0, None, stats.clone());
+        let mut link = NodeLink::new(DeviceKey::Node(0), None, stats.clone());
         collect(&mut link, samples(500, 100_000, &[1.0]), 1000.0);
         let hello = Frame {
             version: 1,
@@ -436,7 +436,7 @@ mod tests {
     #[test]
     fn samples_are_mapped_to_wall_time() {
         let stats = SourceStats::new();
-        let mut link = NodeLink::new(3, None, stats);
+        let mut link = NodeLink::new(DeviceKey::Node(3), None, stats);
         // 4 values at 50 Hz starting at node time 10_000; the last (10_060) arrived at wall 5_000_060.
         let ev = collect(
             &mut link,
@@ -453,7 +453,7 @@ mod tests {
         else {
             panic!("no samples: {ev:?}");
         };
-        assert_eq!(dev, 3);
+        assert_eq!(dev, DeviceKey::Node(3));
         assert!((t0 - 5_000_000.0).abs() < 0.01, "{t0}");
         assert!((period_ms - 20.0).abs() < 1e-9);
         assert_eq!(values, vec![1.0, 2.0, 3.0, 4.0]);
@@ -462,7 +462,7 @@ mod tests {
     #[test]
     fn frames_of_another_node_are_dropped_and_counted() {
         let stats = SourceStats::new();
-        let mut link = NodeLink::new(0, Some(8), stats.clone());
+        let mut link = NodeLink::new(DeviceKey::Node(0), Some(8), stats.clone());
         assert!(collect(&mut link, samples(1, 0, &[1.0]), 1.0).is_empty());
         assert_eq!(SourceStats::get(&stats.foreign_frames), 1);
         assert_eq!(SourceStats::get(&stats.frames_ok), 0);
