@@ -3,6 +3,7 @@
 use super::*;
 use crate::feed::{EventState, LiftDirection, LiftDoor, LiftMode};
 use crate::sources::{CarStatus, LiftReading};
+use std::sync::atomic::Ordering;
 use towerlink_firmware::protocol::{ChannelInfo, FaultCode, Quantity};
 
 const T0: UnixMillis = 1_700_000_000_000;
