@@ -279,7 +279,8 @@ impl CommandContext {
             .map_err(|_| "the pipeline is stopping".to_owned())?;
         let zero = rx
             .await
-            .map_err(|_| "the pipeline is stopping".to_owned())??;
+            .map_err(|_| "the pipeline is stopping".to_owned())?
+            .map_err(|e| e.to_string())?;
         Ok(json!({ "at": "gateway", "zero": zero }))
     }
 
@@ -295,7 +296,7 @@ impl CommandContext {
         })
         .map_err(|_| format!("device {dev:?} is busy or its port is closed"))?;
         match tokio::time::timeout(NODE_TIMEOUT, reply_rx).await {
-            Ok(Ok(result)) => result,
+            Ok(Ok(result)) => result.map_err(|e| e.to_string()),
             Ok(Err(_)) => Err(format!(
                 "device {dev:?} did not answer (port closed or ack timed out)"
             )),

@@ -83,6 +83,33 @@ impl PipelineStats {
     }
 }
 
+/// Why a gateway zero was not taken (the command's reply says it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ZeroError {
+    /// No device of that id.
+    #[error("unknown device {0:?}")]
+    UnknownDevice(String),
+    /// The device has no channel of that name (or has not announced its channels).
+    #[error("unknown channel {ch:?} on {dev:?}")]
+    UnknownChannel {
+        /// Device.
+        dev: String,
+        /// Channel feed name.
+        ch: String,
+    },
+    /// Nothing read yet to take as the zero.
+    #[error("{dev}/{ch} has no reading yet to take as zero")]
+    NoReading {
+        /// Device.
+        dev: String,
+        /// Channel feed name.
+        ch: String,
+    },
+    /// The zero table could not be written.
+    #[error("cannot persist the zero: {0}")]
+    Persist(String),
+}
+
 /// A request to the pipeline from the command path.
 #[derive(Debug)]
 pub enum PipelineRequest {
@@ -93,7 +120,7 @@ pub enum PipelineRequest {
         /// Channel feed name.
         ch: String,
         /// The new zero, or why not.
-        reply: tokio::sync::oneshot::Sender<Result<f64, String>>,
+        reply: tokio::sync::oneshot::Sender<Result<f64, ZeroError>>,
     },
 }
 
@@ -283,25 +310,29 @@ impl Pipeline {
         }
     }
 
-    fn zero(&mut self, dev: &str, ch: &str) -> Result<f64, String> {
+    fn zero(&mut self, dev: &str, ch: &str) -> Result<f64, ZeroError> {
         let device = self
             .nodes
             .iter_mut()
             .chain(self.i2c.iter_mut())
             .find(|d| d.id == dev)
-            .ok_or_else(|| format!("unknown device {dev:?}"))?;
+            .ok_or_else(|| ZeroError::UnknownDevice(dev.to_owned()))?;
         let slot = device
             .channels
             .iter()
             .position(|c| c.name == ch)
-            .ok_or_else(|| format!("unknown channel {ch:?} on {dev:?}"))?;
+            .ok_or_else(|| ZeroError::UnknownChannel {
+                dev: dev.to_owned(),
+                ch: ch.to_owned(),
+            })?;
         let chain = &mut device.chains[slot];
-        let value = chain
-            .last_filtered
-            .ok_or_else(|| format!("{dev}/{ch} has no reading yet to take as zero"))?;
+        let value = chain.last_filtered.ok_or_else(|| ZeroError::NoReading {
+            dev: dev.to_owned(),
+            ch: ch.to_owned(),
+        })?;
         self.zeros
             .set(dev, ch, value)
-            .map_err(|e| format!("cannot persist the zero: {e}"))?;
+            .map_err(|e| ZeroError::Persist(e.to_string()))?;
         chain.zero = value;
         tracing::info!(dev, ch, zero = value, "gateway zero set");
         Ok(value)

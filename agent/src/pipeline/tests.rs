@@ -358,3 +358,34 @@ fn a_lift_reading_is_published_in_the_feeds_terms_and_failed_polls_raise_comm_lo
         &mut out,
     );
 }
+
+#[test]
+fn a_gateway_zero_says_why_it_was_not_taken_and_takes_the_filtered_value() {
+    let mut p = pipeline();
+    let zero = |p: &mut Pipeline, dev: &str, ch: &str| {
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        p.request(PipelineRequest::Zero {
+            dev: dev.into(),
+            ch: ch.into(),
+            reply: tx,
+        });
+        rx.try_recv().expect("answered at once")
+    };
+    assert_eq!(
+        zero(&mut p, "nobody", "strain"),
+        Err(ZeroError::UnknownDevice("nobody".into()))
+    );
+    assert!(matches!(
+        zero(&mut p, "strain-roof", "strain"),
+        Err(ZeroError::UnknownChannel { .. })
+    ));
+    let mut out = Vec::new();
+    p.handle(hello(DeviceKey::I2c(0), strain()), T0, &mut out);
+    let no_reading = zero(&mut p, "strain-roof", "strain");
+    assert_eq!(
+        no_reading.map_err(|e| e.to_string()),
+        Err("strain-roof/strain has no reading yet to take as zero".to_owned())
+    );
+    p.handle(samples(DeviceKey::I2c(0), T0 as f64, &[2.5]), T0, &mut out);
+    assert_eq!(zero(&mut p, "strain-roof", "strain"), Ok(2.5));
+}

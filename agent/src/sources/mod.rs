@@ -102,13 +102,24 @@ pub enum SourceEvent {
     },
 }
 
+/// Why a node request got no Ack (the command's reply says it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeRequestError {
+    /// The port closed (unplugged, reopening) before the node answered.
+    #[error("the node's port closed")]
+    PortClosed,
+    /// The command could not be sent.
+    #[error("{0}")]
+    NotSent(String),
+}
+
 /// A request from the command path to a node: the node's answer comes back on `reply`.
 #[derive(Debug)]
 pub struct NodeRequest {
     /// What to ask.
     pub op: Op,
     /// Where the Ack's result (or an error text) goes.
-    pub reply: tokio::sync::oneshot::Sender<Result<AckResult, String>>,
+    pub reply: tokio::sync::oneshot::Sender<Result<AckResult, NodeRequestError>>,
 }
 
 /// Counters of one source, shared with `health` (lock-free: the reader never waits).

@@ -18,7 +18,7 @@ use towerlink_firmware::protocol::{AckResult, Body, Frame, FrameError, Op};
 
 use super::node_clock::NodeClock;
 use super::node_link::{NodePort, Received, SendError};
-use super::{DeviceKey, NodeRequest, SourceEvent, SourceStats};
+use super::{DeviceKey, NodeRequest, NodeRequestError, SourceEvent, SourceStats};
 use crate::backoff::Backoff;
 use crate::config::NodeConfig;
 use crate::feed::now_millis;
@@ -207,7 +207,13 @@ pub struct SerialNodeSource {
 /// Commands sent and not yet answered.
 struct PendingAcks {
     next_seq: u32,
-    waiting: HashMap<u32, (Instant, oneshot::Sender<Result<AckResult, String>>)>,
+    waiting: HashMap<
+        u32,
+        (
+            Instant,
+            oneshot::Sender<Result<AckResult, NodeRequestError>>,
+        ),
+    >,
 }
 
 impl PendingAcks {
@@ -216,9 +222,9 @@ impl PendingAcks {
         // Dropping a sender tells the waiter; give it a reason instead where we can.
     }
 
-    fn fail_all(&mut self, why: &str) {
+    fn fail_all(&mut self, why: NodeRequestError) {
         for (_, (_, tx)) in self.waiting.drain() {
-            let _ = tx.send(Err(why.to_owned()));
+            let _ = tx.send(Err(why.clone()));
         }
     }
 }
@@ -316,7 +322,7 @@ pub async fn run(source: SerialNodeSource, mut shutdown: Shutdown) {
         };
         drop(port);
         stats.link_up.store(false, Ordering::Relaxed);
-        pending.fail_all("the node's port closed");
+        pending.fail_all(NodeRequestError::PortClosed);
         if shutdown.is_shutdown() {
             break;
         }
@@ -338,7 +344,7 @@ async fn write_command(
     node: u32,
     pending: &mut PendingAcks,
     op: Op,
-    reply: Option<oneshot::Sender<Result<AckResult, String>>>,
+    reply: Option<oneshot::Sender<Result<AckResult, NodeRequestError>>>,
 ) -> Result<(), SendError> {
     let seq = pending.next_seq;
     pending.next_seq = pending.next_seq.wrapping_add(1);
@@ -346,7 +352,7 @@ async fn write_command(
         Ok(()) => {}
         Err(e @ SendError::Encode(_)) => {
             if let Some(tx) = reply {
-                let _ = tx.send(Err(e.to_string()));
+                let _ = tx.send(Err(NodeRequestError::NotSent(e.to_string())));
             }
             return Ok(());
         }
