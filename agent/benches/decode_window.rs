@@ -12,11 +12,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use towerlink_agent::commands::ChannelDirectory;
 use towerlink_agent::config::Config;
 use towerlink_agent::pipeline::{Pipeline, PipelineStats};
 use towerlink_agent::sources::serial_node::NodeLink;
-use towerlink_agent::sources::{SourceEvent, SourceStats};
+use towerlink_agent::sources::{DeviceKey, SourceEvent, SourceStats};
 use towerlink_firmware::protocol::{
     encode, Body, ChannelInfo, Frame, Quantity, StreamDecoder, MAX_ENCODED_LEN,
 };
@@ -102,13 +101,12 @@ fn main() {
     let mut best = f64::MAX;
     for _ in 0..RUNS {
         let stats = SourceStats::new();
-        let mut link = NodeLink::new(0, None, stats.clone());
+        let mut link = NodeLink::new(DeviceKey::Node(0), None, stats.clone());
         let mut pipeline = Pipeline::new(
             config.devices(),
             config.health.node_silent_after,
             0,
             Arc::new(PipelineStats::default()),
-            ChannelDirectory::default(),
         );
         let mut decoder = StreamDecoder::new();
         let mut messages = Vec::new();

@@ -14,11 +14,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use towerlink_agent::commands::ChannelDirectory;
 use towerlink_agent::config::Config;
 use towerlink_agent::feed::{rfc3339, Message, Topics};
 use towerlink_agent::pipeline::{Pipeline, PipelineStats};
-use towerlink_agent::sources::SourceEvent;
+use towerlink_agent::sources::{DeviceKey, SourceEvent};
 use towerlink_firmware::protocol::{ChannelInfo, Quantity};
 use towerlink_sim_chips::Scenario;
 
@@ -94,7 +93,7 @@ fn day_of_samples() -> (Vec<SourceEvent>, u64) {
                 })
                 .collect();
             events.push(SourceEvent::Samples {
-                dev: 0,
+                dev: DeviceKey::Node(0),
                 channel,
                 t0: T0_MS + (k * period_us) as f64 / 1000.0,
                 period_ms: period_us as f64 / 1000.0,
@@ -160,7 +159,7 @@ fn main() {
     let raw = raw_bytes(&events);
 
     let hello = SourceEvent::Hello {
-        dev: 0,
+        dev: DeviceKey::Node(0),
         fw: (1, 0, 0),
         channels: vec![
             ChannelInfo {
@@ -194,7 +193,6 @@ fn main() {
             config.health.node_silent_after,
             T0_MS as i64,
             stats,
-            ChannelDirectory::default(),
         );
         let mut out = Vec::with_capacity(20_000);
         pipeline.handle(hello.clone(), T0_MS as i64, &mut out);
@@ -205,7 +203,14 @@ fn main() {
                 continue;
             };
             let now = *t0 as i64;
-            pipeline.handle(SourceEvent::Alive { dev: 0, ts: now }, now, &mut out);
+            pipeline.handle(
+                SourceEvent::Alive {
+                    dev: DeviceKey::Node(0),
+                    ts: now,
+                },
+                now,
+                &mut out,
+            );
             pipeline.handle(e.clone(), now, &mut out);
             if *t0 >= next_tick {
                 pipeline.tick(now, &mut out);

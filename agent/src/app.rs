@@ -19,7 +19,7 @@ use crate::queue::Queue;
 use crate::service::{self, Heartbeats};
 use crate::shutdown;
 use crate::sources::serial_node::{self, SerialNodeSource};
-use crate::sources::{NodeRequest, SourceStats};
+use crate::sources::{DeviceKey, NodeRequest, SourceStats};
 use crate::uplink::{Uplink, UplinkConfig, UplinkStats};
 
 /// Capacity of the channel from the sources to the pipeline (events, each up to 32 samples).
@@ -79,7 +79,7 @@ pub async fn run(
             stats: stats.clone(),
         });
         let source = SerialNodeSource {
-            dev,
+            dev: DeviceKey::Node(dev),
             config: node.map_channels(|_| ()),
             events: events_tx.clone(),
             requests: req_rx,
@@ -106,7 +106,7 @@ pub async fn run(
             stats: stats.clone(),
         });
         let source = crate::sources::i2c_device::I2cSource {
-            dev: config.nodes.len() + i,
+            dev: DeviceKey::I2c(i),
             config: dev.map_channels(|_| ()),
             events: events_tx.clone(),
             stats,
@@ -120,15 +120,15 @@ pub async fn run(
     drop(events_tx);
 
     let pipeline_stats = Arc::new(PipelineStats::default());
-    let directory = crate::commands::ChannelDirectory::default();
     let pipeline = Pipeline::new(
         config.devices(),
         config.health.node_silent_after,
         now_millis(),
         pipeline_stats.clone(),
-        directory.clone(),
     )
     .with_zeros(crate::pipeline::zero::ZeroTable::load(&config.store.path));
+    // The pipeline publishes the devices' channels; the command path reads them.
+    let directory = pipeline.directory();
     let (pipeline_tx, pipeline_rx) = mpsc::channel(16);
     let pipeline_task = tokio::spawn(pipeline::run(
         pipeline,

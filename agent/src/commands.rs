@@ -10,9 +10,9 @@
 
 pub mod config;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use towerlink_firmware::protocol::{AckResult, Op};
 
 use crate::feed::{now_millis, rfc3339, Message, Reply};
-use crate::pipeline::{Channel, PipelineRequest};
+use crate::pipeline::{ChannelDirectory, PipelineRequest};
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
 use crate::sources::config::ZeroAt;
@@ -34,9 +34,6 @@ pub const MAX_COMMAND_BYTES: usize = 4096;
 const NODE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The ops this agent knows.
 pub const OPS: [&str; 4] = ["ping", "identify", "zero", "config"];
-
-/// The channels of every device as the pipeline learnt them (from each node's Hello).
-pub type ChannelDirectory = Arc<RwLock<BTreeMap<String, Vec<Channel>>>>;
 
 /// A parsed command.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -112,7 +109,7 @@ pub struct CommandContext {
     nodes: HashMap<String, mpsc::Sender<NodeRequest>>,
     zero_at: HashMap<String, ZeroAt>,
     pipeline: mpsc::Sender<PipelineRequest>,
-    /// Channel names per device, filled by the pipeline.
+    /// Channel names per device, published by the pipeline.
     pub directory: ChannelDirectory,
 }
 
@@ -252,12 +249,9 @@ impl CommandContext {
         if !self.nodes.contains_key(dev) && !self.zero_at.contains_key(dev) {
             return Err(format!("unknown device {dev:?}"));
         }
-        let directory = self
+        let channels = self
             .directory
-            .read()
-            .map_err(|_| "channel directory unavailable".to_owned())?;
-        let channels = directory
-            .get(dev)
+            .channels(dev)
             .ok_or_else(|| format!("device {dev:?} has not announced its channels yet"))?;
         channels
             .iter()
@@ -284,7 +278,8 @@ impl CommandContext {
             .map_err(|_| "the pipeline is stopping".to_owned())?;
         let zero = rx
             .await
-            .map_err(|_| "the pipeline is stopping".to_owned())??;
+            .map_err(|_| "the pipeline is stopping".to_owned())?
+            .map_err(|e| e.to_string())?;
         Ok(json!({ "at": "gateway", "zero": zero }))
     }
 
@@ -300,7 +295,7 @@ impl CommandContext {
         })
         .map_err(|_| format!("device {dev:?} is busy or its port is closed"))?;
         match tokio::time::timeout(NODE_TIMEOUT, reply_rx).await {
-            Ok(Ok(result)) => result,
+            Ok(Ok(result)) => result.map_err(|e| e.to_string()),
             Ok(Err(_)) => Err(format!(
                 "device {dev:?} did not answer (port closed or ack timed out)"
             )),
@@ -458,17 +453,15 @@ mod tests {
     #[tokio::test]
     async fn an_unknown_channel_is_refused_naming_the_known_ones() {
         let ctx = context();
-        if let Ok(mut d) = ctx.directory.write() {
-            d.insert(
-                "p1".into(),
-                vec![Channel {
-                    id: 0,
-                    name: "strain".into(),
-                    quantity: towerlink_firmware::protocol::Quantity::Strain,
-                    rate_hz: 10,
-                }],
-            );
-        }
+        ctx.directory.publish(
+            "p1",
+            vec![crate::pipeline::Channel {
+                id: 0,
+                name: "strain".into(),
+                quantity: towerlink_firmware::protocol::Quantity::Strain,
+                rate_hz: 10,
+            }],
+        );
         let r = ctx
             .execute(br#"{"id":"u1","op":"zero","dev":"p1","ch":"tilt_q"}"#)
             .await;

@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::node_port;
+use super::describe_hello;
 use crate::config::{Config, ConfigError, Node as NodeConfig, Problem, ProblemKind};
+use crate::sources::node_link::NodePort;
 
 /// How long a node has to introduce itself.
 pub const NODE_LISTEN: Duration = Duration::from_secs(4);
@@ -306,12 +307,12 @@ where
 }
 
 async fn check_node(node: NodeConfig) -> Result<String, (String, String)> {
-    let mut port = node_port::open(&node.port, node.baud).map_err(|f| (f.reason, f.fix))?;
+    let mut port = NodePort::open(&node.port, node.baud).map_err(|e| (e.to_string(), e.fix()))?;
     let hello = port
         .hello(node.node_id, Instant::now() + NODE_LISTEN, |_| {})
         .await
         .map_err(|f| f.explain(node.baud))?;
-    Ok(format!("opens; {}", hello.describe(&node.names)))
+    Ok(format!("opens; {}", describe_hello(&hello, &node.names)))
 }
 
 /// The store directory must exist and be writable, or be creatable.

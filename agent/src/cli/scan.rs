@@ -15,10 +15,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::node_port;
+use super::describe_hello;
 use crate::sources::config::Parity;
 use crate::sources::modbus_lift::BusMaster;
 use crate::sources::modbus_rtu::{Answer, ReadInputRegisters};
+use crate::sources::node_link::NodePort;
 
 /// What to look for.
 #[derive(Debug, Clone)]
@@ -127,14 +128,14 @@ fn i2c_buses() -> Vec<PathBuf> {
 
 async fn probe_node(path: PathBuf, baud: u32, listen: Duration) -> String {
     let shown = path.display().to_string();
-    let mut port = match node_port::open(&path, baud) {
+    let mut port = match NodePort::open(&path, baud) {
         Ok(p) => p,
-        Err(e) => return format!("{shown:<40} cannot open: {} ({})", e.reason, e.fix),
+        Err(e) => return format!("{shown:<40} {e} ({})", e.fix()),
     };
     match port.hello(None, Instant::now() + listen, |_| {}).await {
         Ok(hello) => format!(
             "{shown:<40} sensor node: {}",
-            hello.describe(&BTreeMap::new())
+            describe_hello(&hello, &BTreeMap::new())
         ),
         Err(failure) => {
             let (reason, _fix) = failure.explain(baud);

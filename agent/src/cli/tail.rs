@@ -14,10 +14,11 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use towerlink_firmware::protocol::{Body, ChannelInfo, Frame};
 
-use super::node_port;
+use super::describe_hello;
 use crate::config::{Config, Node as NodeConfig};
 use crate::feed::{now_millis, rfc3339, Topics};
 use crate::pipeline::channel_names;
+use crate::sources::node_link::{NodeHello, NodePort};
 use crate::uplink::session::{Event, SessionSpec};
 
 /// When to stop.
@@ -96,14 +97,14 @@ impl FrameView {
             }
             Body::Hello { fw, channels, .. } => {
                 self.channels = channels.iter().copied().collect();
-                let hello = node_port::NodeHello {
+                let hello = NodeHello {
                     node: frame.node,
                     fw: *fw,
                     channels: self.channels.clone(),
                 };
                 Some(Update {
                     row: format!("{dev} ~hello"),
-                    line: format!("{time}  {dev:<12} hello          {}", hello.describe(&self.names)),
+                    line: format!("{time}  {dev:<12} hello          {}", describe_hello(&hello, &self.names)),
                 })
             }
             Body::Status {
@@ -136,12 +137,12 @@ pub async fn from_ports(config: &Config, limits: Limits) -> u8 {
     let (tx, rx) = mpsc::channel::<Update>(1024);
     let mut opened = 0;
     for node in &config.nodes {
-        match node_port::open(&node.port, node.baud) {
+        match NodePort::open(&node.port, node.baud) {
             Ok(port) => {
                 opened += 1;
                 tokio::spawn(read_node(node.clone(), port, tx.clone()));
             }
-            Err(f) => eprintln!("FAIL node {}: {} — {}", node.id, f.reason, f.fix),
+            Err(f) => eprintln!("FAIL node {}: {f} — {}", node.id, f.fix()),
         }
     }
     drop(tx);
@@ -157,7 +158,7 @@ pub async fn from_ports(config: &Config, limits: Limits) -> u8 {
     }
 }
 
-async fn read_node(node: NodeConfig, mut port: node_port::NodePort, tx: mpsc::Sender<Update>) {
+async fn read_node(node: NodeConfig, mut port: NodePort, tx: mpsc::Sender<Update>) {
     let mut view = FrameView::new(&node.id, node.names.clone());
     let mut identified = false;
     loop {

@@ -13,11 +13,11 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 use towerlink_firmware::protocol::{AckResult, Op};
 
-use super::node_port;
 use crate::config::Config;
 use crate::feed::Topics;
 use crate::pipeline::channel_names;
 use crate::sources::config::ZeroAt;
+use crate::sources::node_link::NodePort;
 use crate::uplink::session::{Event, SessionSpec};
 
 /// How long the agent has to reply.
@@ -128,10 +128,10 @@ pub async fn direct(config: &Config, dev: &str, ch: &str) -> u8 {
         );
         return 2;
     }
-    let mut port = match node_port::open(&node.port, node.baud) {
+    let mut port = match NodePort::open(&node.port, node.baud) {
         Ok(p) => p,
         Err(f) => {
-            println!("FAIL zero {dev} {ch}: {} — {}", f.reason, f.fix);
+            println!("FAIL zero {dev} {ch}: {f} — {}", f.fix());
             return 1;
         }
     };

@@ -7,7 +7,9 @@
 
 pub mod alarm;
 pub mod chain;
+pub mod directory;
 pub mod filter;
+mod handlers;
 pub mod lift_rules;
 pub mod sensor_health;
 pub mod settings;
@@ -15,7 +17,7 @@ pub mod window;
 pub mod zero;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,17 +26,18 @@ use towerlink_firmware::protocol::{ChannelInfo, Quantity};
 
 use self::alarm::Transition;
 use self::chain::{ChannelChain, Deadband};
+pub use self::directory::ChannelDirectory;
+use self::handlers::{count_late, device_of};
 use self::lift_rules::{LiftMonitor, LiftRuleSettings};
 use self::sensor_health::DeviceHealth;
 use self::window::DeviceWindows;
 use self::zero::ZeroTable;
-use crate::commands::ChannelDirectory;
 use crate::feed::{now_millis, Event, Message, UnixMillis};
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
 use crate::sources::config::LiftConfig;
-use crate::sources::SourceEvent;
-use settings::{I2cDevice, Node as NodeConfig};
+use crate::sources::{DeviceKey, SourceEvent};
+use settings::{I2cDevice as I2cConfig, Node as NodeConfig};
 
 /// Samples that arrive before the node's Hello are held (up to this many events) until its
 /// channels are known; the source asks for a Hello as soon as it opens the port.
@@ -80,6 +83,33 @@ impl PipelineStats {
     }
 }
 
+/// Why a gateway zero was not taken (the command's reply says it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ZeroError {
+    /// No device of that id.
+    #[error("unknown device {0:?}")]
+    UnknownDevice(String),
+    /// The device has no channel of that name (or has not announced its channels).
+    #[error("unknown channel {ch:?} on {dev:?}")]
+    UnknownChannel {
+        /// Device.
+        dev: String,
+        /// Channel feed name.
+        ch: String,
+    },
+    /// Nothing read yet to take as the zero.
+    #[error("{dev}/{ch} has no reading yet to take as zero")]
+    NoReading {
+        /// Device.
+        dev: String,
+        /// Channel feed name.
+        ch: String,
+    },
+    /// The zero table could not be written.
+    #[error("cannot persist the zero: {0}")]
+    Persist(String),
+}
+
 /// A request to the pipeline from the command path.
 #[derive(Debug)]
 pub enum PipelineRequest {
@@ -90,7 +120,7 @@ pub enum PipelineRequest {
         /// Channel feed name.
         ch: String,
         /// The new zero, or why not.
-        reply: tokio::sync::oneshot::Sender<Result<f64, String>>,
+        reply: tokio::sync::oneshot::Sender<Result<f64, ZeroError>>,
     },
 }
 
@@ -134,9 +164,50 @@ pub fn channel_names(infos: &[ChannelInfo], configured: &BTreeMap<u8, String>) -
         .collect()
 }
 
+/// What the pipeline needs of a device's configuration, whatever its source: a serial node
+/// or an I2C device (which has no port, baud or node id, and keeps its zero here).
+#[derive(Debug, Clone)]
+pub struct DeviceSettings {
+    /// Device id `{dev}`.
+    pub id: String,
+    /// Telemetry window.
+    pub window: Duration,
+    /// How long a window waits for late samples.
+    pub window_grace: Duration,
+    /// Configured feed names of channels, by channel id.
+    pub names: BTreeMap<u8, String>,
+    /// Filter chain per channel, by feed name.
+    pub channels: BTreeMap<String, settings::ChannelSettings>,
+}
+
+impl From<&NodeConfig> for DeviceSettings {
+    fn from(n: &NodeConfig) -> DeviceSettings {
+        DeviceSettings {
+            id: n.id.to_string(),
+            window: n.window,
+            window_grace: n.window_grace,
+            names: n.names.clone(),
+            channels: n.channels.clone(),
+        }
+    }
+}
+
+impl From<&I2cConfig> for DeviceSettings {
+    fn from(d: &I2cConfig) -> DeviceSettings {
+        DeviceSettings {
+            id: d.id.to_string(),
+            window: d.window,
+            // The chip is read by this gateway: samples are never late by much.
+            window_grace: Duration::from_secs(2),
+            names: BTreeMap::new(),
+            channels: d.channels.clone(),
+        }
+    }
+}
+
 struct Device {
     id: String,
-    config: NodeConfig,
+    config: DeviceSettings,
     channels: Vec<Channel>,
     chains: Vec<ChannelChain>,
     deadbands: Vec<Option<Deadband>>,
@@ -149,10 +220,9 @@ struct Device {
 }
 
 impl Device {
-    fn new(config: &NodeConfig, now: UnixMillis, silent_after: Duration) -> Device {
+    fn new(config: DeviceSettings, now: UnixMillis, silent_after: Duration) -> Device {
         Device {
-            id: config.id.to_string(),
-            config: config.clone(),
+            id: config.id.clone(),
             channels: Vec::new(),
             chains: Vec::new(),
             deadbands: Vec::new(),
@@ -165,6 +235,7 @@ impl Device {
             held: Vec::new(),
             health: DeviceHealth::new(now, silent_after.as_millis() as i64),
             late_reported: 0,
+            config,
         }
     }
 
@@ -175,7 +246,10 @@ impl Device {
 
 /// The state of every device's windows and health rules.
 pub struct Pipeline {
-    devices: Vec<Device>,
+    /// By [`DeviceKey::Node`] index (`config.nodes`).
+    nodes: Vec<Device>,
+    /// By [`DeviceKey::I2c`] index (`config.i2c`).
+    i2c: Vec<Device>,
     stats: Arc<PipelineStats>,
     directory: ChannelDirectory,
     zeros: ZeroTable,
@@ -184,34 +258,42 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// A pipeline for the configured devices, started at `now`.
+    /// A pipeline for the configured devices, started at `now`. It publishes the devices'
+    /// channels in its own [`ChannelDirectory`] (see [`Pipeline::directory`]).
     pub fn new(
-        (nodes, i2c, lifts): (&[NodeConfig], &[I2cDevice], &[LiftConfig]),
+        (nodes, i2c, lifts): (&[NodeConfig], &[I2cConfig], &[LiftConfig]),
         silent_after: Duration,
         now: UnixMillis,
         stats: Arc<PipelineStats>,
-        directory: ChannelDirectory,
     ) -> Pipeline {
-        // Devices are indexed nodes first, then I2C devices (which the pipeline treats as
-        // nodes: same windows, filters and health rules).
-        let i2c_nodes: Vec<NodeConfig> = i2c.iter().map(|d| d.as_node()).collect();
-        let devices = nodes
+        // Serial nodes and I2C devices get the same windows, filters and health rules; each
+        // list is indexed as its `DeviceKey`.
+        let nodes = nodes
             .iter()
-            .chain(&i2c_nodes)
-            .map(|n| Device::new(n, now, silent_after))
+            .map(|n| Device::new(n.into(), now, silent_after))
+            .collect();
+        let i2c = i2c
+            .iter()
+            .map(|d| Device::new(d.into(), now, silent_after))
             .collect();
         let lifts = lifts
             .iter()
             .map(|l| LiftMonitor::new(&l.id, LiftRuleSettings::from_config(l)))
             .collect();
         Pipeline {
-            devices,
+            nodes,
+            i2c,
             stats,
-            directory,
+            directory: ChannelDirectory::new(),
             zeros: ZeroTable::in_memory(),
             transitions: Vec::new(),
             lifts,
         }
+    }
+
+    /// A handle on the channel directory this pipeline publishes (for the command path).
+    pub fn directory(&self) -> ChannelDirectory {
+        self.directory.clone()
     }
 
     /// Uses (and persists gateway zeros to) this table.
@@ -229,220 +311,68 @@ impl Pipeline {
         }
     }
 
-    fn zero(&mut self, dev: &str, ch: &str) -> Result<f64, String> {
+    fn zero(&mut self, dev: &str, ch: &str) -> Result<f64, ZeroError> {
         let device = self
-            .devices
+            .nodes
             .iter_mut()
+            .chain(self.i2c.iter_mut())
             .find(|d| d.id == dev)
-            .ok_or_else(|| format!("unknown device {dev:?}"))?;
+            .ok_or_else(|| ZeroError::UnknownDevice(dev.to_owned()))?;
         let slot = device
             .channels
             .iter()
             .position(|c| c.name == ch)
-            .ok_or_else(|| format!("unknown channel {ch:?} on {dev:?}"))?;
+            .ok_or_else(|| ZeroError::UnknownChannel {
+                dev: dev.to_owned(),
+                ch: ch.to_owned(),
+            })?;
         let chain = &mut device.chains[slot];
-        let value = chain
-            .last_filtered
-            .ok_or_else(|| format!("{dev}/{ch} has no reading yet to take as zero"))?;
+        let value = chain.last_filtered.ok_or_else(|| ZeroError::NoReading {
+            dev: dev.to_owned(),
+            ch: ch.to_owned(),
+        })?;
         self.zeros
             .set(dev, ch, value)
-            .map_err(|e| format!("cannot persist the zero: {e}"))?;
+            .map_err(|e| ZeroError::Persist(e.to_string()))?;
         chain.zero = value;
         tracing::info!(dev, ch, zero = value, "gateway zero set");
         Ok(value)
     }
 
-    /// Handles one source event; messages it produces are appended to `out`.
+    /// Handles one source event; messages it produces are appended to `out`. Each kind of
+    /// event has its own handler; an event of a device no source was started for is ignored.
     pub fn handle(&mut self, event: SourceEvent, now: UnixMillis, out: &mut Vec<Message>) {
         match event {
             SourceEvent::LiftReading { lift, ts, reading } => {
-                if let Some(monitor) = self.lifts.get_mut(lift) {
-                    monitor.on_reading(ts, reading, out);
-                }
-                return;
+                self.on_lift_reading(lift, ts, reading, out)
             }
-            SourceEvent::LiftPollFailed { lift, ts } => {
-                if let Some(monitor) = self.lifts.get_mut(lift) {
-                    monitor.on_poll_failed(ts, out);
+            SourceEvent::LiftPollFailed { lift, ts } => self.on_lift_poll_failed(lift, ts, out),
+            SourceEvent::Hello { dev, channels, .. } => self.on_hello(dev, &channels, now, out),
+            SourceEvent::Samples { dev, .. } => self.on_samples(dev, event, now, out),
+            SourceEvent::Fault { dev, .. } => self.on_fault(dev, event, out),
+            SourceEvent::FramesLost { dev, count, ts } => {
+                if let Some(device) = self.device(dev) {
+                    device.health.on_frames_lost(count, ts, out, &device.id);
                 }
-                return;
             }
-            _ => {}
+            SourceEvent::Alive { dev, ts } => {
+                if let Some(device) = self.device(dev) {
+                    device.health.on_alive(ts, out, &device.id);
+                }
+            }
         }
-        let dev_index = match &event {
-            SourceEvent::Hello { dev, .. }
-            | SourceEvent::Samples { dev, .. }
-            | SourceEvent::Fault { dev, .. }
-            | SourceEvent::FramesLost { dev, .. }
-            | SourceEvent::Alive { dev, .. } => *dev,
-            SourceEvent::LiftReading { .. } | SourceEvent::LiftPollFailed { .. } => return,
-        };
-        let Some(device) = self.devices.get_mut(dev_index) else {
-            return;
-        };
-        match event {
-            SourceEvent::Hello { channels, .. } => {
-                let named = channel_names(&channels, &device.config.names);
-                let changed = named.len() != device.channels.len()
-                    || named
-                        .iter()
-                        .zip(&device.channels)
-                        .any(|(a, b)| a.id != b.id || a.name != b.name || a.quantity != b.quantity);
-                if changed {
-                    // The node's channels changed (or are first known): close what was open
-                    // under the old layout, then start over.
-                    let closed = device.windows.close_all();
-                    emit_windows(device, closed, out);
-                    device.slot_of = [None; 256];
-                    for (slot, ch) in named.iter().enumerate() {
-                        device.slot_of[usize::from(ch.id)] = Some(slot as u8);
-                    }
-                    device.windows = DeviceWindows::new(
-                        device.config.window.as_millis() as i64,
-                        device.config.window_grace.as_millis() as i64,
-                        named.len(),
-                    );
-                    device.health.set_channels(&named, now);
-                    build_chains(device, &named, &self.zeros);
-                    if let Ok(mut dir) = self.directory.write() {
-                        dir.insert(device.id.clone(), named.clone());
-                    }
-                    device.channels = named;
-                    tracing::info!(dev = %device.id, channels = ?device.channels.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), "node channels known");
-                }
-                let held = std::mem::take(&mut device.held);
-                for ev in held {
-                    self.handle(ev, now, out);
-                }
-            }
-            SourceEvent::Samples {
-                channel,
-                t0,
-                period_ms,
-                ref values,
-                ..
-            } => {
-                if !device.known() {
-                    if device.held.len() < MAX_EVENTS_BEFORE_HELLO {
-                        device.held.push(event);
-                    } else {
-                        self.stats
-                            .unknown_channel_samples
-                            .fetch_add(values.len() as u64, Ordering::Relaxed);
-                    }
-                    return;
-                }
-                let Some(slot) = device.slot_of[usize::from(channel)] else {
-                    self.stats
-                        .unknown_channel_samples
-                        .fetch_add(values.len() as u64, Ordering::Relaxed);
-                    return;
-                };
-                let slot = usize::from(slot);
-                let temperature = device.chains[slot]
-                    .temp_slot()
-                    .and_then(|s| device.chains.get(s))
-                    .and_then(|c| c.last_output);
-                let counted = device.chains[slot].counters;
-                let mut accepted = Vec::with_capacity(values.len());
-                for (i, &raw) in values.iter().enumerate() {
-                    let t = t0 + i as f64 * period_ms;
-                    let before = self.transitions.len();
-                    let out_value = device.chains[slot].process(
-                        t,
-                        f64::from(raw),
-                        temperature,
-                        &mut self.transitions,
-                    );
-                    for tr in self.transitions.drain(before..) {
-                        out.push(Message::Event {
-                            dev: device.id.clone(),
-                            event: to_event(tr, &device.channels[slot], t),
-                        });
-                    }
-                    if let Some(v) = out_value {
-                        accepted.push((t, v));
-                    }
-                }
-                let counters = device.chains[slot].counters;
-                self.stats
-                    .spikes
-                    .fetch_add(counters.spikes - counted.spikes, Ordering::Relaxed);
-                self.stats.out_of_range.fetch_add(
-                    counters.out_of_range - counted.out_of_range,
-                    Ordering::Relaxed,
-                );
-                match device.deadbands[slot].as_mut() {
-                    Some(deadband) => {
-                        for (t, v) in accepted {
-                            if let Some((start, end, stats)) = deadband.add(t, v) {
-                                let channel = &device.channels[slot];
-                                let mut ch = BTreeMap::new();
-                                ch.insert(
-                                    channel.name.clone(),
-                                    stats.to_window(channel.quantity.unit()),
-                                );
-                                out.push(Message::Data {
-                                    dev: device.id.clone(),
-                                    start: start as i64,
-                                    end: end as i64,
-                                    ch,
-                                });
-                            }
-                        }
-                    }
-                    None => {
-                        for (t, v) in accepted {
-                            device.windows.add_one(slot, t, v as f32);
-                        }
-                    }
-                }
-                let span = period_ms * values.len() as f64;
-                device
-                    .health
-                    .on_samples(slot, now, span, &device.channels, out, &device.id);
-                let late = device.windows.late_samples();
-                if late > device.late_reported {
-                    self.stats
-                        .late_samples
-                        .fetch_add(late - device.late_reported, Ordering::Relaxed);
-                    device.late_reported = late;
-                }
-            }
-            SourceEvent::Fault {
-                channel, code, ts, ..
-            } => {
-                if !device.known() {
-                    if device.held.len() < MAX_EVENTS_BEFORE_HELLO {
-                        device.held.push(event);
-                    }
-                    return;
-                }
-                let slot = device.slot_of[usize::from(channel)].map(usize::from);
-                device
-                    .health
-                    .on_fault(slot, channel, code, ts, &device.channels, out, &device.id);
-            }
-            SourceEvent::FramesLost { count, ts, .. } => {
-                device.health.on_frames_lost(count, ts, out, &device.id)
-            }
-            SourceEvent::Alive { ts, .. } => device.health.on_alive(ts, out, &device.id),
-            SourceEvent::LiftReading { .. } | SourceEvent::LiftPollFailed { .. } => {}
-        }
+    }
+
+    fn device(&mut self, key: DeviceKey) -> Option<&mut Device> {
+        device_of(&mut self.nodes, &mut self.i2c, key)
     }
 
     /// Closes due windows and applies the time-based health rules.
     pub fn tick(&mut self, now: UnixMillis, out: &mut Vec<Message>) {
-        for device in &mut self.devices {
+        for device in self.nodes.iter_mut().chain(self.i2c.iter_mut()) {
             let closed = device.windows.close_due(now);
             emit_windows(device, closed, out);
-            let late = device.windows.late_samples();
-            if late > device.late_reported {
-                self.stats
-                    .late_samples
-                    .fetch_add(late - device.late_reported, Ordering::Relaxed);
-                device.late_reported = late;
-            }
+            count_late(device, &self.stats);
             device.health.tick(now, &device.channels, out, &device.id);
         }
         for lift in &mut self.lifts {
@@ -452,7 +382,7 @@ impl Pipeline {
 
     /// Closes every open window (clean shutdown): no sample that arrived is left behind.
     pub fn flush(&mut self, out: &mut Vec<Message>) {
-        for device in &mut self.devices {
+        for device in self.nodes.iter_mut().chain(self.i2c.iter_mut()) {
             let closed = device.windows.close_all();
             emit_windows(device, closed, out);
         }
@@ -579,3 +509,6 @@ pub async fn run(
     }
     tracing::debug!("pipeline stopped");
 }
+
+#[cfg(test)]
+mod tests;

@@ -10,8 +10,6 @@
 //! `bus = "sim"` runs the register-level simulated chips of `towerlink-sim-chips` instead of a
 //! `/dev/i2c-*` device; it exists only in builds with the `sim` feature.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,8 +20,7 @@ use tokio::sync::mpsc;
 use towerlink_firmware::drivers::{adxl355, nau7802};
 use towerlink_firmware::protocol::{ChannelInfo, FaultCode, Quantity};
 
-use super::config::NodeConfig;
-use super::{DevIndex, SourceEvent, SourceStats};
+use super::{DeviceKey, SourceEvent, SourceStats};
 use crate::backoff::Backoff;
 use crate::feed::now_millis;
 use crate::service::Heartbeat;
@@ -60,27 +57,12 @@ impl<C: Clone> I2cConfig<C> {
             ],
         }
     }
-
-    /// The device as the pipeline sees a node (windows, names, filter settings).
-    pub fn as_node(&self) -> NodeConfig<C> {
-        NodeConfig {
-            id: self.id.clone(),
-            port: PathBuf::from(&self.bus),
-            baud: 115_200,
-            window: self.window,
-            window_grace: Duration::from_secs(2),
-            node_id: None,
-            names: BTreeMap::new(),
-            zero_at: super::config::ZeroAt::Gateway,
-            channels: self.channels.clone(),
-        }
-    }
 }
 
 /// Everything one device's thread needs.
 pub struct I2cSource {
     /// Device index in the pipeline.
-    pub dev: DevIndex,
+    pub dev: DeviceKey,
     /// Its configuration.
     pub config: I2cConfig,
     /// Where events go.

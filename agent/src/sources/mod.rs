@@ -11,6 +11,7 @@ pub mod modbus_bus;
 pub mod modbus_lift;
 pub mod modbus_rtu;
 pub mod node_clock;
+pub mod node_link;
 pub mod serial_node;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,9 +20,18 @@ use std::sync::Arc;
 use towerlink_firmware::protocol::{AckResult, ChannelInfo, FaultCode, Op};
 
 use crate::feed::UnixMillis;
+pub use crate::profile::{CarStatus, LiftReading};
 
-/// Index of a device in the configuration (cheap to copy, fast to look up).
-pub type DevIndex = usize;
+/// Which device an event comes from: made once, when the device's source is started, from the
+/// device's place in its own configuration list, and resolved by the pipeline against the same
+/// list. Serial nodes and I2C devices are told apart by the key itself (no shared index space).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DeviceKey {
+    /// The serial node `[[node]]` number `n` (0-based).
+    Node(usize),
+    /// The I2C device `[[i2c]]` number `n` (0-based).
+    I2c(usize),
+}
 
 /// What a source tells the pipeline.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,7 +39,7 @@ pub enum SourceEvent {
     /// The node said who it is and what it samples (Hello).
     Hello {
         /// Device.
-        dev: DevIndex,
+        dev: DeviceKey,
         /// Firmware version.
         fw: (u8, u8, u8),
         /// Its channels.
@@ -38,7 +48,7 @@ pub enum SourceEvent {
     /// Consecutive samples of one channel.
     Samples {
         /// Device.
-        dev: DevIndex,
+        dev: DeviceKey,
         /// Channel id.
         channel: u8,
         /// Wall-clock time of `values[0]`, ms (fractional).
@@ -51,7 +61,7 @@ pub enum SourceEvent {
     /// A channel's sensor could not be read.
     Fault {
         /// Device.
-        dev: DevIndex,
+        dev: DeviceKey,
         /// Channel id.
         channel: u8,
         /// What went wrong.
@@ -62,7 +72,7 @@ pub enum SourceEvent {
     /// Frames were lost (a gap in the node's `seq`).
     FramesLost {
         /// Device.
-        dev: DevIndex,
+        dev: DeviceKey,
         /// How many.
         count: u64,
         /// When the gap was seen.
@@ -71,7 +81,7 @@ pub enum SourceEvent {
     /// The device was heard from (any valid frame).
     Alive {
         /// Device.
-        dev: DevIndex,
+        dev: DeviceKey,
         /// When.
         ts: UnixMillis,
     },
@@ -82,7 +92,7 @@ pub enum SourceEvent {
         /// When the answer arrived.
         ts: UnixMillis,
         /// What it said.
-        reading: crate::profile::LiftReading,
+        reading: LiftReading,
     },
     /// A poll of a lift ended without a valid reading (lost, exception or undecodable).
     LiftPollFailed {
@@ -93,13 +103,24 @@ pub enum SourceEvent {
     },
 }
 
+/// Why a node request got no Ack (the command's reply says it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeRequestError {
+    /// The port closed (unplugged, reopening) before the node answered.
+    #[error("the node's port closed")]
+    PortClosed,
+    /// The command could not be sent.
+    #[error("{0}")]
+    NotSent(String),
+}
+
 /// A request from the command path to a node: the node's answer comes back on `reply`.
 #[derive(Debug)]
 pub struct NodeRequest {
     /// What to ask.
     pub op: Op,
     /// Where the Ack's result (or an error text) goes.
-    pub reply: tokio::sync::oneshot::Sender<Result<AckResult, String>>,
+    pub reply: tokio::sync::oneshot::Sender<Result<AckResult, NodeRequestError>>,
 }
 
 /// Counters of one source, shared with `health` (lock-free: the reader never waits).

@@ -2,9 +2,9 @@
 //!
 //! [`NodeLink`] is the protocol state of one node, free of I/O: it takes decoded frames and
 //! turns them into [`SourceEvent`]s (frame-seq gap counting, reboot detection, node time to
-//! wall time). [`run`] is the task that owns the port: it opens it with the same code on a
-//! real `/dev/ttyUSB*` and on a test's pseudo-terminal, reads and decodes, writes commands,
-//! and reopens the port with back-off when it disappears (an unplugged adapter reads `0`
+//! wall time). [`run`] is the task that owns the port: it opens it through
+//! [`super::node_link`] (the same code on a real `/dev/ttyUSB*`, on a test's pseudo-terminal
+//! and in the installer's commands), reads and decodes, writes commands, and reopens the port with back-off when it disappears (an unplugged adapter reads `0`
 //! bytes or fails with `EIO`), without ever stopping.
 
 use std::collections::HashMap;
@@ -12,18 +12,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_serial::SerialPortBuilderExt;
-use towerlink_firmware::protocol::{
-    encode, AckResult, Body, Command, Frame, FrameError, Op, StreamDecoder, MAX_ENCODED_LEN,
-    PROTOCOL_VERSION,
-};
+use towerlink_firmware::protocol::{AckResult, Body, Frame, FrameError, Op};
 
 use super::config::NodeConfig;
 use super::node_clock::NodeClock;
-use super::{DevIndex, NodeRequest, SourceEvent, SourceStats};
+use super::node_link::{NodePort, Received, SendError};
+use super::{DeviceKey, NodeRequest, NodeRequestError, SourceEvent, SourceStats};
 use crate::backoff::Backoff;
 use crate::feed::now_millis;
 use crate::shutdown::Shutdown;
@@ -34,7 +30,7 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// The protocol state of one node, without I/O.
 #[derive(Debug)]
 pub struct NodeLink {
-    dev: DevIndex,
+    dev: DeviceKey,
     expected_node: Option<u32>,
     stats: Arc<SourceStats>,
     clock: NodeClock,
@@ -45,7 +41,7 @@ pub struct NodeLink {
 
 impl NodeLink {
     /// The link of device `dev`; frames of another node than `expected_node` are dropped.
-    pub fn new(dev: DevIndex, expected_node: Option<u32>, stats: Arc<SourceStats>) -> NodeLink {
+    pub fn new(dev: DeviceKey, expected_node: Option<u32>, stats: Arc<SourceStats>) -> NodeLink {
         NodeLink {
             dev,
             expected_node,
@@ -195,7 +191,7 @@ impl NodeLink {
 #[derive(Debug)]
 pub struct SerialNodeSource {
     /// Device index.
-    pub dev: DevIndex,
+    pub dev: DeviceKey,
     /// Its configuration.
     pub config: NodeConfig,
     /// Where events go.
@@ -211,7 +207,13 @@ pub struct SerialNodeSource {
 /// Commands sent and not yet answered.
 struct PendingAcks {
     next_seq: u32,
-    waiting: HashMap<u32, (Instant, oneshot::Sender<Result<AckResult, String>>)>,
+    waiting: HashMap<
+        u32,
+        (
+            Instant,
+            oneshot::Sender<Result<AckResult, NodeRequestError>>,
+        ),
+    >,
 }
 
 impl PendingAcks {
@@ -220,9 +222,9 @@ impl PendingAcks {
         // Dropping a sender tells the waiter; give it a reason instead where we can.
     }
 
-    fn fail_all(&mut self, why: &str) {
+    fn fail_all(&mut self, why: NodeRequestError) {
         for (_, (_, tx)) in self.waiting.drain() {
-            let _ = tx.send(Err(why.to_owned()));
+            let _ = tx.send(Err(why.clone()));
         }
     }
 }
@@ -238,7 +240,6 @@ pub async fn run(source: SerialNodeSource, mut shutdown: Shutdown) {
         heartbeat,
     } = source;
     let mut link = NodeLink::new(dev, config.node_id, stats.clone());
-    let mut decoder = StreamDecoder::new();
     let mut pending = PendingAcks {
         next_seq: 1,
         waiting: HashMap::new(),
@@ -248,18 +249,12 @@ pub async fn run(source: SerialNodeSource, mut shutdown: Shutdown) {
     let mut logged_open_error = false;
 
     while !shutdown.is_shutdown() {
-        let port = tokio_serial::new(path.as_str(), config.baud)
-            .data_bits(tokio_serial::DataBits::Eight)
-            .parity(tokio_serial::Parity::None)
-            .stop_bits(tokio_serial::StopBits::One)
-            .flow_control(tokio_serial::FlowControl::None)
-            .open_native_async();
-        let port = match port {
+        let mut port = match NodePort::open(&config.port, config.baud) {
             Ok(port) => port,
             Err(e) => {
                 SourceStats::add(&stats.io_errors, 1);
                 if !logged_open_error {
-                    tracing::warn!(dev = %config.id, port = %path, error = %e, "cannot open serial port; retrying with back-off");
+                    tracing::warn!(dev = %config.id, port = %path, error = %e, fix = %e.fix(), "cannot open serial port; retrying with back-off");
                     logged_open_error = true;
                 }
                 heartbeat.sleep(backoff.next_delay(), &mut shutdown).await;
@@ -267,72 +262,55 @@ pub async fn run(source: SerialNodeSource, mut shutdown: Shutdown) {
             }
         };
         logged_open_error = false;
-        // Bytes the line buffered while nobody listened are of unknown age: their samples
-        // cannot be given a trustworthy time, so start from what arrives now.
-        if let Err(e) = tokio_serial::SerialPort::clear(&port, tokio_serial::ClearBuffer::Input) {
-            tracing::debug!(dev = %config.id, error = %e, "cannot discard stale input");
-        }
         SourceStats::add(&stats.opens, 1);
         stats.link_up.store(true, Ordering::Relaxed);
         tracing::info!(dev = %config.id, port = %path, baud = config.baud, "serial port open");
-        decoder.reset();
         let opened_at = Instant::now();
-        let (mut reader, mut writer) = tokio::io::split(port);
 
         // Ask the node who it is as soon as we know its id, so its channels are known without
         // waiting up to 60 s for its next Hello.
         link.reopened();
         let mut identify_sent = false;
+        let mut bytes_counted = 0;
 
-        let mut buf = vec![0u8; 4096];
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let why = loop {
             tokio::select! {
-                read = reader.read(&mut buf) => match read {
-                    Ok(0) => break "the port hung up (device unplugged?)".to_owned(),
-                    Ok(n) => {
-                        SourceStats::add(&stats.bytes, n as u64);
-                        let rx_ms = now_millis() as f64;
-                        let mut input = &buf[..n];
-                        while !input.is_empty() {
-                            let (used, outcome) = decoder.feed::<Frame>(input);
-                            input = &input[used..];
-                            match outcome {
-                                Some(Ok(frame)) => {
-                                    let ack = link.handle(frame, rx_ms, |ev| {
-                                        if events.try_send(ev).is_err() {
-                                            SourceStats::add(&stats.dropped_events, 1);
-                                        }
-                                    });
-                                    if let Some((seq, result)) = ack {
-                                        if let Some((_, tx)) = pending.waiting.remove(&seq) {
-                                            let _ = tx.send(Ok(result));
-                                        }
-                                    }
+                received = port.recv() => {
+                    SourceStats::add(&stats.bytes, port.counts.bytes - bytes_counted);
+                    bytes_counted = port.counts.bytes;
+                    match received {
+                        Ok(Received::Frame(frame)) => {
+                            let ack = link.handle(frame, now_millis() as f64, |ev| {
+                                if events.try_send(ev).is_err() {
+                                    SourceStats::add(&stats.dropped_events, 1);
                                 }
-                                Some(Err(e)) => link.count_error(e),
-                                None => {}
-                            }
-                            if used == 0 {
-                                break;
+                            });
+                            if let Some((seq, result)) = ack {
+                                if let Some((_, tx)) = pending.waiting.remove(&seq) {
+                                    let _ = tx.send(Ok(result));
+                                }
                             }
                         }
-                        if !identify_sent && !link.hello_seen() {
-                            if let Some(node) = link.node_id() {
-                                identify_sent = true;
-                                if let Err(e) = write_command(&mut writer, node, &mut pending, Op::Identify, None).await {
-                                    break format!("write failed: {e}");
-                                }
+                        Ok(Received::Dropped(e)) => link.count_error(e),
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break e.to_string(),
+                        Err(e) => break format!("read failed: {e}"),
+                    }
+                    // Once the bytes of a read are decoded: Identify, unless a Hello came.
+                    if !port.has_buffered() && !identify_sent && !link.hello_seen() {
+                        if let Some(node) = link.node_id() {
+                            identify_sent = true;
+                            if let Err(e) = write_command(&mut port, node, &mut pending, Op::Identify, None).await {
+                                break e.to_string();
                             }
                         }
                     }
-                    Err(e) => break format!("read failed: {e}"),
                 },
                 request = requests.recv() => {
                     let Some(request) = request else { continue };
                     let node = link.node_id().unwrap_or(0);
-                    if let Err(e) = write_command(&mut writer, node, &mut pending, request.op, Some(request.reply)).await {
-                        break format!("write failed: {e}");
+                    if let Err(e) = write_command(&mut port, node, &mut pending, request.op, Some(request.reply)).await {
+                        break e.to_string();
                     }
                 }
                 _ = tick.tick() => {
@@ -342,8 +320,9 @@ pub async fn run(source: SerialNodeSource, mut shutdown: Shutdown) {
                 _ = shutdown.recv() => break "shutdown".to_owned(),
             }
         };
+        drop(port);
         stats.link_up.store(false, Ordering::Relaxed);
-        pending.fail_all("the node's port closed");
+        pending.fail_all(NodeRequestError::PortClosed);
         if shutdown.is_shutdown() {
             break;
         }
@@ -357,33 +336,28 @@ pub async fn run(source: SerialNodeSource, mut shutdown: Shutdown) {
     tracing::debug!(dev = %config.id, "serial source stopped");
 }
 
-async fn write_command<W: AsyncWriteExt + Unpin>(
-    writer: &mut W,
+/// Sends a command under the next seq; a reply channel waits for its Ack. A command that
+/// cannot be encoded is answered with the reason (the port stays up); a write error is
+/// returned (the port is reopened).
+async fn write_command(
+    port: &mut NodePort,
     node: u32,
     pending: &mut PendingAcks,
     op: Op,
-    reply: Option<oneshot::Sender<Result<AckResult, String>>>,
-) -> std::io::Result<()> {
+    reply: Option<oneshot::Sender<Result<AckResult, NodeRequestError>>>,
+) -> Result<(), SendError> {
     let seq = pending.next_seq;
     pending.next_seq = pending.next_seq.wrapping_add(1);
-    let command = Command {
-        version: PROTOCOL_VERSION,
-        node,
-        seq,
-        op,
-    };
-    let mut frame = [0u8; MAX_ENCODED_LEN];
-    let len = match encode(&command, &mut frame) {
-        Ok(len) => len,
-        Err(e) => {
+    match port.send_command(node, seq, op).await {
+        Ok(()) => {}
+        Err(e @ SendError::Encode(_)) => {
             if let Some(tx) = reply {
-                let _ = tx.send(Err(format!("cannot encode command: {e:?}")));
+                let _ = tx.send(Err(NodeRequestError::NotSent(e.to_string())));
             }
             return Ok(());
         }
-    };
-    writer.write_all(&frame[..len]).await?;
-    writer.flush().await?;
+        Err(e) => return Err(e),
+    }
     if let Some(tx) = reply {
         pending
             .waiting
@@ -420,12 +394,12 @@ mod tests {
     #[test]
     fn seq_gaps_are_counted_as_lost_frames() {
         let stats = SourceStats::new();
-        let mut link = NodeLink::new(0, None, stats.clone());
+        let mut link = NodeLink::new(DeviceKey::Node(0), None, stats.clone());
         collect(&mut link, samples(10, 0, &[1.0]), 1000.0);
         collect(&mut link, samples(11, 20, &[1.0]), 1020.0);
         let ev = collect(&mut link, samples(15, 100, &[1.0]), 1100.0);
         assert!(ev.contains(&SourceEvent::FramesLost {
-            dev: 0,
+            dev: DeviceKey::Node(0),
             count: 3,
             ts: 1100
         }));
@@ -441,7 +415,7 @@ mod tests {
     #[test]
     fn a_hello_with_seq_zero_is_a_reboot_not_a_gap() {
         let stats = SourceStats::new();
-        let mut link = NodeLink::new(0, None, stats.clone());
+        let mut link = NodeLink::new(DeviceKey::Node(0), None, stats.clone());
         collect(&mut link, samples(500, 100_000, &[1.0]), 1000.0);
         let hello = Frame {
             version: 1,
@@ -468,7 +442,7 @@ mod tests {
     #[test]
     fn samples_are_mapped_to_wall_time() {
         let stats = SourceStats::new();
-        let mut link = NodeLink::new(3, None, stats);
+        let mut link = NodeLink::new(DeviceKey::Node(3), None, stats);
         // 4 values at 50 Hz starting at node time 10_000; the last (10_060) arrived at wall 5_000_060.
         let ev = collect(
             &mut link,
@@ -485,7 +459,7 @@ mod tests {
         else {
             panic!("no samples: {ev:?}");
         };
-        assert_eq!(dev, 3);
+        assert_eq!(dev, DeviceKey::Node(3));
         assert!((t0 - 5_000_000.0).abs() < 0.01, "{t0}");
         assert!((period_ms - 20.0).abs() < 1e-9);
         assert_eq!(values, vec![1.0, 2.0, 3.0, 4.0]);
@@ -494,7 +468,7 @@ mod tests {
     #[test]
     fn frames_of_another_node_are_dropped_and_counted() {
         let stats = SourceStats::new();
-        let mut link = NodeLink::new(0, Some(8), stats.clone());
+        let mut link = NodeLink::new(DeviceKey::Node(0), Some(8), stats.clone());
         assert!(collect(&mut link, samples(1, 0, &[1.0]), 1.0).is_empty());
         assert_eq!(SourceStats::get(&stats.foreign_frames), 1);
         assert_eq!(SourceStats::get(&stats.frames_ok), 0);

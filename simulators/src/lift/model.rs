@@ -11,8 +11,8 @@ use std::collections::VecDeque;
 use rand::Rng;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use towerlink_agent::feed::{LiftDirection, LiftDoor, LiftMode, LiftStatus};
-use towerlink_agent::profile::LiftReading;
+use towerlink_agent::feed::{LiftDirection, LiftDoor, LiftMode};
+use towerlink_agent::profile::{CarStatus, LiftReading};
 
 /// Model time step, ms.
 pub const STEP_MS: u64 = 10;
@@ -340,7 +340,7 @@ impl LiftModel {
         }
         let overload = has(Fault::Overload);
         LiftReading {
-            status: LiftStatus {
+            status: CarStatus {
                 mode: self.mode.unwrap_or(LiftMode::Normal),
                 floor,
                 direction,

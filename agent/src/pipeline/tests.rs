@@ -1,0 +1,396 @@
+//! Tests of [`Pipeline`] driven by source events, as the sources deliver them.
+
+use super::*;
+use crate::feed::{EventState, LiftDirection, LiftDoor, LiftMode};
+use crate::sources::{CarStatus, LiftReading};
+use std::sync::atomic::Ordering;
+use towerlink_firmware::protocol::{ChannelInfo, FaultCode, Quantity};
+
+const T0: UnixMillis = 1_700_000_000_000;
+
+/// A pipeline over one serial node (`panel-0`) and one I2C device (`strain-roof`).
+fn pipeline() -> Pipeline {
+    let config = crate::config::Config::parse(
+        "[gateway]\nid = \"gw\"\n[mqtt]\nurl = \"mqtt://127.0.0.1\"\n[store]\npath = \"/tmp/x\"\n\
+         [[node]]\nid = \"panel-0\"\nport = \"/dev/null\"\nwindow = \"1s\"\n\
+         [[i2c]]\nid = \"strain-roof\"\nbus = \"sim\"\nchip = \"nau7802\"\nwindow = \"1s\"\n\
+         [[lift]]\nid = \"lift-1\"\nport = \"/dev/ttyS9\"\nunit = 1\nprofile = \"generic\"\ntop_floor = 10\nbottom_floor = -1\nrated_speed_mm_s = 1750\n",
+        "t",
+    )
+    .expect("test config");
+    Pipeline::new(
+        config.devices(),
+        config.health.node_silent_after,
+        T0,
+        Arc::new(PipelineStats::default()),
+    )
+}
+
+fn strain() -> Vec<ChannelInfo> {
+    vec![ChannelInfo {
+        id: 0,
+        quantity: Quantity::Strain,
+        rate_hz: 10,
+    }]
+}
+
+fn samples(dev: DeviceKey, t0: f64, values: &[f32]) -> SourceEvent {
+    SourceEvent::Samples {
+        dev,
+        channel: 0,
+        t0,
+        period_ms: 100.0,
+        values: values.to_vec(),
+    }
+}
+
+/// Closed windows as (device, mean of channel `strain`).
+fn windows(out: &[Message]) -> Vec<(String, f32)> {
+    out.iter()
+        .filter_map(|m| match m {
+            Message::Data { dev, ch, .. } => Some((dev.clone(), ch.get("strain")?.mean)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_node_and_an_i2c_device_with_the_same_index_stay_apart() {
+    let mut p = pipeline();
+    let mut out = Vec::new();
+    let t = T0 as f64;
+    for key in [DeviceKey::Node(0), DeviceKey::I2c(0)] {
+        p.handle(
+            SourceEvent::Hello {
+                dev: key,
+                fw: (1, 0, 0),
+                channels: strain(),
+            },
+            T0,
+            &mut out,
+        );
+    }
+    p.handle(samples(DeviceKey::Node(0), t, &[1.0, 1.0]), T0, &mut out);
+    p.handle(samples(DeviceKey::I2c(0), t, &[5.0, 5.0]), T0, &mut out);
+    // An index no source was given is ignored, not someone else's.
+    p.handle(samples(DeviceKey::I2c(1), t, &[9.0]), T0, &mut out);
+    p.tick(T0 + 5_000, &mut out);
+    let mut got = windows(&out);
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got,
+        vec![("panel-0".to_owned(), 1.0), ("strain-roof".to_owned(), 5.0)]
+    );
+    let dir = p.directory();
+    assert!(dir.channels("panel-0").is_some() && dir.channels("strain-roof").is_some());
+}
+
+const NODE: DeviceKey = DeviceKey::Node(0);
+
+fn hello(dev: DeviceKey, channels: Vec<ChannelInfo>) -> SourceEvent {
+    SourceEvent::Hello {
+        dev,
+        fw: (1, 0, 0),
+        channels,
+    }
+}
+
+fn channel(id: u8, quantity: Quantity) -> ChannelInfo {
+    ChannelInfo {
+        id,
+        quantity,
+        rate_hz: 10,
+    }
+}
+
+/// Events as (device, name, state, channel).
+fn events(out: &[Message]) -> Vec<(String, String, EventState, Option<String>)> {
+    out.iter()
+        .filter_map(|m| match m {
+            Message::Event { dev, event } => Some((
+                dev.clone(),
+                event.event.to_owned(),
+                event.state,
+                event.ch.clone(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn hello_names_the_channels_publishes_them_and_a_new_layout_closes_the_old_windows() {
+    let mut p = pipeline();
+    let mut out = Vec::new();
+    p.handle(
+        hello(
+            NODE,
+            vec![channel(0, Quantity::Strain), channel(1, Quantity::Strain)],
+        ),
+        T0,
+        &mut out,
+    );
+    let names: Vec<String> = p
+        .directory()
+        .channels("panel-0")
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["strain_0", "strain_1"]);
+    p.handle(
+        samples(NODE, T0 as f64 + 100.0, &[2.0, 4.0]),
+        T0 + 200,
+        &mut out,
+    );
+    assert!(windows(&out).is_empty(), "a window closed early: {out:?}");
+    // The same layout again changes nothing; another one closes the open window at once.
+    p.handle(
+        hello(
+            NODE,
+            vec![channel(0, Quantity::Strain), channel(1, Quantity::Strain)],
+        ),
+        T0 + 300,
+        &mut out,
+    );
+    assert!(out.is_empty(), "{out:?}");
+    p.handle(
+        hello(NODE, vec![channel(0, Quantity::Strain)]),
+        T0 + 400,
+        &mut out,
+    );
+    let closed: Vec<_> = out
+        .iter()
+        .filter_map(|m| match m {
+            Message::Data { ch, .. } => ch.get("strain_0").map(|w| (w.n, w.mean)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed, [(2, 3.0)]);
+    let names: Vec<String> = p
+        .directory()
+        .channels("panel-0")
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["strain"]);
+}
+
+#[test]
+fn samples_before_the_hello_are_held_then_windowed_and_unknown_channels_are_counted() {
+    let stats = Arc::new(PipelineStats::default());
+    let mut p = pipeline();
+    p.stats = stats.clone();
+    let mut out = Vec::new();
+    let t = T0 as f64;
+    p.handle(samples(NODE, t, &[1.0, 3.0]), T0, &mut out);
+    assert!(out.is_empty());
+    p.handle(hello(NODE, strain()), T0, &mut out);
+    // Channel 7 was never announced.
+    p.handle(
+        SourceEvent::Samples {
+            dev: NODE,
+            channel: 7,
+            t0: t,
+            period_ms: 100.0,
+            values: vec![1.0; 5],
+        },
+        T0,
+        &mut out,
+    );
+    p.tick(T0 + 5_000, &mut out);
+    assert_eq!(windows(&out), [("panel-0".to_owned(), 2.0)]);
+    assert_eq!(stats.unknown_channel_samples.load(Ordering::Relaxed), 5);
+    // Beyond the hold buffer, samples before a Hello are counted, not kept.
+    let mut q = pipeline();
+    q.stats = stats.clone();
+    for _ in 0..MAX_EVENTS_BEFORE_HELLO + 3 {
+        q.handle(samples(DeviceKey::I2c(0), t, &[1.0, 1.0]), T0, &mut out);
+    }
+    assert_eq!(
+        stats.unknown_channel_samples.load(Ordering::Relaxed),
+        5 + 3 * 2
+    );
+}
+
+#[test]
+fn a_fault_is_held_until_the_hello_then_raised_on_its_channel() {
+    let mut p = pipeline();
+    let mut out = Vec::new();
+    p.handle(
+        SourceEvent::Fault {
+            dev: NODE,
+            channel: 0,
+            code: FaultCode::BusError,
+            ts: T0,
+        },
+        T0,
+        &mut out,
+    );
+    assert!(out.is_empty(), "{out:?}");
+    p.handle(hello(NODE, strain()), T0 + 10, &mut out);
+    assert_eq!(
+        events(&out),
+        [(
+            "panel-0".to_owned(),
+            "sensor_fault".to_owned(),
+            EventState::Active,
+            Some("strain".to_owned())
+        )]
+    );
+}
+
+#[test]
+fn lost_frames_and_a_silent_device_coming_back_are_events_of_that_device() {
+    let mut p = pipeline();
+    let mut out = Vec::new();
+    p.handle(
+        SourceEvent::FramesLost {
+            dev: DeviceKey::I2c(0),
+            count: 4,
+            ts: T0,
+        },
+        T0,
+        &mut out,
+    );
+    assert_eq!(
+        events(&out),
+        [(
+            "strain-roof".to_owned(),
+            "frames_lost".to_owned(),
+            EventState::Active,
+            None
+        )]
+    );
+    out.clear();
+    // Silent past node_silent_after (default): offline; heard again: cleared.
+    p.tick(T0 + 3_600_000, &mut out);
+    assert!(events(&out)
+        .iter()
+        .any(|e| e.0 == "panel-0" && e.1 == "sensor_offline" && e.2 == EventState::Active));
+    out.clear();
+    p.handle(
+        SourceEvent::Alive {
+            dev: NODE,
+            ts: T0 + 3_600_100,
+        },
+        T0 + 3_600_100,
+        &mut out,
+    );
+    assert_eq!(
+        events(&out),
+        [(
+            "panel-0".to_owned(),
+            "sensor_offline".to_owned(),
+            EventState::Cleared,
+            None
+        )]
+    );
+}
+
+#[test]
+fn a_lift_reading_is_published_in_the_feeds_terms_and_failed_polls_raise_comm_lost() {
+    let mut p = pipeline();
+    let mut out = Vec::new();
+    let reading = LiftReading {
+        status: CarStatus {
+            mode: LiftMode::Normal,
+            floor: 4,
+            direction: LiftDirection::Up,
+            door: LiftDoor::Closed,
+            running: true,
+            door_zone: false,
+            occupied: true,
+            speed_mm_s: 900,
+            load_pct: 30,
+            position_mm: 12_345,
+            fault_code: 0,
+            run_count: 77,
+            door_cycles: 88,
+        },
+        main_power_ok: true,
+        safety_closed: true,
+        door_lock_closed: true,
+        alarm_button: false,
+        overload: false,
+    };
+    p.handle(
+        SourceEvent::LiftReading {
+            lift: 0,
+            ts: T0,
+            reading,
+        },
+        T0,
+        &mut out,
+    );
+    let Some(Message::LiftStatus { dev, ts, lift }) = out.first() else {
+        panic!("no lift status: {out:?}");
+    };
+    assert_eq!((dev.as_str(), *ts), ("lift-1", T0));
+    assert_eq!(
+        serde_json::to_value(lift).ok(),
+        serde_json::to_value(lift_rules::feed_status(&reading.status)).ok()
+    );
+    assert_eq!(
+        (lift.floor, lift.position_mm, lift.run_count),
+        (4, 12_345, 77)
+    );
+    out.clear();
+    for i in 1..=lift_rules::COMM_LOST_AFTER_POLLS as i64 {
+        p.handle(
+            SourceEvent::LiftPollFailed {
+                lift: 0,
+                ts: T0 + i * 250,
+            },
+            T0 + i * 250,
+            &mut out,
+        );
+    }
+    assert_eq!(
+        events(&out),
+        [(
+            "lift-1".to_owned(),
+            "comm_lost".to_owned(),
+            EventState::Active,
+            None
+        )]
+    );
+    // A lift no source was started for is ignored.
+    p.handle(
+        SourceEvent::LiftPollFailed { lift: 9, ts: T0 },
+        T0,
+        &mut out,
+    );
+}
+
+#[test]
+fn a_gateway_zero_says_why_it_was_not_taken_and_takes_the_filtered_value() {
+    let mut p = pipeline();
+    let zero = |p: &mut Pipeline, dev: &str, ch: &str| {
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        p.request(PipelineRequest::Zero {
+            dev: dev.into(),
+            ch: ch.into(),
+            reply: tx,
+        });
+        rx.try_recv().expect("answered at once")
+    };
+    assert_eq!(
+        zero(&mut p, "nobody", "strain"),
+        Err(ZeroError::UnknownDevice("nobody".into()))
+    );
+    assert!(matches!(
+        zero(&mut p, "strain-roof", "strain"),
+        Err(ZeroError::UnknownChannel { .. })
+    ));
+    let mut out = Vec::new();
+    p.handle(hello(DeviceKey::I2c(0), strain()), T0, &mut out);
+    let no_reading = zero(&mut p, "strain-roof", "strain");
+    assert_eq!(
+        no_reading.map_err(|e| e.to_string()),
+        Err("strain-roof/strain has no reading yet to take as zero".to_owned())
+    );
+    p.handle(samples(DeviceKey::I2c(0), T0 as f64, &[2.5]), T0, &mut out);
+    assert_eq!(zero(&mut p, "strain-roof", "strain"), Ok(2.5));
+}
