@@ -13,11 +13,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 use tokio_serial::{SerialPortBuilderExt, SerialStream};
 use towerlink_firmware::protocol::{
-    encode, AckResult, Body, ChannelInfo, Command, Frame, Op, StreamDecoder, MAX_ENCODED_LEN,
-    PROTOCOL_VERSION,
+    encode_after_delimiter, AckResult, Body, ChannelInfo, Command, Frame, Op, StreamDecoder,
+    MAX_ENCODED_LEN, PROTOCOL_VERSION,
 };
 
 use crate::pipeline::channel_names;
+
+/// How long [`NodePort::hello`] waits for a Hello before it sends Identify again (a command
+/// can be lost on a noisy line like any frame; a node answers Identify within milliseconds).
+pub const IDENTIFY_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why a port could not be opened, with the installer's next step.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,8 +106,8 @@ impl ProbeFailure {
                 "set node_id to the node that is really wired here, or move the cable".into(),
             ),
             ProbeFailure::NoHello { node } => (
-                format!("node {node} sends frames but did not answer Identify with a Hello"),
-                "update the node's firmware to wire protocol v1 (Identify -> Hello)".into(),
+                format!("node {node} sends frames but answered none of the Identify commands sent to it"),
+                "the node is heard but does not hear the gateway: check the gateway-to-node wire (TX to the node's RX; on RS-485 the A/B pair and the adapter's direction control), else update the node's firmware to wire protocol v1 (Identify -> Hello)".into(),
             ),
             ProbeFailure::Io(e) => (
                 format!("the port failed: {e}"),
@@ -236,8 +240,8 @@ impl NodePort {
             seq,
             op,
         };
-        let mut out = [0u8; MAX_ENCODED_LEN];
-        let len = encode(&command, &mut out).map_err(|e| {
+        let mut out = [0u8; MAX_ENCODED_LEN + 1];
+        let len = encode_after_delimiter(&command, &mut out).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidInput, format!("cannot encode: {e:?}"))
         })?;
         self.writer.write_all(&out[..len]).await?;
@@ -254,7 +258,9 @@ impl NodePort {
         deadline: Instant,
         mut on_frame: impl FnMut(&Frame),
     ) -> Result<NodeHello, ProbeFailure> {
-        let mut identified = false;
+        // When Identify was last sent: sent again if no Hello followed within
+        // IDENTIFY_RETRY (a command can be lost on a noisy line like any frame).
+        let mut identified: Option<Instant> = None;
         let mut heard_other = None;
         let mut node = None;
         loop {
@@ -276,8 +282,8 @@ impl NodePort {
                     channels: channels.into_iter().collect(),
                 });
             }
-            if !identified {
-                identified = true;
+            if identified.is_none_or(|at| at.elapsed() >= IDENTIFY_RETRY) {
+                identified = Some(Instant::now());
                 self.send(frame.node, Op::Identify)
                     .await
                     .map_err(|e| ProbeFailure::Io(e.to_string()))?;

@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_serial::SerialPortBuilderExt;
 use towerlink_firmware::protocol::{
-    encode, AckResult, Body, Command, Frame, FrameError, Op, StreamDecoder, MAX_ENCODED_LEN,
-    PROTOCOL_VERSION,
+    encode_after_delimiter, AckResult, Body, Command, Frame, FrameError, Op, StreamDecoder,
+    MAX_ENCODED_LEN, PROTOCOL_VERSION,
 };
 
 use super::node_clock::NodeClock;
@@ -372,8 +372,9 @@ async fn write_command<W: AsyncWriteExt + Unpin>(
         seq,
         op,
     };
-    let mut frame = [0u8; MAX_ENCODED_LEN];
-    let len = match encode(&command, &mut frame) {
+    // After a 0x00, so that bytes left in the node's decoder are not glued to the command.
+    let mut frame = [0u8; MAX_ENCODED_LEN + 1];
+    let len = match encode_after_delimiter(&command, &mut frame) {
         Ok(len) => len,
         Err(e) => {
             if let Some(tx) = reply {
