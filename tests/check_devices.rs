@@ -66,6 +66,46 @@ fn check_reports_lifts_and_i2c_devices() -> anyhow::Result<()> {
         line("i2c tilt-gone").starts_with("FAIL") && line("i2c tilt-gone").contains("/dev/i2c-99"),
         "{text}"
     );
+    // The ids line names every device the feed will carry, by kind.
+    ensure!(
+        line("ids:").starts_with("OK  ids: gateway e2e-check")
+            && line("ids:")
+                .contains("; nodes [none]; i2c [tilt-sim, tilt-gone]; lifts [lift-1, lift-9]"),
+        "{text}"
+    );
+
+    // A lift has nothing to zero: said as such, through the agent and --direct alike, before
+    // any broker or port is tried (none runs here), and for a name the file lacks, the list.
+    for direct in [false, true] {
+        let mut zero = Command::new(&bin);
+        zero.args(["zero", "lift-1", "floor", "--config"])
+            .arg(&config);
+        if direct {
+            zero.arg("--direct");
+        }
+        let out = zero.output()?;
+        let said = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.code() == Some(2),
+            "zero lift-1 (direct {direct}): {said}"
+        );
+        ensure!(
+            said.starts_with(
+                "FAIL zero lift-1 floor: lift-1 is a lift: lifts have nothing to zero"
+            ),
+            "zero lift-1 (direct {direct}): {said}"
+        );
+    }
+    let out = Command::new(&bin)
+        .args(["zero", "lift-7", "floor", "--config"])
+        .arg(&config)
+        .output()?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.code() == Some(2)
+            && said.contains("no device \"lift-7\" in the configuration (devices that can be zeroed: tilt-sim, tilt-gone)"),
+        "{said}"
+    );
     bus.stop();
     Ok(())
 }

@@ -369,7 +369,13 @@ fn zero_through_the_running_agent() -> anyhow::Result<()> {
 #[test]
 fn zero_without_an_agent_fails_in_bounded_time() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let config = write_config(dir.path(), &unique_gw("zeron"), "")?;
+    // The node is configured (its port need not exist: the command goes through the agent).
+    let config = write_config(
+        dir.path(),
+        &unique_gw("zeron"),
+        &node_section(&dir.path().join("ports/panel-0"), ""),
+    )?;
+    binary("towerlink-agent", "towerlink")?; // built before the clock starts
     let started = std::time::Instant::now();
     let (out, text) = towerlink(&["zero", "panel-0", "tilt_x"], &config)?;
     ensure!(!out.status.success(), "{text}");
@@ -403,8 +409,41 @@ fn zero_directly_on_the_nodes_port() -> anyhow::Result<()> {
     let (unknown, unknown_text) = towerlink(&["zero", "--direct", "panel-9", "strain"], &config)?;
     ensure!(!unknown.status.success(), "{unknown_text}");
     ensure!(
-        unknown_text.contains("no node \"panel-9\""),
+        unknown_text.contains(
+            "no device \"panel-9\" in the configuration (devices that can be zeroed: panel-0)"
+        ),
         "{unknown_text}"
     );
+    Ok(())
+}
+
+/// `towerlink store` with no arguments reads the installed configuration, like every other
+/// command (it used to demand `--config`).
+#[test]
+fn store_defaults_to_the_installed_configuration() -> anyhow::Result<()> {
+    let installed = Path::new("/etc/towerlink/towerlink.toml");
+    let out = Command::new(binary("towerlink-agent", "towerlink")?)
+        .arg("store")
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(!text.contains("give --config"), "{text}");
+    if installed.exists() {
+        // A gateway with the package installed: its store is inspected (or named if absent).
+        ensure!(
+            text.contains("store:") || text.contains("cannot read the store"),
+            "{text}"
+        );
+    } else {
+        ensure!(out.status.code() == Some(2), "{text}");
+        ensure!(
+            text.contains("/etc/towerlink/towerlink.toml")
+                && text.contains("towerlink store inspect PATH"),
+            "{text}"
+        );
+    }
     Ok(())
 }

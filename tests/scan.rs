@@ -101,3 +101,74 @@ fn scan_finds_the_nodes_and_the_lift_units() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `scan --modbus` on a port where a sensor node sits, then the commands an installer runs
+/// next: the node must answer at once, as if no scan had happened. (It used not to: Modbus
+/// requests reached the node's decoder, the next Identify was glued to their last bytes and
+/// lost, and `scan`/`check` said the node "did not answer Identify".) Bytes of another
+/// protocol written on the node's line by anything else must not silence it either.
+#[test]
+fn a_modbus_scan_never_disturbs_a_node() -> anyhow::Result<()> {
+    let bin = binary("towerlink-agent", "towerlink")?;
+    let dir = tempfile::tempdir()?;
+    let scenario = Scenario::from_toml_str("seed = 11\n[[panels]]\nname = \"a\"\nnode = 13\n")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let nodes = spawn_tower(&scenario, &dir.path().join("ports"), false)?;
+    let port = nodes[0].path().to_owned();
+    let scan = |args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new(&bin)
+            .arg("scan")
+            .arg(&port)
+            .args(args)
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+
+    let text = scan(&["--listen", "3s", "--modbus", "9600", "--units", "1-8"])?;
+    ensure!(text.contains("sensor node: node 13"), "{text}");
+    ensure!(
+        text.contains("Modbus not probed: a sensor node answers on this port"),
+        "{text}"
+    );
+    let text = scan(&["--listen", "3s"])?;
+    ensure!(
+        text.contains("sensor node: node 13"),
+        "after the Modbus scan: {text}"
+    );
+
+    // What a Modbus master on the wrong port sends: read input registers 0..14 of units 1..8,
+    // each request CRC'd by the book and none ending in 0x00.
+    let mut line = std::fs::OpenOptions::new().write(true).open(&port)?;
+    for unit in 1..=8u8 {
+        let mut request = vec![unit, 0x04, 0x00, 0x00, 0x00, 0x0E];
+        let crc = modbus_crc(&request);
+        request.extend_from_slice(&crc.to_le_bytes());
+        std::io::Write::write_all(&mut line, &request)?;
+    }
+    drop(line);
+    let text = scan(&["--listen", "3s"])?;
+    ensure!(
+        text.contains("sensor node: node 13"),
+        "after foreign bytes: {text}"
+    );
+    for n in nodes {
+        n.stop();
+    }
+    Ok(())
+}
+
+/// CRC-16/MODBUS (poly 0xA001 reflected, init 0xFFFF), written here from the spec.
+fn modbus_crc(bytes: &[u8]) -> u16 {
+    let mut crc = 0xFFFFu16;
+    for &b in bytes {
+        crc ^= u16::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xA001
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc
+}

@@ -82,8 +82,8 @@ enum Command {
     /// Safe while the agent runs: it only reads.
     Store {
         /// The configuration file naming `[store] path`.
-        #[arg(short, long)]
-        config: Option<PathBuf>,
+        #[arg(short, long, default_value = "/etc/towerlink/towerlink.toml")]
+        config: PathBuf,
         #[command(subcommand)]
         action: Option<StoreAction>,
     },
@@ -182,17 +182,13 @@ fn main() -> ExitCode {
         Command::Store { config, action } => {
             let (dir, list) = match (action, config) {
                 (Some(StoreAction::Inspect { path, list }), _) => (path, list),
-                (None, Some(config)) => match Config::load(&config) {
+                (None, config) => match Config::load(&config) {
                     Ok(c) => (c.store.path, false),
                     Err(e) => {
-                        eprintln!("towerlink: {e}");
+                        eprintln!("towerlink store: {e} (or inspect a store directory: `towerlink store inspect PATH`)");
                         return ExitCode::from(2);
                     }
                 },
-                (None, None) => {
-                    eprintln!("towerlink store: give --config FILE or `inspect PATH`");
-                    return ExitCode::from(2);
-                }
             };
             match towerlink_agent::queue::store::Inspection::of(&dir) {
                 Ok(report) => {

@@ -65,12 +65,7 @@ pub async fn run(path: &Path) -> usize {
         path.display(),
         config.nodes.len()
     ));
-    let devices: Vec<&str> = config.nodes.iter().map(|n| n.id.as_str()).collect();
-    report.ok(&format!(
-        "ids: gateway {}, devices [{}]",
-        config.gateway.id,
-        devices.join(", ")
-    ));
+    report.ok(&ids_line(&config));
 
     let probes: Vec<_> = config
         .nodes
@@ -168,6 +163,24 @@ pub async fn run(path: &Path) -> usize {
 /// One MQTT session set up exactly as the agent does ([`SessionSpec::for_tool`]: protocol
 /// version, TLS files, client certificate, username and password file), under a client id
 /// of its own: the broker must accept it.
+/// The `ids:` line: the gateway id and every device id by kind, as the feed will name them.
+fn ids_line(config: &Config) -> String {
+    let list = |ids: Vec<&str>| {
+        if ids.is_empty() {
+            "none".to_owned()
+        } else {
+            ids.join(", ")
+        }
+    };
+    format!(
+        "ids: gateway {}; nodes [{}]; i2c [{}]; lifts [{}]",
+        config.gateway.id,
+        list(config.nodes.iter().map(|n| n.id.as_str()).collect()),
+        list(config.i2c.iter().map(|d| d.id.as_str()).collect()),
+        list(config.lifts.iter().map(|l| l.id.as_str()).collect()),
+    )
+}
+
 async fn check_session(config: &Config) -> Result<String, (String, String)> {
     use crate::uplink::session::{Event, SessionError, SessionSpec, SetupError};
     use crate::uplink::tls::hint;

@@ -4,7 +4,8 @@
 //! else `/dev/serial/by-id/*`, `/dev/ttyUSB*`, `/dev/ttyACM*`) is probed for a sensor node
 //! (learn its id from its frames, ask it to identify, print its Hello), and with `--modbus`
 //! for lift controllers (one read-input-registers request per unit id; only function 0x04 is
-//! ever sent). Ports are probed at the same time, so a cabinet of silent ports costs one
+//! ever sent) on the ports where no node answered: a node's link is point to point, so no
+//! lift can share it, and Modbus bytes must never reach a node's decoder. Ports are probed at the same time, so a cabinet of silent ports costs one
 //! timeout, not one per port. Every I2C bus (`/dev/i2c-*`, or those named with `--i2c`) is
 //! asked for the identity registers of the chips the agent drives.
 
@@ -188,20 +189,34 @@ pub async fn run(options: ScanOptions) -> ExitCode {
         .map(|p| tokio::spawn(probe_node(p.clone(), options.baud, options.listen)))
         .collect();
     let mut found = false;
+    let mut bus_candidates = Vec::new();
     for (task, path) in nodes.into_iter().zip(&ports) {
         let line = task
             .await
             .unwrap_or_else(|e| format!("{}: probe failed: {e}", path.display()));
-        found |= line.contains("sensor node:");
+        let node_here = line.contains("sensor node:");
+        found |= node_here;
         println!("{line}");
+        if node_here {
+            if options.modbus_baud.is_some() {
+                // A node's port is point to point: no lift can sit on it, and Modbus bytes
+                // would only reach the node's decoder.
+                println!(
+                    "{:<40} Modbus not probed: a sensor node answers on this port",
+                    path.display()
+                );
+            }
+        } else {
+            bus_candidates.push(path.clone());
+        }
     }
     if let Some(baud) = options.modbus_baud {
         // After the node probes: a port is opened by one prober at a time.
-        let lifts: Vec<_> = ports
+        let lifts: Vec<_> = bus_candidates
             .iter()
             .map(|p| tokio::spawn(probe_modbus(p.clone(), baud, options.units.clone())))
             .collect();
-        for (task, path) in lifts.into_iter().zip(&ports) {
+        for (task, path) in lifts.into_iter().zip(&bus_candidates) {
             let line = task
                 .await
                 .unwrap_or_else(|e| format!("{}: probe failed: {e}", path.display()));

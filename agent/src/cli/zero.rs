@@ -25,8 +25,40 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the node has to introduce itself and then to acknowledge.
 pub const NODE_TIMEOUT: Duration = Duration::from_secs(4);
 
+/// Why `dev` cannot be zeroed at all, from the configuration alone: a lift (a lift controller
+/// is only read, it has no sensor to tare) or a device the file does not name. `None` when
+/// `dev` is a node or an I2C device.
+pub fn not_zeroable(config: &Config, dev: &str) -> Option<String> {
+    if config.lifts.iter().any(|l| l.id == dev) {
+        return Some(format!(
+            "{dev} is a lift: lifts have nothing to zero (towerlink only reads lift controllers; zero tares the strain and tilt channels of panel nodes and I2C devices)"
+        ));
+    }
+    if config.nodes.iter().any(|n| n.id == dev) || config.i2c.iter().any(|d| d.id == dev) {
+        return None;
+    }
+    let zeroable: Vec<&str> = config
+        .nodes
+        .iter()
+        .map(|n| n.id.as_str())
+        .chain(config.i2c.iter().map(|d| d.id.as_str()))
+        .collect();
+    Some(format!(
+        "no device {dev:?} in the configuration (devices that can be zeroed: {})",
+        if zeroable.is_empty() {
+            "none".to_owned()
+        } else {
+            zeroable.join(", ")
+        }
+    ))
+}
+
 /// Asks the running agent to zero `dev`/`ch`; prints the outcome; returns the exit code.
 pub async fn via_agent(config: &Config, dev: &str, ch: &str) -> u8 {
+    if let Some(why) = not_zeroable(config, dev) {
+        println!("FAIL zero {dev} {ch}: {why}");
+        return 2;
+    }
     // The agent's own session setup (TLS, client certificate, credentials, protocol), under
     // the client id `<gw>-zero-<pid>`.
     let spec = match SessionSpec::for_tool(&config.gateway.id, &config.mqtt, "zero") {
@@ -114,11 +146,13 @@ pub async fn via_agent(config: &Config, dev: &str, ch: &str) -> u8 {
 
 /// Opens the node's port and sends it the wire protocol's Zero; returns the exit code.
 pub async fn direct(config: &Config, dev: &str, ch: &str) -> u8 {
+    if let Some(why) = not_zeroable(config, dev) {
+        println!("FAIL zero {dev} {ch}: {why}");
+        return 2;
+    }
     let Some(node) = config.nodes.iter().find(|n| n.id == dev) else {
-        let known: Vec<&str> = config.nodes.iter().map(|n| n.id.as_str()).collect();
         println!(
-            "FAIL zero {dev} {ch}: no node {dev:?} in the configuration (nodes: {})",
-            known.join(", ")
+            "FAIL zero {dev} {ch}: {dev} is an I2C device on the gateway's own bus, not on a serial port — run without --direct while the agent runs"
         );
         return 2;
     };

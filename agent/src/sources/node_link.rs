@@ -19,9 +19,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 use tokio_serial::{SerialPortBuilderExt, SerialStream};
 use towerlink_firmware::protocol::{
-    encode, AckResult, Body, ChannelInfo, Command, Frame, FrameError, Op, StreamDecoder,
-    MAX_ENCODED_LEN, PROTOCOL_VERSION,
+    encode_after_delimiter, AckResult, Body, ChannelInfo, Command, Frame, FrameError, Op,
+    StreamDecoder, MAX_ENCODED_LEN, PROTOCOL_VERSION,
 };
+
+/// How long [`NodePort::hello`] waits for a Hello before it sends Identify again (a command
+/// can be lost on a noisy line like any frame; a node answers Identify within milliseconds).
+pub const IDENTIFY_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The fix for a port another program holds.
 const IN_USE_FIX: &str = "stop the agent first (`systemctl stop towerlink`), or, while it runs, use `tail --from-broker` / `zero` without --direct / the command topic";
@@ -286,8 +290,8 @@ impl ProbeFailure {
                 "set node_id to the node that is really wired here, or move the cable".into(),
             ),
             ProbeFailure::NoHello { node } => (
-                format!("node {node} sends frames but did not answer Identify with a Hello"),
-                "update the node's firmware to wire protocol v1 (Identify -> Hello)".into(),
+                format!("node {node} sends frames but answered none of the Identify commands sent to it"),
+                "the node is heard but does not hear the gateway: check the gateway-to-node wire (TX to the node's RX; on RS-485 the A/B pair and the adapter's direction control), else update the node's firmware to wire protocol v1 (Identify -> Hello)".into(),
             ),
             ProbeFailure::Io(e) => (
                 format!("the port failed: {e}"),
@@ -440,8 +444,11 @@ impl NodePort {
             seq,
             op,
         };
-        let mut out = [0u8; MAX_ENCODED_LEN];
-        let len = encode(&command, &mut out).map_err(|e| SendError::Encode(format!("{e:?}")))?;
+        // After a 0x00, so that bytes left in the node's decoder (line noise, another
+        // protocol's bytes) are not glued to the command and lose it.
+        let mut out = [0u8; MAX_ENCODED_LEN + 1];
+        let len = encode_after_delimiter(&command, &mut out)
+            .map_err(|e| SendError::Encode(format!("{e:?}")))?;
         self.writer.write_all(&out[..len]).await?;
         self.writer.flush().await?;
         Ok(())
@@ -464,7 +471,9 @@ impl NodePort {
         deadline: Instant,
         mut on_frame: impl FnMut(&Frame),
     ) -> Result<NodeHello, ProbeFailure> {
-        let mut identified = false;
+        // When Identify was last sent: sent again if no Hello followed within
+        // IDENTIFY_RETRY (a command can be lost on a noisy line like any frame).
+        let mut identified: Option<Instant> = None;
         let mut heard_other = None;
         let mut node = None;
         loop {
@@ -486,8 +495,8 @@ impl NodePort {
                     channels: channels.into_iter().collect(),
                 });
             }
-            if !identified {
-                identified = true;
+            if identified.is_none_or(|at| at.elapsed() >= IDENTIFY_RETRY) {
+                identified = Some(Instant::now());
                 self.send(frame.node, Op::Identify)
                     .await
                     .map_err(|e| ProbeFailure::Io(e.to_string()))?;

@@ -278,8 +278,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::framing::{encode, MAX_ENCODED_LEN};
-    use crate::protocol::message::{FaultCode, Op};
+    use crate::protocol::framing::{encode, encode_after_delimiter, MAX_ENCODED_LEN};
+    use crate::protocol::message::{Command, FaultCode, Op};
 
     fn fault(seq: u32) -> Frame {
         Frame {
@@ -337,6 +337,42 @@ mod tests {
         assert_eq!(dec.stats().frames_ok, 2);
         assert_eq!(dec.stats().bytes, total as u64 + 3);
         assert_eq!(dec.stats().crc_errors + dec.stats().undecodable, 0);
+    }
+
+    /// What `towerlink scan --modbus` left on a node's line: a Modbus RTU request for unit 8
+    /// (read input registers 0..14, CRC 0x5771) ends in `0E 71 57` with no `0x00` after it.
+    const MODBUS_TAIL: [u8; 8] = [0x08, 0x04, 0x00, 0x00, 0x00, 0x0E, 0x71, 0x57];
+
+    #[test]
+    fn a_command_after_foreign_bytes_is_lost_unless_sent_after_a_delimiter() {
+        let identify = Command {
+            version: 1,
+            node: 13,
+            seq: 0,
+            op: Op::Identify,
+        };
+        let decode_after_tail = |frame: &[u8]| {
+            let mut dec = StreamDecoder::new();
+            let mut got = heapless::Vec::<Result<Command, FrameError>, 8>::new();
+            for part in [&MODBUS_TAIL[..], frame] {
+                dec.decode_all::<Command, _>(part, |c| {
+                    let _ = got.push(c);
+                });
+            }
+            got
+        };
+        let (plain, n) = encoded(&identify);
+        let glued = decode_after_tail(&plain[..n]);
+        assert!(
+            glued.iter().all(|c| c.is_err()),
+            "the plain frame is glued to the tail: {glued:?}"
+        );
+        let mut out = [0u8; MAX_ENCODED_LEN + 1];
+        let n = encode_after_delimiter(&identify, &mut out).unwrap();
+        assert_eq!((out[0], out[n - 1]), (0, 0));
+        let got = decode_after_tail(&out[..n]);
+        assert!(encode_after_delimiter(&identify, &mut []).is_err());
+        assert_eq!(got.last(), Some(&Ok(identify)), "{got:?}");
     }
 
     #[test]

@@ -128,6 +128,22 @@ pub fn encode<M: Serialize>(msg: &M, out: &mut [u8]) -> Result<usize, EncodeErro
     Ok(encoded_len + 1)
 }
 
+/// Like [`encode`], with one `0x00` written before the frame; returns the bytes written, both
+/// `0x00`s included (`out` needs one byte more than [`encode`] needs).
+///
+/// The leading `0x00` ends whatever partial frame the receiver holds (line noise, a node's
+/// reboot, another protocol's bytes such as a Modbus probe on the wrong port), so this frame
+/// is not glued to it and lost; an empty frame is skipped by every reader, so the byte costs
+/// nothing else. The gateway sends every command this way: a command is sent once and waited
+/// for, so it must not be spent on resynchronising the node's decoder.
+pub fn encode_after_delimiter<M: Serialize>(msg: &M, out: &mut [u8]) -> Result<usize, EncodeError> {
+    let Some((first, rest)) = out.split_first_mut() else {
+        return Err(EncodeError::BufferTooSmall);
+    };
+    *first = FRAME_END;
+    Ok(1 + encode(msg, rest)?)
+}
+
 /// COBS-encodes `buf[offset..offset + len]` to the start of `buf`, returning the encoded
 /// length. Requires `offset >= cobs_overhead(len)` and room for the result (both guaranteed
 /// by [`encode`]): then every write lands at or before the byte just read.

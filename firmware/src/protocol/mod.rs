@@ -10,5 +10,5 @@ pub mod framing;
 pub mod message;
 
 pub use decoder::{DecodeStats, FrameError, StreamDecoder, WireMessage};
-pub use framing::{encode, EncodeError, MAX_ENCODED_LEN, MAX_FRAME_LEN};
+pub use framing::{encode, encode_after_delimiter, EncodeError, MAX_ENCODED_LEN, MAX_FRAME_LEN};
 pub use message::*;
