@@ -1,12 +1,29 @@
 //! Sample filters: spike rejection (Hampel) and optional smoothing (EMA or moving median).
 //!
-//! The Hampel filter judges each new sample against the median of the last `window`
-//! samples (itself included): it is a spike when it lies more than `k` scaled MADs (1.4826 x MAD estimates the
-//! standard deviation of Gaussian noise) from that median. Every raw sample, spike or not,
-//! enters the window, so a real step in the signal moves the median within half a window and
-//! passes, while an isolated spike never does. The MAD has a floor (the quantity's
-//! resolution): a quantised or very quiet signal has MAD 0, and without the floor any change
-//! at all would be called a spike.
+//! The Hampel filter judges each new sample by its deviation from the median of the last
+//! `window` samples (itself included). Every raw sample, spike or not, enters the window, so
+//! a real step in the signal moves the median within half a window and passes, while an
+//! isolated spike never does.
+//!
+//! A sample is a spike when its deviation exceeds `k` times the channel's noise scale, and the
+//! scale is the largest of three estimates:
+//! - the **long scale**: 1.4826 x the median of the last [`SCALE_HISTORY`] absolute deviations
+//!   from the window median. The window's own MAD is too noisy an estimate on its own: a
+//!   7-sample MAD is often well below the true spread, so the classic Hampel filter
+//!   (`window = 7, k = 3` on that MAD) drops about 4.5 % of healthy Gaussian samples and
+//!   biases `std` low. The long history is stable (about 5 s at 50 Hz), and its median keeps
+//!   spikes and steps (anything up to half the history) out of the estimate;
+//! - **half the window's MAD scale** ([`WINDOW_SCALE_SHARE`]): on a signal that ramps faster
+//!   than the long history can follow, the window's spread grows with the slope, so a moving
+//!   signal is not cut into "spikes"; on noise it rarely exceeds the long scale, so it costs
+//!   little spike rejection;
+//! - the **floor** (the quantity's resolution): a quantised or very quiet signal has MAD 0,
+//!   and without the floor any change at all would be called a spike.
+//!
+//! The deviations of a window that contains its sample are heavier-tailed than Gaussian (the
+//! median leans towards the sample), so `k` is not a Gaussian sigma count: the default
+//! `k = 4` keeps about 99.8 % of Gaussian samples and rejects every isolated 8-sigma spike.
+//! Measured figures for each setting: `cargo bench -p towerlink-agent --bench spike_filter`.
 
 use super::settings::{Hampel, LowPass};
 
@@ -58,12 +75,32 @@ fn median_in_place(s: &mut [f64]) -> f64 {
     *m
 }
 
+/// Absolute deviations the long noise scale is the median of (about 5 s at 50 Hz): long enough
+/// for a stable estimate (a 64-sample history misses about 1 % of 8-sigma spikes through its
+/// own noise), short enough to follow a change of the noise within seconds.
+pub const SCALE_HISTORY: usize = 256;
+
+/// The long scale is recomputed every this many samples once the history is full (it moves
+/// slowly by design), so its median costs little per sample; while the history fills it is
+/// recomputed at every sample.
+pub const SCALE_REFRESH: usize = 16;
+
+/// The share of the window's own MAD scale that counts against the long scale.
+pub const WINDOW_SCALE_SHARE: f64 = 0.5;
+
 /// The Hampel spike filter of one channel.
 #[derive(Debug, Clone)]
 pub struct SpikeFilter {
     ring: Ring,
     k: f64,
     floor: f64,
+    /// The last [`SCALE_HISTORY`] absolute deviations from the window median.
+    deviations: [f64; SCALE_HISTORY],
+    deviations_len: usize,
+    deviations_next: usize,
+    /// The long scale as last computed, and the samples judged since.
+    long_scale: f64,
+    since_refresh: usize,
 }
 
 impl SpikeFilter {
@@ -73,6 +110,11 @@ impl SpikeFilter {
             ring: Ring::new(params.window),
             k: params.k,
             floor,
+            deviations: [0.0; SCALE_HISTORY],
+            deviations_len: 0,
+            deviations_next: 0,
+            long_scale: 0.0,
+            since_refresh: 0,
         }
     }
 
@@ -90,9 +132,24 @@ impl SpikeFilter {
         for (d, v) in scratch[..n].iter_mut().zip(&self.ring.buf[..n]) {
             *d = (v - med).abs();
         }
-        let mad = median_in_place(&mut scratch[..n]);
-        let scale = (1.4826 * mad).max(self.floor);
-        (x - med).abs() > self.k * scale
+        let window_scale = 1.4826 * median_in_place(&mut scratch[..n]);
+        let deviation = (x - med).abs();
+        self.deviations[self.deviations_next] = deviation;
+        self.deviations_next = (self.deviations_next + 1) % SCALE_HISTORY;
+        self.deviations_len = (self.deviations_len + 1).min(SCALE_HISTORY);
+        self.since_refresh += 1;
+        if self.deviations_len < SCALE_HISTORY || self.since_refresh >= SCALE_REFRESH {
+            self.since_refresh = 0;
+            let mut history = [0.0; SCALE_HISTORY];
+            let history = &mut history[..self.deviations_len];
+            history.copy_from_slice(&self.deviations[..self.deviations_len]);
+            self.long_scale = 1.4826 * median_in_place(history);
+        }
+        let scale = self
+            .long_scale
+            .max(WINDOW_SCALE_SHARE * window_scale)
+            .max(self.floor);
+        deviation > self.k * scale
     }
 }
 
@@ -176,10 +233,9 @@ mod tests {
             }
         }
         assert_eq!(caught, 200);
-        // A 7-sample Hampel window estimates the noise scale roughly, so a few percent of
-        // genuine samples are dropped with Gaussian noise; they cost n, not the mean.
+        // Gaussian noise beyond 3 sigma: 0.27 % of 9 800 healthy samples is about 26.
         assert!(
-            false_alarms < 250,
+            false_alarms <= 30,
             "{false_alarms} false spikes in 10 000 samples"
         );
     }

@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! [node.channels.tilt_x]              # key = the channel's feed name
-//! spike = { window = 7, k = 3.0 }     # Hampel; spike = false turns it off
+//! spike = { window = 7, k = 4.0 }     # Hampel (the default); spike = false turns it off
 //! range = [-5.0, 5.0]
 //! alarm = { minor = 0.2, major = 0.5, critical = 1.0, hysteresis = 0.02, for = "2s", relative_to_zero = true }
 //! rate = { max_per_hour = 0.1 }
@@ -220,7 +220,7 @@ fn quantity_defaults(q: Quantity) -> ((f64, f64), f64, Option<f64>) {
 }
 
 /// Default Hampel window and k.
-pub const DEFAULT_HAMPEL: Hampel = Hampel { window: 7, k: 3.0 };
+pub const DEFAULT_HAMPEL: Hampel = Hampel { window: 7, k: 4.0 };
 /// Default heartbeat of a deadband channel.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(300);
 /// Default stuck window.
