@@ -102,6 +102,19 @@ pub fn unique_gw(prefix: &str) -> String {
     format!("{prefix}-{}-{nanos:x}", std::process::id())
 }
 
+/// What a test does when the machine lacks something it needs (root for a mount, a tool):
+/// it fails with `why`, unless the environment variable `opt_out` is `1`, in which case it
+/// prints a loud SKIPPED line and the test returns `Ok` without checking anything. CI sets no
+/// opt-out; it installs what the tests need.
+pub fn skip_or_fail(opt_out: &str, why: &str) -> anyhow::Result<()> {
+    if std::env::var(opt_out).is_ok_and(|v| v == "1") {
+        eprintln!("\n!!! SKIPPED: {why} ({opt_out}=1) !!!\n");
+        Ok(())
+    } else {
+        bail!("{why}; this test needs it (set {opt_out}=1 to skip it explicitly)")
+    }
+}
+
 /// Polls `cond` every 50 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
