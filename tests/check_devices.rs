@@ -9,6 +9,8 @@ use towerlink_sim::lift::{BusOptions, LiftBus, LiftSpec};
 
 #[test]
 fn check_reports_lifts_and_i2c_devices() -> anyhow::Result<()> {
+    // One paced lift bus at a time on the machine (see `exclusive`).
+    let _bus = towerlink_e2e::exclusive("lift-bus")?;
     let bin = binary("towerlink-agent", "towerlink")?;
     let dir = tempfile::tempdir()?;
     let mut options = BusOptions::new(4)?;

@@ -3,8 +3,8 @@
 //! say so in `health`, and once space returns put its backlog on disk again, with every
 //! `seq` reaching the platform.
 //!
-//! Mounting a tmpfs needs root (as on CI here); without it the test says why and passes
-//! without checking anything else.
+//! Mounting a tmpfs needs root (as on CI here); without it the test fails, unless
+//! `TOWERLINK_TEST_SKIP_TMPFS=1` says to skip it (a loud SKIPPED line).
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use towerlink_e2e::{unique_gw, write_config, AgentProcess, Subscriber};
+use towerlink_e2e::{skip_or_fail, unique_gw, write_config, AgentProcess, Subscriber};
 use towerlink_sim::virtual_node::spawn_tower;
 use towerlink_sim_chips::Scenario;
 
@@ -51,8 +51,10 @@ fn a_full_disk_costs_nothing_and_the_store_recovers() -> anyhow::Result<()> {
         .arg(&store)
         .status();
     if !mounted.is_ok_and(|s| s.success()) {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
-        return Ok(());
+        return skip_or_fail(
+            "TOWERLINK_TEST_SKIP_TMPFS",
+            "cannot mount a tmpfs for the store here (mount -t tmpfs needs root)",
+        );
     }
     let _guard = Tmpfs(&store);
 

@@ -119,7 +119,9 @@ magnitude = 2.0
 #[test]
 fn a_slow_tilt_crosses_every_level_and_back_one_event_each() -> anyhow::Result<()> {
     // 0.1 deg/s up for 6 s, then down for 6 s: peaks near 0.6 deg. The ramp starts 10 s
-    // into the simulation, well after the agent (already built) is up.
+    // into the simulation, and the simulation starts only once the agent is up and connected
+    // (it opens the node's port when the port appears); the test then checks that the agent
+    // read the flat start before the ramp, so a slow start fails by name, not as wrong events.
     towerlink_e2e::binary("towerlink-agent", "towerlink")?;
     let scenario = Scenario::from_toml_str(
         r#"seed = 4
@@ -146,13 +148,42 @@ rate_deg_per_hour = -360.0
     let dir = tempfile::tempdir()?;
     let gw = unique_gw("e2e-tilt");
     let sub = Subscriber::connect(&format!("towerlink/v1/{gw}/#"))?;
-    let nodes = spawn_tower(&scenario, &dir.path().join("ports"), false)?;
-    let n = &nodes[0];
     let settings = "[node.channels.tilt_x]\n\
                     alarm = { minor = 0.15, major = 0.3, critical = 0.45, hysteresis = 0.02, for = \"500ms\" }\n\
                     rate = { max_per_hour = 100.0, over = \"3s\" }\n";
-    let config = write_config(dir.path(), &gw, &node_section(n, settings))?;
+    // spawn_tower links each node's port at <dir>/<panel name>.
+    let ports = dir.path().join("ports");
+    let section = format!(
+        "[[node]]\nid = \"tilting\"\nport = \"{}\"\nwindow = \"2s\"\nwindow_grace = \"1500ms\"\nnode_id = 21\n{settings}\n",
+        ports.join("tilting").display()
+    );
+    let config = write_config(dir.path(), &gw, &section)?;
     let mut agent = AgentProcess::start(&config)?;
+    sub.wait(Duration::from_secs(30), "the agent online", |m| {
+        m.iter()
+            .any(|r| r.topic.ends_with("/state") && r.json["state"] == "online")
+    })?;
+    let nodes = spawn_tower(&scenario, &ports, false)?;
+    let simulation_start = std::time::Instant::now();
+    let n = &nodes[0];
+    // The flat start (10 s, ramp-free) must reach the agent: a first tilt_x window that
+    // ended before the ramp. The agent retries the missing port with a 0.5 s back-off
+    // doubling, so it opens it within about as long as it took to come online.
+    sub.wait(Duration::from_secs(30), "a first tilt_x window", |m| {
+        !windows(m, n.dev(), "tilt_x").is_empty()
+    })?;
+    let first_window_after = simulation_start.elapsed();
+    let first = windows(&sub.all(), n.dev(), "tilt_x")
+        .first()
+        .map(|w| w["max"].as_f64().unwrap_or(f64::NAN))
+        .unwrap_or(f64::NAN);
+    ensure!(
+        first < 0.15,
+        "the agent's first tilt_x window ({first_window_after:?} into the simulation, max {first}) \
+         is not from the flat start before the ramp at 10 s: it started too late to see the \
+         tilt cross every level\n{}",
+        agent.log()
+    );
     sub.wait(Duration::from_secs(45), "the tilt alarm to clear", |m| {
         events(m, n.dev(), "threshold")
             .iter()
@@ -209,6 +240,30 @@ rate_deg_per_hour = -360.0
     ensure!(
         rate.first() == Some(&"active"),
         "no rate-of-change alarm: {rate:?}"
+    );
+    // Once the tilt stops moving (22 s), the rate falls below 90 % of the limit over the
+    // 3 s slope: the alarm clears.
+    sub.wait(
+        Duration::from_secs(20),
+        "the rate-of-change alarm to clear",
+        |m| {
+            events(m, n.dev(), "rate_of_change")
+                .iter()
+                .any(|e| e["state"] == "cleared")
+        },
+    )?;
+    let rate: Vec<String> = events(&sub.all(), n.dev(), "rate_of_change")
+        .iter()
+        .filter_map(|e| e["state"].as_str().map(str::to_owned))
+        .collect();
+    // (It may clear and rise again at the peak, where the slope passes through zero.)
+    ensure!(
+        rate.len() % 2 == 0
+            && rate
+                .iter()
+                .enumerate()
+                .all(|(i, st)| st == if i % 2 == 0 { "active" } else { "cleared" }),
+        "rate-of-change events {rate:?}, expected active / cleared pairs ending cleared"
     );
     agent.stop()?;
     sub.clear_retained(&format!("towerlink/v1/{gw}/state"));

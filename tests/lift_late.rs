@@ -156,6 +156,8 @@ fn spawn_slave(mut port: VirtualPort, lateness: Vec<Option<f64>>) -> Slave {
 
 #[test]
 fn late_answers_never_become_a_status_or_an_event() -> anyhow::Result<()> {
+    // One paced lift bus at a time on the machine (see `exclusive`).
+    let _bus = towerlink_e2e::exclusive("lift-bus")?;
     let dir = tempfile::tempdir()?;
     let port = VirtualPort::open(Some(&dir.path().join("ttyRS485-late")))?;
     let path = port.path().to_owned();

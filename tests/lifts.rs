@@ -122,6 +122,8 @@ fn wait_event(
 
 #[test]
 fn every_lift_event_goes_active_and_cleared_with_its_timing() -> anyhow::Result<()> {
+    // One paced lift bus at a time on the machine (see `exclusive`).
+    let _bus = towerlink_e2e::exclusive("lift-bus")?;
     let dir = tempfile::tempdir()?;
     let (bus, sub, mut agent, _gw) = start(
         dir.path(),
@@ -324,6 +326,8 @@ fn every_lift_event_goes_active_and_cleared_with_its_timing() -> anyhow::Result<
 
 #[test]
 fn the_lift_status_follows_trips_floor_by_floor() -> anyhow::Result<()> {
+    // One paced lift bus at a time on the machine (see `exclusive`).
+    let _bus = towerlink_e2e::exclusive("lift-bus")?;
     let dir = tempfile::tempdir()?;
     let (bus, sub, mut agent, _gw) = start(
         dir.path(),
@@ -409,6 +413,8 @@ fn lift_health(sub: &Subscriber, dev: &str) -> Option<Value> {
 
 #[test]
 fn a_noisy_bus_and_a_silent_lift_cost_counters_not_correctness() -> anyhow::Result<()> {
+    // One paced lift bus at a time on the machine (see `exclusive`).
+    let _bus = towerlink_e2e::exclusive("lift-bus")?;
     let dir = tempfile::tempdir()?;
     let (bus, sub, mut agent, _gw) = start(
         dir.path(),
@@ -446,6 +452,31 @@ fn a_noisy_bus_and_a_silent_lift_cost_counters_not_correctness() -> anyhow::Resu
             })
         },
     )?;
+    // A lift in comm_lost is polled once a second without retry: over the next health
+    // reports lift-c's timeouts grow by about one per second and its retries not at all
+    // (polled at its own 100 ms with one retry it would time out ~5 times a second).
+    let health_at = |sub: &Subscriber| -> Option<(i64, Value)> {
+        let h = sub.on("/health").last()?.json.clone();
+        Some((millis(&h["ts"]).ok()?, h["sources"]["lift-c"].clone()))
+    };
+    let (t1, c1) = health_at(&sub).context("no health with lift-c")?;
+    let mut later = None;
+    sub.wait(Duration::from_secs(20), "health 6 s later", |_| {
+        later = health_at(&sub).filter(|(t, _)| t - t1 >= 6000);
+        later.is_some()
+    })?;
+    let (t2, c2) = later.context("no later health")?;
+    let count = |v: &Value, k: &str| v[k].as_u64().unwrap_or(u64::MAX);
+    let timeouts = count(&c2, "modbus_timeouts").saturating_sub(count(&c1, "modbus_timeouts"));
+    let per_s = timeouts as f64 * 1000.0 / (t2 - t1) as f64;
+    ensure!(
+        (0.6..=1.5).contains(&per_s),
+        "lift-c in comm_lost timed out {per_s:.2} times per second (want about 1): {c1} -> {c2}"
+    );
+    ensure!(
+        count(&c2, "modbus_retries") == count(&c1, "modbus_retries"),
+        "lift-c in comm_lost was retried: {c1} -> {c2}"
+    );
     let a = lift_health(&sub, "lift-a").context("no health for lift-a")?;
     let c = lift_health(&sub, "lift-c").context("no health for lift-c")?;
     // The silent lift costs timeouts...

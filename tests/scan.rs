@@ -22,6 +22,8 @@ fn lift(id: &str, unit: u8) -> LiftSpec {
 
 #[test]
 fn scan_finds_the_nodes_and_the_lift_units() -> anyhow::Result<()> {
+    // One paced lift bus at a time on the machine (see `exclusive`).
+    let _bus = towerlink_e2e::exclusive("lift-bus")?;
     let bin = binary("towerlink-agent", "towerlink")?;
     let dir = tempfile::tempdir()?;
     let scenario = Scenario::from_toml_str(

@@ -6,7 +6,8 @@
 //! into 10 s statistics. Prints frames/s and samples/s (best of several runs).
 //!
 //! Run: `cargo bench -p towerlink-agent --bench decode_window`
-//! Target (issue 2): >= 2 million samples/s decoded and windowed per core.
+//! Target (issue 2): >= 2 million samples/s decoded and windowed per core; a miss exits
+//! non-zero.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -86,7 +87,7 @@ fn stream() -> Vec<u8> {
     out
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let config = Config::parse(
         "[gateway]\nid = \"bench\"\n[mqtt]\nurl = \"mqtt://127.0.0.1\"\n[store]\npath = \"/tmp/towerlink-bench\"\n[[node]]\nid = \"p1\"\nport = \"/dev/null\"\nwindow = \"10s\"\n",
         "bench",
@@ -153,12 +154,15 @@ fn main() {
         f64::from(FRAMES) / best,
         samples / best / 1e6
     );
-    println!(
-        "decode_window: target >= 2.00 M samples/s: {}",
-        if samples / best >= 2e6 {
-            "met"
-        } else {
-            "NOT met"
-        }
-    );
+    // Judged: this machine measures about 20x the target, far outside run-to-run noise.
+    if samples / best >= 2e6 {
+        println!("decode_window: target >= 2.00 M samples/s: met");
+        std::process::ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "decode_window: target >= 2.00 M samples/s: NOT met ({:.2} M samples/s)",
+            samples / best / 1e6
+        );
+        std::process::ExitCode::FAILURE
+    }
 }

@@ -6,7 +6,7 @@
 //!
 //! `cargo bench -p towerlink-agent --bench spike_filter`
 
-#[path = "spike_measure.rs"]
+#[path = "common/spike_measure.rs"]
 mod spike_measure;
 
 use spike_measure::{measure, meets_targets, Figures};

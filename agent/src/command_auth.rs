@@ -161,6 +161,57 @@ mod tests {
         );
     }
 
+    /// The published format, pinned: the key is Ed25519 with the seed 32 x 0x07 and the
+    /// signatures were made outside this crate (`openssl pkeyutl -sign -rawin` over the exact
+    /// text), so a change of the signed text or of its encoding fails here.
+    #[test]
+    fn the_published_signing_format_with_a_fixed_key_and_known_signatures() {
+        const PUBLIC_KEY: &str = "ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c";
+        let ts = 1_795_842_250_000;
+        let zero = CommandRequest {
+            id: "cmd-42".into(),
+            op: "zero".into(),
+            dev: Some("panel-n12".into()),
+            ch: Some("tilt_x".into()),
+            ts: Some(ts),
+            sig: Some(
+                "5e7bd0326dc1aa4cce0ae743efa9774da7868512998a073e7a312fe515bf50e2\
+                 4f77f9e2f8b8ffb509f749cd4d501f85c5e428a0db4c13c280814dbca28d3806"
+                    .into(),
+            ),
+        };
+        assert_eq!(
+            signed_text("sh-ja-0001", &zero, ts),
+            "towerlink-cmd-v1\nsh-ja-0001\ncmd-42\nzero\npanel-n12\ntilt_x\n1795842250000"
+        );
+        let ping = CommandRequest {
+            id: "cmd-43".into(),
+            op: "ping".into(),
+            dev: None,
+            ch: None,
+            ts: Some(ts),
+            sig: Some(
+                "3efc92e3d9ceb75fff0878eb5496dc40d65bddcfe07e1ae4be5a23bf77bce31c\
+                 8b8a43bf80f191287f8b0c9809d8f33ea06e160a0ad008ce102c6e40c0ec0106"
+                    .into(),
+            ),
+        };
+        assert_eq!(
+            signed_text("sh-ja-0001", &ping, ts),
+            "towerlink-cmd-v1\nsh-ja-0001\ncmd-43\nping\n\n\n1795842250000"
+        );
+        assert_eq!(
+            SigningKey::from_bytes(&[7; 32]).verifying_key().as_bytes(),
+            &hex::<32>(PUBLIC_KEY).expect("hex")
+        );
+        let v = CommandVerifier::new("sh-ja-0001", PUBLIC_KEY, 60_000).expect("key");
+        assert_eq!(v.verify(&zero, ts + 500), Ok(()));
+        assert_eq!(v.verify(&ping, ts - 500), Ok(()));
+        // The same signature for another gateway is refused.
+        let other = CommandVerifier::new("sh-ja-0002", PUBLIC_KEY, 60_000).expect("key");
+        assert!(other.verify(&zero, ts).is_err());
+    }
+
     #[test]
     fn bad_keys_are_refused() {
         for bad in ["", "zz", &"0".repeat(63), &"g".repeat(64)] {

@@ -144,7 +144,20 @@ impl Heartbeats {
 }
 
 /// Pings the systemd watchdog every `interval / 2` while every loop beats; stops at shutdown.
-pub async fn watchdog(heartbeats: Heartbeats, interval: Duration, mut shutdown: Shutdown) {
+pub async fn watchdog(heartbeats: Heartbeats, interval: Duration, shutdown: Shutdown) {
+    watchdog_with(heartbeats, interval, shutdown, || {
+        notify("WATCHDOG=1");
+    })
+    .await
+}
+
+/// [`watchdog`] with the ping as a function (the tests count them).
+async fn watchdog_with(
+    heartbeats: Heartbeats,
+    interval: Duration,
+    mut shutdown: Shutdown,
+    mut ping: impl FnMut(),
+) {
     let period = interval / 2;
     let mut last = heartbeats.snapshot();
     let mut warned = false;
@@ -156,7 +169,7 @@ pub async fn watchdog(heartbeats: Heartbeats, interval: Duration, mut shutdown: 
         let now = heartbeats.snapshot();
         let stalled = Heartbeats::stalled(&last, &now);
         if stalled.is_empty() {
-            notify("WATCHDOG=1");
+            ping();
             warned = false;
         } else if !warned {
             tracing::error!(loops = ?stalled, "a loop made no progress; withholding the watchdog ping so systemd restarts the agent");
@@ -182,6 +195,66 @@ mod tests {
             Heartbeats::stalled(&before, &now),
             vec!["pipeline".to_owned()]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_ping_while_a_loop_is_stalled_and_pings_again_once_it_beats() {
+        use std::sync::atomic::AtomicBool;
+        let hb = Heartbeats::new();
+        let source = hb.register("source panel-1");
+        let pipeline = hb.register("pipeline");
+        let source_runs = Arc::new(AtomicBool::new(true));
+        let runs = source_runs.clone();
+        // Both loops beat every 100 ms; the source only while `source_runs`.
+        tokio::spawn(async move {
+            loop {
+                pipeline.beat();
+                if runs.load(Ordering::Relaxed) {
+                    source.beat();
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let pings = Arc::new(Mutex::new(Vec::new()));
+        let seen = pings.clone();
+        let start = tokio::time::Instant::now();
+        let (stop, shutdown) = crate::shutdown::channel();
+        // WATCHDOG_USEC = 1 s: a look every 500 ms.
+        tokio::spawn(watchdog_with(
+            hb,
+            Duration::from_secs(1),
+            shutdown,
+            move || {
+                if let Ok(mut p) = seen.lock() {
+                    p.push(start.elapsed());
+                }
+            },
+        ));
+        let at = |p: &Arc<Mutex<Vec<Duration>>>| p.lock().map(|v| v.clone()).unwrap_or_default();
+        tokio::time::sleep(Duration::from_millis(2_750)).await;
+        let before_stall = at(&pings).len();
+        assert!(
+            before_stall >= 5,
+            "pinged while every loop beats: {:?}",
+            at(&pings)
+        );
+        // The source stalls at 2.75 s: from the look after next (3.5 s) on, no ping.
+        source_runs.store(false, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let during = at(&pings);
+        assert!(
+            during.iter().all(|t| *t <= Duration::from_millis(3_000)),
+            "pinged while the source was stalled: {during:?}"
+        );
+        // It beats again: the pings come back.
+        source_runs.store(true, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            at(&pings).len() >= during.len() + 2,
+            "no ping after the source recovered: {:?}",
+            at(&pings)
+        );
+        stop.fire();
     }
 
     #[test]

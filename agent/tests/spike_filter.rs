@@ -4,7 +4,7 @@
 //! figures for every setting are printed by `cargo bench -p towerlink-agent --bench
 //! spike_filter`.
 
-#[path = "../benches/spike_measure.rs"]
+#[path = "../benches/common/spike_measure.rs"]
 mod spike_measure;
 
 use spike_measure::{measure, meets_targets};

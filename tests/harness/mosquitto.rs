@@ -26,9 +26,48 @@ pub(crate) fn running_as_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
-/// A loopback port that was free a moment ago.
+/// Ports handed out by [`free_port`]: below Linux's ephemeral range (32768..=60999 by
+/// default), so neither a `bind` to port 0 nor an outgoing connection's source port is ever
+/// given one of them by the kernel.
+const RESERVED_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// The reservations of this process: an exclusive `flock` on
+/// `/tmp/towerlink-e2e-ports/<port>.lock` per port, held until the process exits.
+static RESERVATIONS: std::sync::Mutex<Vec<nix::fcntl::Flock<std::fs::File>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// A loopback port reserved for this test process until it exits: free now, outside the
+/// kernel's ephemeral range, and locked against every other test process using this harness.
+/// So a broker stopped and restarted on its port (see [`MosquittoProcess::restart`]) finds
+/// it still free: no other test can have been given it meanwhile.
 pub(crate) fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use nix::fcntl::{Flock, FlockArg};
+    let dir = std::env::temp_dir().join("towerlink-e2e-ports");
+    std::fs::create_dir_all(&dir)?;
+    let span = RESERVED_PORTS.end - RESERVED_PORTS.start;
+    let offset = (std::process::id() % u32::from(span)) as u16;
+    let mut held = RESERVATIONS
+        .lock()
+        .map_err(|_| anyhow::anyhow!("port reservations poisoned"))?;
+    for i in 0..span {
+        let port = RESERVED_PORTS.start + (offset + i) % span;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{port}.lock")))?;
+        // Taken by another process (or an earlier call in this one): try the next.
+        let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+            continue;
+        };
+        // Something outside the harness (a service) may listen there.
+        if TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        held.push(lock);
+        return Ok(port);
+    }
+    bail!("no free loopback port in {RESERVED_PORTS:?}")
 }
 
 impl MosquittoProcess {
@@ -123,7 +162,8 @@ impl MosquittoProcess {
         Ok(())
     }
 
-    /// Starts it again on the same port with the same persistence.
+    /// Starts it again on the same port with the same persistence. The port stays reserved
+    /// for this test process (see [`free_port`]), so no other test can take it meanwhile.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop()?;
         // The port may linger for a moment after the old process closed it.

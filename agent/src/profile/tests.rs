@@ -203,3 +203,146 @@ fn profiles_resolve_from_the_config_dir_then_built_ins() {
     let e = Profile::resolve("../x", None).expect_err("missing path");
     assert!(e.contains("not found"), "{e}");
 }
+
+#[test]
+fn every_flag_bit_decodes_to_its_own_field() {
+    // Register 4 of the spec, one bit at a time, written by hand: bit0 running, bit1 door
+    // zone, bit2 occupied, bit3 main power ok, bit4 safety closed, bit5 door lock closed,
+    // bit6 alarm button, bit7 overload.
+    let cases: [(u16, [bool; 8]); 10] = [
+        (
+            0x0000,
+            [false, false, false, false, false, false, false, false],
+        ),
+        (
+            0x0001,
+            [true, false, false, false, false, false, false, false],
+        ),
+        (
+            0x0002,
+            [false, true, false, false, false, false, false, false],
+        ),
+        (
+            0x0004,
+            [false, false, true, false, false, false, false, false],
+        ),
+        (
+            0x0008,
+            [false, false, false, true, false, false, false, false],
+        ),
+        (
+            0x0010,
+            [false, false, false, false, true, false, false, false],
+        ),
+        (
+            0x0020,
+            [false, false, false, false, false, true, false, false],
+        ),
+        (
+            0x0040,
+            [false, false, false, false, false, false, true, false],
+        ),
+        (
+            0x0080,
+            [false, false, false, false, false, false, false, true],
+        ),
+        // Bits above 7 are not in the spec: ignored.
+        (
+            0xFF00,
+            [false, false, false, false, false, false, false, false],
+        ),
+    ];
+    for (flags, want) in cases {
+        let regs: [u16; 14] = [0, 0, 0, 0, flags, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let r = generic().decode(&regs).expect("decode");
+        assert_eq!(flags_of(&r), want, "flags register {flags:#06x}");
+    }
+}
+
+#[test]
+fn every_multi_register_field_and_enumeration_decodes_from_hand_written_registers() {
+    // Registers 8..=13, high word first, with distinct high and low words per field so a
+    // swapped word, a swapped field or an off-by-one address shows.
+    let regs: [u16; 14] = [
+        2,      // mode: fire service
+        0xFFFE, // floor -2
+        2,      // down
+        1,      // opening
+        0x00FF, // every flag
+        2500,   // speed
+        110,    // load
+        0x0123, // fault code
+        0x0001, // position high
+        0x2345, // position low
+        0x0006, // run_count high
+        0x789A, // run_count low
+        0x00BC, // door_cycles high
+        0xDEF0, // door_cycles low
+    ];
+    let r = generic().decode(&regs).expect("decode");
+    let s = r.status;
+    assert_eq!(s.mode, LiftMode::FireService);
+    assert_eq!(
+        (s.floor, s.direction, s.door),
+        (-2, LiftDirection::Down, LiftDoor::Opening)
+    );
+    assert_eq!(flags_of(&r), [true; 8]);
+    assert_eq!(
+        (s.speed_mm_s, s.load_pct, s.fault_code),
+        (2500, 110, 0x0123)
+    );
+    assert_eq!(s.position_mm, 0x0001_2345);
+    assert_eq!(s.run_count, 0x0006_789A);
+    assert_eq!(s.door_cycles, 0x00BC_DEF0);
+
+    // Every value of the enumerated registers, by its number in the spec.
+    let modes = [
+        LiftMode::Normal,
+        LiftMode::Inspection,
+        LiftMode::FireService,
+        LiftMode::OutOfService,
+        LiftMode::Independent,
+        LiftMode::EmergencyPower,
+    ];
+    for (n, mode) in modes.into_iter().enumerate() {
+        let mut regs = [0u16; 14];
+        regs[0] = n as u16;
+        assert_eq!(generic().decode(&regs).expect("mode").status.mode, mode);
+    }
+    let directions = [
+        LiftDirection::Stopped,
+        LiftDirection::Up,
+        LiftDirection::Down,
+    ];
+    for (n, direction) in directions.into_iter().enumerate() {
+        let mut regs = [0u16; 14];
+        regs[2] = n as u16;
+        let got = generic().decode(&regs).expect("direction").status.direction;
+        assert_eq!(got, direction);
+    }
+    let doors = [
+        LiftDoor::Closed,
+        LiftDoor::Opening,
+        LiftDoor::Open,
+        LiftDoor::Closing,
+    ];
+    for (n, door) in doors.into_iter().enumerate() {
+        let mut regs = [0u16; 14];
+        regs[3] = n as u16;
+        assert_eq!(generic().decode(&regs).expect("door").status.door, door);
+    }
+}
+
+/// Which flags of a decoded reading are set, in the spec's bit order (bit 0 first).
+fn flags_of(r: &LiftReading) -> [bool; 8] {
+    [
+        r.status.running,
+        r.status.door_zone,
+        r.status.occupied,
+        r.main_power_ok,
+        r.safety_closed,
+        r.door_lock_closed,
+        r.alarm_button,
+        r.overload,
+    ]
+}

@@ -2,11 +2,14 @@
 //! pseudo-terminal serving several lifts on one bus, and fault scripts.
 //!
 //! - [`model`]: calls, travel, doors, occupancy, counters, faults (deterministic by seed).
-//! - [`rtu_slave`]: the bus: answers read-input-registers requests from the models through a
-//!   profile, paced at line speed, with comm faults on demand.
+//! - [`rtu_slave`]: the bus: answers read-input-registers requests from the models, paced at
+//!   line speed, with comm faults on demand.
+//! - [`registers`]: the generic profile's register table, CRC-16 and line timing, written from
+//!   the contract (`docs/lift-modbus.md`), not taken from the agent.
 //! - [`script`]: timed faults and calls from TOML.
 
 pub mod model;
+pub mod registers;
 pub mod rtu_slave;
 pub mod script;
 

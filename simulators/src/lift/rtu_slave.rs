@@ -2,8 +2,8 @@
 //! unit ids on one bus), with faults on the line on demand.
 //!
 //! The agent opens the terminal as its RS-485 adapter. Each request the slave receives is
-//! answered from the addressed lift's model through a profile (the generic one by default),
-//! unless a comm fault says otherwise: no answer, a corrupted CRC, another unit id, a
+//! answered from the addressed lift's model through the generic profile's register table
+//! ([`super::registers`], written from the contract independently of the agent), unless a comm fault says otherwise: no answer, a corrupted CRC, another unit id, a
 //! truncated answer, or noise bytes in front of it.
 //!
 //! Pacing: a pseudo-terminal moves bytes instantly, whatever baud rate the agent sets, so an
@@ -26,10 +26,10 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use towerlink_agent::profile::{LiftReading, Profile};
-use towerlink_agent::sources::modbus_rtu::{crc_ok, push_crc, LineTiming, READ_INPUT_REGISTERS};
+use towerlink_agent::profile::LiftReading;
 
 use super::model::{LiftModel, LiftSpec};
+use super::registers::{self, crc_ok, push_crc, Line, READ_INPUT_REGISTERS};
 use super::script::{Action, CommFault, Step};
 use crate::pty::VirtualPort;
 
@@ -46,14 +46,12 @@ pub struct BusOptions {
     pub pace: bool,
     /// Seed of the models and of the comm faults.
     pub seed: u64,
-    /// The register map served.
-    pub profile: Profile,
     /// Timed faults and calls.
     pub script: Vec<Step>,
 }
 
 impl BusOptions {
-    /// 9600 8N1, paced, generic profile, no script.
+    /// 9600 8N1, paced, no script.
     pub fn new(seed: u64) -> io::Result<BusOptions> {
         Ok(BusOptions {
             baud: 9600,
@@ -61,9 +59,6 @@ impl BusOptions {
             stop_bits: 1,
             pace: true,
             seed,
-            profile: Profile::built_in("generic").ok_or_else(|| {
-                io::Error::new(io::ErrorKind::NotFound, "no built-in generic profile")
-            })?,
             script: Vec::new(),
         })
     }
@@ -220,7 +215,7 @@ fn sleep_until(deadline: Instant) {
 impl BusThread {
     fn run(&mut self) -> io::Result<()> {
         let start = Instant::now();
-        let timing = LineTiming::new(
+        let timing = Line::new(
             self.options.baud,
             self.options.parity,
             self.options.stop_bits,
@@ -303,12 +298,7 @@ impl BusThread {
         }
     }
 
-    fn answer(
-        &mut self,
-        request: &[u8],
-        received_at: Instant,
-        timing: LineTiming,
-    ) -> io::Result<()> {
+    fn answer(&mut self, request: &[u8], received_at: Instant, timing: Line) -> io::Result<()> {
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
         let (unit, function) = (request[0], request[1]);
         let start = u16::from_be_bytes([request[2], request[3]]);
@@ -317,26 +307,24 @@ impl BusThread {
             // Nobody with that unit id on the bus: silence, as on a real line.
             return Ok(());
         };
-        let profile = &self.options.profile;
         let mut frame = vec![unit];
+        // The registers asked for, if they lie within the table.
+        let asked = usize::from(start)
+            .checked_sub(usize::from(registers::START))
+            .filter(|from| count > 0 && from + usize::from(count) <= usize::from(registers::COUNT));
         if function != READ_INPUT_REGISTERS {
             self.shared
                 .non_read_requests
                 .fetch_add(1, Ordering::Relaxed);
             frame.extend_from_slice(&[function | 0x80, 0x01]); // illegal function
-        } else if start < profile.start
-            || u32::from(start) + u32::from(count)
-                > u32::from(profile.start) + u32::from(profile.count)
-            || count == 0
-        {
-            frame.extend_from_slice(&[function | 0x80, 0x02]); // illegal data address
-        } else {
-            let regs = profile.encode(&model.reading());
-            let from = usize::from(start - profile.start);
+        } else if let Some(from) = asked {
+            let regs = registers::input_registers(&model.reading());
             frame.extend_from_slice(&[function, (count * 2) as u8]);
             for r in &regs[from..from + usize::from(count)] {
                 frame.extend_from_slice(&r.to_be_bytes());
             }
+        } else {
+            frame.extend_from_slice(&[function | 0x80, 0x02]); // illegal data address
         }
         push_crc(&mut frame);
         if self.hit(unit, CommFault::Silent) {
@@ -370,7 +358,7 @@ impl BusThread {
             sleep_until(
                 received_at
                     + timing.chars(request.len())
-                    + timing.t3_5()
+                    + timing.silence()
                     + timing.chars(frame.len()),
             );
         }

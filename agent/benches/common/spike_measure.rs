@@ -50,7 +50,7 @@ impl Noise {
     }
 
     /// One sample.
-    pub fn next(&mut self) -> f64 {
+    pub fn sample(&mut self) -> f64 {
         let u1: f64 = self.0.gen_range(f64::EPSILON..1.0);
         let u2: f64 = self.0.gen();
         (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
@@ -74,7 +74,7 @@ pub fn measure(setting: Hampel, samples: usize, steps: usize, seed: u64) -> Figu
     let mut f = SpikeFilter::new(setting, FLOOR);
     let (mut kept, mut sum, mut sum_sq) = (0usize, 0.0, 0.0);
     for _ in 0..samples {
-        let x = noise.next();
+        let x = noise.sample();
         if !f.is_spike(x) {
             kept += 1;
             sum += x;
@@ -88,7 +88,7 @@ pub fn measure(setting: Hampel, samples: usize, steps: usize, seed: u64) -> Figu
     let (mut spikes, mut caught) = (0usize, 0usize);
     for i in 0..samples {
         let spike = i % 50 == 25;
-        let x = noise.next() + if spike { 8.0 * noise.sign() } else { 0.0 };
+        let x = noise.sample() + if spike { 8.0 * noise.sign() } else { 0.0 };
         let rejected = f.is_spike(x);
         if spike {
             spikes += 1;
@@ -112,7 +112,7 @@ pub fn measure(setting: Hampel, samples: usize, steps: usize, seed: u64) -> Figu
         let mut events = Vec::new();
         let mut t = 0.0;
         for _ in 0..300 {
-            let x = noise.next();
+            let x = noise.sample();
             f.is_spike(x);
             if let Some(c) = chain.as_mut() {
                 c.process(t, x, None, &mut events);
@@ -123,7 +123,7 @@ pub fn measure(setting: Hampel, samples: usize, steps: usize, seed: u64) -> Figu
         let mut rejected = 0;
         let mut alarm_at = None;
         for i in 0..50usize {
-            let x = 10.0 + noise.next();
+            let x = 10.0 + noise.sample();
             let spike = f.is_spike(x);
             if spike && rejected == i {
                 rejected += 1;
@@ -144,10 +144,10 @@ pub fn measure(setting: Hampel, samples: usize, steps: usize, seed: u64) -> Figu
     for (slot, slope) in ramp_rejected.iter_mut().zip([0.01, 1.0, 3.0]) {
         let mut f = SpikeFilter::new(setting, FLOOR);
         for _ in 0..300 {
-            f.is_spike(noise.next());
+            f.is_spike(noise.sample());
         }
         *slot = (0..1000)
-            .filter(|&i| f.is_spike(i as f64 * slope + noise.next()))
+            .filter(|&i| f.is_spike(i as f64 * slope + noise.sample()))
             .count();
     }
 
