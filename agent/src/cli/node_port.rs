@@ -11,13 +11,14 @@ use std::path::Path;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
-use tokio_serial::{SerialPortBuilderExt, SerialStream};
+use tokio_serial::SerialStream;
 use towerlink_firmware::protocol::{
     encode, AckResult, Body, ChannelInfo, Command, Frame, Op, StreamDecoder, MAX_ENCODED_LEN,
     PROTOCOL_VERSION,
 };
 
 use crate::pipeline::channel_names;
+use crate::sources::serial_open::{self, LineSettings};
 
 /// Why a port could not be opened, with the installer's next step.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,12 +147,8 @@ pub fn open(path: &Path, baud: u32) -> Result<NodePort, OpenFailure> {
             fix: "plug the adapter in, or correct the port (prefer a stable /dev/serial/by-id/ or udev name; `ls /dev/serial/by-id/` lists what is attached)".into(),
         });
     }
-    let port = tokio_serial::new(path.display().to_string(), baud)
-        .data_bits(tokio_serial::DataBits::Eight)
-        .parity(tokio_serial::Parity::None)
-        .stop_bits(tokio_serial::StopBits::One)
-        .flow_control(tokio_serial::FlowControl::None)
-        .open_native_async()
+    let port = serial_open::open(&path.display().to_string(), LineSettings::n81(baud))
+        .and_then(tokio_serial::SerialStream::try_from)
         .map_err(|e| explain_open_error(path, &e))?;
     // Bytes buffered before we listened are of unknown age; start from what arrives now.
     let _ = tokio_serial::SerialPort::clear(&port, tokio_serial::ClearBuffer::Input);

@@ -15,7 +15,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_serial::SerialPortBuilderExt;
 use towerlink_firmware::protocol::{
     encode, AckResult, Body, Command, Frame, FrameError, Op, StreamDecoder, MAX_ENCODED_LEN,
     PROTOCOL_VERSION,
@@ -248,12 +247,9 @@ pub async fn run(source: SerialNodeSource, mut shutdown: Shutdown) {
     let mut logged_open_error = false;
 
     while !shutdown.is_shutdown() {
-        let port = tokio_serial::new(path.as_str(), config.baud)
-            .data_bits(tokio_serial::DataBits::Eight)
-            .parity(tokio_serial::Parity::None)
-            .stop_bits(tokio_serial::StopBits::One)
-            .flow_control(tokio_serial::FlowControl::None)
-            .open_native_async();
+        let port =
+            super::serial_open::open(&path, super::serial_open::LineSettings::n81(config.baud))
+                .and_then(tokio_serial::SerialStream::try_from);
         let port = match port {
             Ok(port) => port,
             Err(e) => {
