@@ -9,17 +9,17 @@
 //! a simulated panel node, and a platform-like subscriber on the broker's plain listener.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use towerlink_e2e::tls::{mosquitto_password_file, Rig};
-use towerlink_e2e::{binary, wait_until, AgentProcess};
+use towerlink_e2e::{agent_command, wait_until, AgentProcess};
 
 const PASSWORD: &str = "Tools-Pa55-6e1f";
 
 fn towerlink(args: &[&str], config: &Path) -> anyhow::Result<(Output, String)> {
-    let out = Command::new(binary("towerlink-agent", "towerlink")?)
+    let out = agent_command()?
         .args(args)
         .arg("--config")
         .arg(config)

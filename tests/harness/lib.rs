@@ -9,6 +9,13 @@
 //! messages ([`Subscriber::all`], [`Subscriber::on`], [`Subscriber::wait`]) or, at the latest,
 //! when the subscriber is dropped. Commands the tests publish themselves (deliberately bad ones
 //! included) are input, not the agent's output, and are not held to the schema.
+//!
+//! Another build of the agent (the ARM CI runs the aarch64 musl binary under qemu-user, see
+//! `packaging/arm-e2e.sh`): `TOWERLINK_AGENT_BIN` is the agent binary every test runs
+//! ([`agent_command`], [`AgentProcess`]), `TOWERLINK_AGENT_WRAPPER` a program it is run under
+//! (e.g. `qemu-aarch64-static`), and `TOWERLINK_TEST_TIME_FACTOR` (a whole number, default 1)
+//! multiplies every bounded wait of the harness ([`wait_until`], [`Subscriber::wait`], the
+//! agent's stop), the one knob for a slow emulator. The simulators always run natively.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -144,9 +151,27 @@ pub fn exclusive(name: &str) -> anyhow::Result<Exclusive> {
     }
 }
 
-/// Polls `cond` every 50 ms until it holds or `timeout` passes.
+/// `TOWERLINK_TEST_TIME_FACTOR`: how many times longer every harness wait may take (1 to 20;
+/// default 1). Anything else stops the test run with a clear message.
+pub fn time_factor() -> u32 {
+    static FACTOR: OnceLock<u32> = OnceLock::new();
+    *FACTOR.get_or_init(|| match std::env::var("TOWERLINK_TEST_TIME_FACTOR") {
+        Err(_) => 1,
+        Ok(v) => match v.trim().parse::<u32>() {
+            Ok(f) if (1..=20).contains(&f) => f,
+            _ => panic!("TOWERLINK_TEST_TIME_FACTOR={v:?}: expected a whole number from 1 to 20"),
+        },
+    })
+}
+
+/// `timeout` times [`time_factor`].
+pub fn scaled(timeout: Duration) -> Duration {
+    timeout * time_factor()
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` (times [`time_factor`]) passes.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + scaled(timeout);
     loop {
         if cond() {
             return true;
@@ -158,7 +183,32 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// Path of a workspace binary, built once if missing.
+/// The agent binary the tests run: `TOWERLINK_AGENT_BIN` if set, else the workspace's.
+/// Wrapped or not, the agent is run through [`agent_command`].
+fn agent_override() -> Option<PathBuf> {
+    std::env::var_os("TOWERLINK_AGENT_BIN")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// A command that runs the agent (`towerlink`): the workspace's binary, or
+/// `TOWERLINK_AGENT_BIN` under `TOWERLINK_AGENT_WRAPPER` when they are set. Add the arguments.
+pub fn agent_command() -> anyhow::Result<Command> {
+    let bin = binary("towerlink-agent", "towerlink")?;
+    Ok(
+        match std::env::var_os("TOWERLINK_AGENT_WRAPPER").filter(|v| !v.is_empty()) {
+            Some(wrapper) => {
+                let mut cmd = Command::new(wrapper);
+                cmd.arg(bin);
+                cmd
+            }
+            None => Command::new(bin),
+        },
+    )
+}
+
+/// Path of a workspace binary, built once if missing. For the agent, `TOWERLINK_AGENT_BIN`
+/// when set (run it with [`agent_command`], which adds the wrapper).
 pub fn binary(package: &str, name: &str) -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let exe = std::env::current_exe().context("current_exe")?;
@@ -199,6 +249,14 @@ pub fn binary(package: &str, name: &str) -> anyhow::Result<PathBuf> {
     });
     if let Err(e) = built {
         bail!("building {package}/{name}: {e}");
+    }
+    if name == "towerlink" {
+        if let Some(bin) = agent_override() {
+            if !bin.exists() {
+                bail!("TOWERLINK_AGENT_BIN={} does not exist", bin.display());
+            }
+            return Ok(bin);
+        }
     }
     if !path.exists() {
         bail!("{} does not exist after building {package}", path.display());
@@ -395,7 +453,8 @@ impl Subscriber {
                 .map(|m| format!("{} {}", m.topic, m.json))
                 .collect();
             bail!(
-                "timed out after {timeout:?} waiting for {what}; last messages:\n{}",
+                "timed out after {:?} waiting for {what}; last messages:\n{}",
+                scaled(timeout),
                 seen.join("\n")
             )
         }
@@ -445,13 +504,12 @@ impl AgentProcess {
 
     /// Like [`AgentProcess::start`], with extra environment variables (e.g. systemd's).
     pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> anyhow::Result<AgentProcess> {
-        let bin = binary("towerlink-agent", "towerlink")?;
         let log = config.with_extension("log");
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)?;
-        let child = Command::new(bin)
+        let child = agent_command()?
             .args(["run", "--config"])
             .arg(config)
             .env("TOWERLINK_LOG", "info,towerlink_agent=debug")
@@ -483,6 +541,7 @@ impl AgentProcess {
         };
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         nix::sys::signal::kill(pid, signal).context("signalling the agent")?;
+        let timeout = scaled(timeout);
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = child.try_wait()? {

@@ -13,6 +13,7 @@ pub mod modbus_rtu;
 pub mod node_clock;
 pub mod node_link;
 pub mod serial_node;
+pub mod serial_open;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -87,22 +87,21 @@ fn hung_up() -> std::io::Error {
 impl Line {
     /// Opens `path` at these line settings (8 data bits, no flow control).
     pub fn open(path: &str, baud: u32, parity: Parity, stop_bits: u8) -> std::io::Result<Line> {
-        let port = tokio_serial::new(path, baud)
-            .data_bits(tokio_serial::DataBits::Eight)
-            .parity(match parity {
+        let line = super::serial_open::LineSettings {
+            baud,
+            parity: match parity {
                 Parity::None => tokio_serial::Parity::None,
                 Parity::Even => tokio_serial::Parity::Even,
                 Parity::Odd => tokio_serial::Parity::Odd,
-            })
-            .stop_bits(if stop_bits == 2 {
+            },
+            stop_bits: if stop_bits == 2 {
                 tokio_serial::StopBits::Two
             } else {
                 tokio_serial::StopBits::One
-            })
-            .flow_control(tokio_serial::FlowControl::None)
-            .timeout(Duration::ZERO)
-            .open()
-            .map_err(std::io::Error::from)?;
+            },
+        };
+        let port: Box<dyn SerialPort> =
+            Box::new(super::serial_open::open(path, line).map_err(std::io::Error::from)?);
         // Whatever the line buffered before we listened answers no request of ours.
         let _ = port.clear(tokio_serial::ClearBuffer::All);
         Ok(Line {

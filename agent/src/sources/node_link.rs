@@ -17,7 +17,7 @@ use std::path::Path;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
-use tokio_serial::{SerialPortBuilderExt, SerialStream};
+use tokio_serial::SerialStream;
 use towerlink_firmware::protocol::{
     encode_after_delimiter, AckResult, Body, ChannelInfo, Command, Frame, FrameError, Op,
     StreamDecoder, MAX_ENCODED_LEN, PROTOCOL_VERSION,
@@ -34,12 +34,12 @@ const IN_USE_FIX: &str = "stop the agent first (`systemctl stop towerlink`), or,
 /// input buffered before we listened (bytes of unknown age). The only place a node's port is
 /// opened; must run inside a tokio runtime.
 pub fn open_serial(path: &Path, baud: u32) -> Result<SerialStream, tokio_serial::Error> {
-    let port = tokio_serial::new(path.display().to_string(), baud)
-        .data_bits(tokio_serial::DataBits::Eight)
-        .parity(tokio_serial::Parity::None)
-        .stop_bits(tokio_serial::StopBits::One)
-        .flow_control(tokio_serial::FlowControl::None)
-        .open_native_async()?;
+    // Through serial_open: classic termios where the kernel or emulator lacks termios2.
+    let port = super::serial_open::open(
+        &path.display().to_string(),
+        super::serial_open::LineSettings::n81(baud),
+    )
+    .and_then(SerialStream::try_from)?;
     if let Err(e) = tokio_serial::SerialPort::clear(&port, tokio_serial::ClearBuffer::Input) {
         tracing::debug!(port = %path.display(), error = %e, "cannot discard stale input");
     }
