@@ -7,11 +7,14 @@
 //!   (`towerlink-sim-chips`), streaming frames into its port in real time.
 //! - [`lift`]: simulated lift controllers on a Modbus RTU bus (a pseudo-terminal).
 //! - [`broker`]: the demo's embedded MQTT broker.
+//! - [`link`]: an emulated cellular link (delay, loss, rate cap, queue, partition) between two
+//!   network namespaces over TUN devices, the replacement for `tc netem`.
 //! - [`demo`]: broker + tower + agent + a live feed printer.
 
 pub mod broker;
 pub mod demo;
 pub mod lift;
+pub mod link;
 pub mod pty;
 pub mod virtual_node;
 
