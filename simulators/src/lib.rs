@@ -7,6 +7,8 @@
 //!   (`towerlink-sim-chips`), streaming frames into its port in real time.
 //! - [`lift`]: simulated lift controllers on a Modbus RTU bus (a pseudo-terminal).
 //! - [`broker`]: the demo's embedded MQTT broker.
+//! - [`link`]: an emulated cellular link (delay, loss, rate cap, queue, partition) between two
+//!   network namespaces over TUN devices, the replacement for `tc netem`.
 //! - [`demo`]: broker + tower + agent + a live feed printer.
 //! - [`mcu`]: the firmware's emulated-board image on `qemu-system-arm`, its UART on a
 //!   pseudo-terminal; [`footprint`]: the images' flash, RAM, stack and link timing, measured.
@@ -15,6 +17,7 @@ pub mod broker;
 pub mod demo;
 pub mod footprint;
 pub mod lift;
+pub mod link;
 pub mod mcu;
 pub mod pty;
 pub mod virtual_node;

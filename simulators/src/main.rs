@@ -55,6 +55,41 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
     },
+    /// Emulate a cellular link between two network namespaces (TUN devices `tl<K>a` with
+    /// 10.77.<K>.1 in A and `tl<K>b` with 10.77.<K>.2 in B); the replacement for `tc netem`.
+    /// Needs root, /dev/net/tun and `ip`; create the namespaces first (`ip netns add`).
+    Link {
+        /// Namespace A.
+        #[arg(long)]
+        ns_a: String,
+        /// Namespace B.
+        #[arg(long)]
+        ns_b: String,
+        /// Third octet of the addresses (10.77.<K>.1/.2).
+        #[arg(long, default_value_t = 77)]
+        k: u8,
+        /// One-way delay.
+        #[arg(long, default_value = "400ms", value_parser = humantime::parse_duration)]
+        delay: Duration,
+        /// Share of packets lost at random, each way (0.0..=1.0).
+        #[arg(long, default_value_t = 0.05)]
+        loss: f64,
+        /// Line rate in bit/s (0: no cap).
+        #[arg(long, default_value_t = 64_000)]
+        rate: u64,
+        /// Packets held per direction at most (drop-tail).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Seed of the loss RNG.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The link is partitioned (drops everything) while this file exists.
+        #[arg(long)]
+        partition_file: Option<PathBuf>,
+        /// Stop after this long (default: until Ctrl-C).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+    },
     /// Run a scenario's panel nodes on pseudo-terminals and print their paths.
     Nodes {
         /// Scenario file.
@@ -176,6 +211,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             runtime.block_on(run_until(duration));
             bus.stop();
+            Ok(())
+        }
+        Command::Link {
+            ns_a,
+            ns_b,
+            k,
+            delay,
+            loss,
+            rate,
+            limit,
+            seed,
+            partition_file,
+            duration,
+        } => {
+            let params = towerlink_sim::link::LinkParams {
+                delay,
+                loss,
+                rate_bps: rate,
+                limit,
+                seed,
+            };
+            let link = towerlink_sim::link::Link::spawn(&ns_a, &ns_b, k, params)?;
+            println!("link {ns_a} {} <-> {ns_b} {}", link.addr_a(), link.addr_b());
+            let link = std::sync::Arc::new(link);
+            if let Some(file) = partition_file {
+                let l = link.clone();
+                runtime.spawn(async move {
+                    let mut on = false;
+                    loop {
+                        let now = file.exists();
+                        if now != on {
+                            on = now;
+                            l.set_partition(on);
+                            eprintln!("link: partition {}", if on { "on" } else { "off" });
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                });
+            }
+            runtime.block_on(run_until(duration));
+            let (ab, ba) = link.counters();
+            println!("a->b {ab:?}\nb->a {ba:?}");
             Ok(())
         }
         Command::Nodes {
