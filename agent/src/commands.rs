@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use towerlink_firmware::protocol::{AckResult, Op};
 
 use crate::config::{Config, ZeroAt};
-use crate::feed::{now_millis, rfc3339, Message, Reply};
+use crate::feed::{now_millis, rfc3339, Message, Renderer, Reply};
 use crate::pipeline::{Channel, PipelineRequest};
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
@@ -391,6 +391,7 @@ pub async fn run(
     context: CommandContext,
     mut commands: mpsc::Receiver<Vec<u8>>,
     queue: Arc<Queue>,
+    renderer: Renderer,
     mut shutdown: Shutdown,
 ) {
     loop {
@@ -402,7 +403,7 @@ pub async fn run(
         if !reply.ok {
             tracing::warn!(id = %reply.id, error = reply.error.as_deref().unwrap_or(""), "command refused");
         }
-        queue.push(Message::Reply(reply));
+        queue.push(renderer.render(&Message::Reply(reply))).await;
     }
 }
 
