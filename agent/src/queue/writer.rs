@@ -117,10 +117,14 @@ impl Writer {
                         self.handle(std::mem::take(&mut batch));
                     }
                     _ = shared.wake.notified() => self.take_acks(),
-                    _ = tokio::time::sleep_until(next_sync) => {
-                        self.sync_now();
-                        next_sync = tokio::time::Instant::now() + period;
-                    }
+                    _ = tokio::time::sleep_until(next_sync) => {}
+                }
+                // Checked after every batch too: a steady stream of pushes must not starve
+                // the periodic sync (the hand-off is polled first).
+                let now = tokio::time::Instant::now();
+                if now >= next_sync {
+                    self.sync_now();
+                    next_sync = now + period;
                 }
             }
         });
