@@ -4,25 +4,26 @@
 //!
 //! Run: `cargo bench -p towerlink-agent --bench queue` (Mosquitto on 127.0.0.1:1883, or set
 //! `TOWERLINK_BENCH_BROKER=host:port`; the replay part is skipped when no broker answers).
-//! Targets (issue 5): >= 100k appends/s batched; replay >= 20k msgs/s.
+//! Targets (issue 5): >= 100k appends/s batched; replay >= 20k msgs/s. Also prints the process RSS
+//! with 1 M messages queued (issue 13 item 4: <= 16 MiB; printed, not yet enforced).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use towerlink_agent::config::{BrokerAddress, MqttProtocol};
-use towerlink_agent::feed::{Message, Topics};
+use towerlink_agent::feed::{Message, Rendered, Renderer, Topics};
 use towerlink_agent::queue::store::{FsyncPolicy, StoreOptions};
 use towerlink_agent::queue::Queue;
 use towerlink_agent::uplink::{Uplink, UplinkConfig, UplinkStats};
 
-fn telemetry(i: u64) -> Message {
-    Message::Data {
+fn telemetry(i: u64) -> Rendered {
+    Renderer::new("bench-gw", Topics::new("towerlink/v1", "bench-gw")).render(&Message::Data {
         dev: format!("panel-n{}", i % 16),
         start: 1_764_306_240_000 + i as i64 * 10_000,
         end: 1_764_306_250_000 + i as i64 * 10_000,
         ch: BTreeMap::new(),
-    }
+    })
 }
 
 fn open(dir: &std::path::Path, fsync: FsyncPolicy) -> Option<Arc<Queue>> {
@@ -32,7 +33,7 @@ fn open(dir: &std::path::Path, fsync: FsyncPolicy) -> Option<Arc<Queue>> {
         max_bytes: 4 << 30,
         ..StoreOptions::new(dir)
     };
-    match Queue::open("bench-gw", Topics::new("towerlink/v1", "bench-gw"), opts) {
+    match Queue::open(opts) {
         Ok(q) => Some(q),
         Err(e) => {
             eprintln!("cannot open a store in {}: {e}", dir.display());
@@ -46,19 +47,77 @@ fn append_rate(fsync: FsyncPolicy, n: u64) -> Option<f64> {
     let q = open(dir.path(), fsync)?;
     let t = Instant::now();
     for i in 0..n {
-        q.push(telemetry(i));
+        q.push_blocking(telemetry(i));
     }
-    q.sync();
+    q.sync_blocking();
     Some(n as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Appends with `tasks` async pushers at once (the writer batches what waits in its
+/// hand-off): the store's capacity rather than one task's round trip.
+fn append_rate_concurrent(fsync: FsyncPolicy, n: u64, tasks: u64) -> Option<f64> {
+    let dir = tempfile::tempdir().ok()?;
+    let q = open(dir.path(), fsync)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .ok()?;
+    let t = Instant::now();
+    runtime.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for k in 0..tasks {
+            let q = q.clone();
+            set.spawn(async move {
+                for i in (k..n).step_by(tasks as usize) {
+                    q.push(telemetry(i)).await;
+                }
+            });
+        }
+        while set.join_next().await.is_some() {}
+        q.sync().await;
+    });
+    Some(n as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Resident memory of this process, bytes (Linux).
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// RSS with `n` telemetry messages queued (none acknowledged).
+fn rss_at(n: u64) -> Option<(u64, u64)> {
+    let dir = tempfile::tempdir().ok()?;
+    let before = rss_bytes()?;
+    let q = open(dir.path(), FsyncPolicy::Every(Duration::from_millis(100)))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().build().ok()?;
+    runtime.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for k in 0..16 {
+            let q = q.clone();
+            set.spawn(async move {
+                for i in (k..n).step_by(16) {
+                    q.push(telemetry(i)).await;
+                }
+            });
+        }
+        while set.join_next().await.is_some() {}
+        q.sync().await;
+    });
+    let after = rss_bytes()?;
+    drop(q);
+    Some((before, after))
 }
 
 fn replay_rate(broker: BrokerAddress, protocol: MqttProtocol, n: u64) -> Option<f64> {
     let dir = tempfile::tempdir().ok()?;
     let q = open(dir.path(), FsyncPolicy::Every(Duration::from_millis(100)))?;
     for i in 0..n {
-        q.push(telemetry(i));
+        q.push_blocking(telemetry(i));
     }
-    q.sync();
+    q.sync_blocking();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -130,6 +189,22 @@ fn main() {
             Some(rate) => println!("append {name:<28} {rate:>12.0} records/s ({count} records)"),
             None => println!("append {name:<28} failed"),
         }
+    }
+    match append_rate_concurrent(FsyncPolicy::Every(Duration::from_millis(100)), n, 16) {
+        Some(rate) => println!(
+            "append {:<28} {rate:>12.0} records/s ({n} records, 16 async pushers)",
+            "fsync = \"100ms\" (batched)"
+        ),
+        None => println!("append (16 async pushers) failed"),
+    }
+    let queued = 1_000_000;
+    match rss_at(queued) {
+        Some((before, after)) => println!(
+            "RSS with {queued} queued: {:.1} MiB (process; {:.1} MiB before opening the queue; issue 13 target 16 MiB, not yet enforced)",
+            after as f64 / f64::from(1 << 20),
+            before as f64 / f64::from(1 << 20)
+        ),
+        None => println!("RSS with {queued} queued: not measured"),
     }
     let spec = std::env::var("TOWERLINK_BENCH_BROKER").unwrap_or_else(|_| "127.0.0.1:1883".into());
     let broker = match BrokerAddress::parse(&format!("mqtt://{spec}")) {

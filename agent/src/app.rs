@@ -11,7 +11,7 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::feed::{now_millis, Topics};
+use crate::feed::{now_millis, Renderer, Topics};
 use crate::health::{HealthReporter, SourceEntry};
 use crate::pipeline::{self, Pipeline, PipelineStats};
 use crate::queue::store::StoreOptions;
@@ -36,17 +36,14 @@ pub async fn run(
         .broker()
         .map_err(anyhow::Error::msg)
         .context("[mqtt] url")?;
-    let queue = Queue::open(
-        &gw,
-        topics.clone(),
-        StoreOptions {
-            fsync: config.store.fsync,
-            max_bytes: config.store.max_bytes,
-            max_messages: config.store.max_messages,
-            segment_bytes: config.store.segment_bytes,
-            ..StoreOptions::new(&config.store.path)
-        },
-    )
+    let renderer = Renderer::new(&gw, topics.clone());
+    let queue = Queue::open(StoreOptions {
+        fsync: config.store.fsync,
+        max_bytes: config.store.max_bytes,
+        max_messages: config.store.max_messages,
+        segment_bytes: config.store.segment_bytes,
+        ..StoreOptions::new(&config.store.path)
+    })
     .with_context(|| {
         format!(
             "cannot open the store at {} ([store] path)",
@@ -136,6 +133,7 @@ pub async fn run(
         events_rx,
         pipeline_rx,
         queue.clone(),
+        renderer.clone(),
         heartbeats.register("pipeline"),
         shutdown.clone(),
     ));
@@ -194,6 +192,7 @@ pub async fn run(
         .with_stats(command_stats),
         commands_rx,
         queue.clone(),
+        renderer,
         shutdown.clone(),
     ));
 
@@ -228,7 +227,7 @@ pub async fn run(
     let _ = pipeline_task.await;
     let _ = commands_task.await;
     uplink.stop().await;
-    queue.sync();
+    queue.sync().await;
     let left = queue.depth(now_millis()).messages;
     tracing::info!(
         unacknowledged = left,

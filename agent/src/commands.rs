@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use towerlink_firmware::protocol::{AckResult, Op};
 
-use crate::feed::{now_millis, rfc3339, Message, Reply};
+use crate::feed::{now_millis, rfc3339, Message, Renderer, Reply};
 use crate::pipeline::{ChannelDirectory, PipelineRequest};
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
@@ -344,6 +344,7 @@ pub async fn run(
     context: CommandContext,
     mut commands: mpsc::Receiver<Vec<u8>>,
     queue: Arc<Queue>,
+    renderer: Renderer,
     mut shutdown: Shutdown,
 ) {
     loop {
@@ -355,7 +356,7 @@ pub async fn run(
         if !reply.ok {
             tracing::warn!(id = %reply.id, error = reply.error.as_deref().unwrap_or(""), "command refused");
         }
-        queue.push(Message::Reply(reply));
+        queue.push(renderer.render(&Message::Reply(reply))).await;
     }
 }
 

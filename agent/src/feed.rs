@@ -3,7 +3,9 @@
 //!
 //! This is the one place that decides a topic name, a payload field or its spelling, so the
 //! contract can be checked against `docs/mqtt-feed.md` by reading one file. Everything the
-//! pipeline produces is a [`Message`]; the queue gives it a `seq` and calls [`Message::render`].
+//! pipeline produces is a [`Message`]; a [`Renderer`] turns it into a [`Rendered`] record
+//! (topic, class, payload with a slot for the `seq`), which is all the queue stores: the queue
+//! fills in the `seq` with [`Rendered::payload`] and never sees a topic rule or a JSON field.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -331,6 +333,12 @@ impl Message {
 
     /// The JSON payload, with the gateway id and the queue's `seq`.
     pub fn render(&self, gw: &str, seq: u64) -> Vec<u8> {
+        Rendered::template(self.class(), String::new(), self.payload_json(gw)).payload(seq)
+    }
+
+    /// The JSON payload with `"seq":0` (the template [`Rendered`] cuts the `0` out of).
+    fn payload_json(&self, gw: &str) -> Vec<u8> {
+        let seq = 0;
         let result = match self {
             Message::Data {
                 dev,
@@ -413,6 +421,83 @@ struct ReplyPayload<'a> {
     reply: &'a Reply,
 }
 
+/// Renders messages of one gateway: topic names and payloads.
+#[derive(Debug, Clone)]
+pub struct Renderer {
+    gw: String,
+    topics: Topics,
+}
+
+impl Renderer {
+    /// A renderer for gateway `gw` with these topics.
+    pub fn new(gw: &str, topics: Topics) -> Renderer {
+        Renderer {
+            gw: gw.to_owned(),
+            topics,
+        }
+    }
+
+    /// `message` as a record for the queue: topic, class and payload, `seq` to be filled in.
+    pub fn render(&self, message: &Message) -> Rendered {
+        Rendered::template(
+            message.class(),
+            message.topic(&self.topics),
+            message.payload_json(&self.gw),
+        )
+    }
+}
+
+/// A message rendered for the queue: its topic, class and JSON payload, with the place where
+/// the queue's `seq` goes (the `seq` is only known once the queue's writer numbers it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// Priority and eviction class.
+    pub class: MessageClass,
+    /// MQTT topic.
+    pub topic: String,
+    /// The payload without the `seq`'s digits.
+    body: Vec<u8>,
+    /// Where the digits go in `body` (every payload has one; `None` would leave it as is).
+    seq_at: Option<usize>,
+}
+
+/// The key every payload carries its `seq` under (always before any configurable name).
+const SEQ_KEY: &[u8] = b"\"seq\":";
+
+impl Rendered {
+    /// Cuts the `0` of the first `"seq":0` out of `json`. The first occurrence is the key:
+    /// inside a JSON string every `"` is escaped, and a string followed by `:` is a key, and
+    /// every payload writes `seq` before any key that comes from configuration.
+    fn template(class: MessageClass, topic: String, mut json: Vec<u8>) -> Rendered {
+        let seq_at = json
+            .windows(SEQ_KEY.len() + 1)
+            .position(|w| w[..SEQ_KEY.len()] == *SEQ_KEY && w[SEQ_KEY.len()] == b'0')
+            .map(|p| p + SEQ_KEY.len());
+        if let Some(at) = seq_at {
+            json.remove(at);
+        }
+        Rendered {
+            class,
+            topic,
+            body: json,
+            seq_at,
+        }
+    }
+
+    /// The payload with `seq` filled in.
+    pub fn payload(&self, seq: u64) -> Vec<u8> {
+        let Some(at) = self.seq_at else {
+            return self.body.clone();
+        };
+        let digits = seq.to_string();
+        let mut out = Vec::with_capacity(self.body.len() + digits.len());
+        out.extend_from_slice(&self.body[..at]);
+        out.extend_from_slice(digits.as_bytes());
+        out.extend_from_slice(&self.body[at..]);
+        out
+    }
+}
+
 /// The retained `state` payload: `online` (birth, clean stop says `offline`) or the last will.
 pub fn state_payload(gw: &str, online: bool, ts: Option<UnixMillis>) -> Vec<u8> {
     let mut v = serde_json::json!({
@@ -444,6 +529,61 @@ mod tests {
     use serde_json::{json, Value};
 
     const T0: UnixMillis = 1_795_842_240_000; // 2026-11-28T05:04:00.000Z
+
+    #[test]
+    fn a_rendered_record_takes_its_seq_where_the_contract_puts_it() {
+        // Names that contain the key itself must not move the slot.
+        let nasty = "x\\\"seq\\\":0\"seq\":0";
+        let mut ch = BTreeMap::new();
+        ch.insert(
+            nasty.to_owned(),
+            ChannelWindow {
+                u: "deg",
+                n: 1,
+                mean: 0.0,
+                min: 0.0,
+                max: 0.0,
+                last: 0.0,
+                std: 0.0,
+            },
+        );
+        let mut event = Event::new(T0, "threshold", Severity::Major, EventState::Active);
+        event.ch = Some(nasty.into());
+        let reply = Reply {
+            id: nasty.into(),
+            ok: true,
+            error: None,
+            result: None,
+        };
+        let messages = [
+            Message::Data {
+                dev: nasty.into(),
+                start: T0,
+                end: T0 + 10_000,
+                ch,
+            },
+            Message::Event {
+                dev: nasty.into(),
+                event,
+            },
+            Message::Reply(reply),
+        ];
+        let renderer = Renderer::new(nasty, Topics::new("r", "gw"));
+        for m in &messages {
+            let r = renderer.render(m);
+            assert_eq!(r.class, m.class());
+            assert_eq!(r.topic, m.topic(&Topics::new("r", "gw")));
+            for seq in [0, 7, 18_231, u64::MAX] {
+                let v: Value = serde_json::from_slice(&r.payload(seq)).expect("json");
+                assert_eq!(v["seq"], json!(seq), "{m:?}");
+                assert_eq!(v["gw"], json!(nasty));
+                let mut whole: Value =
+                    serde_json::from_slice(&m.payload_json(nasty)).expect("json");
+                whole["seq"] = json!(seq);
+                assert_eq!(v, whole, "nothing but the seq changes");
+            }
+        }
+    }
 
     #[test]
     fn times_are_rfc3339_utc_with_millis() {

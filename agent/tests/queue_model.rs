@@ -4,14 +4,17 @@
 //! - every message the model says is unacknowledged is there, with its payload;
 //! - nothing is there that was never pushed (acknowledged ones may come back: at-least-once);
 //! - `seq` continues above every `seq` ever issued, never reused;
-//! - events come out before telemetry, each oldest first.
+//! - events come out before telemetry, each oldest first;
+//! - an event (and anything with `fsync = "always"`) may go out as soon as its push returned.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use towerlink_agent::feed::{Event, EventState, Message, MessageClass, Severity, Topics};
+use towerlink_agent::feed::{
+    Event, EventState, Message, MessageClass, Rendered, Renderer, Severity, Topics,
+};
 use towerlink_agent::queue::segment;
 use towerlink_agent::queue::store::{FsyncPolicy, StoreOptions};
 use towerlink_agent::queue::Queue;
@@ -43,8 +46,8 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn message(event: bool, n: u64) -> Message {
-    if event {
+fn message(event: bool, n: u64) -> Rendered {
+    Renderer::new("gw", Topics::new("r", "gw")).render(&if event {
         Message::Event {
             dev: format!("dev-{}", n % 3),
             event: Event::new(n as i64, "threshold", Severity::Major, EventState::Active),
@@ -56,7 +59,7 @@ fn message(event: bool, n: u64) -> Message {
             end: n as i64 + 10,
             ch: Default::default(),
         }
-    }
+    })
 }
 
 fn open(dir: &std::path::Path, always: bool, max: usize) -> Arc<Queue> {
@@ -70,12 +73,12 @@ fn open(dir: &std::path::Path, always: bool, max: usize) -> Arc<Queue> {
         segment_bytes: 4096,
         ..StoreOptions::new(dir)
     };
-    Queue::open("gw", Topics::new("r", "gw"), opts).expect("open")
+    Queue::open(opts).expect("open")
 }
 
 /// Everything the queue would send now, in order (then rewound).
 fn drain(q: &Queue) -> Vec<(u64, MessageClass, Vec<u8>)> {
-    q.sync();
+    q.sync_blocking();
     let out = std::iter::from_fn(|| q.next_unsent())
         .map(|r| (r.seq, r.class, r.payload.clone()))
         .collect();
@@ -104,18 +107,19 @@ proptest! {
         for (i, op) in ops.into_iter().enumerate() {
             match op {
                 Op::Push { event } => {
-                    let seq = q.push(message(event, i as u64)).expect("seq");
+                    let seq = q.push_blocking(message(event, i as u64)).expect("seq");
                     prop_assert!(seq > max_seq, "seq {seq} reused (max so far {max_seq})");
                     prop_assert_eq!(seq, max_seq + 1, "consecutive");
                     max_seq = seq;
                     let r = std::iter::from_fn(|| q.next_unsent()).find(|r| r.seq == seq);
                     q.rewind();
-                    // With batched fsync the record goes out only after a sync.
+                    // With batched fsync telemetry goes out only after a sync.
                     let payload = match r {
                         Some(r) => r.payload.clone(),
                         None => {
                             prop_assert!(!always, "fsync=always releases at once");
-                            q.sync();
+                            prop_assert!(!event, "an event is synced and released at once");
+                            q.sync_blocking();
                             let r = std::iter::from_fn(|| q.next_unsent()).find(|r| r.seq == seq);
                             q.rewind();
                             r.map(|r| r.payload.clone()).unwrap_or_default()
@@ -144,7 +148,7 @@ proptest! {
                         live.remove(&seq);
                     }
                 }
-                Op::Sync => q.sync(),
+                Op::Sync => q.sync_blocking(),
                 Op::Crash { tear } => {
                     q.crash();
                     drop(q);
@@ -176,7 +180,7 @@ proptest! {
             }
             last_was_push = false;
         }
-        let next = q.push(message(true, 9999)).expect("seq");
+        let next = q.push_blocking(message(true, 9999)).expect("seq");
         prop_assert_eq!(next, max_seq + 1);
     }
 }

@@ -32,7 +32,7 @@ use self::lift_rules::{LiftMonitor, LiftRuleSettings};
 use self::sensor_health::DeviceHealth;
 use self::window::DeviceWindows;
 use self::zero::ZeroTable;
-use crate::feed::{now_millis, Event, Message, UnixMillis};
+use crate::feed::{now_millis, Event, Message, Renderer, UnixMillis};
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
 use crate::sources::config::LiftConfig;
@@ -469,12 +469,14 @@ fn emit_windows(device: &Device, closed: Vec<window::ClosedWindow>, out: &mut Ve
 const TICK: Duration = Duration::from_millis(100);
 
 /// Runs the pipeline until the sources are gone or shutdown fires, then flushes.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     mut pipeline: Pipeline,
     stats: Arc<PipelineStats>,
     mut events: mpsc::Receiver<SourceEvent>,
     mut requests: mpsc::Receiver<PipelineRequest>,
     queue: Arc<Queue>,
+    renderer: Renderer,
     heartbeat: crate::service::Heartbeat,
     mut shutdown: Shutdown,
 ) {
@@ -496,7 +498,7 @@ pub async fn run(
         }
         for m in out.drain(..) {
             stats.note(&m);
-            queue.push(m);
+            queue.push(renderer.render(&m)).await;
         }
     }
     // Whatever the sources already delivered still goes out.
@@ -505,7 +507,7 @@ pub async fn run(
     }
     pipeline.flush(&mut out);
     for m in out.drain(..) {
-        queue.push(m);
+        queue.push(renderer.render(&m)).await;
     }
     tracing::debug!("pipeline stopped");
 }

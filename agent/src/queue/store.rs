@@ -58,6 +58,8 @@ pub struct StoreOptions {
     pub segment_bytes: u64,
     /// Fault injection (tests): every write fails while it is set.
     pub faults: FaultSwitch,
+    /// How long a failed disk is left alone before the next attempt.
+    pub retry_after: Duration,
 }
 
 impl StoreOptions {
@@ -70,6 +72,7 @@ impl StoreOptions {
             max_messages: 1_000_000,
             segment_bytes: 8 << 20,
             faults: FaultSwitch::new(),
+            retry_after: Duration::from_secs(1),
         }
     }
 }

@@ -1,0 +1,270 @@
+//! Unit tests of the queue (its store on a temporary directory, its writer thread).
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::store::FsyncPolicy;
+use super::*;
+use crate::feed::{now_millis, Event, EventState, Message, Renderer, Severity, Topics};
+use crate::queue::segment::FaultSwitch;
+
+/// Pushes `m` rendered for gateway `gw` under root `r`.
+trait PushMessage {
+    fn put(&self, m: Message) -> Option<u64>;
+}
+
+impl PushMessage for Queue {
+    fn put(&self, m: Message) -> Option<u64> {
+        self.push_blocking(Renderer::new("gw", Topics::new("r", "gw")).render(&m))
+    }
+}
+
+fn options(dir: &std::path::Path, max: usize) -> StoreOptions {
+    StoreOptions {
+        fsync: FsyncPolicy::Always,
+        max_messages: max,
+        ..StoreOptions::new(dir)
+    }
+}
+
+fn queue(dir: &std::path::Path, max: usize) -> Arc<Queue> {
+    Queue::open(options(dir, max)).expect("open")
+}
+
+fn data(dev: &str) -> Message {
+    Message::Data {
+        dev: dev.into(),
+        start: 0,
+        end: 10,
+        ch: Default::default(),
+    }
+}
+
+fn event(dev: &str) -> Message {
+    Message::Event {
+        dev: dev.into(),
+        event: Event::new(0, "sensor_fault", Severity::Major, EventState::Active),
+    }
+}
+
+fn drain(q: &Queue) -> Vec<u64> {
+    std::iter::from_fn(|| q.next_unsent())
+        .map(|r| r.seq)
+        .collect()
+}
+
+#[test]
+fn events_go_first_and_seq_is_consecutive() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = queue(dir.path(), 100);
+    assert_eq!(q.put(data("a")), Some(1));
+    assert_eq!(q.put(data("a")), Some(2));
+    assert_eq!(q.put(event("a")), Some(3));
+    assert_eq!(drain(&q), vec![3, 1, 2]);
+    assert_eq!(q.next_unsent(), None);
+}
+
+#[test]
+fn unacked_messages_come_back_after_rewind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = queue(dir.path(), 100);
+    for _ in 0..3 {
+        q.put(data("a"));
+    }
+    assert_eq!(drain(&q), vec![1, 2, 3]);
+    q.ack(2);
+    q.rewind();
+    assert_eq!(drain(&q), vec![1, 3]);
+    assert_eq!(q.depth(now_millis()).messages, 2);
+}
+
+#[test]
+fn a_full_queue_evicts_the_oldest_telemetry_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = queue(dir.path(), 3);
+    q.put(event("a")); // 1
+    q.put(data("a")); // 2
+    q.put(data("a")); // 3
+    q.put(data("a")); // 4: evicts 2
+    q.put(event("a")); // 5: evicts 3
+    assert_eq!(drain(&q), vec![1, 5, 4]);
+    assert_eq!(q.stats().evicted.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn payloads_carry_their_seq_and_topic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = queue(dir.path(), 100);
+    q.put(event("lift-2"));
+    let r = q.next_unsent().expect("record");
+    assert_eq!(r.topic, "r/gw/event/lift-2");
+    let v: serde_json::Value = serde_json::from_slice(&r.payload).expect("json");
+    assert_eq!(v["seq"], 1);
+    assert_eq!(v["gw"], "gw");
+}
+
+#[test]
+fn unacknowledged_records_and_seq_survive_a_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = queue(dir.path(), 100);
+    for _ in 0..5 {
+        q.put(data("a"));
+    }
+    q.put(event("a")); // 6
+    q.ack(1);
+    q.ack(3);
+    q.ack(6);
+    drop(q);
+    let q = queue(dir.path(), 100);
+    assert_eq!(drain(&q), vec![2, 4, 5]);
+    assert_eq!(q.put(data("a")), Some(7));
+    assert_eq!(q.last_seq(), 7);
+}
+
+#[test]
+fn the_legacy_seq_file_is_a_floor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut legacy = seq::SeqCounter::open(dir.path()).expect("seq");
+    for _ in 0..41 {
+        legacy.issue().expect("issue");
+    }
+    drop(legacy);
+    let q = queue(dir.path(), 100);
+    assert_eq!(q.put(data("a")), Some(42));
+}
+
+#[test]
+fn batched_sync_releases_records_only_once_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = StoreOptions {
+        // Long enough that the background flusher does not run during the test.
+        fsync: FsyncPolicy::Every(Duration::from_secs(3600)),
+        ..StoreOptions::new(dir.path())
+    };
+    let q = Queue::open(opts).expect("open");
+    q.put(data("a"));
+    q.put(data("a"));
+    assert_eq!(
+        q.next_unsent(),
+        None,
+        "telemetry does not go out before it is synced"
+    );
+    q.sync_blocking();
+    assert_eq!(drain(&q), vec![1, 2]);
+    q.put(data("a"));
+    assert_eq!(q.next_unsent(), None);
+    // An event is synced at once, and with it everything appended before it.
+    q.put(event("a"));
+    assert_eq!(drain(&q), vec![4, 3]);
+    q.rewind();
+    drop(q);
+    let q = queue(dir.path(), 100);
+    assert_eq!(drain(&q), vec![4, 1, 2, 3], "what went out was durable");
+}
+
+#[test]
+fn eviction_by_bytes_and_segments_are_deleted_when_acked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = StoreOptions {
+        max_bytes: 20 * 1024,
+        segment_bytes: 4096,
+        ..options(dir.path(), 100_000)
+    };
+    let q = Queue::open(opts).expect("open");
+    q.put(event("first")); // 1: must survive every telemetry eviction
+    for _ in 0..2000 {
+        q.put(data("a"));
+    }
+    let depth = q.depth(now_millis());
+    assert!(depth.bytes as u64 <= 20 * 1024, "{depth:?}");
+    let evicted = q.stats().evicted.load(Ordering::Relaxed);
+    assert!(evicted > 1500, "evicted {evicted}");
+    let status = q.store_status();
+    assert!(
+        status.disk_bytes <= 20 * 1024 + 3 * 4096 + 4096,
+        "disk {status:?}: compaction keeps the store near max_bytes"
+    );
+    let sent = drain(&q);
+    assert_eq!(sent[0], 1, "the event was not evicted");
+    // Consecutive from the first surviving telemetry on: eviction takes the oldest.
+    assert!(sent[1..].windows(2).all(|w| w[1] == w[0] + 1));
+    for seq in &sent {
+        q.ack(*seq);
+    }
+    q.sync_blocking();
+    assert_eq!(
+        q.store_status().segments,
+        1,
+        "fully acked segments are deleted"
+    );
+    drop(q);
+    let q = queue(dir.path(), 100);
+    assert_eq!(drain(&q), Vec::<u64>::new());
+    assert_eq!(q.put(data("a")), Some(2002));
+}
+
+#[test]
+fn a_failing_disk_keeps_messages_in_memory_and_recovers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let faults = FaultSwitch::new();
+    let opts = StoreOptions {
+        faults: faults.clone(),
+        // Every sync retries the disk at once.
+        retry_after: Duration::ZERO,
+        ..options(dir.path(), 100)
+    };
+    let q = Queue::open(opts.clone()).expect("open");
+    q.put(data("a")); // 1, on disk
+    faults.set(true);
+    q.put(data("a")); // 2, memory only
+    q.put(event("a")); // 3, memory only
+    let status = q.store_status();
+    assert!(status.error.is_some(), "{status:?}");
+    assert_eq!(q.stats().memory_only.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        drain(&q),
+        vec![3, 1, 2],
+        "memory-only messages still go out"
+    );
+    q.rewind();
+    faults.set(false);
+    q.sync_blocking();
+    assert_eq!(q.store_status().error, None);
+    q.ack(1);
+    drop(q);
+    let q = Queue::open(opts).expect("reopen");
+    assert_eq!(
+        drain(&q),
+        vec![3, 2],
+        "recovered messages were written to disk"
+    );
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_seq_is_not_reused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = queue(dir.path(), 100);
+    for _ in 0..3 {
+        q.put(data("a"));
+    }
+    drop(q);
+    let seg = segment::list(dir.path()).expect("list")[0].path.clone();
+    let len = std::fs::metadata(&seg).expect("meta").len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .expect("open");
+    f.set_len(len - 5).expect("truncate");
+    drop(f);
+    let q = queue(dir.path(), 100);
+    assert_eq!(q.stats().torn.load(Ordering::Relaxed), 1);
+    assert_eq!(drain(&q), vec![1, 2]);
+    // seq 3 was issued (the floor file says so): never reused.
+    assert_eq!(q.put(data("a")), Some(4));
+    drop(q);
+    let q = queue(dir.path(), 100);
+    assert_eq!(
+        q.stats().torn.load(Ordering::Relaxed),
+        0,
+        "the tail was cut"
+    );
+}

@@ -1,0 +1,399 @@
+//! The queue's writer: the one thread that touches the store's files.
+//!
+//! Pushes reach it through a bounded hand-off ([`super::HANDOFF`] requests: a full hand-off
+//! makes the pushing task wait, it never grows). For each batch it takes from the hand-off it
+//! numbers the records (the writer issues every `seq`, so a record lost in the hand-off by a
+//! kill -9 never had one: no gap, no reuse), appends them, syncs when the policy or the
+//! batch asks for it (`fsync = "always"`, or any event or reply in the batch), puts them in
+//! the in-memory index, and only then answers each push with its `seq`: a push that returned
+//! has its record in the kernel (and on the disk for `always`, events and replies), exactly
+//! as when the pushing task wrote it itself. Acknowledgements reach it as pending done
+//! records in the shared state; it writes them in batches and with each sync.
+//!
+//! It also runs the periodic sync of the batched policy, evicts when the queue is over its
+//! bounds, compacts the oldest segment, and retries a failed disk every `retry_after`. The
+//! shared state is locked only between disk operations, never across one.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::index::{Done, State};
+use super::record::{self, DoneKind};
+use super::store::{FsyncPolicy, Store};
+use super::{Record, Shared};
+use crate::feed::{now_millis, MessageClass, Rendered};
+
+/// How often the writer runs its housekeeping when the policy is `always` (done records,
+/// retries).
+const HOUSEKEEPING: Duration = Duration::from_millis(100);
+/// Pending done records that make the writer write them before the next tick.
+pub(super) const DONE_BATCH: usize = 4096;
+
+/// What a pushing or syncing caller hands the writer.
+pub(super) enum Request {
+    /// Queue this record; answer with its `seq`.
+    Push {
+        rendered: Rendered,
+        answer: oneshot::Sender<u64>,
+    },
+    /// Sync now; answer when done.
+    Sync { answer: oneshot::Sender<()> },
+}
+
+/// The writer's settings.
+#[derive(Debug, Clone)]
+pub(super) struct Settings {
+    pub(super) fsync: FsyncPolicy,
+    pub(super) max_messages: usize,
+    pub(super) max_bytes: u64,
+    pub(super) retry_after: Duration,
+}
+
+pub(super) struct Writer {
+    shared: Arc<Shared>,
+    store: Store,
+    settings: Settings,
+    next_seq: u64,
+    error: bool,
+    retry_at: Instant,
+}
+
+impl Writer {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        store: Store,
+        settings: Settings,
+        next_seq: u64,
+    ) -> Writer {
+        Writer {
+            shared,
+            store,
+            settings,
+            next_seq,
+            error: false,
+            retry_at: Instant::now(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.lock()
+    }
+
+    fn crashed(&self) -> bool {
+        self.lock().crashed
+    }
+
+    /// Runs until every sender of `requests` is gone (the queue was dropped), then syncs.
+    pub(super) fn run(mut self, mut requests: mpsc::Receiver<Request>) {
+        let period = match self.settings.fsync {
+            FsyncPolicy::Always => HOUSEKEEPING,
+            FsyncPolicy::Every(d) => d.max(Duration::from_millis(1)),
+        };
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "the queue's writer cannot start its timer");
+                return;
+            }
+        };
+        let shared = self.shared.clone();
+        runtime.block_on(async {
+            let mut next_sync = tokio::time::Instant::now() + period;
+            let mut batch = Vec::with_capacity(super::HANDOFF);
+            loop {
+                tokio::select! {
+                    biased;
+                    n = requests.recv_many(&mut batch, super::HANDOFF) => {
+                        if n == 0 {
+                            break;
+                        }
+                        self.handle(std::mem::take(&mut batch));
+                    }
+                    _ = shared.wake.notified() => self.take_acks(),
+                    _ = tokio::time::sleep_until(next_sync) => {}
+                }
+                // Checked after every batch too: a steady stream of pushes must not starve
+                // the periodic sync (the hand-off is polled first).
+                let now = tokio::time::Instant::now();
+                if now >= next_sync {
+                    self.sync_now();
+                    next_sync = now + period;
+                }
+            }
+        });
+        self.sync_now();
+    }
+
+    /// Appends a batch of pushes, syncs if it must, indexes them, then answers.
+    fn handle(&mut self, batch: Vec<Request>) {
+        if self.crashed() {
+            return; // the answers are dropped: the pushes see no seq
+        }
+        let shared = self.shared.clone();
+        let stats = &shared.stats;
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut syncs = Vec::new();
+        let mut urgent = false;
+        for request in batch {
+            match request {
+                Request::Push { rendered, answer } => {
+                    let seq = self.next_seq;
+                    self.next_seq += 1;
+                    let record = Record {
+                        seq,
+                        class: rendered.class,
+                        payload: rendered.payload(seq),
+                        topic: rendered.topic,
+                        queued_at: now_millis(),
+                    };
+                    urgent |= record.class == MessageClass::Event;
+                    let len = record::message_frame_len(&record) as u64;
+                    let segment = self.persist(&record);
+                    if segment.is_none() {
+                        stats.memory_only.fetch_add(1, Ordering::Relaxed);
+                    }
+                    stats.queued.fetch_add(1, Ordering::Relaxed);
+                    let mut state = shared.lock();
+                    state.insert(Arc::new(record), segment, len);
+                    state.last_seq = seq;
+                    drop(state);
+                    answers.push((seq, answer));
+                }
+                Request::Sync { answer } => syncs.push(answer),
+            }
+        }
+        self.take_acks();
+        let must_sync =
+            !answers.is_empty() && (urgent || self.settings.fsync == FsyncPolicy::Always);
+        let synced = must_sync && !self.error && self.sync_store();
+        let last = self.next_seq - 1;
+        let (victims, released) = {
+            let mut state = self.shared.lock();
+            let released = (synced || self.error) && state.released_up_to < last;
+            if released {
+                state.released_up_to = last;
+            }
+            (
+                state.evict(self.settings.max_messages, self.settings.max_bytes),
+                released,
+            )
+        };
+        for (seq, slot) in victims {
+            if let Some(segment) = slot.segment {
+                self.store.done(DoneKind::Evicted, seq, segment, slot.len);
+            }
+            stats.evicted.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(seq, class = ?slot.record.class, "queue full: evicted the oldest message");
+        }
+        self.store.collect();
+        self.compact();
+        self.publish_status();
+        for (seq, answer) in answers {
+            let _ = answer.send(seq);
+        }
+        if released {
+            self.shared.ready.notify_one();
+        }
+        if !syncs.is_empty() {
+            self.sync_now();
+        }
+        for answer in syncs {
+            let _ = answer.send(());
+        }
+    }
+
+    /// Appends `record`; `None` when the disk failed (the record stays in memory).
+    fn persist(&mut self, record: &Record) -> Option<u64> {
+        if self.error && !self.recover() {
+            return None;
+        }
+        match self.store.append(record) {
+            Ok((segment, _)) => Some(segment),
+            Err(e) => {
+                self.fail(e);
+                None
+            }
+        }
+    }
+
+    /// Syncs what was appended; `true` if it is durable now.
+    fn sync_store(&mut self) -> bool {
+        match self.store.sync(self.next_seq - 1) {
+            Ok(()) => true,
+            Err(e) => {
+                self.fail(e);
+                false
+            }
+        }
+    }
+
+    /// Syncs per the policy (the tick, a sync request, the end) and releases what became
+    /// durable.
+    fn sync_now(&mut self) {
+        if self.crashed() {
+            return;
+        }
+        self.take_acks();
+        let durable = if self.error {
+            self.recover()
+        } else {
+            self.store.is_dirty() && self.sync_store()
+        };
+        if durable {
+            let last = self.next_seq - 1;
+            let mut state = self.lock();
+            let advanced = state.released_up_to < last;
+            state.released_up_to = last;
+            drop(state);
+            if advanced {
+                self.shared.ready.notify_one();
+            }
+        }
+        self.publish_status();
+    }
+
+    /// Hands the acknowledgements noted in the shared state to the store; writes them when
+    /// enough are pending.
+    fn take_acks(&mut self) {
+        let (pending, crashed) = {
+            let mut state = self.lock();
+            (std::mem::take(&mut state.pending_done), state.crashed)
+        };
+        if crashed {
+            return;
+        }
+        for Done {
+            kind,
+            seq,
+            segment,
+            len,
+        } in pending
+        {
+            self.store.done(kind, seq, segment, len);
+        }
+        if self.store.pending_done() >= DONE_BATCH && !self.error {
+            if let Err(e) = self.store.write_done() {
+                self.fail(e);
+            }
+        }
+        self.store.collect();
+    }
+
+    fn fail(&mut self, e: io::Error) {
+        let stats = &self.shared.stats;
+        stats.store_errors.fetch_add(1, Ordering::Relaxed);
+        if !self.error {
+            tracing::error!(error = %e, "the queue's store is not writable: keeping messages in memory until it is");
+        }
+        self.error = true;
+        self.retry_at = Instant::now() + self.settings.retry_after;
+        // What is queued can no longer become more durable: send it rather than hold it.
+        let last = self.next_seq - 1;
+        let mut state = self.lock();
+        state.error = Some(e.to_string());
+        state.released_up_to = state.released_up_to.max(last);
+        drop(state);
+        self.shared.ready.notify_one();
+    }
+
+    /// Tries the disk again (at most once per `retry_after`): a fresh segment, then every
+    /// memory-only record, synced. `true` when the disk works again.
+    fn recover(&mut self) -> bool {
+        if Instant::now() < self.retry_at {
+            return false;
+        }
+        let memory_only = self.lock().memory_only();
+        let result = (|| -> io::Result<Vec<(u64, u64, u64)>> {
+            self.store.start_segment(self.next_seq)?;
+            let mut written = Vec::with_capacity(memory_only.len());
+            for record in &memory_only {
+                let (segment, len) = self.store.append(record)?;
+                written.push((record.seq, segment, len));
+            }
+            self.store.sync(self.next_seq - 1)?;
+            Ok(written)
+        })();
+        match result {
+            Ok(written) => {
+                let gone: Vec<(u64, u64, u64)> = {
+                    let mut state = self.lock();
+                    state.error = None;
+                    written
+                        .into_iter()
+                        .filter(|&(seq, segment, _)| !state.moved(seq, None, segment))
+                        .collect()
+                };
+                // Acknowledged while being written: say so on disk too.
+                for (seq, segment, len) in gone {
+                    self.store.done(DoneKind::Acked, seq, segment, len);
+                }
+                tracing::info!("the queue's store is writable again");
+                self.error = false;
+                true
+            }
+            Err(e) => {
+                self.fail(e);
+                false
+            }
+        }
+    }
+
+    /// Moves the live records of the oldest segment forward when the store holds much more
+    /// than it must, so an old event cannot pin a segment of dead telemetry on disk.
+    fn compact(&mut self) {
+        if self.error {
+            return;
+        }
+        let limit = self
+            .settings
+            .max_bytes
+            .saturating_add(2 * self.store.segment_bytes());
+        let Some(oldest) = self.store.compaction_candidate(limit) else {
+            return;
+        };
+        let records = self.lock().in_segment(oldest);
+        let result = (|| -> io::Result<Vec<(u64, u64, u64)>> {
+            let mut copied = Vec::with_capacity(records.len());
+            for record in &records {
+                let (segment, len) = self.store.append(record)?;
+                copied.push((record.seq, segment, len));
+            }
+            // The copies must be durable before the originals go.
+            self.store.sync(self.next_seq - 1)?;
+            Ok(copied)
+        })();
+        match result {
+            Ok(copied) => {
+                let gone: Vec<(u64, u64, u64)> = {
+                    let mut state = self.lock();
+                    copied
+                        .into_iter()
+                        .filter(|&(seq, segment, _)| !state.moved(seq, Some(oldest), segment))
+                        .collect()
+                };
+                // Acknowledged or evicted meanwhile: their done record names the seq, so the
+                // copy is dead on disk too; only the count must follow.
+                for (_, segment, len) in gone {
+                    self.store.forget(segment, len);
+                }
+                self.store.drop_compacted(oldest);
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Copies the store's size into the shared state, for `health`.
+    fn publish_status(&self) {
+        let (disk_bytes, segments) = (self.store.disk_bytes(), self.store.segment_count());
+        let mut state = self.lock();
+        state.disk_bytes = disk_bytes;
+        state.segments = segments;
+    }
+}
