@@ -81,7 +81,9 @@ for _ in $(seq 1 100); do
 done
 {
   printf '[gateway]\nid = "arm-rss"\n\n[mqtt]\nurl = "mqtt://%s"\n\n[store]\npath = "%s/store"\n\n[health]\ninterval = "10s"\n' "$broker" "$work"
-  while read -r dev node port; do
+  # `towerlink-sim nodes` prints `node <dev> node id <id> on <path>` per node.
+  while read -r tag dev _ _ node _ port; do
+    [ "$tag" = node ] || continue
     printf '\n[[node]]\nid = "%s"\nport = "%s"\nnode_id = %s\n' "$dev" "$port" "$node"
   done <"$work/nodes.txt"
   bus=$(awk '/^bus /{print $2}' "$work/lifts.txt")
