@@ -56,18 +56,39 @@ fn options(port: u16, client_id: &str) -> MqttOptions {
 }
 
 /// A subscriber that connects now to the exact `state` topic and returns the retained
-/// state it is given (waits for `want`).
+/// state it is given, once that is `want`.
+///
+/// A subscriber that connects while the broker is still publishing the change (a last will
+/// right after a SIGKILL, a birth right after a connect) is handed the old retained state
+/// and then the new one live, without the retain flag (MQTT 3.1.1 §3.3.1.3): that proves
+/// nothing about what the broker kept. So each attempt is a fresh subscriber, given a few
+/// seconds for its retained copy, until one is handed `want` retained or `WAIT` is over.
 fn retained_state(port: u16, gw: &str, want: &str) -> anyhow::Result<Received> {
+    const ATTEMPT: Duration = Duration::from_secs(3);
     let topic = format!("towerlink/v1/{gw}/state");
-    let late = Subscriber::connect_with(options(port, &unique_gw("late")), &topic, 16)?;
-    late.wait(WAIT, &format!("the retained `{want}` state"), |m| {
-        m.iter()
-            .any(|r| r.topic == topic && r.retain && r.json["state"] == want)
-    })?;
-    late.all()
-        .into_iter()
-        .find(|r| r.retain && r.json["state"] == want)
-        .context("retained state vanished")
+    let deadline = std::time::Instant::now() + towerlink_e2e::scaled(WAIT);
+    loop {
+        let late = Subscriber::connect_with(options(port, &unique_gw("late")), &topic, 16)?;
+        let seen = late.wait(ATTEMPT, &format!("the retained `{want}` state"), |m| {
+            m.iter()
+                .any(|r| r.topic == topic && r.retain && r.json["state"] == want)
+        });
+        match seen {
+            Ok(()) => {
+                return late
+                    .all()
+                    .into_iter()
+                    .find(|r| r.retain && r.json["state"] == want)
+                    .context("retained state vanished");
+            }
+            Err(e) if std::time::Instant::now() + towerlink_e2e::scaled(ATTEMPT) > deadline => {
+                return Err(e).context(format!(
+                    "no fresh subscriber was handed `{want}` retained within {WAIT:?}"
+                ));
+            }
+            Err(_) => continue,
+        }
+    }
 }
 
 /// Waits until the last `state` the platform received is `want`.
