@@ -208,7 +208,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config } => {
-            let config = match Config::load(&config) {
+            let (config, file) = match towerlink_agent::app::ConfigFile::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("towerlink: {e}");
@@ -225,8 +225,9 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(towerlink_agent::app::run(
+            match runtime.block_on(towerlink_agent::app::run_file(
                 config,
+                file,
                 towerlink_agent::app::termination_signal(),
             )) {
                 Ok(()) => ExitCode::SUCCESS,
