@@ -33,6 +33,9 @@ use crate::sources::serial_node::{self, SerialNodeSource};
 use crate::sources::{DeviceKey, NodeRequest, SourceStats};
 use crate::uplink::{Uplink, UplinkConfig, UplinkStats};
 
+/// In the store directory: the seqs handed to the broker and not acknowledged yet, so they
+/// go out again marked `"replay": true` after a restart.
+pub const ATTEMPTED_FILE: &str = "attempted.seqs";
 /// Capacity of the channel from the sources to the pipeline (events, each up to 32 samples).
 const SOURCE_EVENTS: usize = 8192;
 
@@ -329,6 +332,7 @@ impl Agent {
                 protocol: config.mqtt.protocol,
                 // Validated to at most MQTT's largest packet, which fits in u32.
                 max_packet: u32::try_from(config.mqtt.max_packet).unwrap_or(u32::MAX),
+                attempted_file: Some(config.store.path.join(ATTEMPTED_FILE)),
             },
             queue.clone(),
             uplink_stats.clone(),
