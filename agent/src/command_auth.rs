@@ -121,6 +121,8 @@ pub fn canonical_json(cmd: &CommandRequest) -> String {
         ("ch", &cmd.ch),
         ("toml", &cmd.toml),
         ("expect", &cmd.expect),
+        ("since", &cmd.since),
+        ("level", &cmd.level),
     ];
     for (key, value) in strings {
         if let Some(v) = value {
@@ -132,6 +134,9 @@ pub fn canonical_json(cmd: &CommandRequest) -> String {
     }
     if let Some(v) = cmd.sigv {
         fields.insert("sigv", Value::from(v));
+    }
+    if let Some(v) = cmd.max_lines {
+        fields.insert("max_lines", Value::from(v));
     }
     // A map of strings and integers always serialises.
     serde_json::to_string(&fields).unwrap_or_default()

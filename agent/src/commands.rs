@@ -42,14 +42,17 @@ pub const MAX_CONFIG_APPLY_BYTES: usize = 65_536;
 /// How long a node has to answer a forwarded command.
 const NODE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The ops this agent knows.
-pub const OPS: [&str; 6] = [
+pub const OPS: [&str; 7] = [
     "ping",
     "identify",
     "zero",
     "config",
     "config_get",
     "config_apply",
+    "logs",
 ];
+/// Most bytes of log text in one `logs` reply (the oldest lines go first).
+pub const MAX_LOG_REPLY_BYTES: usize = 48 * 1024;
 
 /// A parsed command.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -71,6 +74,15 @@ pub struct CommandRequest {
     /// `config_apply`: the SHA-256 (hex) of the running configuration it replaces.
     #[serde(default)]
     pub expect: Option<String>,
+    /// `logs`: how far back, e.g. `"10m"` (default 10 min).
+    #[serde(default)]
+    pub since: Option<String>,
+    /// `logs`: the least severe level wanted: `error`, `warn`, `info` (default), `debug`.
+    #[serde(default)]
+    pub level: Option<String>,
+    /// `logs`: at most this many lines, the newest (1 to 1000, default 200).
+    #[serde(default)]
+    pub max_lines: Option<u32>,
     /// Unix milliseconds when the platform signed it (signed commands only).
     #[serde(default)]
     pub ts: Option<i64>,
@@ -169,6 +181,20 @@ pub enum DeviceError {
     Zero(#[from] ZeroError),
 }
 
+/// A `logs` command with a bad argument.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogsError {
+    /// `since` is not a duration.
+    #[error("logs: since {0:?} is not a duration like \"10m\"")]
+    Since(String),
+    /// `level` is not a level.
+    #[error("logs: level {0:?} is not one of error, warn, info, debug, trace")]
+    Level(String),
+    /// `max_lines` out of range.
+    #[error("logs: max_lines {0} is not within 1..=1000")]
+    MaxLines(u32),
+}
+
 /// A configuration command that cannot go ahead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigOpError {
@@ -217,6 +243,45 @@ pub enum CommandError {
     /// A configuration op refused.
     #[error(transparent)]
     Config(#[from] ConfigOpError),
+    /// A `logs` argument refused.
+    #[error(transparent)]
+    Logs(#[from] LogsError),
+}
+
+/// The `logs` answer: the agent's recent lines from the in-memory ring.
+fn logs(cmd: &CommandRequest) -> Result<Value, LogsError> {
+    let since = match cmd.since.as_deref() {
+        None => Duration::from_secs(600),
+        Some(s) => humantime::parse_duration(s).map_err(|_| LogsError::Since(s.to_owned()))?,
+    };
+    let level = match cmd.level.as_deref().unwrap_or("info") {
+        "error" => tracing::Level::ERROR,
+        "warn" => tracing::Level::WARN,
+        "info" => tracing::Level::INFO,
+        "debug" => tracing::Level::DEBUG,
+        "trace" => tracing::Level::TRACE,
+        other => return Err(LogsError::Level(other.to_owned())),
+    };
+    let max = cmd.max_lines.unwrap_or(200);
+    if !(1..=1000).contains(&max) {
+        return Err(LogsError::MaxLines(max));
+    }
+    let since_ms =
+        now_millis().saturating_sub(i64::try_from(since.as_millis()).unwrap_or(i64::MAX));
+    let found = crate::log_ring::global().query(since_ms, level, max as usize);
+    let mut lines: Vec<String> = found
+        .iter()
+        .map(|l| format!("{} {}", rfc3339(l.ts), l.text))
+        .collect();
+    let mut bytes: usize = lines.iter().map(String::len).sum();
+    let mut cut = 0;
+    while bytes > MAX_LOG_REPLY_BYTES && cut < lines.len() {
+        bytes -= lines[cut].len();
+        cut += 1;
+    }
+    let truncated = cut > 0;
+    lines.drain(..cut);
+    Ok(json!({ "source": "memory", "lines": lines, "truncated": truncated }))
 }
 
 /// The command's id when one can be read from a payload that did not parse.
@@ -274,6 +339,7 @@ fn op_fields(op: &str) -> Option<(&'static [&'static str], &'static [&'static st
         "identify" => (&["dev"], &[]),
         "zero" => (&["dev", "ch"], &[]),
         "config_apply" => (&["toml", "expect"], &[]),
+        "logs" => (&[], &["since", "level", "max_lines"]),
         _ => return None,
     })
 }
@@ -288,6 +354,9 @@ fn check_fields(cmd: &CommandRequest) -> Result<(), CommandError> {
         ("ch", cmd.ch.is_some()),
         ("toml", cmd.toml.is_some()),
         ("expect", cmd.expect.is_some()),
+        ("since", cmd.since.is_some()),
+        ("level", cmd.level.is_some()),
+        ("max_lines", cmd.max_lines.is_some()),
     ];
     if required
         .iter()
@@ -520,6 +589,7 @@ impl CommandContext {
                 json!({ "pong": true, "ts": rfc3339(now_millis()), "agent": env!("CARGO_PKG_VERSION") }),
             ),
             "config" => done(self.config_json.clone()),
+            "logs" => done(logs(&cmd)?),
             "config_get" => {
                 let running = self.running.as_ref().ok_or(ConfigOpError::NoFile)?;
                 done(json!({ "toml": running.text, "hash": running.hash }))
