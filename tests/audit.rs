@@ -408,3 +408,62 @@ fn two_shared_auditors_split_the_feed_without_loss_or_overlap() -> anyhow::Resul
     );
     Ok(())
 }
+
+#[test]
+fn audit_takes_the_agents_tls_options_and_refuses_a_broker_it_cannot_verify() -> anyhow::Result<()>
+{
+    use towerlink_e2e::tls::{Pki, TlsBroker};
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::new(&dir.path().join("pki"))?;
+    let broker = TlsBroker::start(&dir.path().join("broker"), &pki, "server", None)?;
+    let url = format!("mqtts://127.0.0.1:{}", broker.tls_port);
+    let (ca, cert, key) = (
+        pki.path("ca.pem"),
+        pki.path("client.pem"),
+        pki.path("client.key"),
+    );
+    let (ca, cert, key) = (
+        ca.to_str().context("path")?,
+        cert.to_str().context("path")?,
+        key.to_str().context("path")?,
+    );
+    let auditor = Auditor::start(&[
+        "--broker",
+        &url,
+        "--ca-file",
+        ca,
+        "--cert-file",
+        cert,
+        "--key-file",
+        key,
+        "--duration",
+        "3s",
+        "--json",
+    ])?;
+    // Published on the broker's plain listener, audited over mTLS.
+    let mut opts = MqttOptions::new(unique_gw("pub"), "127.0.0.1", broker.plain_port);
+    opts.set_keep_alive(Duration::from_secs(10));
+    let pubr = Subscriber::connect_with(opts, "towerlink/v1/#", 64)?;
+    publish_all(&pubr, "towerlink/v1", "fake-tls", &[window("fake-tls", 1)])?;
+    let (code, report) = auditor.finish(Duration::from_secs(20))?;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["gateways"]["fake-tls"]["messages"], 1, "{report}");
+
+    // Against the impostor CA's trust the broker's certificate does not verify: exit 2, said.
+    let out = Command::new(binary("towerlink-agent", "towerlink")?)
+        .args(["audit", "--broker", &url, "--duration", "3s", "--json"])
+        .args(["--cert-file", cert, "--key-file", key, "--ca-file"])
+        .arg(pki.path("client-impostor.pem"))
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    ensure!(stderr.contains("cannot reach the broker"), "{stderr}");
+    // mqtts:// without a CA file: refused before connecting, naming the option.
+    let out = Command::new(binary("towerlink-agent", "towerlink")?)
+        .args(["audit", "--broker", &url, "--duration", "1s"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    ensure!(stderr.contains("ca_file"), "{stderr}");
+    Ok(())
+}
