@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use towerlink_agent::config::Config;
-use towerlink_agent::feed::{Message, MessageClass, Renderer, Topics};
+use towerlink_agent::feed::{batch, Message, MessageClass, Renderer, Topics};
 use towerlink_agent::health::{HealthDiff, HealthReporter, SourceEntry};
 use towerlink_agent::pipeline::{Pipeline, PipelineStats};
 use towerlink_agent::queue::store::StoreOptions;
@@ -414,6 +414,101 @@ fn per_message(name: &str, run: &Run, scale: f64, health_full: Option<Duration>)
     scaled(name, classes, scale)
 }
 
+/// How a batch is compressed.
+#[derive(Debug, Clone, Copy)]
+enum Codec {
+    /// The agent's [`batch::encode`] (zstd at [`batch::LEVEL`]).
+    Agent,
+    /// zstd at another level.
+    Zstd(i32),
+    /// LZ4 block (size prepended), the same JSON.
+    Lz4,
+}
+
+/// Telemetry (windows, lift status) in one publish per `batch_s` on `batch`, compressed by
+/// `codec`; events one by one; health by difference. Also the CPU time compression took.
+fn batched(name: &str, run: &Run, scale: f64, batch_s: i64, codec: Codec) -> (Figures, f64, u64) {
+    let topics = Topics::new(ROOT, GW);
+    let renderer = Renderer::new(GW, topics.clone());
+    let mut base = per_message(name, run, scale, Some(Duration::from_secs(3600)));
+    let mut classes: BTreeMap<Class, Tally> = BTreeMap::new();
+    let mut pending: Vec<Vec<u8>> = Vec::new();
+    let mut lift_share = (0u64, 0u64); // bytes of lift status and of windows in the JSON
+    let mut cpu = 0.0f64;
+    let mut json_bytes = 0u64;
+    let mut flush = |pending: &mut Vec<Vec<u8>>,
+                     classes: &mut BTreeMap<Class, Tally>,
+                     share: &mut (u64, u64)| {
+        if pending.is_empty() {
+            return;
+        }
+        let t = Instant::now();
+        let payload = match codec {
+            Codec::Agent => batch::encode(GW, pending),
+            Codec::Zstd(level) => {
+                zstd::bulk::compress(&batch::batch_json(GW, pending), level).unwrap_or_default()
+            }
+            Codec::Lz4 => lz4_flex::compress_prepend_size(&batch::batch_json(GW, pending)),
+        };
+        cpu += t.elapsed().as_secs_f64();
+        json_bytes += batch::batch_json(GW, pending).len() as u64;
+        // Split the batch's cost between the classes by their share of its JSON.
+        let total = (share.0 + share.1).max(1) as f64;
+        let lift = share.0 as f64 / total;
+        let wire = wire(topics.batch().len(), payload.len(), true) as f64;
+        for (class, part) in [(Class::Lift, lift), (Class::Data, 1.0 - lift)] {
+            let t = classes.entry(class).or_default();
+            t.messages += 1;
+            t.payload += (payload.len() as f64 * part) as u64;
+            t.wire += (wire * part) as u64;
+        }
+        pending.clear();
+        *share = (0, 0);
+    };
+    let mut window_end = run.messages.first().map(|(t, _)| *t).unwrap_or(T0_MS) + batch_s * 1000;
+    for (i, (t, m)) in run.messages.iter().enumerate() {
+        if *t >= window_end {
+            flush(&mut pending, &mut classes, &mut lift_share);
+            window_end = *t + batch_s * 1000;
+        }
+        let r = renderer.render(m);
+        let payload = r.payload(i as u64 + 1);
+        match m {
+            Message::Data { .. } => {
+                lift_share.1 += payload.len() as u64;
+                pending.push(payload);
+            }
+            Message::LiftStatus { .. } => {
+                lift_share.0 += payload.len() as u64;
+                pending.push(payload);
+            }
+            _ => classes
+                .entry(Class::Event)
+                .or_default()
+                .add(r.topic.len(), payload.len(), true),
+        }
+    }
+    flush(&mut pending, &mut classes, &mut lift_share);
+    let classes: BTreeMap<Class, Tally> = classes
+        .into_iter()
+        .map(|(c, t)| {
+            (
+                c,
+                Tally {
+                    messages: (t.messages as f64 * scale) as u64,
+                    payload: (t.payload as f64 * scale) as u64,
+                    wire: (t.wire as f64 * scale) as u64,
+                },
+            )
+        })
+        .collect();
+    for class in [Class::Data, Class::Lift, Class::Event] {
+        base.classes
+            .insert(class, classes.get(&class).copied().unwrap_or_default());
+    }
+    (base, cpu, json_bytes)
+}
+
 /// Scales the simulated span's tallies to a day and adds what is per day, not per message.
 fn scaled(name: &str, classes: BTreeMap<Class, Tally>, scale: f64) -> Figures {
     let topics = Topics::new(ROOT, GW);
@@ -509,6 +604,37 @@ fn main() -> ExitCode {
         per_message("json, lifts by trip", &trip, scale, None),
         per_message("json, lifts by trip, health delta", &trip, scale, hour),
     ];
+    let mut figures = figures;
+    let mut target = 0.0;
+    for (name, codec) in [
+        ("batch 60s, zstd (agent's level)", Codec::Agent),
+        ("batch 60s, zstd 1", Codec::Zstd(1)),
+        ("batch 60s, zstd 3", Codec::Zstd(3)),
+        ("batch 60s, zstd 9", Codec::Zstd(9)),
+        ("batch 60s, zstd 12", Codec::Zstd(12)),
+        ("batch 60s, zstd 19", Codec::Zstd(19)),
+        ("batch 60s, lz4", Codec::Lz4),
+    ] {
+        let (f, cpu, json) = batched(name, &trip, scale, 60, codec);
+        println!(
+            "feed_bytes: {name}: compressing took {:.1} ms of CPU for {:.1} MB of batch JSON ({:.0} MB/s on this x86 core; the day: {:.2} s)",
+            cpu * 1e3,
+            json as f64 / 1e6,
+            json as f64 / 1e6 / cpu.max(1e-9),
+            cpu * scale
+        );
+        if matches!(codec, Codec::Agent) {
+            target = figures[0].total_wire() as f64 / f.total_wire().max(1) as f64;
+        }
+        figures.push(f);
+    }
     print(&figures);
-    ExitCode::SUCCESS
+    // Deterministic: the same seeds give the same bytes.
+    if target >= 10.0 {
+        println!("feed_bytes: target (compact path >= 10x fewer wire bytes/day than json): met, {target:.1}x");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("feed_bytes: target NOT met: the compact path is {target:.1}x < 10x fewer wire bytes/day than json");
+        ExitCode::FAILURE
+    }
 }

@@ -7,6 +7,8 @@
 //! (topic, class, payload with a slot for the `seq`), which is all the queue stores: the queue
 //! fills in the `seq` with [`Rendered::payload`] and never sees a topic rule or a JSON field.
 
+pub mod batch;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -60,6 +62,10 @@ impl Topics {
     /// `{root}/{gw}/health`.
     pub fn health(&self) -> String {
         format!("{}/health", self.base)
+    }
+    /// `{root}/{gw}/batch`: compact telemetry batches ([`batch`], v1.1).
+    pub fn batch(&self) -> String {
+        format!("{}/batch", self.base)
     }
     /// `{root}/{gw}/cmd`: commands in.
     pub fn cmd(&self) -> String {
