@@ -78,6 +78,34 @@ enum Command {
         #[arg(long)]
         i2c: Vec<String>,
     },
+    /// Audit the feed of every gateway under a topic root: schema checks, seq gaps,
+    /// evictions, duplicates, open events, state, latency (one table, or --json at the end).
+    Audit {
+        /// The broker: mqtt://host:port or mqtts://host:port.
+        #[arg(long)]
+        broker: String,
+        /// The topic root.
+        #[arg(long, default_value = "towerlink/v1")]
+        root: String,
+        /// How long to listen (e.g. "30s").
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// After --duration, how long to wait for seq still in flight below the highest seen.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
+        /// Print one JSON object at the end instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Subscribe as MQTT shared-subscription group GROUP ($share/GROUP/...): several
+        /// auditors split the messages; completeness is the union of their `seen` ranges.
+        #[arg(long, value_name = "GROUP")]
+        share: Option<String>,
+        /// Exit code 1 when any gateway has a gap or an invalid message.
+        #[arg(long)]
+        strict: bool,
+        #[command(flatten)]
+        session: cli::audit::SessionArgs,
+    },
     /// Inspect the durable queue offline (records by class, seq range, acked cursor, damage).
     /// Safe while the agent runs: it only reads.
     Store {
@@ -105,11 +133,16 @@ fn init_logging() {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOWERLINK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // The `logs` command answers from the ring (what passes the filter, as on stderr).
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
+        .finish()
+        .with(towerlink_agent::log_ring::layer())
         .init();
 }
 
@@ -179,6 +212,30 @@ fn main() -> ExitCode {
             units,
             i2c,
         })),
+        Command::Audit {
+            broker,
+            root,
+            duration,
+            grace,
+            json,
+            share,
+            strict,
+            session,
+        } => cli::block_on(async move {
+            ExitCode::from(
+                cli::audit::run(cli::audit::AuditOptions {
+                    broker,
+                    root,
+                    duration,
+                    grace,
+                    json,
+                    share,
+                    strict,
+                    session,
+                })
+                .await,
+            )
+        }),
         Command::Store { config, action } => {
             let (dir, list) = match (action, config) {
                 (Some(StoreAction::Inspect { path, list }), _) => (path, list),
@@ -208,7 +265,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config } => {
-            let config = match Config::load(&config) {
+            let (config, file) = match towerlink_agent::app::ConfigFile::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("towerlink: {e}");
@@ -225,8 +282,9 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(towerlink_agent::app::run(
+            match runtime.block_on(towerlink_agent::app::run_file(
                 config,
+                file,
                 towerlink_agent::app::termination_signal(),
             )) {
                 Ok(()) => ExitCode::SUCCESS,
