@@ -297,6 +297,7 @@ fn the_agents_own_serialisation_passes() {
         ChannelWindow {
             u: "ustrain",
             n: 500,
+            expected: 500,
             mean: 112.4,
             min: 98.0,
             max: 131.9,

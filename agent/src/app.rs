@@ -10,10 +10,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::sync::mpsc;
 
+use crate::clock::ClockStatus;
 use crate::config::Config;
-use crate::feed::{now_millis, Renderer, Topics};
+use crate::feed::{now_millis, BirthInfo, LastStop, Renderer, Topics};
 use crate::health::{HealthReporter, SourceEntry};
 use crate::pipeline::{self, Pipeline, PipelineStats};
+use crate::queue::run_marker::RunMarker;
 use crate::queue::store::StoreOptions;
 use crate::queue::Queue;
 use crate::service::{self, Heartbeats};
@@ -21,6 +23,10 @@ use crate::shutdown;
 use crate::sources::serial_node::{self, SerialNodeSource};
 use crate::sources::{DeviceKey, NodeRequest, SourceStats};
 use crate::uplink::{Uplink, UplinkConfig, UplinkStats};
+
+/// For this long after start no window closes, so what the kernel buffered while the agent
+/// was down (decoded in the first milliseconds) still reaches its windows (ms).
+const RECOVERY_HOLD_MS: i64 = 2_000;
 
 /// Capacity of the channel from the sources to the pipeline (events, each up to 32 samples).
 const SOURCE_EVENTS: usize = 8192;
@@ -36,7 +42,8 @@ pub async fn run(
         .broker()
         .map_err(anyhow::Error::msg)
         .context("[mqtt] url")?;
-    let renderer = Renderer::new(&gw, topics.clone());
+    let clock = Arc::new(ClockStatus::from_system());
+    let renderer = Renderer::new(&gw, topics.clone()).with_clock(clock.clone());
     let queue = Queue::open(StoreOptions {
         fsync: config.store.fsync,
         max_bytes: config.store.max_bytes,
@@ -50,6 +57,17 @@ pub async fn run(
             config.store.path.display()
         )
     })?;
+    // Marks this run as running; a marker left by the previous run means it did not stop cleanly.
+    let (marker, last_stop) = match RunMarker::begin(&config.store.path, now_millis()) {
+        Ok((marker, last)) => (Some(marker), last),
+        Err(e) => {
+            tracing::error!(store = %config.store.path.display(), error = %e, "cannot write the run marker; the birth says last_stop unclean (unknown)");
+            (None, LastStop::Unclean)
+        }
+    };
+    if last_stop == LastStop::Unclean {
+        tracing::warn!("the previous run did not stop cleanly (kill, crash or power cut)");
+    }
     let (credentials, insecure) = config
         .mqtt
         .uplink_security(&broker)
@@ -82,6 +100,8 @@ pub async fn run(
             requests: req_rx,
             stats,
             heartbeat: heartbeats.register(&format!("source {}", node.id)),
+            memory_dir: Some(config.store.path.clone()),
+            clock: Some(clock.clone()),
         };
         source_tasks.push(tokio::spawn(serial_node::run(source, shutdown.clone())));
     }
@@ -123,7 +143,8 @@ pub async fn run(
         now_millis(),
         pipeline_stats.clone(),
     )
-    .with_zeros(crate::pipeline::zero::ZeroTable::load(&config.store.path));
+    .with_zeros(crate::pipeline::zero::ZeroTable::load(&config.store.path))
+    .with_recovery_hold(RECOVERY_HOLD_MS);
     // The pipeline publishes the devices' channels; the command path reads them.
     let directory = pipeline.directory();
     let (pipeline_tx, pipeline_rx) = mpsc::channel(16);
@@ -134,6 +155,7 @@ pub async fn run(
         pipeline_rx,
         queue.clone(),
         renderer.clone(),
+        pipeline::ClockWatch::system(clock.clone()),
         heartbeats.register("pipeline"),
         shutdown.clone(),
     ));
@@ -151,7 +173,8 @@ pub async fn run(
     .with_replay_rate(config.store.replay_rate)
     .with_insecure(insecure)
     .with_protocol(config.mqtt.protocol)
-    .with_command_stats(command_stats.clone());
+    .with_command_stats(command_stats.clone())
+    .with_clock(clock.clone());
     let (commands_tx, commands_rx) = mpsc::channel(64);
     let uplink = Uplink::start(
         UplinkConfig {
@@ -173,6 +196,10 @@ pub async fn run(
             protocol: config.mqtt.protocol,
             // Validated to at most MQTT's largest packet, which fits in u32.
             max_packet: u32::try_from(config.mqtt.max_packet).unwrap_or(u32::MAX),
+            birth: BirthInfo {
+                last_stop,
+                clock: Some(clock.clone()),
+            },
         },
         queue.clone(),
         uplink_stats,
@@ -228,6 +255,13 @@ pub async fn run(
     let _ = commands_task.await;
     uplink.stop().await;
     queue.sync().await;
+    // The very last write: this run stopped cleanly.
+    if let Some(marker) = marker {
+        let removed = tokio::task::spawn_blocking(move || marker.end_clean()).await;
+        if let Ok(Err(e)) = removed {
+            tracing::error!(error = %e, "cannot remove the run marker; the next birth will say last_stop unclean");
+        }
+    }
     let left = queue.depth(now_millis()).messages;
     tracing::info!(
         unacknowledged = left,

@@ -31,6 +31,7 @@
 pub mod config;
 mod index;
 pub mod record;
+pub mod run_marker;
 pub mod segment;
 pub mod seq;
 pub mod store;

@@ -85,6 +85,8 @@ pub struct UplinkConfig {
     pub protocol: MqttProtocol,
     /// The largest packet taken in (`[mqtt] max_packet`).
     pub max_packet: u32,
+    /// What the birth says besides `online`.
+    pub birth: crate::feed::BirthInfo,
 }
 
 /// Uplink counters, shared with `health`.
@@ -339,6 +341,7 @@ async fn publisher_task(
         window: usize::from(config.max_inflight),
         health_interval: config.health_interval,
         replay_rate: config.replay_rate,
+        birth: config.birth.clone(),
     };
     let mut publisher = Publisher::new(settings, stats, health, Instant::now());
     let mut client: Option<Client> = None;
