@@ -164,7 +164,10 @@ impl Default for SystemTime {
 
 impl TimeSource for SystemTime {
     fn wall_ms(&self) -> i64 {
-        crate::feed::now_millis()
+        match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+            Err(_) => 0,
+        }
     }
     fn mono_ms(&self) -> i64 {
         i64::try_from(self.origin.elapsed().as_millis()).unwrap_or(i64::MAX)
