@@ -411,6 +411,11 @@ impl Pipeline {
             device.windows.restart_at(now);
             device.health.shift(step_ms);
         }
+        for lift in &mut self.lifts {
+            lift.shift(step_ms);
+        }
+        self.started = self.started.saturating_add(step_ms);
+        self.hold_until = self.hold_until.saturating_add(step_ms);
         let mut event = Event::new(now, "clock_step", Severity::Minor, EventState::Active);
         event.detail = Some(serde_json::json!({ "step_ms": step_ms }));
         out.push(Message::Event {

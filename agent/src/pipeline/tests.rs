@@ -447,7 +447,8 @@ fn a_clock_step_is_found_counted_and_closes_every_window() {
     let status = Arc::new(ClockStatus::default());
     let mut watch = ClockWatch::new(Box::new(Manual(time.clone())), status.clone(), false);
     assert_eq!(watch.check(), None);
-    let mut p = pipeline();
+    // With the recovery hold of a restart: an hour back must not hold the windows an hour.
+    let mut p = pipeline().with_recovery_hold(2_000);
     let mut out = Vec::new();
     hello_strain(&mut p, T0, &mut out);
     p.handle(
