@@ -162,8 +162,8 @@ fn a_stepped_clock_raises_clock_step_and_no_window_spans_it() -> anyhow::Result<
     }
     sub.wait(Duration::from_secs(10), "health counting the step", |_| {
         sub.on("/health")
-            .last()
-            .is_some_and(|h| h.json["clock"]["steps"] == 1)
+            .iter()
+            .any(|h| h.json["clock"]["steps"] == 1 || h.json["changed"]["clock"]["steps"] == 1)
     })?;
     agent.stop()?;
     Ok(())
@@ -190,7 +190,12 @@ fn an_unsynced_clock_is_flagged_everywhere() -> anyhow::Result<()> {
         "{}",
         birth.json
     );
-    let health = sub.on("/health").last().cloned().context("health")?;
+    // The full report (deltas carry only what changed).
+    let health = sub
+        .on("/health")
+        .into_iter()
+        .find(|h| h.json.get("clock").is_some())
+        .context("a full health report")?;
     ensure!(
         health.json["clock"]["synced"] == false && health.json["clock"]["est_error_ms"].is_null(),
         "{}",
@@ -214,7 +219,11 @@ fn an_unsynced_clock_is_flagged_everywhere() -> anyhow::Result<()> {
     sub.wait(Duration::from_secs(30), "windows and health", |m| {
         windows(m, "panel-c").len() >= 2 && m.iter().any(|r| r.topic.ends_with("/health"))
     })?;
-    let health = sub.on("/health").last().cloned().context("health")?;
+    let health = sub
+        .on("/health")
+        .into_iter()
+        .find(|h| h.json.get("clock").is_some())
+        .context("a full health report")?;
     let Some(synced) = health.json["clock"]["synced"].as_bool() else {
         bail!("{}", health.json)
     };
