@@ -35,6 +35,7 @@ pub mod config;
 mod index;
 mod reader;
 pub mod record;
+pub mod run_marker;
 pub mod segment;
 pub mod seq;
 pub mod store;

@@ -151,6 +151,8 @@ pub struct Settings {
     pub health_interval: Duration,
     /// Telemetry per second (0 = no limit).
     pub replay_rate: u32,
+    /// What the birth says besides `online` (`last_stop`, `clock`).
+    pub birth: crate::feed::BirthInfo,
 }
 
 /// The publisher's state.
@@ -265,7 +267,11 @@ impl Publisher {
         self.connected = true;
         self.stats.connected.store(true, Ordering::Relaxed);
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
-        let birth = state_payload(&self.settings.gw, true, Some(now_millis()));
+        let birth = state_payload(
+            &self.settings.gw,
+            true,
+            Some((now_millis(), &self.settings.birth)),
+        );
         let entry = Entry::Untracked { offline: false };
         self.ledger.submitted(entry);
         vec![

@@ -100,6 +100,7 @@ fn settings(window: usize, replay_rate: u32) -> Settings {
         window,
         health_interval: Duration::from_secs(10),
         replay_rate,
+        birth: Default::default(),
     }
 }
 
