@@ -65,6 +65,7 @@ pub(super) struct Done {
 #[derive(Debug, Default)]
 pub(super) struct State {
     pub(super) events: Lane,
+    pub(super) captures: Lane,
     pub(super) telemetry: Lane,
     /// Framed bytes of the queued records.
     pub(super) bytes: u64,
@@ -88,6 +89,7 @@ impl State {
     fn lane_mut(&mut self, class: MessageClass) -> &mut Lane {
         match class {
             MessageClass::Event => &mut self.events,
+            MessageClass::Capture => &mut self.captures,
             MessageClass::Telemetry => &mut self.telemetry,
         }
     }
@@ -109,15 +111,19 @@ impl State {
 
     /// Messages queued.
     pub(super) fn live(&self) -> usize {
-        self.events.records.len() + self.telemetry.records.len()
+        self.events.records.len() + self.captures.records.len() + self.telemetry.records.len()
     }
 
-    /// The next record to send: events first, telemetry only if `telemetry`.
+    /// The next record to send: events first, then captures (neither is paced), telemetry
+    /// only if `telemetry`.
     pub(super) fn next_unsent(&mut self, telemetry: bool) -> Option<Arc<Record>> {
         let released = self.released_up_to;
-        let event = self.events.next_unsent(released);
-        if event.is_some() || !telemetry {
-            return event;
+        let urgent = self
+            .events
+            .next_unsent(released)
+            .or_else(|| self.captures.next_unsent(released));
+        if urgent.is_some() || !telemetry {
+            return urgent;
         }
         self.telemetry.next_unsent(released)
     }
@@ -134,6 +140,7 @@ impl State {
             .events
             .records
             .remove(&seq)
+            .or_else(|| self.captures.records.remove(&seq))
             .or_else(|| self.telemetry.records.remove(&seq));
         let Some(slot) = removed else {
             return false;
@@ -159,6 +166,7 @@ impl State {
     /// Every queued record is due again.
     pub(super) fn rewind(&mut self) {
         self.events.sent_up_to = 0;
+        self.captures.sent_up_to = 0;
         self.telemetry.sent_up_to = 0;
     }
 
@@ -166,6 +174,7 @@ impl State {
     pub(super) fn oldest_queued_at(&self) -> Option<i64> {
         [
             self.events.records.first_key_value(),
+            self.captures.records.first_key_value(),
             self.telemetry.records.first_key_value(),
         ]
         .into_iter()
@@ -174,17 +183,20 @@ impl State {
         .min()
     }
 
-    /// Takes the oldest telemetry (then the oldest events) out while the queue is over a
-    /// bound; returns what went, for the writer to mark evicted.
+    /// Takes the oldest telemetry (then the oldest captures, then the oldest events) out
+    /// while the queue is over a bound; returns what went, for the writer to mark evicted.
     pub(super) fn evict(&mut self, max_messages: usize, max_bytes: u64) -> Vec<(u64, Slot)> {
         let mut out = Vec::new();
         while self.live() > max_messages || self.bytes > max_bytes {
-            let victim = match self.telemetry.records.pop_first() {
+            let victim = match self
+                .telemetry
+                .records
+                .pop_first()
+                .or_else(|| self.captures.records.pop_first())
+                .or_else(|| self.events.records.pop_first())
+            {
                 Some(v) => v,
-                None => match self.events.records.pop_first() {
-                    Some(v) => v,
-                    None => break,
-                },
+                None => break,
             };
             self.bytes -= victim.1.len;
             out.push(victim);
@@ -198,6 +210,7 @@ impl State {
             .events
             .records
             .values()
+            .chain(self.captures.records.values())
             .chain(self.telemetry.records.values())
             .filter(|s| s.segment.is_none())
             .map(|s| s.record.clone())
@@ -211,6 +224,7 @@ impl State {
         self.events
             .records
             .values()
+            .chain(self.captures.records.values())
             .chain(self.telemetry.records.values())
             .filter(|s| s.segment == Some(segment))
             .map(|s| s.record.clone())
@@ -224,6 +238,7 @@ impl State {
             .events
             .records
             .get_mut(&seq)
+            .or_else(|| self.captures.records.get_mut(&seq))
             .or_else(|| self.telemetry.records.get_mut(&seq));
         match slot {
             Some(slot) if slot.segment == from => {
