@@ -471,8 +471,14 @@ impl Pipeline {
     /// sends the running captures with what they have (clean shutdown): no sample that
     /// arrived is left behind.
     pub fn flush(&mut self, out: &mut Vec<Message>) {
+        self.flush_at(UnixMillis::MAX, out);
+    }
+
+    /// [`Pipeline::flush`] at wall time `now`: a window that has not ended yet ends at `now`
+    /// (the agent's clean stop: no window is stamped in the future).
+    pub fn flush_at(&mut self, now: UnixMillis, out: &mut Vec<Message>) {
         for device in self.nodes.iter_mut().chain(self.i2c.iter_mut()) {
-            let closed = device.windows.close_all();
+            let closed = device.windows.close_all_at(now);
             emit_windows(device, closed, out);
             finish_captures(device, out);
             for slot in 0..device.deadbands.len() {
@@ -672,7 +678,7 @@ pub async fn run(
     while let Ok(ev) = events.try_recv() {
         pipeline.handle(ev, now_millis(), &mut out);
     }
-    pipeline.flush(&mut out);
+    pipeline.flush_at(now_millis(), &mut out);
     push_all(&mut pipeline, &stats, &mut out, &queue, &renderer).await;
     tracing::debug!("pipeline stopped");
 }
