@@ -38,7 +38,10 @@ fn the_demo_shows_panel_windows_and_lift_status_through_its_own_broker() -> anyh
         "the agent could not talk to the demo broker: {stderr}"
     );
     let lines: Vec<&str> = stdout.lines().collect();
-    let data = lines.iter().filter(|l| l.contains(" data ")).count();
+    let data = lines
+        .iter()
+        .filter(|l| l.contains(" data ") && !l.contains("legend"))
+        .count();
     assert!(
         lines
             .iter()
@@ -63,7 +66,10 @@ fn the_demo_shows_panel_windows_and_lift_status_through_its_own_broker() -> anyh
         "{}",
         lines[legend]
     );
-    let first_feed = lines.iter().position(|l| l.contains(" data ")).unwrap_or(0);
+    let first_feed = lines
+        .iter()
+        .position(|l| l.contains(" data ") && l.contains("panel-"))
+        .unwrap_or(0);
     assert!(
         legend < first_feed,
         "the legend comes after the feed started"
