@@ -130,3 +130,96 @@ fn the_agent_notifies_ready_feeds_the_watchdog_and_says_stopping() -> anyhow::Re
     );
     Ok(())
 }
+
+/// The thread of the agent named `name` (`/proc/<pid>/task/<tid>/comm`).
+fn thread_named(pid: u32, name: &str) -> anyhow::Result<i32> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = task?;
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            return task
+                .file_name()
+                .to_string_lossy()
+                .parse()
+                .context("a task id that is not a number");
+        }
+    }
+    anyhow::bail!("the agent has no thread named {name:?}")
+}
+
+/// README: the watchdog is fed "only while every loop beats". One source loop of a running
+/// agent is stopped for real, as a driver stuck in the kernel would stop it: the test
+/// ptrace-stops that one thread (`PTRACE_SEIZE` + `PTRACE_INTERRUPT`), leaving every other
+/// thread of the agent running. Then no `WATCHDOG=1` may arrive (systemd would restart the
+/// agent) and the log names the loop; once the thread runs again, the pings come back.
+#[test]
+fn a_stalled_source_loop_withholds_the_watchdog_ping() -> anyhow::Result<()> {
+    use nix::sys::ptrace;
+    use nix::sys::wait::{waitpid, WaitPidFlag};
+    use nix::unistd::Pid;
+
+    let dir = tempfile::tempdir()?;
+    // An I2C device on the simulated bus: its loop is a thread of its own, `i2c-<id>`.
+    let text = "[[i2c]]\nid = \"stall\"\nbus = \"sim\"\nchip = \"nau7802\"\nrate_hz = 20\nwindow = \"2s\"\n";
+    let config = write_config(dir.path(), &unique_gw("e2e-stall"), text)?;
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path)?;
+    let socket_str = socket_path.display().to_string();
+    let mut agent = AgentProcess::start_with_env(
+        &config,
+        &[
+            ("NOTIFY_SOCKET", socket_str.as_str()),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    )?;
+    let mut got = Vec::new();
+    let pings = |g: &[String]| g.iter().filter(|m| *m == "WATCHDOG=1").count();
+    ensure!(
+        receive_until(&socket, &mut got, Duration::from_secs(20), |g| pings(g)
+            >= 3),
+        "the watchdog was not fed before the stall: {got:?}\n{}",
+        agent.log()
+    );
+    let pid = agent.pid().context("the agent is not running")?;
+    let tid = Pid::from_raw(thread_named(pid, "i2c-stall")?);
+
+    ptrace::seize(tid, ptrace::Options::empty()).context("PTRACE_SEIZE of the I2C thread")?;
+    ptrace::interrupt(tid).context("PTRACE_INTERRUPT")?;
+    waitpid(tid, Some(WaitPidFlag::__WALL)).context("waiting for the thread to stop")?;
+
+    // The watchdog looks every 500 ms and says once that it withholds the ping, naming
+    // the loop; from then on no ping may come for as long as the stall lasts (4 s, 8 looks).
+    let log_before = agent.log().len();
+    let named = towerlink_e2e::wait_until(Duration::from_secs(5), || {
+        agent
+            .log()
+            .get(log_before..)
+            .is_some_and(|l| l.contains("withholding the watchdog ping") && l.contains("i2c stall"))
+    });
+    let before = got.len();
+    receive_until(&socket, &mut got, Duration::from_secs(4), |_| false);
+    let during: Vec<&String> = got[before..].iter().collect();
+    let stalled_log = agent.log();
+
+    ptrace::detach(tid, None).context("PTRACE_DETACH")?;
+    ensure!(
+        !during.iter().any(|m| *m == "WATCHDOG=1"),
+        "the watchdog was fed while the I2C loop was stopped: {during:?}"
+    );
+    ensure!(
+        named,
+        "the log does not name the stalled loop `i2c stall`:\n{stalled_log}"
+    );
+    // Running again: the pings come back.
+    let after = got.len();
+    ensure!(
+        receive_until(&socket, &mut got, Duration::from_secs(5), |g| pings(
+            &g[after..]
+        ) >= 2),
+        "the watchdog pings did not come back after the loop ran again: {:?}",
+        &got[after..]
+    );
+    ensure!(agent.is_running(), "the agent died: {}", agent.log());
+    agent.stop()?;
+    Ok(())
+}

@@ -248,7 +248,7 @@ impl Config {
             }
             match crate::profile::Profile::resolve(&lift.profile, dir) {
                 Ok(map) => lift.register_map = Some(map),
-                Err(message) => own.add("profile", message),
+                Err(e) => own.add("profile", e.to_string()),
             }
             v.append(own);
         }

@@ -205,12 +205,62 @@ pub enum DecodeError {
     },
 }
 
+/// Why a profile could not be loaded: the text is not TOML of a profile, a rule of the
+/// profile is broken, or the file cannot be found or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// Not a profile's TOML (syntax, an unknown key, a wrong type).
+    #[error("profile {origin}: {message}")]
+    Syntax {
+        /// Where the text came from (a path, `built-in <name>`).
+        origin: String,
+        /// The TOML parser's message.
+        message: String,
+    },
+    /// Valid TOML, but a rule of the register map is broken.
+    #[error("profile {origin}: {rule}")]
+    Rule {
+        /// Where the text came from.
+        origin: String,
+        /// The rule and the value that breaks it.
+        rule: String,
+    },
+    /// The reference is neither a profile name nor a path.
+    #[error("{0:?} is not a profile name or path")]
+    BadReference(String),
+    /// The file exists but cannot be read.
+    #[error("cannot read profile {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// No file and no built-in profile of that name.
+    #[error("profile {reference:?} not found (looked in {looked}{})", if *.by_name { " and the built-in profiles generic, nice-monitor" } else { "" })]
+    NotFound {
+        /// The name or path asked for.
+        reference: String,
+        /// The places looked in, comma-separated.
+        looked: String,
+        /// The reference was a name (built-in profiles were looked at too).
+        by_name: bool,
+    },
+}
+
 impl Profile {
     /// Parses and validates a profile's TOML text; `origin` names it in errors.
-    pub fn parse(text: &str, origin: &str) -> Result<Profile, String> {
-        let file: ProfileFile = toml::from_str(text)
-            .map_err(|e| format!("profile {origin}: {}", e.to_string().trim_end()))?;
-        let bad = |msg: String| Err(format!("profile {origin}: {msg}"));
+    pub fn parse(text: &str, origin: &str) -> Result<Profile, ProfileError> {
+        let file: ProfileFile = toml::from_str(text).map_err(|e| ProfileError::Syntax {
+            origin: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let bad = |rule: String| {
+            Err(ProfileError::Rule {
+                origin: origin.to_owned(),
+                rule,
+            })
+        };
         if let Some(function) = file.function {
             if function != i64::from(READ_INPUT_REGISTERS) {
                 return bad(format!(
@@ -292,7 +342,7 @@ impl Profile {
 
     /// Finds and loads the profile `reference` (a name or a path) for a config file in
     /// `config_dir` (none for a config given as text).
-    pub fn resolve(reference: &str, config_dir: Option<&Path>) -> Result<Profile, String> {
+    pub fn resolve(reference: &str, config_dir: Option<&Path>) -> Result<Profile, ProfileError> {
         let is_path = reference.contains('/') || reference.ends_with(".toml");
         let candidates: Vec<PathBuf> = if is_path {
             let p = Path::new(reference);
@@ -306,7 +356,7 @@ impl Profile {
                     .bytes()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
             {
-                return Err(format!("{reference:?} is not a profile name or path"));
+                return Err(ProfileError::BadReference(reference.to_owned()));
             }
             let file = format!("{reference}.toml");
             let mut c = Vec::new();
@@ -320,7 +370,12 @@ impl Profile {
             match std::fs::read_to_string(path) {
                 Ok(text) => return Profile::parse(&text, &path.display().to_string()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(format!("cannot read profile {}: {e}", path.display())),
+                Err(source) => {
+                    return Err(ProfileError::Read {
+                        path: path.clone(),
+                        source,
+                    })
+                }
             }
         }
         if !is_path {
@@ -329,15 +384,11 @@ impl Profile {
             }
         }
         let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-        Err(format!(
-            "profile {reference:?} not found (looked in {}{})",
-            looked.join(", "),
-            if is_path {
-                ""
-            } else {
-                " and the built-in profiles generic, nice-monitor"
-            }
-        ))
+        Err(ProfileError::NotFound {
+            reference: reference.to_owned(),
+            looked: looked.join(", "),
+            by_name: !is_path,
+        })
     }
 
     fn reg(&self, regs: &[u16], addr: u16) -> u16 {

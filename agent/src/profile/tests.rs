@@ -163,7 +163,13 @@ fn profiles_that_could_write_or_do_not_fit_are_refused() {
         assert_ne!(text, GENERIC, "{from}");
         match Profile::parse(&text, "t") {
             Ok(_) => panic!("accepted: {to}"),
-            Err(e) => assert!(e.contains(needle), "{to}: {e}"),
+            Err(e) => {
+                assert!(
+                    matches!(e, ProfileError::Rule { .. } | ProfileError::Syntax { .. }),
+                    "{to}: {e:?}"
+                );
+                assert!(e.to_string().contains(needle), "{to}: {e}");
+            }
         }
     }
     let stated = GENERIC.replace("start = 0", "function = 4\nstart = 0");
@@ -197,11 +203,22 @@ fn profiles_resolve_from_the_config_dir_then_built_ins() {
     );
     let e = Profile::resolve("nope", Some(dir.path())).expect_err("missing");
     assert!(
-        e.contains("not found") && e.contains("profiles/nope.toml"),
+        matches!(e, ProfileError::NotFound { by_name: true, .. }),
+        "{e:?}"
+    );
+    let e = e.to_string();
+    assert!(
+        e.contains("not found") && e.contains("profiles/nope.toml") && e.contains("built-in"),
         "{e}"
     );
     let e = Profile::resolve("../x", None).expect_err("missing path");
-    assert!(e.contains("not found"), "{e}");
+    assert!(
+        matches!(e, ProfileError::NotFound { by_name: false, .. }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("not found"), "{e}");
+    let e = Profile::resolve("bad name!", None).expect_err("bad name");
+    assert!(matches!(e, ProfileError::BadReference(_)), "{e:?}");
 }
 
 #[test]
