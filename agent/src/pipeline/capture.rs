@@ -198,11 +198,11 @@ impl Recorder {
         Some(trigger)
     }
 
-    /// The running capture is complete once a sample later than its end arrived (`t` is the
-    /// latest sample's time): its parts.
+    /// The running capture is complete once a sample later than its end (by more than half a
+    /// period) arrived (`t` is the latest sample's time): its parts.
     pub fn due(&mut self, t: f64, ch: &str, u: &'static str) -> Vec<CapturePart> {
         match &self.running {
-            Some(r) if t > r.end => self.finish(ch, u),
+            Some(r) if t > r.end + self.period_ms / 2.0 => self.finish(ch, u),
             _ => Vec::new(),
         }
     }
@@ -222,14 +222,14 @@ impl Recorder {
             return Vec::new();
         };
         let period = self.period_ms;
-        // Runs of samples on one grid within [start, end].
+        // Runs of samples on one grid within [start, end], give or take half a period: the
+        // node-time mapping of successive batches may differ by a fraction of a millisecond,
+        // which must not cost the samples at the bounds.
+        let tol = period / 2.0;
+        let within = |t: f64| t >= r.start - tol && t <= r.end + tol;
         let mut runs: Vec<(f64, Vec<f32>)> = Vec::new();
         let mut expected = f64::NAN;
-        for &(t, v) in self
-            .ring
-            .iter()
-            .filter(|(t, _)| *t >= r.start && *t <= r.end)
-        {
+        for &(t, v) in self.ring.iter().filter(|(t, _)| within(*t)) {
             let on_grid = (t - expected).abs() <= period / 2.0;
             match runs.last_mut() {
                 Some((_, values)) if on_grid && values.len() < CAPTURE_PART_VALUES => {
@@ -322,11 +322,21 @@ mod tests {
             r.due(12_800.0, "tilt_x", "deg").is_empty(),
             "not yet past the end"
         );
+        // Samples a fraction of a millisecond off (another batch's time mapping) still count
+        // at the bounds.
+        for s in r.ring.iter_mut() {
+            if s.0 == 7_900.0 {
+                s.0 -= 0.4;
+            }
+            if s.0 == 12_900.0 {
+                s.0 += 0.4;
+            }
+        }
         feed(&mut r, 129, 131);
         let parts = r.due(13_000.0, "tilt_x", "deg");
         assert_eq!(parts.len(), 1);
         let p = &parts[0];
-        assert_eq!((p.t0, p.period_us, p.zero), (7_900.0, 100_000, 0.25));
+        assert_eq!((p.t0, p.period_us, p.zero), (7_899.6, 100_000, 0.25));
         assert_eq!(p.values.first(), Some(&79.0));
         assert_eq!(p.values.last(), Some(&129.0));
         assert_eq!(p.values.len(), 51);
