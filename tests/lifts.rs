@@ -332,7 +332,7 @@ fn the_lift_status_follows_trips_floor_by_floor() -> anyhow::Result<()> {
     let (bus, sub, mut agent, _gw) = start(
         dir.path(),
         vec![lift("lift-t", 1)],
-        "poll = \"100ms\"\nstatus_interval = \"1s\"\n",
+        "poll = \"100ms\"\nstatus_interval = \"1s\"\nstatus = \"floor\"\n",
     )?;
     sub.wait(Duration::from_secs(15), "the first lift status", |m| {
         !statuses(m, "lift-t").is_empty()

@@ -11,7 +11,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 use towerlink_agent::feed::{
     state_payload, ChannelWindow, Event, EventState, LiftDirection, LiftDoor, LiftMode, LiftStatus,
-    Message, Reply, Severity,
+    Message, Reply, Severity, Trip, TripPhase,
 };
 use towerlink_e2e::schemas::{parse_topic, FeedSchemas, Kind};
 
@@ -338,6 +338,39 @@ fn the_agents_own_serialisation_passes() {
                     run_count: u32::MAX,
                     door_cycles: 0,
                 },
+                trip: None,
+            },
+        ),
+        (
+            Kind::Data,
+            Message::LiftStatus {
+                dev: "lift-2".into(),
+                ts: t,
+                lift: LiftStatus {
+                    mode: LiftMode::Normal,
+                    floor: 12,
+                    direction: LiftDirection::Stopped,
+                    door: LiftDoor::Closed,
+                    running: false,
+                    door_zone: true,
+                    occupied: true,
+                    speed_mm_s: 0,
+                    load_pct: 40,
+                    position_mm: 42_000,
+                    fault_code: 0,
+                    run_count: 7,
+                    door_cycles: 9,
+                },
+                trip: Some(Trip {
+                    phase: TripPhase::End,
+                    from: -2,
+                    to: Some(12),
+                    started: t - 12_000,
+                    duration_ms: Some(12_000),
+                    peak_speed_mm_s: Some(1750),
+                    door_cycles: None,
+                    doors_closed: Some(true),
+                }),
             },
         ),
         (

@@ -177,7 +177,16 @@ pub async fn run(
         queue.clone(),
         uplink_stats,
         commands_tx,
-        Box::new(move || reporter.report().to_string().into_bytes()),
+        {
+            let diff = std::sync::Mutex::new(crate::health::HealthDiff::new(config.health.full));
+            let started = std::time::Instant::now();
+            Box::new(move || {
+                let report = reporter.report();
+                let now = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let mut diff = diff.lock().unwrap_or_else(|p| p.into_inner());
+                diff.next(report, now).to_string().into_bytes()
+            })
+        },
     )
     .map_err(anyhow::Error::msg)?;
     let commands_task = tokio::spawn(crate::commands::run(

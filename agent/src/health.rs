@@ -4,6 +4,11 @@
 //! source or the pipeline. A source is `ok` while it delivers frames cleanly, `degraded` when
 //! it lost or dropped frames since the previous report, `offline` when its port is closed or
 //! it has been silent for `node_silent_after`.
+//!
+//! [`HealthDiff`] decides what goes out (pure, time as an argument): a full report at start,
+//! after every new MQTT session and every `health.full`; in between a delta with only what
+//! changed since that full report (`"delta": true`, `"full"` = the `ts` of the full report it
+//! is relative to).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -36,6 +41,13 @@ pub struct HealthConfig {
         deserialize_with = "values::de_duration"
     )]
     pub node_silent_after: Duration,
+    /// How often a full report goes out; the reports in between carry only what changed
+    /// since the last full one (`0s`: every report full, as before v1.1).
+    #[serde(
+        default = "default_health_full",
+        deserialize_with = "values::de_duration"
+    )]
+    pub full: Duration,
 }
 
 impl Default for HealthConfig {
@@ -43,8 +55,140 @@ impl Default for HealthConfig {
         HealthConfig {
             interval: default_health_interval(),
             node_silent_after: default_node_silence(),
+            full: default_health_full(),
         }
     }
+}
+
+fn default_health_full() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// The keys every delta report carries whether or not they changed.
+pub const DELTA_ALWAYS: [&str; 4] = ["v", "gw", "ts", "uptime_s"];
+
+/// Full reports and the deltas between them (no I/O, no clock of its own).
+#[derive(Debug, Clone)]
+pub struct HealthDiff {
+    full_every_ms: u64,
+    /// The last full report sent and when (monotonic ms).
+    base: Option<(u64, Value)>,
+}
+
+impl HealthDiff {
+    /// A full report every `full` (zero: every report is full).
+    pub fn new(full: Duration) -> HealthDiff {
+        HealthDiff {
+            full_every_ms: u64::try_from(full.as_millis()).unwrap_or(u64::MAX),
+            base: None,
+        }
+    }
+
+    /// What to publish for the full report `report` made at `now_ms` (monotonic): the report
+    /// itself when a full one is due (the first, `full` after the last, or a new MQTT session
+    /// since, seen in `mqtt.connects`), else its delta against the last full one.
+    pub fn next(&mut self, report: Value, now_ms: u64) -> Value {
+        if let Some((at, base)) = &self.base {
+            let same_session = base.pointer("/mqtt/connects") == report.pointer("/mqtt/connects");
+            if self.full_every_ms > 0
+                && now_ms.saturating_sub(*at) < self.full_every_ms
+                && same_session
+            {
+                return delta(base, &report);
+            }
+        }
+        self.base = Some((now_ms, report.clone()));
+        report
+    }
+}
+
+/// The delta of full report `now` against full report `base`: [`DELTA_ALWAYS`] of `now`,
+/// `"delta": true`, `"full"`: the `ts` of `base`, and `"changed"`: every other key whose
+/// value differs (objects compared key by key, anything else as a whole; a key gone is
+/// `null`).
+pub fn delta(base: &Value, now: &Value) -> Value {
+    let mut changed = match (base, now) {
+        (Value::Object(b), Value::Object(n)) => diff_objects(b, n),
+        _ => serde_json::Map::new(),
+    };
+    let mut out = serde_json::Map::new();
+    for key in DELTA_ALWAYS {
+        changed.remove(key);
+        if let Some(v) = now.get(key) {
+            out.insert(key.to_owned(), v.clone());
+        }
+    }
+    out.insert("delta".to_owned(), Value::Bool(true));
+    out.insert(
+        "full".to_owned(),
+        base.get("ts").cloned().unwrap_or(Value::Null),
+    );
+    out.insert("changed".to_owned(), Value::Object(changed));
+    Value::Object(out)
+}
+
+/// What a platform makes of a delta: `full` (the full report it names) with the delta's
+/// `changed` laid over it, key by key into objects, `null` removing a key, and the delta's
+/// [`DELTA_ALWAYS`] keys. A full report (no `"delta": true`) is returned as it is.
+pub fn merge(full: &Value, delta: &Value) -> Value {
+    if delta.get("delta") != Some(&Value::Bool(true)) {
+        return delta.clone();
+    }
+    let mut out = full.clone();
+    if let Some(changed) = delta.get("changed") {
+        overlay(&mut out, changed);
+    }
+    if let Some(obj) = out.as_object_mut() {
+        for key in DELTA_ALWAYS {
+            if let Some(v) = delta.get(key) {
+                obj.insert(key.to_owned(), v.clone());
+            }
+        }
+    }
+    out
+}
+
+fn overlay(into: &mut Value, over: &Value) {
+    match (into, over) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                match (a.get_mut(k), v) {
+                    (_, Value::Null) => {
+                        a.remove(k);
+                    }
+                    (Some(existing @ Value::Object(_)), Value::Object(_)) => overlay(existing, v),
+                    _ => {
+                        a.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v.clone(),
+    }
+}
+
+fn diff_objects(
+    base: &serde_json::Map<String, Value>,
+    now: &serde_json::Map<String, Value>,
+) -> serde_json::Map<String, Value> {
+    let mut out = serde_json::Map::new();
+    for (k, v) in now {
+        match (base.get(k), v) {
+            (Some(b), v) if b == v => {}
+            (Some(Value::Object(b)), Value::Object(n)) => {
+                out.insert(k.clone(), Value::Object(diff_objects(b, n)));
+            }
+            _ => {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    for k in base.keys() {
+        if !now.contains_key(k) {
+            out.insert(k.clone(), Value::Null);
+        }
+    }
+    out
 }
 
 fn default_health_interval() -> Duration {
@@ -265,5 +409,61 @@ impl HealthReporter {
             },
             "sources": sources,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(ts: &str, uptime: u64, frames: u64, connects: u64) -> Value {
+        json!({"v": 1, "gw": "gw-1", "ts": ts, "agent": "0.1.0", "uptime_s": uptime,
+            "mqtt": {"connects": connects, "insecure": false},
+            "queue": {"depth": 0, "error": null},
+            "sources": {"a": {"frames_ok": frames, "crc_errors": 0, "conditions": []},
+                        "b": {"frames_ok": 7, "crc_errors": 0, "conditions": ["x"]}}})
+    }
+
+    #[test]
+    fn a_delta_carries_what_changed_and_the_keys_always_present() {
+        let base = report("T1", 60, 100, 1);
+        let now = report("T2", 120, 160, 1);
+        assert_eq!(
+            delta(&base, &now),
+            json!({"v": 1, "gw": "gw-1", "ts": "T2", "uptime_s": 120, "delta": true,
+                "full": "T1", "changed": {"sources": {"a": {"frames_ok": 160}}}})
+        );
+        assert_eq!(merge(&base, &delta(&base, &now)), now, "merge undoes delta");
+        let mut gone = now.clone();
+        gone["sources"].as_object_mut().map(|s| s.remove("b"));
+        gone["sources"]["a"]["conditions"] = json!(["sensor_offline"]);
+        assert_eq!(merge(&base, &delta(&base, &gone)), gone);
+        assert_eq!(
+            delta(&base, &gone)["changed"]["sources"],
+            json!({"a": {"frames_ok": 160, "conditions": ["sensor_offline"]}, "b": null})
+        );
+    }
+
+    #[test]
+    fn full_reports_at_start_every_full_interval_and_after_a_new_session() {
+        let mut d = HealthDiff::new(Duration::from_secs(3600));
+        let is_delta = |v: &Value| v.get("delta") == Some(&Value::Bool(true));
+        assert!(
+            !is_delta(&d.next(report("T0", 0, 0, 1), 0)),
+            "first is full"
+        );
+        let v = d.next(report("T1", 60, 10, 1), 60_000);
+        assert!(is_delta(&v) && v["full"] == "T0", "{v}");
+        assert!(is_delta(&d.next(report("T2", 3599, 10, 1), 3_599_999)));
+        assert!(!is_delta(&d.next(report("T3", 3600, 11, 1), 3_600_000)));
+        let v = d.next(report("T4", 3660, 12, 1), 3_660_000);
+        assert_eq!(v["full"], "T3");
+        assert!(
+            !is_delta(&d.next(report("T5", 3720, 12, 2), 3_720_000)),
+            "a new session gets a full report"
+        );
+        let mut always = HealthDiff::new(Duration::ZERO);
+        always.next(report("T0", 0, 0, 1), 0);
+        assert!(!is_delta(&always.next(report("T1", 60, 0, 1), 60_000)));
     }
 }

@@ -78,6 +78,34 @@ enum Command {
         #[arg(long)]
         i2c: Vec<String>,
     },
+    /// Audit the feed of every gateway under a topic root: schema checks, seq gaps,
+    /// evictions, duplicates, open events, state, latency (one table, or --json at the end).
+    Audit {
+        /// The broker: mqtt://host:port or mqtts://host:port.
+        #[arg(long)]
+        broker: String,
+        /// The topic root.
+        #[arg(long, default_value = "towerlink/v1")]
+        root: String,
+        /// How long to listen (e.g. "30s").
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// After --duration, how long to wait for seq still in flight below the highest seen.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
+        /// Print one JSON object at the end instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Subscribe as MQTT shared-subscription group GROUP ($share/GROUP/...): several
+        /// auditors split the messages; completeness is the union of their `seen` ranges.
+        #[arg(long, value_name = "GROUP")]
+        share: Option<String>,
+        /// Exit code 1 when any gateway has a gap or an invalid message.
+        #[arg(long)]
+        strict: bool,
+        #[command(flatten)]
+        session: cli::audit::SessionArgs,
+    },
     /// Inspect the durable queue offline (records by class, seq range, acked cursor, damage).
     /// Safe while the agent runs: it only reads.
     Store {
@@ -179,6 +207,30 @@ fn main() -> ExitCode {
             units,
             i2c,
         })),
+        Command::Audit {
+            broker,
+            root,
+            duration,
+            grace,
+            json,
+            share,
+            strict,
+            session,
+        } => cli::block_on(async move {
+            ExitCode::from(
+                cli::audit::run(cli::audit::AuditOptions {
+                    broker,
+                    root,
+                    duration,
+                    grace,
+                    json,
+                    share,
+                    strict,
+                    session,
+                })
+                .await,
+            )
+        }),
         Command::Store { config, action } => {
             let (dir, list) = match (action, config) {
                 (Some(StoreAction::Inspect { path, list }), _) => (path, list),

@@ -338,6 +338,10 @@ impl Subscriber {
         schemas::FeedSchemas::repository();
         let (m, s, bad) = (messages.clone(), subscribed.clone(), violations.clone());
         runtime.spawn(async move {
+            // The last full health report per topic: a delta is shown merged into it, as a
+            // platform reads it (`docs/mqtt-feed.md`, health).
+            let mut full_health: std::collections::HashMap<String, Value> =
+                std::collections::HashMap::new();
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -350,7 +354,18 @@ impl Subscriber {
                                 ));
                             }
                         }
-                        let json = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                        let mut json = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                        if p.topic.ends_with("/health") {
+                            if json.get("delta") == Some(&Value::Bool(true)) {
+                                if let Some(full) = full_health.get(&p.topic) {
+                                    let mut merged = towerlink_agent::health::merge(full, &json);
+                                    merged["delta"] = Value::Bool(true);
+                                    json = merged;
+                                }
+                            } else {
+                                full_health.insert(p.topic.clone(), json.clone());
+                            }
+                        }
                         if let Ok(mut v) = m.lock() {
                             v.push(Received {
                                 topic: p.topic.clone(),

@@ -1,9 +1,10 @@
-//! The installer's commands: `check`, `scan`, `tail`, `zero`. They reach sensor nodes through
+//! The installer's commands: `check`, `scan`, `tail`, `zero`; and the platform's `audit`. They reach sensor nodes through
 //! the serial source's own link ([`crate::sources::node_link`]).
 //!
 //! Each prints for a person at a terminal and returns an exit code a script can test: zero
 //! when everything asked for worked, non-zero otherwise.
 
+pub mod audit;
 pub mod check;
 pub mod scan;
 pub mod tail;

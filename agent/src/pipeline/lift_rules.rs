@@ -17,17 +17,21 @@
 //! other rules keep their state (the lift's last known condition), and timed rules do not
 //! advance on stale data.
 //!
-//! The status (`data/{lift}`) goes out on every change of floor, direction, door or mode,
-//! and otherwise every `status_interval` (at most 60 s) while the lift answers.
+//! The status (`data/{lift}`) goes out, with `status = "floor"`, on every change of floor,
+//! direction, door or mode; with `status = "trip"` (the default) when a trip starts (the
+//! first reading with the car running) and ends (the first reading with it standing), with
+//! a `trip` object (floors, duration, peak speed, doors), and on a change of mode; either
+//! way at least every `status_interval` (at most 60 s) while the lift answers.
 
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
 use crate::feed::{
-    Event, EventState, LiftDoor, LiftMode, LiftStatus, Message, Severity, UnixMillis,
+    Event, EventState, LiftDoor, LiftMode, LiftStatus, Message, Severity, Trip, TripPhase,
+    UnixMillis,
 };
-use crate::sources::config::LiftConfig;
+use crate::sources::config::{LiftConfig, LiftStatusMode};
 use crate::sources::{CarStatus, LiftReading};
 
 /// Consecutive polls without a valid reading that make `comm_lost`.
@@ -138,6 +142,8 @@ pub struct LiftRuleSettings {
     pub status_interval_ms: i64,
     /// Names of controller fault codes (from the profile).
     pub fault_names: BTreeMap<u16, String>,
+    /// By the trip or by the floor.
+    pub status: LiftStatusMode,
 }
 
 impl LiftRuleSettings {
@@ -155,8 +161,18 @@ impl LiftRuleSettings {
                 .as_ref()
                 .map(|p| p.fault_names.clone())
                 .unwrap_or_default(),
+            status: config.status,
         }
     }
+}
+
+/// The trip under way (trip mode).
+#[derive(Debug, Clone, Copy)]
+struct TripState {
+    from: i16,
+    started: UnixMillis,
+    peak_speed_mm_s: u16,
+    doors_closed: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -179,6 +195,10 @@ pub struct LiftMonitor {
     rules: [RuleState; 12],
     /// The fault code the active `controller_fault` is about.
     fault_code: u16,
+    /// Trip mode: the trip under way.
+    trip: Option<TripState>,
+    /// Trip mode: the door counter when the last trip ended.
+    door_cycles_at_stop: Option<u32>,
 }
 
 impl LiftMonitor {
@@ -193,6 +213,8 @@ impl LiftMonitor {
             first_failure: None,
             rules: Default::default(),
             fault_code: 0,
+            trip: None,
+            door_cycles_at_stop: None,
         }
     }
 
@@ -204,21 +226,27 @@ impl LiftMonitor {
     /// A reading arrived at `ts`.
     pub fn on_reading(&mut self, ts: UnixMillis, reading: LiftReading, out: &mut Vec<Message>) {
         let s = feed_status(&reading.status);
-        let due = match self.last_published {
-            None => true,
-            Some((at, p)) => {
-                p.floor != s.floor
-                    || p.direction != s.direction
-                    || p.door != s.door
-                    || p.mode != s.mode
-                    || ts - at >= self.settings.status_interval_ms
-            }
+        let trip = match self.settings.status {
+            LiftStatusMode::Floor => None,
+            LiftStatusMode::Trip => self.follow_trip(ts, &s),
         };
+        let due = trip.is_some()
+            || match self.last_published {
+                None => true,
+                Some((at, p)) => {
+                    let moved =
+                        p.floor != s.floor || p.direction != s.direction || p.door != s.door;
+                    (moved && self.settings.status == LiftStatusMode::Floor)
+                        || p.mode != s.mode
+                        || ts - at >= self.settings.status_interval_ms
+                }
+            };
         if due {
             out.push(Message::LiftStatus {
                 dev: self.dev.clone(),
                 ts,
                 lift: s,
+                trip,
             });
             self.last_published = Some((ts, s));
         }
@@ -232,6 +260,57 @@ impl LiftMonitor {
         }
         self.set(LiftEvent::CommLost, false, ts, ts, out);
         self.evaluate(ts, out);
+    }
+
+    /// Trip mode: the trip's start or end if this reading makes one.
+    fn follow_trip(&mut self, ts: UnixMillis, s: &LiftStatus) -> Option<Trip> {
+        match (self.trip.as_mut(), s.running) {
+            (None, true) => {
+                self.trip = Some(TripState {
+                    from: s.floor,
+                    started: ts,
+                    peak_speed_mm_s: s.speed_mm_s,
+                    doors_closed: s.door == LiftDoor::Closed,
+                });
+                Some(Trip {
+                    phase: TripPhase::Start,
+                    from: s.floor,
+                    to: None,
+                    started: ts,
+                    duration_ms: None,
+                    peak_speed_mm_s: None,
+                    door_cycles: self
+                        .door_cycles_at_stop
+                        .map(|at| s.door_cycles.wrapping_sub(at)),
+                    doors_closed: None,
+                })
+            }
+            (Some(t), true) => {
+                t.peak_speed_mm_s = t.peak_speed_mm_s.max(s.speed_mm_s);
+                t.doors_closed &= s.door == LiftDoor::Closed;
+                None
+            }
+            (Some(_), false) => {
+                let t = self.trip.take()?;
+                self.door_cycles_at_stop = Some(s.door_cycles);
+                Some(Trip {
+                    phase: TripPhase::End,
+                    from: t.from,
+                    to: Some(s.floor),
+                    started: t.started,
+                    duration_ms: Some(u64::try_from(ts - t.started).unwrap_or(0)),
+                    peak_speed_mm_s: Some(t.peak_speed_mm_s.max(s.speed_mm_s)),
+                    door_cycles: None,
+                    doors_closed: Some(t.doors_closed && s.door == LiftDoor::Closed),
+                })
+            }
+            (None, false) => {
+                if self.door_cycles_at_stop.is_none() {
+                    self.door_cycles_at_stop = Some(s.door_cycles);
+                }
+                None
+            }
+        }
     }
 
     /// A poll ended without a valid reading at `ts`.

@@ -324,7 +324,7 @@ fn a_lift_reading_is_published_in_the_feeds_terms_and_failed_polls_raise_comm_lo
         T0,
         &mut out,
     );
-    let Some(Message::LiftStatus { dev, ts, lift }) = out.first() else {
+    let Some(Message::LiftStatus { dev, ts, lift, .. }) = out.first() else {
         panic!("no lift status: {out:?}");
     };
     assert_eq!((dev.as_str(), *ts), ("lift-1", T0));

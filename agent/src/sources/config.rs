@@ -127,6 +127,18 @@ impl<C> NodeConfig<C> {
     }
 }
 
+/// `[[lift]] status`: how a running car's status is published (`docs/mqtt-feed.md`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LiftStatusMode {
+    /// A status at a trip's start and end, on a mode change, and every `status_interval`.
+    #[default]
+    Trip,
+    /// A status on every change of floor, direction, door or mode, and every
+    /// `status_interval`.
+    Floor,
+}
+
 /// `[[lift]]`: one lift controller, polled over Modbus RTU (function 0x04 only).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -202,6 +214,10 @@ pub struct LiftConfig {
         deserialize_with = "values::de_duration_in::<_, 1_000, 60_000>"
     )]
     pub status_interval: Duration,
+    /// What a running car publishes: `"trip"` (default) a status when a trip starts and one
+    /// when it ends, or `"floor"` a status at every floor passed and every door change.
+    #[serde(default)]
+    pub status: LiftStatusMode,
     /// The register map, resolved from `profile` when the configuration loads.
     #[serde(skip)]
     pub register_map: Option<crate::profile::Profile>,

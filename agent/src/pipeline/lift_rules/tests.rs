@@ -16,6 +16,7 @@ fn settings() -> LiftRuleSettings {
         fault_names: [(41, "E41 safety circuit open".to_owned())]
             .into_iter()
             .collect(),
+        status: LiftStatusMode::Floor,
     }
 }
 
@@ -414,6 +415,111 @@ fn status_on_change_and_at_least_every_interval() {
         m.on_reading(T0 + t, r2, &mut out);
     }
     assert_eq!(statuses(&out).len(), 3);
+}
+
+#[test]
+fn trip_mode_publishes_a_trip_s_start_and_end_and_at_least_every_interval() {
+    let mut m = LiftMonitor::new(
+        "lift-2",
+        LiftRuleSettings {
+            status: LiftStatusMode::Trip,
+            ..settings()
+        },
+    );
+    let mut out = Vec::new();
+    let statuses = |out: &[Message]| -> Vec<(UnixMillis, i16, Option<Trip>)> {
+        out.iter()
+            .filter_map(|m| match m {
+                Message::LiftStatus { ts, lift, trip, .. } => Some((*ts, lift.floor, *trip)),
+                _ => None,
+            })
+            .collect()
+    };
+    m.on_reading(T0, idle(), &mut out);
+    // A door cycle at the stop: no status of its own.
+    let mut r = idle();
+    r.status.door = LiftDoor::Opening;
+    m.on_reading(T0 + 250, r, &mut out);
+    r.status.door = LiftDoor::Closed;
+    r.status.door_cycles = 21;
+    m.on_reading(T0 + 1_000, r, &mut out);
+    assert_eq!(statuses(&out), vec![(T0, 3, None)]);
+    out.clear();
+    // The trip: floors passed publish nothing; start and end do.
+    let mut run = moving();
+    run.status.door_cycles = 21;
+    run.status.speed_mm_s = 500;
+    m.on_reading(T0 + 2_000, run, &mut out);
+    for (i, (floor, speed)) in [(4, 1500), (5, 1750), (6, 800)].into_iter().enumerate() {
+        run.status.floor = floor;
+        run.status.speed_mm_s = speed;
+        m.on_reading(T0 + 3_000 + i as i64 * 1_000, run, &mut out);
+    }
+    let mut stop = idle();
+    stop.status.floor = 7;
+    stop.status.door_cycles = 21;
+    m.on_reading(T0 + 9_000, stop, &mut out);
+    let trips = statuses(&out);
+    assert_eq!(trips.len(), 2, "{trips:?}");
+    assert_eq!(
+        trips[0],
+        (
+            T0 + 2_000,
+            3,
+            Some(Trip {
+                phase: TripPhase::Start,
+                from: 3,
+                to: None,
+                started: T0 + 2_000,
+                duration_ms: None,
+                peak_speed_mm_s: None,
+                door_cycles: Some(1),
+                doors_closed: None,
+            })
+        )
+    );
+    assert_eq!(
+        trips[1],
+        (
+            T0 + 9_000,
+            7,
+            Some(Trip {
+                phase: TripPhase::End,
+                from: 3,
+                to: Some(7),
+                started: T0 + 2_000,
+                duration_ms: Some(7_000),
+                peak_speed_mm_s: Some(1750),
+                door_cycles: None,
+                doors_closed: Some(true),
+            })
+        )
+    );
+    out.clear();
+    // Idle: one status per interval; a mode change at once.
+    m.on_reading(T0 + 68_999, stop, &mut out);
+    m.on_reading(T0 + 69_000, stop, &mut out);
+    let mut oos = stop;
+    oos.status.mode = LiftMode::Independent;
+    m.on_reading(T0 + 69_250, oos, &mut out);
+    assert_eq!(
+        statuses(&out),
+        vec![(T0 + 69_000, 7, None), (T0 + 69_250, 7, None)]
+    );
+    out.clear();
+    // Events stay immediate during a trip.
+    let mut bad = moving();
+    bad.status.door = LiftDoor::Open;
+    m.on_reading(T0 + 70_000, bad, &mut out);
+    assert_eq!(
+        events(&out),
+        vec![(
+            "door_open_while_moving",
+            EventState::Active,
+            T0 + 70_000,
+            Some(T0 + 70_000)
+        )]
+    );
 }
 
 #[test]

@@ -7,6 +7,8 @@
 //! (topic, class, payload with a slot for the `seq`), which is all the queue stores: the queue
 //! fills in the `seq` with [`Rendered::payload`] and never sees a topic rule or a JSON field.
 
+pub mod batch;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -64,6 +66,10 @@ impl Topics {
     /// `{root}/{gw}/health`.
     pub fn health(&self) -> String {
         format!("{}/health", self.base)
+    }
+    /// `{root}/{gw}/batch`: compact telemetry batches ([`batch`], v1.1).
+    pub fn batch(&self) -> String {
+        format!("{}/batch", self.base)
     }
     /// `{root}/{gw}/cmd`: commands in.
     pub fn cmd(&self) -> String {
@@ -254,7 +260,48 @@ pub enum Message {
         ts: UnixMillis,
         /// What it said.
         lift: LiftStatus,
+        /// With `[[lift]] status = "trip"`: the trip this status starts or ends.
+        trip: Option<Trip>,
     },
+}
+
+/// Which end of a trip a lift status marks (`trip.phase`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TripPhase {
+    /// The car started to run.
+    Start,
+    /// The car stopped.
+    End,
+}
+
+/// The `trip` object of a lift status sent by the trip (`[[lift]] status = "trip"`): a trip
+/// runs from the reading where the car starts running to the first where it stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Trip {
+    /// Start or end.
+    pub phase: TripPhase,
+    /// The floor the car left.
+    pub from: i16,
+    /// End: the floor the car stopped at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<i16>,
+    /// When the car started to run (the reading that saw it).
+    #[serde(serialize_with = "ser_time")]
+    pub started: UnixMillis,
+    /// End: from `started` to the reading that saw the car stand, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// End: the highest speed read during the trip, mm/s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_speed_mm_s: Option<u16>,
+    /// Start: door cycles at the stop the car leaves (since the previous trip ended; absent
+    /// for the first trip seen).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub door_cycles: Option<u32>,
+    /// End: the door read `closed` in every reading of the trip.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub doors_closed: Option<bool>,
 }
 
 /// A lift's service mode (`lift.mode`), from the generic profile's register 0.
@@ -420,13 +467,19 @@ impl Message {
                 seq,
                 event,
             }),
-            Message::LiftStatus { dev, ts, lift } => serde_json::to_vec(&LiftPayload {
+            Message::LiftStatus {
+                dev,
+                ts,
+                lift,
+                trip,
+            } => serde_json::to_vec(&LiftPayload {
                 v: FEED_VERSION,
                 gw,
                 dev,
                 seq,
                 ts: rfc3339(*ts),
                 lift,
+                trip: trip.as_ref(),
             }),
             Message::Capture { dev, part } => serde_json::to_vec(&CapturePayload {
                 v: FEED_VERSION,
@@ -474,6 +527,8 @@ struct LiftPayload<'a> {
     seq: u64,
     ts: String,
     lift: &'a LiftStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trip: Option<&'a Trip>,
 }
 
 #[derive(Serialize)]
@@ -772,6 +827,7 @@ mod tests {
                 run_count: 10234,
                 door_cycles: 20561,
             },
+            trip: None,
         };
         let t = Topics::new("towerlink/v1", "sh-ja-0001");
         assert_eq!(m.topic(&t), "towerlink/v1/sh-ja-0001/data/lift-2");
