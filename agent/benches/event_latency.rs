@@ -122,6 +122,7 @@ async fn measure(
             credentials: None,
             protocol: MqttProtocol::V5,
             max_packet: 256 * 1024,
+            attempted_file: None,
         },
         queue.clone(),
         stats.clone(),

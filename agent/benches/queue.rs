@@ -140,6 +140,7 @@ fn replay_rate(broker: BrokerAddress, protocol: MqttProtocol, n: u64) -> Option<
                 credentials: None,
                 protocol,
                 max_packet: 256 * 1024,
+                attempted_file: None,
             },
             q.clone(),
             stats.clone(),

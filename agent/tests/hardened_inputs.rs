@@ -11,7 +11,7 @@
 //! The frame decoder's own properties are in `firmware/tests/protocol_props.rs`.
 
 use proptest::prelude::*;
-use towerlink_agent::commands::{parse, MAX_COMMAND_BYTES};
+use towerlink_agent::commands::{parse, MAX_COMMAND_BYTES, MAX_CONFIG_APPLY_BYTES};
 use towerlink_agent::config::Config;
 use towerlink_agent::profile::Profile;
 use towerlink_agent::sources::modbus_rtu::{push_crc, scan, Answer, ReadInputRegisters};
@@ -160,12 +160,17 @@ proptest! {
 fn check_command(bytes: &[u8]) -> Result<(), TestCaseError> {
     match parse(bytes) {
         Ok(cmd) => {
-            prop_assert!(bytes.len() <= MAX_COMMAND_BYTES);
+            let limit = if cmd.op == "config_apply" {
+                MAX_CONFIG_APPLY_BYTES
+            } else {
+                MAX_COMMAND_BYTES
+            };
+            prop_assert!(bytes.len() <= limit);
             prop_assert!(!cmd.id.is_empty() && cmd.id.len() <= 128);
         }
         Err((id, error)) => {
             prop_assert!(id.chars().count() <= 128);
-            prop_assert!(!error.is_empty());
+            prop_assert!(!error.to_string().is_empty());
         }
     }
     Ok(())
