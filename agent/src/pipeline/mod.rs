@@ -477,9 +477,11 @@ impl Pipeline {
                     device.health.on_frames_lost(count, ts, out, &device.id);
                 }
             }
-            SourceEvent::Alive { dev, ts } => {
+            // Heard now: the source's stamp may be of the timeline before a clock step the
+            // pipeline has already moved its timers past.
+            SourceEvent::Alive { dev, .. } => {
                 if let Some(device) = self.device(dev) {
-                    device.health.on_alive(ts, out, &device.id);
+                    device.health.on_alive(now, out, &device.id);
                 }
             }
         }
@@ -805,7 +807,15 @@ pub async fn run(
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
-                Some(ev) => pipeline.handle(ev, clock.now(), &mut out),
+                Some(ev) => {
+                    // A step is looked for before every event too, not only at the tick:
+                    // an event handled on the new timeline before the step is found would
+                    // then be shifted a second time (a false `sensor_offline`).
+                    if let Some(step) = clock.check() {
+                        pipeline.clock_step(step, clock.now(), &mut out);
+                    }
+                    pipeline.handle(ev, clock.now(), &mut out)
+                }
                 None => break,
             },
             _ = tick.tick() => {

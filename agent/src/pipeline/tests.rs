@@ -659,3 +659,50 @@ fn a_clean_stop_sends_running_captures_and_pending_deadband_statistics() {
         .expect("the running capture");
     assert_eq!(capture, 10);
 }
+
+/// An `Alive` stamped by its source on the timeline before a clock step (the source read the
+/// clock before the step, the pipeline handles it after) counts as heard when handled: it
+/// neither blinds the silence rule for the step's size nor raises a false `sensor_offline`.
+#[test]
+fn an_alive_stamped_before_a_clock_step_is_heard_when_handled() {
+    let silent = crate::config::Config::parse(
+        "[gateway]\nid = \"gw\"\n[mqtt]\nurl = \"mqtt://127.0.0.1\"\n[store]\npath = \"/tmp/x\"\n\
+         [[node]]\nid = \"panel-0\"\nport = \"/dev/null\"\nwindow = \"1s\"\n",
+        "t",
+    )
+    .expect("test config")
+    .health
+    .node_silent_after
+    .as_millis() as i64;
+    let mut p = pipeline();
+    let mut out = Vec::new();
+    let back = -3_600_000;
+    let target = T0 + 1_000 + back;
+    p.handle(SourceEvent::Alive { dev: NODE, ts: T0 }, T0, &mut out);
+    p.clock_step(back, target, &mut out);
+    // Stamped an instant before the step, handled just after it.
+    p.handle(
+        SourceEvent::Alive {
+            dev: NODE,
+            ts: T0 + 1_000,
+        },
+        target + 10,
+        &mut out,
+    );
+    out.clear();
+    p.tick(target + silent - 100, &mut out);
+    assert!(
+        !events(&out)
+            .iter()
+            .any(|e| e.0 == "panel-0" && e.1 == "sensor_offline"),
+        "{out:?}"
+    );
+    // Really silent from then on: offline after node_silent_after, not an hour later.
+    p.tick(target + 10 + silent, &mut out);
+    assert!(
+        events(&out)
+            .iter()
+            .any(|e| e.0 == "panel-0" && e.1 == "sensor_offline" && e.2 == EventState::Active),
+        "{out:?}"
+    );
+}
