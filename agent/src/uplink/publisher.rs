@@ -17,6 +17,13 @@
 //! - the end of a session forgets the pkid map and rewinds the queue to the oldest
 //!   unacknowledged record;
 //! - events go before telemetry, and only telemetry is paced (`replay_rate`);
+//! - with batching on (`[mqtt] batch`), telemetry windows are held back and go out together
+//!   as one publish on `{root}/{gw}/batch` ([`crate::feed::batch`]) once the oldest held has
+//!   waited `batch`, or the held payloads reach [`MAX_BATCH_BYTES`] (so a replayed backlog
+//!   goes out in full batches), or a clean stop has nothing more to take; the batch is one
+//!   pkid in the ledger and its PUBACK acknowledges every `seq` in it; a session that ends
+//!   first forgets the held windows (the rewind hands them out again). Events, replies and
+//!   lift statuses are never held;
 //! - `health` goes out on its interval while a session is up;
 //! - a clean stop drains the queue (at most [`DRAIN_TIMEOUT`]), publishes `offline`, waits for
 //!   its PUBACK (at most [`OFFLINE_TIMEOUT`]), then disconnects and finishes.
@@ -35,13 +42,16 @@ use super::ledger::{Entry, Ledger, Resolved};
 use super::pacer::Pacer;
 use super::session;
 use super::UplinkStats;
-use crate::feed::{now_millis, state_payload, MessageClass, Topics};
+use crate::feed::{batch, now_millis, state_payload, MessageClass, Topics};
 use crate::queue::{Queue, Record};
 
 /// How long a clean stop waits for the queue to drain.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a clean stop waits for the broker to acknowledge `offline`.
 pub const OFFLINE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most window payload bytes (uncompressed) one batch carries; a fuller batch goes out
+/// before its interval is up (a backlog replays in batches of this size).
+pub const MAX_BATCH_BYTES: usize = 128 * 1024;
 
 /// What the publisher reads from the queue (its in-memory state; no disk I/O).
 pub trait Backlog {
@@ -79,9 +89,9 @@ pub struct Publish {
     pub payload: Vec<u8>,
     /// What the ledger recorded for it.
     pub entry: Entry,
-    /// The queued record it carries, if any (given back with [`Action::Unsend`] if the client
-    /// refuses it).
-    pub record: Option<Arc<Record>>,
+    /// The queued records it carries (one, a batch's, or none), given back with
+    /// [`Action::Unsend`] if the client refuses it.
+    pub records: Vec<Arc<Record>>,
 }
 
 /// What the task must do.
@@ -120,6 +130,8 @@ pub struct Settings {
     pub health_interval: Duration,
     /// Telemetry per second (0 = no limit).
     pub replay_rate: u32,
+    /// Batch telemetry windows over this interval (`None`: each window alone, on `data`).
+    pub batch: Option<Duration>,
 }
 
 /// The publisher's state.
@@ -134,6 +146,33 @@ pub struct Publisher {
     stopping: Option<Instant>,
     offline_sent: Option<Instant>,
     finished: bool,
+    held: Held,
+}
+
+/// The telemetry windows handed out and held for the next batch.
+#[derive(Debug, Default)]
+struct Held {
+    records: Vec<Arc<Record>>,
+    bytes: usize,
+    since: Option<Instant>,
+}
+
+impl Held {
+    fn push(&mut self, record: Arc<Record>, now: Instant) {
+        self.bytes += record.payload.len();
+        self.since.get_or_insert(now);
+        self.records.push(record);
+    }
+
+    fn full(&self) -> bool {
+        self.bytes >= MAX_BATCH_BYTES
+    }
+
+    fn take(&mut self) -> Vec<Arc<Record>> {
+        self.bytes = 0;
+        self.since = None;
+        std::mem::take(&mut self.records)
+    }
 }
 
 impl std::fmt::Debug for Publisher {
@@ -168,6 +207,7 @@ impl Publisher {
             stopping: None,
             offline_sent: None,
             finished: false,
+            held: Held::default(),
         }
     }
 
@@ -204,6 +244,7 @@ impl Publisher {
     pub fn new_session(&mut self) {
         self.connected = false;
         self.ledger.clear();
+        self.held.take();
     }
 
     /// ConnAck: publish the birth and subscribe to `cmd`.
@@ -213,7 +254,7 @@ impl Publisher {
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
         let birth = state_payload(&self.settings.gw, true, Some(now_millis()));
         let entry = Entry::Untracked { offline: false };
-        self.ledger.submitted(entry);
+        self.ledger.submitted(entry.clone());
         vec![
             Action::Publish(Publish {
                 topic: self.settings.topics.state(),
@@ -221,7 +262,7 @@ impl Publisher {
                 retain: true,
                 payload: birth,
                 entry,
-                record: None,
+                records: Vec::new(),
             }),
             Action::Subscribe(self.settings.topics.cmd()),
         ]
@@ -231,6 +272,7 @@ impl Publisher {
     pub fn outgoing(&mut self, pkid: u16) -> Vec<Action> {
         match self.ledger.on_outgoing(pkid) {
             Resolved::Delivered(seq) => self.delivered(seq),
+            Resolved::DeliveredAll(seqs) => self.delivered_all(&seqs),
             _ => Vec::new(),
         }
     }
@@ -250,9 +292,15 @@ impl Publisher {
         }
         match resolved {
             Resolved::Delivered(seq) => self.delivered(seq),
+            Resolved::DeliveredAll(seqs) => self.delivered_all(&seqs),
             Resolved::OfflineDelivered => vec![Action::Disconnect],
             Resolved::Nothing => Vec::new(),
         }
+    }
+
+    fn delivered_all(&mut self, seqs: &[u64]) -> Vec<Action> {
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        seqs.iter().flat_map(|&seq| self.delivered(seq)).collect()
     }
 
     fn delivered(&mut self, seq: u64) -> Vec<Action> {
@@ -272,6 +320,7 @@ impl Publisher {
         self.connected = false;
         self.stats.connected.store(false, Ordering::Relaxed);
         self.ledger.clear();
+        self.held.take();
         let mut actions = vec![Action::Rewind];
         if self.offline_sent.is_some() {
             tracing::info!("MQTT session closed cleanly");
@@ -291,13 +340,17 @@ impl Publisher {
     /// The client refused a publish from the last actions (its request queue is full): take
     /// it out of the ledger; a record is due again, a refused `offline` ends the stop.
     pub fn client_refused(&mut self, publish: &Publish) -> Vec<Action> {
-        self.ledger.withdraw(publish.entry);
-        match (&publish.record, publish.entry) {
-            (Some(record), _) => {
+        self.ledger.withdraw(&publish.entry);
+        match (publish.records.as_slice(), &publish.entry) {
+            ([_, ..], _) => {
                 self.stats.submit_errors.fetch_add(1, Ordering::Relaxed);
-                vec![Action::Unsend(record.clone())]
+                publish
+                    .records
+                    .iter()
+                    .map(|r| Action::Unsend(r.clone()))
+                    .collect()
             }
-            (None, Entry::Untracked { offline: true }) => {
+            ([], Entry::Untracked { offline: true }) => {
                 self.finished = true;
                 vec![Action::Finish]
             }
@@ -322,6 +375,9 @@ impl Publisher {
         }
         if self.wants_records() && !self.pacer.available(now) && backlog.has_unsent_telemetry() {
             wake = wake.min(now + self.pacer.wait(now));
+        }
+        if let (Some(since), Some(interval)) = (self.held.since, self.settings.batch) {
+            wake = wake.min(since + interval);
         }
         wake
     }
@@ -353,14 +409,14 @@ impl Publisher {
             self.next_health = now + self.settings.health_interval;
             if self.connected && self.offline_sent.is_none() {
                 let entry = Entry::Untracked { offline: false };
-                self.ledger.submitted(entry);
+                self.ledger.submitted(entry.clone());
                 actions.push(Action::Publish(Publish {
                     topic: self.settings.topics.health(),
                     qos: QoS::AtMostOnce,
                     retain: false,
                     payload: (self.health)(),
                     entry,
-                    record: None,
+                    records: Vec::new(),
                 }));
             }
         }
@@ -374,14 +430,28 @@ impl Publisher {
     }
 
     /// Records to the window while it has room (telemetry as the pacer allows).
+    /// With batching, windows are held ([`Held`]) and go out as one batch when it is due.
     fn pump(&mut self, now: Instant, backlog: &dyn Backlog, actions: &mut Vec<Action>) {
         while self.ledger.outstanding() < self.window() {
+            if self.batch_due(now) {
+                self.send_batch(actions);
+                continue;
+            }
             let Some(record) = backlog.next_unsent_if(self.pacer.available(now)) else {
+                // A clean stop sends what it holds at once.
+                if self.stopping.is_some() && !self.held.records.is_empty() {
+                    self.send_batch(actions);
+                    continue;
+                }
                 break;
             };
             let qos = match record.class {
                 MessageClass::Telemetry => {
                     self.pacer.take();
+                    if self.settings.batch.is_some() && batch::is_window(&record.payload) {
+                        self.held.push(record, now);
+                        continue;
+                    }
                     self.settings.data_qos
                 }
                 MessageClass::Event => QoS::AtLeastOnce,
@@ -390,16 +460,56 @@ impl Publisher {
                 QoS::AtMostOnce => Entry::RecordAtMostOnce(record.seq),
                 _ => Entry::Record(record.seq),
             };
-            self.ledger.submitted(entry);
+            self.ledger.submitted(entry.clone());
+            self.count_bytes(record.payload.len());
             actions.push(Action::Publish(Publish {
                 topic: record.topic.clone(),
                 qos,
                 retain: false,
                 payload: record.payload.clone(),
                 entry,
-                record: Some(record),
+                records: vec![record],
             }));
         }
+    }
+
+    fn count_bytes(&self, n: usize) {
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        self.stats.sent_bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Is the held batch due: full, or its oldest window has waited the interval?
+    fn batch_due(&self, now: Instant) -> bool {
+        match (self.held.since, self.settings.batch) {
+            (Some(since), Some(interval)) => self.held.full() || now >= since + interval,
+            _ => false,
+        }
+    }
+
+    /// The held windows as one publish on `batch`.
+    fn send_batch(&mut self, actions: &mut Vec<Action>) {
+        let records = self.held.take();
+        if records.is_empty() {
+            return;
+        }
+        let payloads: Vec<&[u8]> = records.iter().map(|r| r.payload.as_slice()).collect();
+        let payload = batch::encode_slices(&self.settings.gw, &payloads);
+        let seqs: Arc<[u64]> = records.iter().map(|r| r.seq).collect();
+        let qos = self.settings.data_qos;
+        let entry = match qos {
+            QoS::AtMostOnce => Entry::BatchAtMostOnce(seqs),
+            _ => Entry::Batch(seqs),
+        };
+        self.ledger.submitted(entry.clone());
+        self.count_bytes(payload.len());
+        actions.push(Action::Publish(Publish {
+            topic: self.settings.topics.batch(),
+            qos,
+            retain: false,
+            payload,
+            entry,
+            records,
+        }));
     }
 
     /// The clean stop's retained `offline`, or the end if there is no session for it.
@@ -411,14 +521,14 @@ impl Publisher {
             return;
         }
         let entry = Entry::Untracked { offline: true };
-        self.ledger.submitted(entry);
+        self.ledger.submitted(entry.clone());
         actions.push(Action::Publish(Publish {
             topic: self.settings.topics.state(),
             qos: QoS::AtLeastOnce,
             retain: true,
             payload: state_payload(&self.settings.gw, false, None),
             entry,
-            record: None,
+            records: Vec::new(),
         }));
     }
 }
