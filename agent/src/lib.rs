@@ -50,6 +50,7 @@
 //! - [`command_auth`]: optional Ed25519-signed commands with replay protection.
 //! - [`rate_limit`]: the token bucket that limits commands.
 //! - [`secrets`]: the MQTT password and key files, kept out of logs and replies.
+//! - [`log_ring`]: the recent log lines the `logs` command answers.
 //! - [`feed_view`]: feed messages as readable lines (demo, `tail`).
 //! - [`service`]: systemd readiness and the watchdog, fed by every loop's heartbeat.
 //! - [`app`]: starts and stops everything.
@@ -64,6 +65,7 @@ pub mod config;
 pub mod feed;
 pub mod feed_view;
 pub mod health;
+pub mod log_ring;
 pub mod pipeline;
 pub mod profile;
 pub mod queue;

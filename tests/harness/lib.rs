@@ -273,6 +273,9 @@ pub struct Received {
     pub json: Value,
     /// Retained flag.
     pub retain: bool,
+    /// QoS it was delivered at (0, 1 or 2): the lower of the publisher's and the
+    /// subscription's (the harness subscribes at 1).
+    pub qos: u8,
     /// When it arrived.
     pub at: Instant,
     /// Did it arrive as an item of a batch (`{root}/{gw}/batch`, shown on the `data/{dev}`
@@ -375,6 +378,11 @@ impl Subscriber {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::Publish(p))) if p.topic.ends_with("/batch") => {
                         let at = Instant::now();
+                        let qos = match p.qos {
+                            QoS::AtMostOnce => 0,
+                            QoS::AtLeastOnce => 1,
+                            QoS::ExactlyOnce => 2,
+                        };
                         match decode_batch(&p.topic, &p.payload) {
                             Ok(items) => {
                                 if let Ok(mut v) = m.lock() {
@@ -382,6 +390,7 @@ impl Subscriber {
                                         topic: p.topic.clone(),
                                         json: Value::Null,
                                         retain: p.retain,
+                                        qos,
                                         at,
                                         batched: false,
                                     });
@@ -389,6 +398,7 @@ impl Subscriber {
                                         topic,
                                         json,
                                         retain: p.retain,
+                                        qos,
                                         at,
                                         batched: true,
                                     }));
@@ -432,6 +442,11 @@ impl Subscriber {
                                 topic: p.topic.clone(),
                                 json,
                                 retain: p.retain,
+                                qos: match p.qos {
+                                    QoS::AtMostOnce => 0,
+                                    QoS::AtLeastOnce => 1,
+                                    QoS::ExactlyOnce => 2,
+                                },
                                 at: Instant::now(),
                                 batched: false,
                             });

@@ -57,6 +57,9 @@ pub struct PipelineStats {
     pub out_of_range: AtomicU64,
     /// Conditions active now, by device (`event` or `event:channel`), for `health`.
     pub active: std::sync::Mutex<BTreeMap<String, std::collections::BTreeSet<String>>>,
+    /// Critical conditions active now (`dev/event` or `dev/event:channel`): a `config_apply`
+    /// waits while there is one.
+    pub critical: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl PipelineStats {
@@ -69,6 +72,20 @@ impl PipelineStats {
             Some(ch) => format!("{}:{ch}", event.event),
             None => event.event.to_owned(),
         };
+        if let Ok(mut critical) = self.critical.lock() {
+            let id = format!("{dev}/{key}");
+            match event.state {
+                crate::feed::EventState::Active
+                    if event.severity == crate::feed::Severity::Critical =>
+                {
+                    critical.insert(id);
+                }
+                crate::feed::EventState::Active => {}
+                crate::feed::EventState::Cleared => {
+                    critical.remove(&id);
+                }
+            }
+        }
         if let Ok(mut active) = self.active.lock() {
             let set = active.entry(dev.clone()).or_default();
             match event.state {
@@ -80,6 +97,16 @@ impl PipelineStats {
                 }
             }
         }
+    }
+}
+
+impl PipelineStats {
+    /// The critical conditions active now (`dev/event[:channel]`), oldest name first.
+    pub fn critical_active(&self) -> Vec<String> {
+        self.critical
+            .lock()
+            .map(|c| c.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }
 

@@ -28,6 +28,12 @@
 //! - a clean stop drains the queue (at most [`DRAIN_TIMEOUT`]), publishes `offline`, waits for
 //!   its PUBACK (at most [`OFFLINE_TIMEOUT`]), then disconnects and finishes.
 //!
+//! - a record handed to the client before (in this process, or in an earlier one whose set was
+//!   saved, see [`Publisher::attempted`]) goes out again with `"replay": true` added to its
+//!   payload ([`mark_replay`]): a platform must not page anyone twice for it. A first attempt
+//!   carries no flag; the flag errs towards absent (a set lost in a crash), never towards a
+//!   false `true` on a message the platform has not been sent.
+//!
 //! The queue is read through [`Backlog`] (memory only: which record is next); everything the
 //! publisher changes in it is an action.
 
@@ -92,6 +98,35 @@ pub struct Publish {
     /// The queued records it carries (one, a batch's, or none), given back with
     /// [`Action::Unsend`] if the client refuses it.
     pub records: Vec<Arc<Record>>,
+    /// The record (every record of a batch) was handed to the client before: the payload
+    /// (each item of a batch that was) carries `"replay": true`.
+    pub replay: bool,
+    /// The seqs among `records` handed over for the first time (forgotten again if the
+    /// client refuses the publish).
+    pub fresh: Vec<u64>,
+}
+
+/// `payload` (a JSON object) with `"replay":true` added as its last member.
+pub fn mark_replay(payload: &[u8]) -> Vec<u8> {
+    let end = payload
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .filter(|&i| payload[i] == b'}');
+    let Some(end) = end else {
+        return payload.to_vec();
+    };
+    let empty = payload[..end]
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .is_some_and(|i| payload[i] == b'{');
+    let mut out = Vec::with_capacity(payload.len() + 16);
+    out.extend_from_slice(&payload[..end]);
+    out.extend_from_slice(if empty {
+        b"\"replay\":true}"
+    } else {
+        b",\"replay\":true}"
+    });
+    out
 }
 
 /// What the task must do.
@@ -147,6 +182,10 @@ pub struct Publisher {
     offline_sent: Option<Instant>,
     finished: bool,
     held: Held,
+    /// Seqs handed to the client and not acknowledged yet (bounded: pruned to the backlog).
+    attempted: std::collections::BTreeSet<u64>,
+    /// `attempted` changed since [`Publisher::take_attempted_changes`].
+    attempted_dirty: bool,
 }
 
 /// The telemetry windows handed out and held for the next batch.
@@ -208,7 +247,26 @@ impl Publisher {
             offline_sent: None,
             finished: false,
             held: Held::default(),
+            attempted: std::collections::BTreeSet::new(),
+            attempted_dirty: false,
         }
+    }
+
+    /// Records already handed to a client by an earlier run (saved by it): sent again, they
+    /// are marked replay.
+    pub fn with_attempted(mut self, seqs: impl IntoIterator<Item = u64>) -> Publisher {
+        self.attempted.extend(seqs);
+        self
+    }
+
+    /// The seqs handed to the client and not acknowledged yet.
+    pub fn attempted(&self) -> &std::collections::BTreeSet<u64> {
+        &self.attempted
+    }
+
+    /// Has the attempted set changed since the last call (then it is worth saving)?
+    pub fn take_attempted_changes(&mut self) -> bool {
+        std::mem::take(&mut self.attempted_dirty)
     }
 
     /// Is a session up?
@@ -263,6 +321,8 @@ impl Publisher {
                 payload: birth,
                 entry,
                 records: Vec::new(),
+                replay: false,
+                fresh: Vec::new(),
             }),
             Action::Subscribe(self.settings.topics.cmd()),
         ]
@@ -305,6 +365,7 @@ impl Publisher {
 
     fn delivered(&mut self, seq: u64) -> Vec<Action> {
         self.stats.published.fetch_add(1, Ordering::Relaxed);
+        self.attempted_dirty |= self.attempted.remove(&seq);
         vec![Action::Ack(seq)]
     }
 
@@ -344,6 +405,10 @@ impl Publisher {
         match (publish.records.as_slice(), &publish.entry) {
             ([_, ..], _) => {
                 self.stats.submit_errors.fetch_add(1, Ordering::Relaxed);
+                // Never handed over: a first attempt stays a first attempt.
+                for seq in &publish.fresh {
+                    self.attempted.remove(seq);
+                }
                 publish
                     .records
                     .iter()
@@ -417,6 +482,8 @@ impl Publisher {
                     payload: (self.health)(),
                     entry,
                     records: Vec::new(),
+                    replay: false,
+                    fresh: Vec::new(),
                 }));
             }
         }
@@ -461,15 +528,35 @@ impl Publisher {
                 _ => Entry::Record(record.seq),
             };
             self.ledger.submitted(entry.clone());
-            self.count_bytes(record.payload.len());
+            let replay = !self.attempted.insert(record.seq);
+            self.attempted_dirty |= !replay;
+            let payload = if replay {
+                mark_replay(&record.payload)
+            } else {
+                record.payload.clone()
+            };
+            self.count_bytes(payload.len());
             actions.push(Action::Publish(Publish {
                 topic: record.topic.clone(),
                 qos,
                 retain: false,
-                payload: record.payload.clone(),
+                payload,
                 entry,
+                fresh: if replay { Vec::new() } else { vec![record.seq] },
                 records: vec![record],
+                replay,
             }));
+        }
+        // Records evicted unacknowledged leave their seq behind: keep no more than the
+        // backlog and the window can hold (the oldest go first; a lost flag errs to absent).
+        let bound = if self.attempted.len() > self.window() {
+            backlog.waiting() + self.window()
+        } else {
+            usize::MAX
+        };
+        while self.attempted.len() > bound {
+            self.attempted.pop_first();
+            self.attempted_dirty = true;
         }
     }
 
@@ -492,8 +579,22 @@ impl Publisher {
         if records.is_empty() {
             return;
         }
-        let payloads: Vec<&[u8]> = records.iter().map(|r| r.payload.as_slice()).collect();
-        let payload = batch::encode_slices(&self.settings.gw, &payloads);
+        // Each item as it would go alone: marked replay if handed over before.
+        let mut fresh = Vec::new();
+        let items: Vec<Vec<u8>> = records
+            .iter()
+            .map(|r| {
+                if self.attempted.insert(r.seq) {
+                    self.attempted_dirty = true;
+                    fresh.push(r.seq);
+                    r.payload.clone()
+                } else {
+                    mark_replay(&r.payload)
+                }
+            })
+            .collect();
+        let replay = fresh.is_empty();
+        let payload = batch::encode(&self.settings.gw, &items);
         let seqs: Arc<[u64]> = records.iter().map(|r| r.seq).collect();
         let qos = self.settings.data_qos;
         let entry = match qos {
@@ -509,6 +610,8 @@ impl Publisher {
             payload,
             entry,
             records,
+            replay,
+            fresh,
         }));
     }
 
@@ -529,6 +632,8 @@ impl Publisher {
             payload: state_payload(&self.settings.gw, false, None),
             entry,
             records: Vec::new(),
+            replay: false,
+            fresh: Vec::new(),
         }));
     }
 }

@@ -537,6 +537,14 @@ fn a_batch_lost_with_its_session_is_batched_again() {
         vec![1, 2, 3],
         "the lost batch and the held window, once"
     );
+    let items = crate::feed::batch::decode(&out[0].payload).expect("a batch");
+    let replays: Vec<bool> = items.iter().map(|v| v["replay"] == true).collect();
+    assert_eq!(
+        replays,
+        vec![true, true, false],
+        "items sent before are marked replay"
+    );
+    assert!(!out[0].replay && out[0].fresh == vec![3]);
     p.outgoing(2);
     let acks = q.apply(&p.puback(2, 0));
     assert!(acks.is_empty());
@@ -608,4 +616,66 @@ fn a_batch_the_client_refuses_is_due_again_whole() {
     q.apply(&p.tick(t0 + Duration::from_secs(6), &q));
     let out = q.apply(&p.tick(t0 + Duration::from_secs(11), &q));
     assert_eq!(seqs(&out), vec![1, 2]);
+    assert!(!out[0].replay, "never handed over: still a first attempt");
+}
+
+#[test]
+fn a_record_sent_again_after_a_lost_session_is_marked_replay_and_a_first_attempt_is_not() {
+    let t0 = Instant::now();
+    let (mut p, _) = online(10, 0, t0);
+    let q = Fake::with(&[T, E]);
+    // Event 2 goes first; telemetry 1 after it: neither is a replay.
+    let out = q.apply(&p.tick(t0, &q));
+    assert_eq!(seqs(&out), vec![2, 1]);
+    assert!(out
+        .iter()
+        .all(|pb| !pb.replay && pb.payload.starts_with(b"p")));
+    go_out(&mut p, &q, &out, 1);
+    q.apply(&p.puback(1, 0)); // seq 2 delivered
+    q.add(3, T); // queued during the outage: its first attempt comes after it
+    q.apply(&p.disconnected("reset"));
+    p.new_session();
+    let birth = q.apply(&p.connected());
+    let out = q.apply(&p.tick(t0, &q));
+    assert_eq!(seqs(&out), vec![1, 3]);
+    assert!(out[0].replay, "seq 1 was handed over before");
+    assert_eq!(out[0].payload, b"p1".to_vec(), "not JSON: left alone");
+    assert!(!out[1].replay, "seq 3 is a first attempt");
+    // Once acknowledged, a seq is forgotten.
+    go_out(&mut p, &q, &birth, 1);
+    go_out(&mut p, &q, &out, 2);
+    q.apply(&p.puback(2, 0));
+    q.apply(&p.puback(3, 0));
+    assert!(p.attempted().is_empty(), "{:?}", p.attempted());
+}
+
+#[test]
+fn the_set_of_an_earlier_run_marks_its_records_and_a_refused_submit_stays_first() {
+    let t0 = Instant::now();
+    let (p, _) = online(10, 0, t0);
+    let mut p = p.with_attempted([1]);
+    let q = Fake::with(&[T, T]);
+    let out = q.apply(&p.tick(t0, &q));
+    assert_eq!(
+        out.iter()
+            .map(|pb| (pb.records.first().map(|r| r.seq), pb.replay))
+            .collect::<Vec<_>>(),
+        vec![(Some(1), true), (Some(2), false)]
+    );
+    assert!(p.take_attempted_changes());
+    // The client refused seq 2: never handed over, so its next attempt is still the first.
+    q.apply(&p.client_refused(&out[1]));
+    let again = q.apply(&p.tick(t0, &q));
+    assert_eq!(seqs(&again), vec![2]);
+    assert!(!again[0].replay);
+}
+
+#[test]
+fn mark_replay_adds_the_member_to_any_object() {
+    assert_eq!(
+        mark_replay(br#"{"v":1,"seq":7}"#),
+        br#"{"v":1,"seq":7,"replay":true}"#.to_vec()
+    );
+    assert_eq!(mark_replay(b"{ }\n"), br#"{ "replay":true}"#.to_vec());
+    assert_eq!(mark_replay(b"[1]"), b"[1]".to_vec());
 }
