@@ -128,6 +128,7 @@ async fn measure(
             protocol: MqttProtocol::V5,
             max_packet: 256 * 1024,
             attempted_file: None,
+            birth: Default::default(),
         },
         queue.clone(),
         stats.clone(),

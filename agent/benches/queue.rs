@@ -185,6 +185,7 @@ fn replay_rate(broker: BrokerAddress, protocol: MqttProtocol, n: u64) -> Option<
                 protocol,
                 max_packet: 256 * 1024,
                 attempted_file: None,
+                birth: Default::default(),
             },
             q.clone(),
             stats.clone(),

@@ -20,11 +20,13 @@ use anyhow::Context;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::clock::ClockStatus;
 use crate::commands::{refusal, ApplyRequest, ConfigOpError, RunningFile};
 use crate::config::Config;
-use crate::feed::{now_millis, Message, Renderer, Reply, Topics};
+use crate::feed::{now_millis, BirthInfo, LastStop, Message, Renderer, Reply, Topics};
 use crate::health::{HealthReporter, SourceEntry};
 use crate::pipeline::{self, Pipeline, PipelineStats};
+use crate::queue::run_marker::RunMarker;
 use crate::queue::store::StoreOptions;
 use crate::queue::Queue;
 use crate::service::{self, Heartbeats};
@@ -36,6 +38,10 @@ use crate::uplink::{Uplink, UplinkConfig, UplinkStats};
 /// In the store directory: the seqs handed to the broker and not acknowledged yet, so they
 /// go out again marked `"replay": true` after a restart.
 pub const ATTEMPTED_FILE: &str = "attempted.seqs";
+/// For this long after start no window closes, so what the kernel buffered while the agent
+/// was down (decoded in the first milliseconds) still reaches its windows (ms).
+const RECOVERY_HOLD_MS: i64 = 2_000;
+
 /// Capacity of the channel from the sources to the pipeline (events, each up to 32 samples).
 const SOURCE_EVENTS: usize = 8192;
 
@@ -75,6 +81,10 @@ struct Shared {
     command_stats: Arc<crate::commands::CommandStats>,
     heartbeats: Heartbeats,
     apply_tx: mpsc::Sender<ApplyRequest>,
+    /// The system clock's state (one for the process: its step detection spans applies).
+    clock: Arc<ClockStatus>,
+    /// How the previous run of the process ended (the birth says it).
+    last_stop: LastStop,
 }
 
 /// Runs the agent until `stop` resolves, then shuts down cleanly (no `config_apply`: the
@@ -114,12 +124,25 @@ async fn run_with(
             config.store.path.display()
         )
     })?;
+    // Marks this run as running; a marker left by the previous run means it did not stop cleanly.
+    let (marker, last_stop) = match RunMarker::begin(&config.store.path, now_millis()) {
+        Ok((marker, last)) => (Some(marker), last),
+        Err(e) => {
+            tracing::error!(store = %config.store.path.display(), error = %e, "cannot write the run marker; the birth says last_stop unclean (unknown)");
+            (None, LastStop::Unclean)
+        }
+    };
+    if last_stop == LastStop::Unclean {
+        tracing::warn!("the previous run did not stop cleanly (kill, crash or power cut)");
+    }
     let (apply_tx, mut apply_rx) = mpsc::channel(1);
     let shared = Shared {
         queue: queue.clone(),
         command_stats: Arc::default(),
         heartbeats: Heartbeats::new(),
         apply_tx,
+        clock: Arc::new(ClockStatus::from_system()),
+        last_stop,
     };
     let (process_stop, process_shutdown) = shutdown::channel();
     let mut config = config;
@@ -170,6 +193,13 @@ async fn run_with(
     agent.stop().await;
     process_stop.fire();
     queue.sync().await;
+    // The very last write: this run stopped cleanly.
+    if let Some(marker) = marker {
+        let removed = tokio::task::spawn_blocking(move || marker.end_clean()).await;
+        if let Ok(Err(e)) = removed {
+            tracing::error!(error = %e, "cannot remove the run marker; the next birth will say last_stop unclean");
+        }
+    }
     let left = queue.depth(now_millis()).messages;
     tracing::info!(
         unacknowledged = left,
@@ -202,7 +232,8 @@ impl Agent {
             .broker()
             .map_err(anyhow::Error::msg)
             .context("[mqtt] url")?;
-        let renderer = Renderer::new(&gw, topics.clone());
+        let clock = shared.clock.clone();
+        let renderer = Renderer::new(&gw, topics.clone()).with_clock(clock.clone());
         let queue = shared.queue.clone();
         let (credentials, insecure) = config
             .mqtt
@@ -238,6 +269,8 @@ impl Agent {
                 requests: req_rx,
                 stats,
                 heartbeat: heartbeats.register(&format!("source {}", node.id)),
+                memory_dir: Some(config.store.path.clone()),
+                clock: Some(clock.clone()),
             };
             source_tasks.push(tokio::spawn(serial_node::run(source, shutdown.clone())));
         }
@@ -283,7 +316,8 @@ impl Agent {
             now_millis(),
             pipeline_stats.clone(),
         )
-        .with_zeros(crate::pipeline::zero::ZeroTable::load(&config.store.path));
+        .with_zeros(crate::pipeline::zero::ZeroTable::load(&config.store.path))
+        .with_recovery_hold(RECOVERY_HOLD_MS);
         // The pipeline publishes the devices' channels; the command path reads them.
         let directory = pipeline.directory();
         let (pipeline_tx, pipeline_rx) = mpsc::channel(16);
@@ -294,6 +328,7 @@ impl Agent {
             pipeline_rx,
             queue.clone(),
             renderer.clone(),
+            pipeline::ClockWatch::system(clock.clone()),
             heartbeats.register("pipeline"),
             shutdown.clone(),
         ));
@@ -310,7 +345,8 @@ impl Agent {
         .with_replay_rate(config.store.replay_rate)
         .with_insecure(insecure)
         .with_protocol(config.mqtt.protocol)
-        .with_command_stats(shared.command_stats.clone());
+        .with_command_stats(shared.command_stats.clone())
+        .with_clock(clock.clone());
         let (commands_tx, commands_rx) = mpsc::channel(64);
         let uplink = Uplink::start(
             UplinkConfig {
@@ -334,6 +370,10 @@ impl Agent {
                 // Validated to at most MQTT's largest packet, which fits in u32.
                 max_packet: u32::try_from(config.mqtt.max_packet).unwrap_or(u32::MAX),
                 attempted_file: Some(config.store.path.join(ATTEMPTED_FILE)),
+                birth: BirthInfo {
+                    last_stop: shared.last_stop,
+                    clock: Some(clock.clone()),
+                },
             },
             queue.clone(),
             uplink_stats.clone(),

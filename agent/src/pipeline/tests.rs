@@ -394,3 +394,268 @@ fn a_gateway_zero_says_why_it_was_not_taken_and_takes_the_filtered_value() {
     p.handle(samples(DeviceKey::I2c(0), T0 as f64, &[2.5]), T0, &mut out);
     assert_eq!(zero(&mut p, "strain-roof", "strain"), Ok(2.5));
 }
+
+fn hello_strain(p: &mut Pipeline, now: UnixMillis, out: &mut Vec<Message>) {
+    p.handle(
+        SourceEvent::Hello {
+            dev: DeviceKey::Node(0),
+            fw: (1, 0, 0),
+            channels: strain(),
+        },
+        now,
+        out,
+    );
+}
+
+#[test]
+fn a_window_says_how_many_samples_the_rate_promised() {
+    let mut p = pipeline();
+    let mut out = Vec::new();
+    hello_strain(&mut p, T0, &mut out);
+    // 10 Hz over a 1 s window: 10 expected; 7 came.
+    p.handle(
+        samples(DeviceKey::Node(0), T0 as f64, &[1.0; 7]),
+        T0,
+        &mut out,
+    );
+    p.tick(T0 + 5_000, &mut out);
+    let ch = out
+        .iter()
+        .find_map(|m| match m {
+            Message::Data { ch, .. } => ch.get("strain").cloned(),
+            _ => None,
+        })
+        .expect("a window");
+    assert_eq!((ch.n, ch.expected), (7, 10));
+}
+
+/// Time by hand: the test steps the wall clock.
+struct Manual(Arc<std::sync::Mutex<(i64, i64)>>);
+
+impl TimeSource for Manual {
+    fn wall_ms(&self) -> i64 {
+        self.0.lock().map(|t| t.0).unwrap_or(0)
+    }
+    fn mono_ms(&self) -> i64 {
+        self.0.lock().map(|t| t.1).unwrap_or(0)
+    }
+}
+
+#[test]
+fn a_clock_step_is_found_counted_and_closes_every_window() {
+    let time = Arc::new(std::sync::Mutex::new((T0 + 300, 0)));
+    let status = Arc::new(ClockStatus::default());
+    let mut watch = ClockWatch::new(Box::new(Manual(time.clone())), status.clone(), false);
+    assert_eq!(watch.check(), None);
+    // With the recovery hold of a restart: an hour back must not hold the windows an hour.
+    let mut p = pipeline().with_recovery_hold(2_000);
+    let mut out = Vec::new();
+    hello_strain(&mut p, T0, &mut out);
+    p.handle(
+        samples(DeviceKey::Node(0), T0 as f64, &[1.0; 8]),
+        T0 + 750,
+        &mut out,
+    );
+    // Slewing is no step; an hour back is.
+    *time.lock().expect("time") = (T0 + 700, 400);
+    assert_eq!(watch.check(), None);
+    *time.lock().expect("time") = (T0 + 1_050 - 3_600_000, 500);
+    let step = watch.check().expect("a step");
+    assert_eq!(step, -3_599_750);
+    assert_eq!(status.steps(), 1);
+    let target = watch.now();
+    out.clear();
+    p.clock_step(step, target, &mut out);
+    // The open window went out at once, then the event.
+    let Message::Data { start, end, ch, .. } = &out[0] else {
+        panic!("{out:?}")
+    };
+    // ... ending at the step (the old timeline's now), with `expected` over that span.
+    assert_eq!(
+        (*start, *end, ch["strain"].n, ch["strain"].expected),
+        (T0, T0 + 800, 8, 8)
+    );
+    let Message::Event { dev, event } = &out[1] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (dev.as_str(), event.event, event.ts),
+        ("gateway", "clock_step", target)
+    );
+    assert_eq!(
+        event.detail,
+        Some(serde_json::json!({"step_ms": -3_599_750}))
+    );
+    // Nothing dated before the target is taken; the first window starts at it.
+    out.clear();
+    let t = target as f64;
+    p.handle(
+        samples(DeviceKey::Node(0), t - 300.0, &[2.0; 6]),
+        target + 300,
+        &mut out,
+    );
+    // No sensor_offline for an hour that did not pass: the health timers moved too.
+    p.tick(target + 2_960, &mut out);
+    assert!(
+        out.iter().all(|m| !matches!(m, Message::Event { .. })),
+        "{out:?}"
+    );
+    let got: Vec<_> = out
+        .iter()
+        .filter_map(|m| match m {
+            Message::Data { start, ch, .. } => Some((*start, ch["strain"].n)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got[0], (target, 3), "{got:?}");
+    assert!(got.iter().all(|(s, _)| *s >= target));
+    assert_eq!(p.stats.late_samples.load(Ordering::Relaxed), 3);
+}
+
+#[test]
+fn the_recovery_hold_keeps_windows_open_for_buffered_samples() {
+    let mut p = pipeline().with_recovery_hold(2_000);
+    let mut out = Vec::new();
+    hello_strain(&mut p, T0, &mut out);
+    // The first tick comes before the buffered samples (of 10 s ago) are decoded.
+    p.tick(T0 + 100, &mut out);
+    p.handle(
+        samples(DeviceKey::Node(0), (T0 - 10_000) as f64, &[1.0; 5]),
+        T0 + 200,
+        &mut out,
+    );
+    p.tick(T0 + 2_500, &mut out);
+    assert_eq!(windows(&out), vec![("panel-0".to_owned(), 1.0)]);
+    assert_eq!(p.stats.late_samples.load(Ordering::Relaxed), 0);
+}
+
+/// A pipeline over one node whose strain channel alarms at 100 and captures 2 s / 3 s, and
+/// whose temperature channel reports by exception.
+fn capturing_pipeline() -> Pipeline {
+    let config = crate::config::Config::parse(
+        "[gateway]\nid = \"gw\"\n[mqtt]\nurl = \"mqtt://127.0.0.1\"\n[store]\npath = \"/tmp/x\"\n\
+         [[node]]\nid = \"panel-0\"\nport = \"/dev/null\"\nwindow = \"1s\"\n\
+         [node.channels.strain]\nspike = false\nalarm = { major = 100.0 }\n\
+         capture = { before = \"2s\", after = \"3s\", max = \"10s\" }\n\
+         [node.channels.temperature]\ndeadband = 0.5\nmin_interval = \"2s\"\n",
+        "t",
+    )
+    .expect("test config");
+    Pipeline::new(
+        config.devices(),
+        config.health.node_silent_after,
+        T0,
+        Arc::new(PipelineStats::default()),
+    )
+}
+
+#[test]
+fn an_alarm_sends_the_raw_capture_naming_its_event_seq() {
+    let mut p = capturing_pipeline();
+    let mut out = Vec::new();
+    p.handle(hello(NODE, strain()), T0, &mut out);
+    let t = T0 as f64;
+    // 10 Hz: 5 s of 50.0, then 120.0 (the alarm at 5.0 s), for 10 s in batches of 10.
+    let raw = |i: usize| {
+        if i < 50 {
+            50.0
+        } else {
+            120.0 + i as f32 / 100.0
+        }
+    };
+    for batch in 0..15 {
+        let values: Vec<f32> = (batch * 10..batch * 10 + 10).map(raw).collect();
+        p.handle(
+            samples(NODE, t + batch as f64 * 1000.0, &values),
+            T0,
+            &mut out,
+        );
+    }
+    let mut seq = 100;
+    let mut queued = Vec::new();
+    for mut m in out.drain(..) {
+        if !p.prepare(&mut m) {
+            continue;
+        }
+        seq += 1;
+        p.queued(&m, Some(seq));
+        queued.push((seq, m));
+    }
+    let event_seq = queued
+        .iter()
+        .find(|(_, m)| matches!(m, Message::Event { event, .. } if event.event == "threshold"))
+        .map(|(s, _)| *s)
+        .expect("the alarm");
+    let parts: Vec<&CapturePart> = queued
+        .iter()
+        .filter_map(|(_, m)| match m {
+            Message::Capture { part, .. } => Some(&**part),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(parts.len(), 1, "{parts:?}");
+    let part = parts[0];
+    assert_eq!(part.trigger.seq, Some(event_seq));
+    assert_eq!(part.trigger.ts, T0 + 5_000);
+    assert_eq!(part.t0, t + 3_000.0, "2 s before");
+    assert_eq!(part.period_us, 100_000);
+    let expected: Vec<f32> = (30..=80).map(raw).collect();
+    assert_eq!(
+        part.values, expected,
+        "the node's values, 2 s before to 3 s after"
+    );
+    assert_eq!(p.stats.captures.load(Ordering::Relaxed), 1);
+    assert!(
+        p.trigger_seqs.is_empty(),
+        "the reference went with the last part"
+    );
+}
+
+#[test]
+fn a_clean_stop_sends_running_captures_and_pending_deadband_statistics() {
+    let mut p = capturing_pipeline();
+    let mut out = Vec::new();
+    p.handle(
+        hello(
+            NODE,
+            vec![
+                channel(0, Quantity::Strain),
+                channel(1, Quantity::Temperature),
+            ],
+        ),
+        T0,
+        &mut out,
+    );
+    let t = T0 as f64;
+    let temperature = |t0: f64, values: &[f32]| SourceEvent::Samples {
+        dev: NODE,
+        channel: 1,
+        t0,
+        period_ms: 100.0,
+        values: values.to_vec(),
+    };
+    // Moving by 1.0 on every sample for 3 s: the first value, then one report per 2 s.
+    let moving: Vec<f32> = (0..30).map(|i| 20.0 + i as f32).collect();
+    p.handle(temperature(t, &moving), T0, &mut out);
+    let reports = |out: &[Message]| {
+        out.iter()
+            .filter_map(|m| match m {
+                Message::Data { ch, .. } => ch.get("temperature").map(|w| w.n),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(reports(&out), vec![1, 20]);
+    p.handle(samples(NODE, t, &[150.0; 10]), T0, &mut out);
+    out.clear();
+    p.flush(&mut out);
+    assert_eq!(reports(&out), vec![9], "the pending statistics");
+    let capture = out
+        .iter()
+        .find_map(|m| match m {
+            Message::Capture { part, .. } => Some(part.values.len()),
+            _ => None,
+        })
+        .expect("the running capture");
+    assert_eq!(capture, 10);
+}

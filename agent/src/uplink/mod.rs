@@ -90,6 +90,8 @@ pub struct UplinkConfig {
     /// Where the seqs handed to a client but not acknowledged are kept across restarts (so
     /// they go out again marked `"replay": true`); `None` keeps them in memory only.
     pub attempted_file: Option<std::path::PathBuf>,
+    /// What the birth says besides `online`.
+    pub birth: crate::feed::BirthInfo,
 }
 
 /// Reads the attempted seqs saved by an earlier run (`first-last` ranges, one a line);
@@ -408,6 +410,7 @@ async fn publisher_task(
         health_interval: config.health_interval,
         replay_rate: config.replay_rate,
         batch: config.batch,
+        birth: config.birth.clone(),
     };
     let mut publisher = Publisher::new(settings, stats, health, Instant::now());
     if let Some(path) = config.attempted_file.clone() {

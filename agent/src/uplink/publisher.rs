@@ -167,6 +167,8 @@ pub struct Settings {
     pub replay_rate: u32,
     /// Batch telemetry windows over this interval (`None`: each window alone, on `data`).
     pub batch: Option<Duration>,
+    /// What the birth says besides `online` (`last_stop`, `clock`).
+    pub birth: crate::feed::BirthInfo,
 }
 
 /// The publisher's state.
@@ -310,7 +312,11 @@ impl Publisher {
         self.connected = true;
         self.stats.connected.store(true, Ordering::Relaxed);
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
-        let birth = state_payload(&self.settings.gw, true, Some(now_millis()));
+        let birth = state_payload(
+            &self.settings.gw,
+            true,
+            Some((now_millis(), &self.settings.birth)),
+        );
         let entry = Entry::Untracked { offline: false };
         self.ledger.submitted(entry.clone());
         vec![
@@ -521,7 +527,7 @@ impl Publisher {
                     }
                     self.settings.data_qos
                 }
-                MessageClass::Event => QoS::AtLeastOnce,
+                MessageClass::Event | MessageClass::Capture => QoS::AtLeastOnce,
             };
             let entry = match qos {
                 QoS::AtMostOnce => Entry::RecordAtMostOnce(record.seq),

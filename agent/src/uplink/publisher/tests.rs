@@ -114,6 +114,7 @@ fn settings(window: usize, replay_rate: u32) -> Settings {
         health_interval: Duration::from_secs(10),
         replay_rate,
         batch: None,
+        birth: Default::default(),
     }
 }
 
