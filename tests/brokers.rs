@@ -156,7 +156,7 @@ fn agent_config(
         .map(|p| format!("protocol = \"{p}\"\n"))
         .unwrap_or_default();
     let text = format!(
-        "[gateway]\nid = \"{gw}\"\n\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\ntopic_root = \"towerlink/v1\"\nkeep_alive = \"5s\"\n{protocol}\n[store]\npath = \"{}\"\nfsync = \"50ms\"\n\n[health]\ninterval = \"1s\"\n\n[[node]]\nid = \"{}\"\nport = \"{}\"\nwindow = \"500ms\"\nwindow_grace = \"500ms\"\nnode_id = {}\n",
+        "[gateway]\nid = \"{gw}\"\n\n[mqtt]\nbatch = \"0s\"\nurl = \"mqtt://127.0.0.1:{port}\"\ntopic_root = \"towerlink/v1\"\nkeep_alive = \"5s\"\n{protocol}\n[store]\npath = \"{}\"\nfsync = \"50ms\"\n\n[health]\ninterval = \"1s\"\n\n[[node]]\nid = \"{}\"\nport = \"{}\"\nwindow = \"500ms\"\nwindow_grace = \"500ms\"\nnode_id = {}\n",
         dir.join("store").display(),
         node.dev(),
         node.path().display(),

@@ -191,7 +191,7 @@ impl Rig {
     /// The agent's configuration with `mqtt_extra` under `[mqtt]` and `rest` after it.
     fn write_config(&self, mqtt_extra: &str, rest: &str) -> anyhow::Result<PathBuf> {
         let text = format!(
-            "[gateway]\nid = \"{}\"\n\n[mqtt]\nurl = \"{}\"\nkeep_alive = \"{}s\"\n{mqtt_extra}\n\n[store]\npath = \"{}\"\n\n[health]\ninterval = \"10s\"\n\n{rest}",
+            "[gateway]\nid = \"{}\"\n\n[mqtt]\nbatch = \"0s\"\nurl = \"{}\"\nkeep_alive = \"{}s\"\n{mqtt_extra}\n\n[store]\npath = \"{}\"\n\n[health]\ninterval = \"10s\"\n\n{rest}",
             self.gw,
             self.broker_url(),
             KEEP_ALIVE.as_secs(),

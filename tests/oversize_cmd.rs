@@ -174,7 +174,7 @@ fn agent_config(
     node: &VirtualNode,
 ) -> anyhow::Result<std::path::PathBuf> {
     let text = format!(
-        "[gateway]\nid = \"{gw}\"\n\n[mqtt]\nurl = \"mqtt://{host}:{port}\"\ntopic_root = \"towerlink/v1\"\nkeep_alive = \"5s\"\n{mqtt}\n\n[store]\npath = \"{}\"\n\n[health]\ninterval = \"1s\"\n\n[[node]]\nid = \"{}\"\nport = \"{}\"\nwindow = \"1s\"\nwindow_grace = \"1s\"\nnode_id = {}\n",
+        "[gateway]\nid = \"{gw}\"\n\n[mqtt]\nbatch = \"0s\"\nurl = \"mqtt://{host}:{port}\"\ntopic_root = \"towerlink/v1\"\nkeep_alive = \"5s\"\n{mqtt}\n\n[store]\npath = \"{}\"\n\n[health]\ninterval = \"1s\"\n\n[[node]]\nid = \"{}\"\nport = \"{}\"\nwindow = \"1s\"\nwindow_grace = \"1s\"\nnode_id = {}\n",
         dir.join("store").display(),
         node.dev(),
         node.path().display(),

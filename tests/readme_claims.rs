@@ -443,7 +443,7 @@ fn a_backlog_is_replayed_no_faster_than_replay_rate() -> anyhow::Result<()> {
     std::fs::write(
         &config,
         format!(
-            "[gateway]\nid = \"{gw}\"\n\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nkeep_alive = \"5s\"\n\n[store]\npath = \"{}\"\nreplay_rate = {RATE}\n\n[health]\ninterval = \"60s\"\n\n{}",
+            "[gateway]\nid = \"{gw}\"\n\n[mqtt]\nbatch = \"0s\"\nurl = \"mqtt://127.0.0.1:{}\"\nkeep_alive = \"5s\"\n\n[store]\npath = \"{}\"\nreplay_rate = {RATE}\n\n[health]\ninterval = \"60s\"\n\n{}",
             broker.port(),
             store.display(),
             node_section(&nodes[0], "200ms", "")

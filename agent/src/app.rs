@@ -363,6 +363,7 @@ impl Agent {
                 health_interval: config.health.interval,
                 heartbeat: heartbeats.register("mqtt publisher"),
                 replay_rate: config.store.replay_rate,
+                batch: (!config.mqtt.batch.is_zero()).then_some(config.mqtt.batch),
                 tls,
                 credentials,
                 protocol: config.mqtt.protocol,

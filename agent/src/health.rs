@@ -403,6 +403,8 @@ impl HealthReporter {
                 "protocol": self.protocol.to_string(),
                 "oversize_packets": self.uplink.oversize_packets.load(Ordering::Relaxed),
                 "publish_refused": self.uplink.publish_refused.load(Ordering::Relaxed),
+                "batches": self.uplink.batches.load(Ordering::Relaxed),
+                "sent_bytes": self.uplink.sent_bytes.load(Ordering::Relaxed),
             },
             "commands": {
                 "accepted": self.commands.accepted.load(Ordering::Relaxed),

@@ -85,7 +85,7 @@ pub fn agent_config(
     lifts: Option<&LiftBus>,
 ) -> anyhow::Result<Config> {
     let mut text = format!(
-        "[gateway]\nid = \"{DEMO_GATEWAY}\"\n\n[mqtt]\nurl = \"{broker_url}\"\n# The embedded demo broker (rumqttd, v4 listener) speaks MQTT 3.1.1 only.\nprotocol = \"3.1.1\"\n\n[store]\npath = \"{}\"\n\n[health]\ninterval = \"10s\"\n",
+        "[gateway]\nid = \"{DEMO_GATEWAY}\"\n\n[mqtt]\nbatch = \"0s\"\nurl = \"{broker_url}\"\n# The embedded demo broker (rumqttd, v4 listener) speaks MQTT 3.1.1 only.\nprotocol = \"3.1.1\"\n\n[store]\npath = \"{}\"\n\n[health]\ninterval = \"10s\"\n",
         store.display()
     );
     for node in nodes {

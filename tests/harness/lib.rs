@@ -278,6 +278,35 @@ pub struct Received {
     pub qos: u8,
     /// When it arrived.
     pub at: Instant,
+    /// Did it arrive as an item of a batch (`{root}/{gw}/batch`, shown on the `data/{dev}`
+    /// topic it would have had alone)?
+    pub batched: bool,
+}
+
+/// A batch (`{root}/{gw}/batch`) as the platform reads it: decoded with the agent's own
+/// `feed::batch::decode`, each item checked as the `data/{dev}` message it stands for.
+/// Returns the items with their topics, or why the batch is bad.
+fn decode_batch(topic: &str, payload: &[u8]) -> Result<Vec<(String, Value)>, String> {
+    let prefix = topic
+        .strip_suffix("/batch")
+        .ok_or_else(|| "not a batch topic".to_owned())?;
+    let items = towerlink_agent::feed::batch::decode(payload).map_err(|e| e.to_string())?;
+    if items.is_empty() {
+        return Err("an empty batch".into());
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let dev = item["dev"]
+            .as_str()
+            .ok_or_else(|| format!("a batch item without dev: {item}"))?;
+        let data_topic = format!("{prefix}/data/{dev}");
+        let bytes = serde_json::to_vec(&item).map_err(|e| e.to_string())?;
+        schemas::FeedSchemas::repository()
+            .check_message(&data_topic, &bytes)
+            .map_err(|why| format!("batch item {item}: {why}"))?;
+        out.push((data_topic, item));
+    }
+    Ok(out)
 }
 
 /// A platform-like subscriber on `{root}/{gw}/#`.
@@ -347,6 +376,45 @@ impl Subscriber {
                 std::collections::HashMap::new();
             loop {
                 match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) if p.topic.ends_with("/batch") => {
+                        let at = Instant::now();
+                        let qos = match p.qos {
+                            QoS::AtMostOnce => 0,
+                            QoS::AtLeastOnce => 1,
+                            QoS::ExactlyOnce => 2,
+                        };
+                        match decode_batch(&p.topic, &p.payload) {
+                            Ok(items) => {
+                                if let Ok(mut v) = m.lock() {
+                                    v.push(Received {
+                                        topic: p.topic.clone(),
+                                        json: Value::Null,
+                                        retain: p.retain,
+                                        qos,
+                                        at,
+                                        batched: false,
+                                    });
+                                    v.extend(items.into_iter().map(|(topic, json)| Received {
+                                        topic,
+                                        json,
+                                        retain: p.retain,
+                                        qos,
+                                        at,
+                                        batched: true,
+                                    }));
+                                }
+                            }
+                            Err(why) => {
+                                if let Ok(mut v) = bad.lock() {
+                                    v.push(format!(
+                                        "{} ({} bytes): {why}",
+                                        p.topic,
+                                        p.payload.len()
+                                    ));
+                                }
+                            }
+                        }
+                    }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         if let Err(why) = check_received(&p.topic, &p.payload) {
                             if let Ok(mut v) = bad.lock() {
@@ -380,6 +448,7 @@ impl Subscriber {
                                     QoS::ExactlyOnce => 2,
                                 },
                                 at: Instant::now(),
+                                batched: false,
                             });
                         }
                     }
@@ -624,11 +693,22 @@ impl Drop for AgentProcess {
 }
 
 /// Writes an agent configuration for gateway `gw` with the given `[[node]]` sections.
+/// Batching is off (each window alone on `data/{dev}`): see [`write_config_batch`].
 pub fn write_config(dir: &Path, gw: &str, extra: &str) -> anyhow::Result<PathBuf> {
+    write_config_batch(dir, gw, "0s", extra)
+}
+
+/// [`write_config`] with `[mqtt] batch` set to `batch` (e.g. `"5s"`; `"0s"` = off).
+pub fn write_config_batch(
+    dir: &Path,
+    gw: &str,
+    batch: &str,
+    extra: &str,
+) -> anyhow::Result<PathBuf> {
     let (host, port) = broker();
     let store = dir.join("store");
     let text = format!(
-        "[gateway]\nid = \"{gw}\"\n\n[mqtt]\nurl = \"mqtt://{host}:{port}\"\ntopic_root = \"towerlink/v1\"\nkeep_alive = \"5s\"\n\n[store]\npath = \"{}\"\n\n{extra}",
+        "[gateway]\nid = \"{gw}\"\n\n[mqtt]\nurl = \"mqtt://{host}:{port}\"\ntopic_root = \"towerlink/v1\"\nkeep_alive = \"5s\"\nbatch = \"{batch}\"\n\n[store]\npath = \"{}\"\n\n{extra}",
         store.display()
     );
     let path = dir.join("towerlink.toml");

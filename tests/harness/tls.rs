@@ -379,7 +379,7 @@ impl Rig {
     /// path.
     pub fn config(&self, mqtt: &str) -> anyhow::Result<PathBuf> {
         let mut text = format!(
-            "[gateway]\nid = \"{}\"\n\n[mqtt]\nurl = \"mqtts://127.0.0.1:{}\"\nca_file = \"{}\"\nkeep_alive = \"5s\"\n{mqtt}\n\n\
+            "[gateway]\nid = \"{}\"\n\n[mqtt]\nbatch = \"0s\"\nurl = \"mqtts://127.0.0.1:{}\"\nca_file = \"{}\"\nkeep_alive = \"5s\"\n{mqtt}\n\n\
              [store]\npath = \"{}\"\nfsync = \"50ms\"\n\n[health]\ninterval = \"1s\"\n\n",
             self.gw,
             self.broker.tls_port,

@@ -97,6 +97,7 @@ fn mqtt_config(o: &AuditOptions) -> Result<MqttConfig, String> {
         max_inflight: 100,
         protocol: s.protocol,
         max_packet: 256 * 1024,
+        batch: Duration::ZERO,
         ca_file: s.ca_file.clone(),
         cert_file: s.cert_file.clone(),
         key_file: s.key_file.clone(),

@@ -45,16 +45,35 @@ pub enum BatchError {
 /// Encodes the records' payloads (each one JSON object, as rendered for the queue with its
 /// `seq`) into one batch payload of gateway `gw`.
 pub fn encode(gw: &str, payloads: &[Vec<u8>]) -> Vec<u8> {
+    let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+    encode_slices(gw, &payloads)
+}
+
+/// [`encode`] of borrowed payloads.
+pub fn encode_slices(gw: &str, payloads: &[&[u8]]) -> Vec<u8> {
     let json = batch_json(gw, payloads);
     // Compressing a byte slice in memory cannot fail but for allocation.
     zstd::bulk::compress(&json, LEVEL).unwrap_or_default()
 }
 
+/// Is this rendered telemetry payload a data window (batched), not a lift status (sent
+/// alone)? Both are rendered by [`super::Renderer`] with the fields in a fixed order,
+/// `…,"seq":N,` then `"start":` for a window and `"ts":` for a lift status.
+pub fn is_window(payload: &[u8]) -> bool {
+    const KEY: &[u8] = b"\"seq\":";
+    let Some(at) = payload.windows(KEY.len()).position(|w| w == KEY) else {
+        return false;
+    };
+    let rest = &payload[at + KEY.len()..];
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    rest[digits..].starts_with(b",\"start\":")
+}
+
 /// The uncompressed JSON of a batch (what [`encode`] compresses).
-pub fn batch_json(gw: &str, payloads: &[Vec<u8>]) -> Vec<u8> {
+pub fn batch_json<P: AsRef<[u8]>>(gw: &str, payloads: &[P]) -> Vec<u8> {
     let head = serde_json::json!({ "v": FEED_VERSION, "gw": gw });
     let head = head.to_string();
-    let mut out = Vec::with_capacity(payloads.iter().map(Vec::len).sum::<usize>() + 64);
+    let mut out = Vec::with_capacity(payloads.iter().map(|p| p.as_ref().len()).sum::<usize>() + 64);
     // `{"gw":…,"v":1` then `,"batch":[` the payloads `]}`.
     out.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
     out.extend_from_slice(b",\"batch\":[");
@@ -62,7 +81,7 @@ pub fn batch_json(gw: &str, payloads: &[Vec<u8>]) -> Vec<u8> {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(p);
+        out.extend_from_slice(p.as_ref());
     }
     out.extend_from_slice(b"]}");
     out
@@ -123,6 +142,41 @@ mod tests {
         let p = vec![json!({"seq": 1, "mean": x}).to_string().into_bytes()];
         let back = decode(&encode("g", &p)).expect("decodes");
         assert_eq!(back[0]["mean"].as_f64().map(|v| v as f32), Some(x));
+    }
+
+    #[test]
+    fn windows_are_told_from_lift_statuses() {
+        use crate::feed::{LiftDirection, LiftDoor, LiftMode, LiftStatus, Message};
+        let window = Message::Data {
+            dev: "panel-1".into(),
+            start: 1_700_000_000_000,
+            end: 1_700_000_010_000,
+            ch: Default::default(),
+        };
+        assert!(is_window(&window.render("gw-1", 123)));
+        let lift = Message::LiftStatus {
+            dev: "lift-1".into(),
+            ts: 1_700_000_000_000,
+            lift: LiftStatus {
+                mode: LiftMode::Normal,
+                floor: 7,
+                direction: LiftDirection::Up,
+                door: LiftDoor::Closed,
+                running: true,
+                door_zone: false,
+                occupied: true,
+                speed_mm_s: 1480,
+                load_pct: 35,
+                position_mm: 21350,
+                fault_code: 0,
+                run_count: 10234,
+                door_cycles: 20561,
+            },
+            trip: None,
+        };
+        assert!(!is_window(&lift.render("gw-1", 124)));
+        assert!(!is_window(b"{\"seq\":1}"));
+        assert!(!is_window(b"garbage"));
     }
 
     #[test]

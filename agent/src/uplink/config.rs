@@ -71,6 +71,13 @@ pub struct MqttConfig {
     /// File holding the MQTT password (one line); needs `username`.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// Telemetry windows go out together, one publish on `{root}/{gw}/batch` every this
+    /// long (default 60 s, at most 1 h); `"0s"` sends each window alone on `data/{dev}`.
+    #[serde(
+        default = "default_batch",
+        deserialize_with = "values::de_duration_in::<_, 0, 3_600_000>"
+    )]
+    pub batch: Duration,
     /// Refused: a password never goes into the configuration (see `password_file`).
     #[serde(default)]
     pub password: Option<RefusedSecret>,
@@ -130,6 +137,9 @@ fn default_data_qos() -> u8 {
 }
 fn default_inflight() -> u16 {
     100
+}
+fn default_batch() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_max_packet() -> u64 {
     256 * 1024

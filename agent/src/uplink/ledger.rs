@@ -6,14 +6,22 @@
 //! pushed on a FIFO in submission order; each `Outgoing::Publish` pops the front and binds the
 //! pkid to it; each PubAck resolves the binding. Requests that carry no record (birth, health)
 //! still take their place in the FIFO, or every later binding would shift by one.
+//!
+//! A batch (`{root}/{gw}/batch`) is one publish, so one pkid, carrying many records: its
+//! entry lists their `seq`s, and its PUBACK delivers them all at once.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 /// What one submitted publish carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
     /// A queued record, QoS 1: done when the broker acknowledges it.
     Record(u64),
+    /// Queued records in one batch publish, QoS 1: all done when the broker acknowledges it.
+    Batch(Arc<[u64]>),
+    /// Queued records in one batch publish, QoS 0: all done once it is written.
+    BatchAtMostOnce(Arc<[u64]>),
     /// A queued record, QoS 0: done as soon as it is written to the network.
     RecordAtMostOnce(u64),
     /// Not from the queue (state, health); `true` if it is the clean stop's `offline`.
@@ -24,12 +32,14 @@ pub enum Entry {
 }
 
 /// What a network event means for the queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolved {
     /// Nothing to do.
     Nothing,
     /// The broker has record `seq`.
     Delivered(u64),
+    /// The broker has every record of a batch.
+    DeliveredAll(Arc<[u64]>),
     /// The clean stop's `offline` was acknowledged.
     OfflineDelivered,
 }
@@ -54,8 +64,8 @@ impl Ledger {
 
     /// A submitted publish the client refused after all: take its entry out (the newest
     /// equal one), so later bindings do not shift.
-    pub fn withdraw(&mut self, entry: Entry) {
-        if let Some(i) = self.submitted.iter().rposition(|e| *e == entry) {
+    pub fn withdraw(&mut self, entry: &Entry) {
+        if let Some(i) = self.submitted.iter().rposition(|e| e == entry) {
             self.submitted.remove(i);
         }
     }
@@ -73,6 +83,7 @@ impl Ledger {
         };
         match entry {
             Entry::RecordAtMostOnce(seq) => Resolved::Delivered(seq),
+            Entry::BatchAtMostOnce(seqs) => Resolved::DeliveredAll(seqs),
             Entry::Untracked { .. } if pkid == 0 => Resolved::Nothing,
             _ => {
                 self.in_flight.insert(pkid, entry);
@@ -85,6 +96,7 @@ impl Ledger {
     pub fn on_puback(&mut self, pkid: u16) -> Resolved {
         match self.in_flight.remove(&pkid) {
             Some(Entry::Record(seq)) => Resolved::Delivered(seq),
+            Some(Entry::Batch(seqs)) => Resolved::DeliveredAll(seqs),
             Some(Entry::Untracked { offline: true }) => Resolved::OfflineDelivered,
             _ => Resolved::Nothing,
         }
@@ -129,6 +141,22 @@ mod tests {
         let mut l = Ledger::new();
         l.submitted(Entry::RecordAtMostOnce(5));
         assert_eq!(l.on_outgoing(0), Resolved::Delivered(5));
+    }
+
+    #[test]
+    fn one_pkid_carries_a_batch_of_records() {
+        let mut l = Ledger::new();
+        let seqs: Arc<[u64]> = Arc::from(vec![3, 4, 6]);
+        l.submitted(Entry::Record(5));
+        l.submitted(Entry::Batch(seqs.clone()));
+        l.on_outgoing(1);
+        l.on_outgoing(2);
+        assert_eq!(l.outstanding(), 2, "a batch is one publish in the window");
+        assert_eq!(l.on_puback(2), Resolved::DeliveredAll(seqs.clone()));
+        assert_eq!(l.on_puback(2), Resolved::Nothing, "acknowledged once");
+        assert_eq!(l.on_puback(1), Resolved::Delivered(5));
+        l.submitted(Entry::BatchAtMostOnce(seqs.clone()));
+        assert_eq!(l.on_outgoing(0), Resolved::DeliveredAll(seqs));
     }
 
     #[test]

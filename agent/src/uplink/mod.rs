@@ -77,6 +77,8 @@ pub struct UplinkConfig {
     pub heartbeat: crate::service::Heartbeat,
     /// Most queued telemetry messages published per second (0 = no limit).
     pub replay_rate: u32,
+    /// Batch telemetry windows over this interval (`[mqtt] batch`; `None` = off).
+    pub batch: Option<Duration>,
     /// TLS files, for `mqtts://`.
     pub tls: Option<tls::TlsFiles>,
     /// MQTT user name and password.
@@ -161,6 +163,11 @@ pub struct UplinkStats {
     pub connection_errors: AtomicU64,
     /// Queued messages the broker acknowledged.
     pub published: AtomicU64,
+    /// Batches (`{root}/{gw}/batch`) the broker acknowledged.
+    pub batches: AtomicU64,
+    /// Payload bytes of queued messages and batches submitted (resends included): the
+    /// replay's rate in bytes.
+    pub sent_bytes: AtomicU64,
     /// Publishes refused by the client (its request queue was full).
     pub submit_errors: AtomicU64,
     /// Commands received on `cmd`.
@@ -402,6 +409,7 @@ async fn publisher_task(
         window: usize::from(config.max_inflight),
         health_interval: config.health_interval,
         replay_rate: config.replay_rate,
+        batch: config.batch,
         birth: config.birth.clone(),
     };
     let mut publisher = Publisher::new(settings, stats, health, Instant::now());
@@ -477,10 +485,10 @@ fn perform(
         match action {
             Action::Publish(p) => {
                 let sent = match client {
-                    Some(c) if !(client_full && p.record.is_some()) => c
+                    Some(c) if !client_full || p.records.is_empty() => c
                         .try_publish(p.topic.clone(), p.qos, p.retain, p.payload.clone())
                         .map_err(|e| {
-                            if p.record.is_some() {
+                            if !p.records.is_empty() {
                                 tracing::debug!(error = %e, "client busy; will retry");
                             } else {
                                 tracing::warn!(topic = %p.topic, error = %e, "cannot publish");
@@ -490,7 +498,7 @@ fn perform(
                     _ => false,
                 };
                 if !sent {
-                    client_full |= p.record.is_some();
+                    client_full |= !p.records.is_empty();
                     for a in publisher.client_refused(&p).into_iter().rev() {
                         work.push_front(a);
                     }

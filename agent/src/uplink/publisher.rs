@@ -17,6 +17,13 @@
 //! - the end of a session forgets the pkid map and rewinds the queue to the oldest
 //!   unacknowledged record;
 //! - events go before telemetry, and only telemetry is paced (`replay_rate`);
+//! - with batching on (`[mqtt] batch`), telemetry windows are held back and go out together
+//!   as one publish on `{root}/{gw}/batch` ([`crate::feed::batch`]) once the oldest held has
+//!   waited `batch`, or the held payloads reach [`MAX_BATCH_BYTES`] (so a replayed backlog
+//!   goes out in full batches), or a clean stop has nothing more to take; the batch is one
+//!   pkid in the ledger and its PUBACK acknowledges every `seq` in it; a session that ends
+//!   first forgets the held windows (the rewind hands them out again). Events, replies and
+//!   lift statuses are never held;
 //! - `health` goes out on its interval while a session is up;
 //! - a clean stop drains the queue (at most [`DRAIN_TIMEOUT`]), publishes `offline`, waits for
 //!   its PUBACK (at most [`OFFLINE_TIMEOUT`]), then disconnects and finishes.
@@ -41,13 +48,16 @@ use super::ledger::{Entry, Ledger, Resolved};
 use super::pacer::Pacer;
 use super::session;
 use super::UplinkStats;
-use crate::feed::{now_millis, state_payload, MessageClass, Topics};
+use crate::feed::{batch, now_millis, state_payload, MessageClass, Topics};
 use crate::queue::{Queue, Record};
 
 /// How long a clean stop waits for the queue to drain.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a clean stop waits for the broker to acknowledge `offline`.
 pub const OFFLINE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most window payload bytes (uncompressed) one batch carries; a fuller batch goes out
+/// before its interval is up (a backlog replays in batches of this size).
+pub const MAX_BATCH_BYTES: usize = 128 * 1024;
 
 /// What the publisher reads from the queue (its in-memory state; no disk I/O).
 pub trait Backlog {
@@ -85,11 +95,15 @@ pub struct Publish {
     pub payload: Vec<u8>,
     /// What the ledger recorded for it.
     pub entry: Entry,
-    /// The queued record it carries, if any (given back with [`Action::Unsend`] if the client
-    /// refuses it).
-    pub record: Option<Arc<Record>>,
-    /// The record was handed to the client before: the payload carries `"replay": true`.
+    /// The queued records it carries (one, a batch's, or none), given back with
+    /// [`Action::Unsend`] if the client refuses it.
+    pub records: Vec<Arc<Record>>,
+    /// The record (every record of a batch) was handed to the client before: the payload
+    /// (each item of a batch that was) carries `"replay": true`.
     pub replay: bool,
+    /// The seqs among `records` handed over for the first time (forgotten again if the
+    /// client refuses the publish).
+    pub fresh: Vec<u64>,
 }
 
 /// `payload` (a JSON object) with `"replay":true` added as its last member.
@@ -151,6 +165,8 @@ pub struct Settings {
     pub health_interval: Duration,
     /// Telemetry per second (0 = no limit).
     pub replay_rate: u32,
+    /// Batch telemetry windows over this interval (`None`: each window alone, on `data`).
+    pub batch: Option<Duration>,
     /// What the birth says besides `online` (`last_stop`, `clock`).
     pub birth: crate::feed::BirthInfo,
 }
@@ -167,10 +183,37 @@ pub struct Publisher {
     stopping: Option<Instant>,
     offline_sent: Option<Instant>,
     finished: bool,
+    held: Held,
     /// Seqs handed to the client and not acknowledged yet (bounded: pruned to the backlog).
     attempted: std::collections::BTreeSet<u64>,
     /// `attempted` changed since [`Publisher::take_attempted_changes`].
     attempted_dirty: bool,
+}
+
+/// The telemetry windows handed out and held for the next batch.
+#[derive(Debug, Default)]
+struct Held {
+    records: Vec<Arc<Record>>,
+    bytes: usize,
+    since: Option<Instant>,
+}
+
+impl Held {
+    fn push(&mut self, record: Arc<Record>, now: Instant) {
+        self.bytes += record.payload.len();
+        self.since.get_or_insert(now);
+        self.records.push(record);
+    }
+
+    fn full(&self) -> bool {
+        self.bytes >= MAX_BATCH_BYTES
+    }
+
+    fn take(&mut self) -> Vec<Arc<Record>> {
+        self.bytes = 0;
+        self.since = None;
+        std::mem::take(&mut self.records)
+    }
 }
 
 impl std::fmt::Debug for Publisher {
@@ -205,6 +248,7 @@ impl Publisher {
             stopping: None,
             offline_sent: None,
             finished: false,
+            held: Held::default(),
             attempted: std::collections::BTreeSet::new(),
             attempted_dirty: false,
         }
@@ -260,6 +304,7 @@ impl Publisher {
     pub fn new_session(&mut self) {
         self.connected = false;
         self.ledger.clear();
+        self.held.take();
     }
 
     /// ConnAck: publish the birth and subscribe to `cmd`.
@@ -273,7 +318,7 @@ impl Publisher {
             Some((now_millis(), &self.settings.birth)),
         );
         let entry = Entry::Untracked { offline: false };
-        self.ledger.submitted(entry);
+        self.ledger.submitted(entry.clone());
         vec![
             Action::Publish(Publish {
                 topic: self.settings.topics.state(),
@@ -281,8 +326,9 @@ impl Publisher {
                 retain: true,
                 payload: birth,
                 entry,
-                record: None,
+                records: Vec::new(),
                 replay: false,
+                fresh: Vec::new(),
             }),
             Action::Subscribe(self.settings.topics.cmd()),
         ]
@@ -292,6 +338,7 @@ impl Publisher {
     pub fn outgoing(&mut self, pkid: u16) -> Vec<Action> {
         match self.ledger.on_outgoing(pkid) {
             Resolved::Delivered(seq) => self.delivered(seq),
+            Resolved::DeliveredAll(seqs) => self.delivered_all(&seqs),
             _ => Vec::new(),
         }
     }
@@ -311,9 +358,15 @@ impl Publisher {
         }
         match resolved {
             Resolved::Delivered(seq) => self.delivered(seq),
+            Resolved::DeliveredAll(seqs) => self.delivered_all(&seqs),
             Resolved::OfflineDelivered => vec![Action::Disconnect],
             Resolved::Nothing => Vec::new(),
         }
+    }
+
+    fn delivered_all(&mut self, seqs: &[u64]) -> Vec<Action> {
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        seqs.iter().flat_map(|&seq| self.delivered(seq)).collect()
     }
 
     fn delivered(&mut self, seq: u64) -> Vec<Action> {
@@ -334,6 +387,7 @@ impl Publisher {
         self.connected = false;
         self.stats.connected.store(false, Ordering::Relaxed);
         self.ledger.clear();
+        self.held.take();
         let mut actions = vec![Action::Rewind];
         if self.offline_sent.is_some() {
             tracing::info!("MQTT session closed cleanly");
@@ -353,17 +407,21 @@ impl Publisher {
     /// The client refused a publish from the last actions (its request queue is full): take
     /// it out of the ledger; a record is due again, a refused `offline` ends the stop.
     pub fn client_refused(&mut self, publish: &Publish) -> Vec<Action> {
-        self.ledger.withdraw(publish.entry);
-        match (&publish.record, publish.entry) {
-            (Some(record), _) => {
+        self.ledger.withdraw(&publish.entry);
+        match (publish.records.as_slice(), &publish.entry) {
+            ([_, ..], _) => {
                 self.stats.submit_errors.fetch_add(1, Ordering::Relaxed);
                 // Never handed over: a first attempt stays a first attempt.
-                if !publish.replay {
-                    self.attempted.remove(&record.seq);
+                for seq in &publish.fresh {
+                    self.attempted.remove(seq);
                 }
-                vec![Action::Unsend(record.clone())]
+                publish
+                    .records
+                    .iter()
+                    .map(|r| Action::Unsend(r.clone()))
+                    .collect()
             }
-            (None, Entry::Untracked { offline: true }) => {
+            ([], Entry::Untracked { offline: true }) => {
                 self.finished = true;
                 vec![Action::Finish]
             }
@@ -388,6 +446,9 @@ impl Publisher {
         }
         if self.wants_records() && !self.pacer.available(now) && backlog.has_unsent_telemetry() {
             wake = wake.min(now + self.pacer.wait(now));
+        }
+        if let (Some(since), Some(interval)) = (self.held.since, self.settings.batch) {
+            wake = wake.min(since + interval);
         }
         wake
     }
@@ -419,15 +480,16 @@ impl Publisher {
             self.next_health = now + self.settings.health_interval;
             if self.connected && self.offline_sent.is_none() {
                 let entry = Entry::Untracked { offline: false };
-                self.ledger.submitted(entry);
+                self.ledger.submitted(entry.clone());
                 actions.push(Action::Publish(Publish {
                     topic: self.settings.topics.health(),
                     qos: QoS::AtMostOnce,
                     retain: false,
                     payload: (self.health)(),
                     entry,
-                    record: None,
+                    records: Vec::new(),
                     replay: false,
+                    fresh: Vec::new(),
                 }));
             }
         }
@@ -441,14 +503,28 @@ impl Publisher {
     }
 
     /// Records to the window while it has room (telemetry as the pacer allows).
+    /// With batching, windows are held ([`Held`]) and go out as one batch when it is due.
     fn pump(&mut self, now: Instant, backlog: &dyn Backlog, actions: &mut Vec<Action>) {
         while self.ledger.outstanding() < self.window() {
+            if self.batch_due(now) {
+                self.send_batch(actions);
+                continue;
+            }
             let Some(record) = backlog.next_unsent_if(self.pacer.available(now)) else {
+                // A clean stop sends what it holds at once.
+                if self.stopping.is_some() && !self.held.records.is_empty() {
+                    self.send_batch(actions);
+                    continue;
+                }
                 break;
             };
             let qos = match record.class {
                 MessageClass::Telemetry => {
                     self.pacer.take();
+                    if self.settings.batch.is_some() && batch::is_window(&record.payload) {
+                        self.held.push(record, now);
+                        continue;
+                    }
                     self.settings.data_qos
                 }
                 MessageClass::Event | MessageClass::Capture => QoS::AtLeastOnce,
@@ -457,7 +533,7 @@ impl Publisher {
                 QoS::AtMostOnce => Entry::RecordAtMostOnce(record.seq),
                 _ => Entry::Record(record.seq),
             };
-            self.ledger.submitted(entry);
+            self.ledger.submitted(entry.clone());
             let replay = !self.attempted.insert(record.seq);
             self.attempted_dirty |= !replay;
             let payload = if replay {
@@ -465,13 +541,15 @@ impl Publisher {
             } else {
                 record.payload.clone()
             };
+            self.count_bytes(payload.len());
             actions.push(Action::Publish(Publish {
                 topic: record.topic.clone(),
                 qos,
                 retain: false,
                 payload,
                 entry,
-                record: Some(record),
+                fresh: if replay { Vec::new() } else { vec![record.seq] },
+                records: vec![record],
                 replay,
             }));
         }
@@ -488,6 +566,61 @@ impl Publisher {
         }
     }
 
+    fn count_bytes(&self, n: usize) {
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        self.stats.sent_bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Is the held batch due: full, or its oldest window has waited the interval?
+    fn batch_due(&self, now: Instant) -> bool {
+        match (self.held.since, self.settings.batch) {
+            (Some(since), Some(interval)) => self.held.full() || now >= since + interval,
+            _ => false,
+        }
+    }
+
+    /// The held windows as one publish on `batch`.
+    fn send_batch(&mut self, actions: &mut Vec<Action>) {
+        let records = self.held.take();
+        if records.is_empty() {
+            return;
+        }
+        // Each item as it would go alone: marked replay if handed over before.
+        let mut fresh = Vec::new();
+        let items: Vec<Vec<u8>> = records
+            .iter()
+            .map(|r| {
+                if self.attempted.insert(r.seq) {
+                    self.attempted_dirty = true;
+                    fresh.push(r.seq);
+                    r.payload.clone()
+                } else {
+                    mark_replay(&r.payload)
+                }
+            })
+            .collect();
+        let replay = fresh.is_empty();
+        let payload = batch::encode(&self.settings.gw, &items);
+        let seqs: Arc<[u64]> = records.iter().map(|r| r.seq).collect();
+        let qos = self.settings.data_qos;
+        let entry = match qos {
+            QoS::AtMostOnce => Entry::BatchAtMostOnce(seqs),
+            _ => Entry::Batch(seqs),
+        };
+        self.ledger.submitted(entry.clone());
+        self.count_bytes(payload.len());
+        actions.push(Action::Publish(Publish {
+            topic: self.settings.topics.batch(),
+            qos,
+            retain: false,
+            payload,
+            entry,
+            records,
+            replay,
+            fresh,
+        }));
+    }
+
     /// The clean stop's retained `offline`, or the end if there is no session for it.
     fn send_offline(&mut self, now: Instant, actions: &mut Vec<Action>) {
         self.offline_sent = Some(now);
@@ -497,15 +630,16 @@ impl Publisher {
             return;
         }
         let entry = Entry::Untracked { offline: true };
-        self.ledger.submitted(entry);
+        self.ledger.submitted(entry.clone());
         actions.push(Action::Publish(Publish {
             topic: self.settings.topics.state(),
             qos: QoS::AtLeastOnce,
             retain: true,
             payload: state_payload(&self.settings.gw, false, None),
             entry,
-            record: None,
+            records: Vec::new(),
             replay: false,
+            fresh: Vec::new(),
         }));
     }
 }

@@ -22,11 +22,24 @@ impl Fake {
     }
 
     fn add(&self, seq: u64, class: MessageClass) {
+        self.add_payload(seq, class, format!("p{seq}").into_bytes());
+    }
+
+    /// A telemetry window (as rendered: `"start"` right after `"seq"`), `pad` bytes longer.
+    fn add_window(&self, seq: u64, pad: usize) {
+        let payload = format!(
+            "{{\"v\":1,\"gw\":\"gw-1\",\"dev\":\"p\",\"seq\":{seq},\"start\":\"{}\"}}",
+            "x".repeat(pad)
+        );
+        self.add_payload(seq, MessageClass::Telemetry, payload.into_bytes());
+    }
+
+    fn add_payload(&self, seq: u64, class: MessageClass, payload: Vec<u8>) {
         let record = Record {
             seq,
             class,
             topic: format!("t/{seq}"),
-            payload: format!("p{seq}").into_bytes(),
+            payload,
             queued_at: 0,
         };
         self.records
@@ -100,6 +113,7 @@ fn settings(window: usize, replay_rate: u32) -> Settings {
         window,
         health_interval: Duration::from_secs(10),
         replay_rate,
+        batch: None,
         birth: Default::default(),
     }
 }
@@ -129,7 +143,7 @@ fn online(window: usize, replay_rate: u32, t0: Instant) -> (Publisher, Arc<Uplin
 fn seqs(publishes: &[Publish]) -> Vec<u64> {
     publishes
         .iter()
-        .filter_map(|p| p.record.as_ref().map(|r| r.seq))
+        .flat_map(|p| p.records.iter().map(|r| r.seq))
         .collect()
 }
 
@@ -139,7 +153,7 @@ fn go_out(p: &mut Publisher, q: &Fake, publishes: &[Publish], first: u16) -> Vec
     for (i, pb) in publishes.iter().enumerate() {
         let pkid = first + i as u16;
         q.apply(&p.outgoing(pkid));
-        if let Some(r) = &pb.record {
+        for r in &pb.records {
             map.push((r.seq, pkid));
         }
     }
@@ -433,6 +447,179 @@ fn commands_are_handed_on_and_counted() {
     assert_eq!(stats.commands.load(Ordering::Relaxed), 1);
 }
 
+/// A connected publisher batching windows every 5 s.
+fn batching(window: usize, t0: Instant) -> (Publisher, Arc<UplinkStats>) {
+    let stats = Arc::new(UplinkStats::default());
+    let mut settings = settings(window, 0);
+    settings.batch = Some(Duration::from_secs(5));
+    settings.health_interval = Duration::from_secs(3600);
+    let mut p = Publisher::new(settings, stats.clone(), Box::new(|| b"{}".to_vec()), t0);
+    p.new_session();
+    p.connected();
+    p.outgoing(1);
+    p.puback(1, 0);
+    (p, stats)
+}
+
+fn batch_items(p: &Publish) -> Vec<u64> {
+    crate::feed::batch::decode(&p.payload)
+        .expect("a batch")
+        .iter()
+        .filter_map(|v| v["seq"].as_u64())
+        .collect()
+}
+
+#[test]
+fn windows_wait_for_the_batch_while_events_and_lift_statuses_go_at_once() {
+    let t0 = Instant::now();
+    let (mut p, stats) = batching(10, t0);
+    let q = Fake::default();
+    q.add_window(2, 0);
+    q.add(3, E);
+    q.add_window(4, 0);
+    q.add(5, T); // a lift status: not a window
+    let out = q.apply(&p.tick(t0, &q));
+    assert_eq!(seqs(&out), vec![3, 5], "only the event and the lift status");
+    assert_eq!(p.next_wake(t0, &q), t0 + Duration::from_secs(5));
+    q.add_window(6, 0);
+    assert!(q.apply(&p.tick(t0 + Duration::from_secs(4), &q)).is_empty());
+    let out = q.apply(&p.tick(t0 + Duration::from_secs(5), &q));
+    assert_eq!(out.len(), 1);
+    let batch = &out[0];
+    assert_eq!(
+        (batch.topic.as_str(), batch.qos),
+        ("r/gw-1/batch", QoS::AtLeastOnce)
+    );
+    assert_eq!(seqs(&out), vec![2, 4, 6]);
+    assert_eq!(batch_items(batch), vec![2, 4, 6], "each window is an item");
+    // Events 3, lift 5 were pkids 2, 3; the batch is pkid 4 and its PUBACK acks all three.
+    p.outgoing(2);
+    p.outgoing(3);
+    p.outgoing(4);
+    assert_eq!(p.outstanding(), 3);
+    let acks = p.puback(4, 0);
+    assert_eq!(
+        acks,
+        vec![Action::Ack(2), Action::Ack(4), Action::Ack(6)],
+        "one PUBACK, every seq"
+    );
+    q.apply(&acks);
+    assert_eq!(stats.batches.load(Ordering::Relaxed), 1);
+    assert!(stats.sent_bytes.load(Ordering::Relaxed) > 0);
+    assert!(p.puback(4, 0).is_empty(), "a duplicate PUBACK acks nothing");
+}
+
+#[test]
+fn a_batch_lost_with_its_session_is_batched_again() {
+    let t0 = Instant::now();
+    let (mut p, _) = batching(10, t0);
+    let q = Fake::default();
+    q.add_window(1, 0);
+    q.add_window(2, 0);
+    q.apply(&p.tick(t0, &q));
+    let out = q.apply(&p.tick(t0 + Duration::from_secs(5), &q));
+    assert_eq!(seqs(&out), vec![1, 2]);
+    p.outgoing(2);
+    q.add_window(3, 0);
+    q.apply(&p.tick(t0 + Duration::from_secs(6), &q)); // 3 is held
+    q.apply(&p.disconnected("test"));
+    p.new_session();
+    p.connected();
+    p.outgoing(1);
+    p.puback(1, 0);
+    let t1 = t0 + Duration::from_secs(7);
+    assert!(
+        q.apply(&p.tick(t1, &q)).is_empty(),
+        "held again, not sent one by one"
+    );
+    let out = q.apply(&p.tick(t1 + Duration::from_secs(5), &q));
+    assert_eq!(
+        seqs(&out),
+        vec![1, 2, 3],
+        "the lost batch and the held window, once"
+    );
+    let items = crate::feed::batch::decode(&out[0].payload).expect("a batch");
+    let replays: Vec<bool> = items.iter().map(|v| v["replay"] == true).collect();
+    assert_eq!(
+        replays,
+        vec![true, true, false],
+        "items sent before are marked replay"
+    );
+    assert!(!out[0].replay && out[0].fresh == vec![3]);
+    p.outgoing(2);
+    let acks = q.apply(&p.puback(2, 0));
+    assert!(acks.is_empty());
+    assert_eq!(q.waiting(), 0);
+    assert!(p.puback(2, 0).is_empty());
+}
+
+#[test]
+fn a_backlog_goes_out_in_full_batches_without_waiting() {
+    let t0 = Instant::now();
+    let (mut p, _) = batching(2, t0);
+    let q = Fake::default();
+    // 100 windows of ~4 kB: about three full batches of 128 KiB.
+    for seq in 1..=100 {
+        q.add_window(seq, 4000);
+    }
+    let out = q.apply(&p.tick(t0, &q));
+    assert_eq!(out.len(), 2, "the in-flight window holds batches");
+    assert!(out.iter().all(|b| b.topic == "r/gw-1/batch"));
+    let first = seqs(&out);
+    assert_eq!(first.len(), 66, "two full batches of 33");
+    assert_eq!(first, (1..=66).collect::<Vec<_>>());
+    assert_eq!(batch_items(&out[1]), (34..=66).collect::<Vec<_>>());
+    p.outgoing(2);
+    p.outgoing(3);
+    q.apply(&p.puback(2, 0));
+    q.apply(&p.puback(3, 0));
+    // The rest (34 windows) is held: one full batch goes, one window waits for the interval.
+    let out = q.apply(&p.tick(t0, &q));
+    assert_eq!(seqs(&out), (67..=99).collect::<Vec<_>>());
+    let out = q.apply(&p.tick(t0 + Duration::from_secs(5), &q));
+    assert_eq!(seqs(&out), vec![100]);
+}
+
+#[test]
+fn a_clean_stop_sends_the_held_batch_then_offline() {
+    let t0 = Instant::now();
+    let (mut p, _) = batching(10, t0);
+    let q = Fake::default();
+    q.add_window(1, 0);
+    q.apply(&p.tick(t0, &q));
+    p.stop(t0);
+    let out = q.apply(&p.tick(t0 + Duration::from_millis(10), &q));
+    assert_eq!(seqs(&out), vec![1]);
+    assert_eq!(out[0].topic, "r/gw-1/batch");
+    p.outgoing(2);
+    q.apply(&p.puback(2, 0));
+    let out = q.apply(&p.tick(t0 + Duration::from_millis(20), &q));
+    assert_eq!(
+        out[0].topic, "r/gw-1/state",
+        "offline once the batch is acknowledged"
+    );
+}
+
+#[test]
+fn a_batch_the_client_refuses_is_due_again_whole() {
+    let t0 = Instant::now();
+    let (mut p, stats) = batching(10, t0);
+    let q = Fake::default();
+    q.add_window(1, 0);
+    q.add_window(2, 0);
+    q.apply(&p.tick(t0, &q));
+    let out = q.apply(&p.tick(t0 + Duration::from_secs(5), &q));
+    let back = p.client_refused(&out[0]);
+    assert_eq!(back.len(), 2, "every record of the batch is unsent");
+    q.apply(&back);
+    assert_eq!(p.outstanding(), 0);
+    assert_eq!(stats.submit_errors.load(Ordering::Relaxed), 1);
+    q.apply(&p.tick(t0 + Duration::from_secs(6), &q));
+    let out = q.apply(&p.tick(t0 + Duration::from_secs(11), &q));
+    assert_eq!(seqs(&out), vec![1, 2]);
+    assert!(!out[0].replay, "never handed over: still a first attempt");
+}
+
 #[test]
 fn a_record_sent_again_after_a_lost_session_is_marked_replay_and_a_first_attempt_is_not() {
     let t0 = Instant::now();
@@ -472,7 +659,7 @@ fn the_set_of_an_earlier_run_marks_its_records_and_a_refused_submit_stays_first(
     let out = q.apply(&p.tick(t0, &q));
     assert_eq!(
         out.iter()
-            .map(|pb| (pb.record.as_ref().map(|r| r.seq), pb.replay))
+            .map(|pb| (pb.records.first().map(|r| r.seq), pb.replay))
             .collect::<Vec<_>>(),
         vec![(Some(1), true), (Some(2), false)]
     );
