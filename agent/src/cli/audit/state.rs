@@ -19,6 +19,10 @@
 //!   except `state`, whose retained copy may be hours old), p50/p99 from a log-linear
 //!   histogram (about 3 % resolution, bounded memory).
 //!
+//! Batches (`{root}/{gw}/batch`: telemetry windows, zstd-compressed) are decoded and each
+//! window is audited as the `data/{dev}` message it stands for (its own `seq`, schema,
+//! latency from its `end`).
+//!
 //! [`Audit::freeze`] ends an audit: from then on only `seq` at or below the highest seen
 //! so far count, so messages still in flight can fill holes without new ones opening.
 
@@ -466,8 +470,56 @@ impl Audit {
         self.gateways.values().any(|g| !g.missing().gaps.is_empty())
     }
 
-    /// One message, received at `receipt_ms` (Unix milliseconds).
+    /// One message, received at `receipt_ms` (Unix milliseconds). A batch
+    /// (`{root}/{gw}/batch`, see `docs/mqtt-feed.md`) is decoded and each of its windows is
+    /// audited as the `data/{dev}` message it stands for; the outcome is the batch's worst.
     pub fn on_message(&mut self, topic: &str, payload: &[u8], receipt_ms: f64) -> Outcome {
+        if let Some(gw) = self.batch_gateway(topic) {
+            return self.on_batch(&gw, topic, payload, receipt_ms);
+        }
+        self.on_single(topic, payload, receipt_ms)
+    }
+
+    /// `{gw}` of a `{root}/{gw}/batch` topic.
+    fn batch_gateway(&self, topic: &str) -> Option<String> {
+        let rest = topic.strip_prefix(&self.root)?.strip_prefix('/')?;
+        let (gw, kind) = rest.split_once('/')?;
+        (kind == "batch" && !gw.is_empty()).then(|| gw.to_owned())
+    }
+
+    fn on_batch(&mut self, gw: &str, topic: &str, payload: &[u8], receipt_ms: f64) -> Outcome {
+        if payload.is_empty() {
+            return Outcome::Empty;
+        }
+        let items = match crate::feed::batch::decode(payload) {
+            Ok(items) => items,
+            Err(e) => {
+                if self.frozen {
+                    return Outcome::Ignored;
+                }
+                let reason = format!("batch does not decode: {e}");
+                let g = self.gateways.entry(gw.to_owned()).or_default();
+                g.messages += 1;
+                g.invalid(topic, &reason);
+                return Outcome::Invalid(reason);
+            }
+        };
+        let mut worst = Outcome::Valid;
+        for item in items {
+            let dev = item["dev"].as_str().unwrap_or("").to_owned();
+            let item_topic = format!("{}/{gw}/data/{dev}", self.root);
+            let bytes = item.to_string().into_bytes();
+            let outcome = self.on_single(&item_topic, &bytes, receipt_ms);
+            worst = match (&worst, &outcome) {
+                (Outcome::Invalid(_), _) => worst,
+                (_, Outcome::Invalid(_)) | (Outcome::Valid, Outcome::Duplicate) => outcome,
+                _ => worst,
+            };
+        }
+        worst
+    }
+
+    fn on_single(&mut self, topic: &str, payload: &[u8], receipt_ms: f64) -> Outcome {
         let feed = match parse_topic(&self.root, topic) {
             Ok(f) => f,
             Err(BadTopic {

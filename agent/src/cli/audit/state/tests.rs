@@ -310,3 +310,26 @@ fn topics_parse_by_kind() {
         None
     );
 }
+
+#[test]
+fn a_batch_is_audited_window_by_window() {
+    let mut a = audit();
+    assert_eq!(feed(&mut a, window("gw-b", 4)), Outcome::Valid);
+    let items: Vec<Vec<u8>> = [5, 6].iter().map(|&s| window("gw-b", s).1).collect();
+    let batch = crate::feed::batch::encode("gw-b", &items);
+    let topic = format!("{ROOT}/gw-b/batch");
+    assert_eq!(a.on_message(&topic, &batch, T + 250.0), Outcome::Valid);
+    assert_eq!(feed(&mut a, window("gw-b", 7)), Outcome::Valid);
+    let g = &a.gateways()["gw-b"];
+    assert_eq!((g.messages, g.invalid, g.duplicates), (4, 0, 0));
+    assert!(g.missing().gaps.is_empty(), "{:?}", g.missing());
+    // The same batch again: its windows are duplicates.
+    assert_eq!(a.on_message(&topic, &batch, T + 250.0), Outcome::Duplicate);
+    assert_eq!(a.gateways()["gw-b"].duplicates, 2);
+    // A batch that does not decode is one invalid message of its gateway.
+    assert!(matches!(
+        a.on_message(&topic, b"not zstd", T),
+        Outcome::Invalid(_)
+    ));
+    assert_eq!(a.gateways()["gw-b"].invalid, 1);
+}
