@@ -25,10 +25,50 @@ use crate::uplink::{Uplink, UplinkConfig, UplinkStats};
 /// Capacity of the channel from the sources to the pipeline (events, each up to 32 samples).
 const SOURCE_EVENTS: usize = 8192;
 
+/// What a fed run's source tasks get: the pipeline's input, the shutdown, and one
+/// [`SourceStats`] per `[[node]]` and per `[[lift]]` (config order) that the health report reads.
+#[derive(Debug)]
+pub struct Feed {
+    /// Into the pipeline.
+    pub events: mpsc::Sender<crate::sources::SourceEvent>,
+    /// Fires at stop; the tasks end then.
+    pub shutdown: shutdown::Shutdown,
+    /// Per `[[node]]`.
+    pub node_stats: Vec<Arc<SourceStats>>,
+    /// Per `[[lift]]`.
+    pub lift_stats: Vec<Arc<SourceStats>>,
+    /// The uplink's counters (what was sent, what was acknowledged).
+    pub uplink_stats: Arc<UplinkStats>,
+}
+
+/// Starts the tasks that produce a fed run's events (instead of the serial, Modbus and I2C
+/// sources); they must end when the shutdown fires.
+pub type Feeder = Box<dyn FnOnce(Feed) -> Vec<tokio::task::JoinHandle<()>> + Send>;
+
 /// Runs the agent until `stop` resolves, then shuts down cleanly.
 pub async fn run(
     config: Config,
     stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    run_sources(config, stop, None).await
+}
+
+/// Runs the agent as [`run`] does, but with its events produced by `feeder` instead of the
+/// configured devices' ports (the fleet simulator: the same pipeline, queue and uplink, fed
+/// in-process). The `[[node]]` and `[[lift]]` sections still declare the devices (their
+/// channels, windows and rules); their ports are never opened.
+pub async fn run_fed(
+    config: Config,
+    stop: impl std::future::Future<Output = ()>,
+    feeder: Feeder,
+) -> anyhow::Result<()> {
+    run_sources(config, stop, Some(feeder)).await
+}
+
+async fn run_sources(
+    config: Config,
+    stop: impl std::future::Future<Output = ()>,
+    feeder: Option<Feeder>,
 ) -> anyhow::Result<()> {
     let gw = config.gateway.id.to_string();
     let topics = Topics::new(&config.mqtt.topic_root, &gw);
@@ -62,57 +102,51 @@ pub async fn run(
     let (events_tx, events_rx) = mpsc::channel(SOURCE_EVENTS);
     let heartbeats = Heartbeats::new();
 
+    let uplink_stats = Arc::new(UplinkStats::default());
     let mut source_entries = Vec::new();
     let mut source_tasks = Vec::new();
     let mut node_requests = Vec::new();
-    for (dev, node) in config.nodes.iter().enumerate() {
-        let stats = SourceStats::new();
-        let (req_tx, req_rx) = mpsc::channel::<NodeRequest>(16);
-        node_requests.push((node.id.to_string(), req_tx));
-        source_entries.push(SourceEntry {
-            dev: node.id.to_string(),
-            kind: "serial_node",
-            port: node.port.display().to_string(),
-            stats: stats.clone(),
-        });
-        let source = SerialNodeSource {
-            dev: DeviceKey::Node(dev),
-            config: node.map_channels(|_| ()),
-            events: events_tx.clone(),
-            requests: req_rx,
-            stats,
-            heartbeat: heartbeats.register(&format!("source {}", node.id)),
-        };
-        source_tasks.push(tokio::spawn(serial_node::run(source, shutdown.clone())));
-    }
-    start_lift_buses(
-        &config,
-        &events_tx,
-        &shutdown,
-        &heartbeats,
-        &mut source_entries,
-        &mut source_tasks,
-    )?;
     let mut i2c_threads = Vec::new();
-    for (i, dev) in config.i2c.iter().enumerate() {
-        let stats = SourceStats::new();
-        source_entries.push(SourceEntry {
-            dev: dev.id.to_string(),
-            kind: "i2c",
-            port: dev.bus.clone(),
-            stats: stats.clone(),
-        });
-        let source = crate::sources::i2c_device::I2cSource {
-            dev: DeviceKey::I2c(i),
-            config: dev.map_channels(|_| ()),
+    if let Some(feeder) = feeder {
+        let mut feed = Feed {
             events: events_tx.clone(),
-            stats,
-            heartbeat: heartbeats.register(&format!("i2c {}", dev.id)),
+            shutdown: shutdown.clone(),
+            node_stats: Vec::new(),
+            lift_stats: Vec::new(),
+            uplink_stats: uplink_stats.clone(),
         };
-        i2c_threads.push(
-            crate::sources::i2c_device::spawn(source, shutdown.clone())
-                .with_context(|| format!("starting the thread of i2c device {}", dev.id))?,
-        );
+        for node in &config.nodes {
+            let stats = SourceStats::new();
+            source_entries.push(SourceEntry {
+                dev: node.id.to_string(),
+                kind: "serial_node",
+                port: node.port.display().to_string(),
+                stats: stats.clone(),
+            });
+            feed.node_stats.push(stats);
+        }
+        for lift in &config.lifts {
+            let stats = SourceStats::new();
+            source_entries.push(SourceEntry {
+                dev: lift.id.to_string(),
+                kind: "modbus_lift",
+                port: lift.port.display().to_string(),
+                stats: stats.clone(),
+            });
+            feed.lift_stats.push(stats);
+        }
+        source_tasks = feeder(feed);
+    } else {
+        start_sources(
+            &config,
+            &events_tx,
+            &shutdown,
+            &heartbeats,
+            &mut source_entries,
+            &mut source_tasks,
+            &mut node_requests,
+            &mut i2c_threads,
+        )?;
     }
     drop(events_tx);
 
@@ -138,7 +172,6 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let uplink_stats = Arc::new(UplinkStats::default());
     let command_stats = Arc::new(crate::commands::CommandStats::default());
     let reporter = HealthReporter::new(
         &gw,
@@ -243,6 +276,70 @@ pub async fn run(
         last_seq = queue.last_seq(),
         "towerlink agent stopped"
     );
+    Ok(())
+}
+
+/// Starts the configured devices' sources: one task per serial node, one per RS-485 bus, one
+/// thread per I2C device.
+#[allow(clippy::too_many_arguments)]
+fn start_sources(
+    config: &Config,
+    events_tx: &mpsc::Sender<crate::sources::SourceEvent>,
+    shutdown: &shutdown::Shutdown,
+    heartbeats: &Heartbeats,
+    source_entries: &mut Vec<SourceEntry>,
+    source_tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    node_requests: &mut Vec<(String, mpsc::Sender<NodeRequest>)>,
+    i2c_threads: &mut Vec<std::thread::JoinHandle<()>>,
+) -> anyhow::Result<()> {
+    for (dev, node) in config.nodes.iter().enumerate() {
+        let stats = SourceStats::new();
+        let (req_tx, req_rx) = mpsc::channel::<NodeRequest>(16);
+        node_requests.push((node.id.to_string(), req_tx));
+        source_entries.push(SourceEntry {
+            dev: node.id.to_string(),
+            kind: "serial_node",
+            port: node.port.display().to_string(),
+            stats: stats.clone(),
+        });
+        let source = SerialNodeSource {
+            dev: DeviceKey::Node(dev),
+            config: node.map_channels(|_| ()),
+            events: events_tx.clone(),
+            requests: req_rx,
+            stats,
+            heartbeat: heartbeats.register(&format!("source {}", node.id)),
+        };
+        source_tasks.push(tokio::spawn(serial_node::run(source, shutdown.clone())));
+    }
+    start_lift_buses(
+        config,
+        events_tx,
+        shutdown,
+        heartbeats,
+        source_entries,
+        source_tasks,
+    )?;
+    for (i, dev) in config.i2c.iter().enumerate() {
+        let stats = SourceStats::new();
+        source_entries.push(SourceEntry {
+            dev: dev.id.to_string(),
+            kind: "i2c",
+            port: dev.bus.clone(),
+            stats: stats.clone(),
+        });
+        let source = crate::sources::i2c_device::I2cSource {
+            dev: DeviceKey::I2c(i),
+            config: dev.map_channels(|_| ()),
+            events: events_tx.clone(),
+            stats,
+            heartbeat: heartbeats.register(&format!("i2c {}", dev.id)),
+        };
+        i2c_threads.push(
+            crate::sources::i2c_device::spawn(source, shutdown.clone())
+                .with_context(|| format!("starting the thread of i2c device {}", dev.id))?,
+        );
+    }
     Ok(())
 }
 

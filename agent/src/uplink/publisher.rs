@@ -260,6 +260,14 @@ impl Publisher {
         vec![Action::Ack(seq)]
     }
 
+    /// The client took a publish of `bytes` (topic plus payload).
+    pub fn count_sent(&self, bytes: usize) {
+        self.stats.sent.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .sent_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
     /// A message arrived on `cmd`.
     pub fn command(&mut self, payload: Vec<u8>) -> Vec<Action> {
         self.stats.commands.fetch_add(1, Ordering::Relaxed);
