@@ -21,6 +21,7 @@ fn the_python_decoder_reads_the_agent_s_batches_exactly() -> anyhow::Result<()> 
             ChannelWindow {
                 u: "ustrain",
                 n: 500,
+                expected: 500,
                 mean: x,
                 min: x - 5.364_532,
                 max: x + 7.053_58,

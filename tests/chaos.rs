@@ -311,6 +311,109 @@ fn twenty_kill_9s_under_load_lose_nothing() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The share of the samples the nodes sent that reached windows, per channel kind, over
+/// the stretch from the end of each device's first window to the start of its last: the
+/// simulated nodes sample at exactly their advertised rate (strain 50 Hz, tilt 10 Hz), so
+/// what was sent over a span is the rate times the span. Returns (received, sent).
+fn samples_in_windows(all: &[Received]) -> (u64, u64) {
+    const RATES: [(&str, u64); 3] = [("strain", 50), ("tilt_x", 10), ("tilt_y", 10)];
+    let ms = |v: &serde_json::Value| -> Option<i64> {
+        let t = humantime::parse_rfc3339(v.as_str()?).ok()?;
+        Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64)
+    };
+    // Unique windows by seq, then by device.
+    let mut by_seq: BTreeMap<u64, &Received> = BTreeMap::new();
+    for m in queued(all)
+        .into_iter()
+        .filter(|m| m.topic.contains("/data/"))
+    {
+        if let Some(seq) = m.json["seq"].as_u64() {
+            by_seq.entry(seq).or_insert(m);
+        }
+    }
+    let mut by_dev: BTreeMap<&str, Vec<(i64, i64, &serde_json::Value)>> = BTreeMap::new();
+    for m in by_seq.values() {
+        let (Some(start), Some(end)) = (ms(&m.json["start"]), ms(&m.json["end"])) else {
+            continue;
+        };
+        let dev = m.topic.rsplit('/').next().unwrap_or("");
+        by_dev
+            .entry(dev)
+            .or_default()
+            .push((start, end, &m.json["ch"]));
+    }
+    let (mut received, mut sent) = (0, 0);
+    for windows in by_dev.values_mut() {
+        // Fixed windows only (a deadband report has its own span).
+        windows.retain(|w| RATES.iter().any(|(ch, _)| w.2.get(*ch).is_some()));
+        windows.sort_by_key(|w| w.0);
+        let (Some(first), Some(last)) = (windows.first(), windows.last()) else {
+            continue;
+        };
+        let (from, to) = (first.1, last.0);
+        let gaps: Vec<(i64, i64)> = windows
+            .windows(2)
+            .filter(|p| p[1].0 > p[0].1)
+            .map(|p| (p[0].1, p[1].0 - p[0].1))
+            .collect();
+        println!("gaps between windows (at, ms): {gaps:?}");
+        for (ch, rate) in RATES {
+            sent += rate * u64::try_from(to - from).unwrap_or(0) / 1000;
+            let got = windows
+                .iter()
+                .filter(|w| w.0 >= from && w.1 <= to)
+                .filter_map(|w| w.2[ch]["n"].as_u64())
+                .sum::<u64>();
+            println!(
+                "{ch}: {got} of {} in windows",
+                rate * u64::try_from(to - from).unwrap_or(0) / 1000
+            );
+            received += got;
+        }
+    }
+    (received, sent)
+}
+
+/// Issue 11: two SIGKILLs in a minute under load; the share of the samples the nodes sent
+/// that reach windows (spike rejection's drops included). Prints the figure; fails below
+/// 88 % (measured: 91.0 %; the windows open at each kill, about `window + grace`, are lost).
+#[test]
+fn two_kill_9s_in_a_minute_lose_few_samples() -> anyhow::Result<()> {
+    let rig = Rig::new("chaos-share", 33, 2)?;
+    // Windows of 1 s with the default grace (2 s): a 50 Hz batch of 32 spans 640 ms, which
+    // the rig's 200 ms windows with 300 ms of grace would partly count as late; the figure
+    // is about what a kill costs.
+    let text = std::fs::read_to_string(&rig.config)?.replace(
+        "window = \"200ms\"\nwindow_grace = \"300ms\"",
+        "window = \"1s\"\nwindow_grace = \"2s\"",
+    );
+    ensure!(text.contains("window = \"1s\""), "{text}");
+    std::fs::write(&rig.config, text)?;
+    let pings = rig.start_pings();
+    let mut agent = AgentProcess::start(&rig.config)?;
+    wait_for_more(&rig, 20, Duration::from_secs(30), "the first windows")?;
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_secs(20));
+        agent.kill()?;
+        agent = AgentProcess::start(&rig.config)?;
+    }
+    std::thread::sleep(Duration::from_secs(20));
+    finish(&rig, &mut agent, &BTreeSet::new())?;
+    let (received, sent) = samples_in_windows(&rig.sub.all());
+    let share = received as f64 / sent.max(1) as f64;
+    println!(
+        "samples in windows through 2 kill -9s in a minute: {:.1} % ({received} of {sent} sent)",
+        share * 100.0
+    );
+    ensure!(
+        share >= 0.88,
+        "only {:.1} % of the samples sent reached windows",
+        share * 100.0
+    );
+    let _ = pings.join();
+    Ok(())
+}
+
 /// CRC-32/ISO-HDLC, bit by bit (the store's frame checksum, written here from its definition
 /// so the test does not lean on the agent's code).
 fn crc32(bytes: &[u8]) -> u32 {

@@ -1,6 +1,7 @@
 //! A full disk under the store, end to end: the store lives on a tiny tmpfs that the test
 //! fills to the last byte while the agent runs. The agent must keep running from memory,
-//! say so in `health`, and once space returns put its backlog on disk again, with every
+//! say so in `health` (`queue.error`, and `queue.memory_only` counting what it holds only
+//! in memory), and once space returns put its backlog on disk again, with every
 //! `seq` reaching the platform.
 //!
 //! Mounting a tmpfs needs root (as on CI here); without it the test fails, unless
@@ -78,6 +79,17 @@ fn a_full_disk_costs_nothing_and_the_store_recovers() -> anyhow::Result<()> {
         m.iter().filter(|r| r.topic.contains("/data/")).count() >= 5
     })?;
 
+    // README: on a failing disk the agent "reports `queue.error` and `memory_only` in
+    // health": nothing is memory-only while the disk works.
+    sub.wait(Duration::from_secs(10), "a health report", |_| {
+        health(&sub).is_some()
+    })?;
+    let q = health(&sub).context("health")?;
+    ensure!(
+        q["memory_only"] == 0 && q["error"].is_null(),
+        "memory-only messages on a working disk: {q}"
+    );
+
     fill(&store).context("filling the store's filesystem")?;
     sub.wait(
         Duration::from_secs(30),
@@ -86,6 +98,19 @@ fn a_full_disk_costs_nothing_and_the_store_recovers() -> anyhow::Result<()> {
             health(&sub).is_some_and(|q| {
                 q["store_errors"].as_u64().unwrap_or(0) > 0 && !q["error"].is_null()
             })
+        },
+    )?;
+    // ...and the messages held in memory only are counted, more as the disk stays full.
+    let held = health(&sub)
+        .and_then(|q| q["memory_only"].as_u64())
+        .unwrap_or(0);
+    sub.wait(
+        Duration::from_secs(20),
+        "health counting memory-only messages",
+        |_| {
+            health(&sub)
+                .and_then(|q| q["memory_only"].as_u64())
+                .is_some_and(|n| n > held.max(1))
         },
     )?;
     let during = sub.all().len();

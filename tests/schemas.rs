@@ -141,7 +141,7 @@ fn every_example_in_the_feed_contract_passes_its_schema() {
 fn window() -> Value {
     json!({"v":1,"gw":"sh-ja-0001","dev":"panel-n12","seq":18231,
         "start":"2026-11-28T05:04:00.000Z","end":"2026-11-28T05:04:10.000Z",
-        "ch":{"tilt_x":{"u":"deg","n":100,"mean":0.0123,"min":0.0101,"max":0.015,"last":0.0124,"std":0.0004}}})
+        "ch":{"tilt_x":{"u":"deg","n":100,"expected":100,"mean":0.0123,"min":0.0101,"max":0.015,"last":0.0124,"std":0.0004}}})
 }
 
 fn threshold() -> Value {
@@ -214,7 +214,7 @@ fn the_schemas_reject_what_the_contract_forbids() {
         &edit(window(), &|o| {
             o.insert(
                 "ch".into(),
-                json!({"tilt_x": {"u":"degrees","n":1,"mean":0,"min":0,"max":0,"last":0,"std":0}}),
+                json!({"tilt_x": {"u":"degrees","n":1,"expected":1,"mean":0,"min":0,"max":0,"last":0,"std":0}}),
             );
         }),
         "an unknown unit",
@@ -224,10 +224,27 @@ fn the_schemas_reject_what_the_contract_forbids() {
         &edit(window(), &|o| {
             o.insert(
                 "ch".into(),
-                json!({"tilt_x": {"u":"deg","n":1,"mean":0,"min":0,"max":0,"last":0}}),
+                json!({"tilt_x": {"u":"deg","n":1,"expected":1,"mean":0,"min":0,"max":0,"last":0}}),
             );
         }),
         "a window without std",
+    );
+    rejected(
+        Kind::Data,
+        &edit(window(), &|o| {
+            o.insert(
+                "ch".into(),
+                json!({"tilt_x": {"u":"deg","n":1,"mean":0,"min":0,"max":0,"last":0,"std":0}}),
+            );
+        }),
+        "a window channel without expected (v1.1)",
+    );
+    rejected(
+        Kind::Data,
+        &edit(window(), &|o| {
+            o.insert("clock".into(), json!("synced"));
+        }),
+        "a clock flag other than unsynced",
     );
     rejected(
         Kind::Event,
@@ -254,6 +271,16 @@ fn the_schemas_reject_what_the_contract_forbids() {
         Kind::State,
         &json!({"v":1,"gw":"g","state":"online","ts":"2026-11-28T05:04:41.000Z","agent":"0.1.0","seq":4}),
         "a state with a seq (state is not queued)",
+    );
+    rejected(
+        Kind::State,
+        &json!({"v":1,"gw":"g","state":"online","ts":"2026-11-28T05:04:41.000Z","agent":"0.1.0","clock":{"synced":true}}),
+        "a birth without last_stop (v1.1)",
+    );
+    rejected(
+        Kind::State,
+        &json!({"v":1,"gw":"g","state":"online","ts":"2026-11-28T05:04:41.000Z","agent":"0.1.0","last_stop":"killed","clock":{"synced":true}}),
+        "a last_stop other than clean or unclean",
     );
     rejected(
         Kind::Reply,
@@ -297,6 +324,7 @@ fn the_agents_own_serialisation_passes() {
         ChannelWindow {
             u: "ustrain",
             n: 500,
+            expected: 500,
             mean: 112.4,
             min: 98.0,
             max: 131.9,
@@ -396,7 +424,11 @@ fn the_agents_own_serialisation_passes() {
             .validate(kind, &payload)
             .unwrap_or_else(|e| panic!("{payload}: {e}"));
     }
-    for (online, ts) in [(true, Some(t)), (false, None)] {
+    let birth = towerlink_agent::feed::BirthInfo {
+        last_stop: towerlink_agent::feed::LastStop::Unclean,
+        clock: None,
+    };
+    for (online, ts) in [(true, Some((t, &birth))), (false, None)] {
         let payload: Value = serde_json::from_slice(&state_payload(gw, online, ts)).expect("json");
         schemas()
             .validate(Kind::State, &payload)

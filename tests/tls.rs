@@ -511,3 +511,81 @@ fn check_verifies_the_credentials() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Connects on the broker's plain listener as `client_id` and leaves: the broker drops the
+/// session that had that client id (MQTT's session take-over), so it has to reconnect.
+fn take_over(port: u16, client_id: &str) -> anyhow::Result<()> {
+    let opts = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
+    let (client, mut connection) = rumqttc::Client::new(opts, 10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        match connection.recv_timeout(Duration::from_millis(500)) {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))) => {
+                let _ = client.disconnect();
+                return Ok(());
+            }
+            Ok(Err(e)) => anyhow::bail!("take-over connection: {e}"),
+            _ => {}
+        }
+    }
+    anyhow::bail!("no CONNACK for the take-over connection")
+}
+
+/// README: "The files are read again before every connection attempt ... (if a re-read
+/// fails, the last good files are kept and the error logged)". A renewal gone wrong leaves
+/// an unreadable certificate and key; the next reconnect still gets in, with the old ones.
+#[test]
+fn a_failed_reread_of_the_tls_files_keeps_the_last_good_ones() -> anyhow::Result<()> {
+    let rig = Rig::new("tls-reread", "server", None, 1)?;
+    rig.pki.install_client("client")?;
+    let config = rig.config(&rig.client_cert_lines())?;
+    let mut agent = AgentProcess::start(&config)?;
+    ensure!(
+        wait_until(Duration::from_secs(20), || rig.online()),
+        "no session; log:\n{}",
+        agent.log()
+    );
+    let births = |rig: &Rig| {
+        rig.sub
+            .all()
+            .iter()
+            .filter(|m| m.topic.ends_with("/state") && m.json["state"] == "online")
+            .count()
+    };
+    ensure!(
+        wait_until(Duration::from_secs(20), || !seqs(&rig.sub.all()).is_empty()),
+        "no data"
+    );
+    let before = births(&rig);
+
+    rig.pki
+        .write("gw.pem", "-----BEGIN CERTIFICATE-----\nnot base64 at all\n")?;
+    rig.pki.write("gw.key", "")?;
+    take_over(rig.broker.plain_port, &rig.gw)?;
+    let reloaded = "cannot reload the TLS files; using the last good ones";
+    ensure!(
+        wait_until(Duration::from_secs(30), || agent.log().contains(reloaded)
+            && births(&rig) > before),
+        "no reconnect with the last good files (reload error logged: {}); log:\n{}",
+        agent.log().contains(reloaded),
+        agent.log()
+    );
+    // The error names the file it could not read.
+    ensure!(
+        agent
+            .log()
+            .lines()
+            .any(|l| l.contains(reloaded) && l.contains("gw.pem")),
+        "the reload error does not name the file; log:\n{}",
+        agent.log()
+    );
+    let at_reconnect = seqs(&rig.sub.all()).last().copied().unwrap_or(0);
+    ensure!(
+        wait_until(Duration::from_secs(20), || seqs(&rig.sub.all())
+            .last()
+            .is_some_and(|&s| s > at_reconnect + 3)),
+        "no data after the reconnect"
+    );
+    stop_and_check_every_seq(&rig, &mut agent, 1)?;
+    Ok(())
+}

@@ -4,9 +4,11 @@
 //!
 //! Run: `cargo bench -p towerlink-agent --bench event_latency` (Mosquitto on 127.0.0.1:1883,
 //! or set `TOWERLINK_BENCH_BROKER=host:port`; skipped when no broker answers). Prints p50,
-//! p99 and the maximum; exits non-zero when p99 >= 10 ms (issue 13), unless
-//! `TOWERLINK_BENCH_PRINT_ONLY=1` (a loaded machine) or the disk's own `fdatasync` p99
-//! (measured and printed) is 5 ms or more: then the target cannot be shown there.
+//! p99 and the maximum, twice: with the store on the disk (the temporary directory) and on
+//! tmpfs (`/dev/shm`, where `fdatasync` costs nothing: what remains is the agent's own path).
+//! Exits non-zero when p99 >= 10 ms (issue 13) on tmpfs, or on the disk when the disk's own
+//! `fdatasync` p99 (measured and printed) is below 5 ms (a slower disk cannot show the target:
+//! the event is synced before it is sent); `TOWERLINK_BENCH_PRINT_ONLY=1` prints only.
 //!
 //! What it covers of "frame in -> broker": the push is what the pipeline does right after
 //! decoding a frame (decoding and the rules take microseconds, `decode_window` bench); the
@@ -52,14 +54,16 @@ async fn measure(
     broker: BrokerAddress,
     host: String,
     port: u16,
+    store: &std::path::Path,
+    run: &str,
 ) -> Option<(Vec<Duration>, Vec<Duration>)> {
-    let dir = tempfile::tempdir().ok()?;
+    let dir = tempfile::tempdir_in(store).ok()?;
     let queue = Queue::open(StoreOptions {
         fsync: FsyncPolicy::Every(Duration::from_millis(100)),
         ..StoreOptions::new(dir.path())
     })
     .ok()?;
-    let gw = format!("bench-lat-{}", std::process::id());
+    let gw = format!("bench-lat-{}-{run}", std::process::id());
     let topics = Topics::new("towerlink/v1", &gw);
     let renderer = Renderer::new(&gw, topics.clone());
 
@@ -122,6 +126,8 @@ async fn measure(
             credentials: None,
             protocol: MqttProtocol::V5,
             max_packet: 256 * 1024,
+            attempted_file: None,
+            birth: Default::default(),
         },
         queue.clone(),
         stats.clone(),
@@ -228,55 +234,72 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let Some((mut latencies, mut pushes)) =
-        runtime.block_on(measure(broker, host.to_owned(), port))
-    else {
-        println!("event latency: skipped (no broker)");
-        return;
-    };
-    if latencies.is_empty() {
-        println!("event latency: no samples");
-        std::process::exit(1);
+    let disk_dir = std::env::temp_dir();
+    let mut runs = vec![("disk", disk_dir.clone())];
+    // tmpfs: its fdatasync is free, so what remains is the agent's own path (queue writer,
+    // uplink, client, broker): what the agent adds to the disk's sync.
+    let shm = std::path::PathBuf::from("/dev/shm");
+    if shm.is_dir() {
+        runs.push(("tmpfs", shm));
     }
-    latencies.sort();
-    let (p50, p99, max) = (
-        percentile(&latencies, 0.50),
-        percentile(&latencies, 0.99),
-        latencies[latencies.len() - 1],
-    );
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "event push -> subscriber (fsync 100ms, event synced at once, 1000 telemetry/s): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} events)",
-        ms(p50),
-        ms(p99),
-        ms(max),
-        latencies.len()
-    );
-    pushes.sort();
-    if !pushes.is_empty() {
-        println!(
-            "  of which the push (append + fdatasync on the writer): p50 {:.2} ms, p99 {:.2} ms",
-            ms(percentile(&pushes, 0.50)),
-            ms(percentile(&pushes, 0.99))
-        );
-    }
-    // A disk whose own fdatasync p99 is above half the target cannot show it: print only.
-    let disk = tempfile::tempdir()
-        .ok()
-        .and_then(|d| fdatasync_p99(d.path()));
-    if let Some(d) = disk {
-        println!("  the disk's own fdatasync here: p99 {:.2} ms", ms(d));
-    }
-    let disk_too_slow = disk.is_none_or(|d| d >= TARGET_P99 / 2);
-    if disk_too_slow {
-        println!("  (the disk cannot show the target here: not enforced)");
-    }
-    let print_only =
-        disk_too_slow || std::env::var("TOWERLINK_BENCH_PRINT_ONLY").is_ok_and(|v| v == "1");
-    if p99 >= TARGET_P99 {
-        println!("MISSED: p99 >= {} ms", TARGET_P99.as_millis());
-        if !print_only {
+    let print_only = std::env::var("TOWERLINK_BENCH_PRINT_ONLY").is_ok_and(|v| v == "1");
+    let mut failed = false;
+    for (run, dir) in runs {
+        let Some((mut latencies, mut pushes)) =
+            runtime.block_on(measure(broker.clone(), host.to_owned(), port, &dir, run))
+        else {
+            println!("event latency ({run}): skipped (no broker)");
+            return;
+        };
+        if latencies.is_empty() {
+            println!("event latency ({run}): no samples");
             std::process::exit(1);
         }
+        latencies.sort();
+        let (p50, p99, max) = (
+            percentile(&latencies, 0.50),
+            percentile(&latencies, 0.99),
+            latencies[latencies.len() - 1],
+        );
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "event push -> subscriber, store on {run} ({}; fsync 100ms, event synced at once, 1000 telemetry/s): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} events)",
+            dir.display(),
+            ms(p50),
+            ms(p99),
+            ms(max),
+            latencies.len()
+        );
+        pushes.sort();
+        if !pushes.is_empty() {
+            println!(
+                "  of which the push (append + fdatasync on the writer): p50 {:.2} ms, p99 {:.2} ms",
+                ms(percentile(&pushes, 0.50)),
+                ms(percentile(&pushes, 0.99))
+            );
+        }
+        let enforced = if run == "disk" {
+            // A disk whose own fdatasync p99 is above half the target cannot show it.
+            let disk = tempfile::tempdir_in(&dir)
+                .ok()
+                .and_then(|d| fdatasync_p99(d.path()));
+            if let Some(d) = disk {
+                println!("  the disk's own fdatasync here: p99 {:.2} ms", ms(d));
+            }
+            let fast = disk.is_some_and(|d| d < TARGET_P99 / 2);
+            if !fast {
+                println!("  (the disk cannot show the target here: not enforced on it)");
+            }
+            fast
+        } else {
+            true
+        };
+        if p99 >= TARGET_P99 {
+            println!("MISSED ({run}): p99 >= {} ms", TARGET_P99.as_millis());
+            failed |= enforced;
+        }
+    }
+    if failed && !print_only {
+        std::process::exit(1);
     }
 }

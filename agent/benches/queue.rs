@@ -4,8 +4,10 @@
 //!
 //! Run: `cargo bench -p towerlink-agent --bench queue` (Mosquitto on 127.0.0.1:1883, or set
 //! `TOWERLINK_BENCH_BROKER=host:port`; the replay part is skipped when no broker answers).
-//! Targets (issue 5): >= 100k appends/s batched; replay >= 20k msgs/s. Also prints the process RSS
-//! with 1 M messages queued (issue 13 item 4: <= 16 MiB; printed, not yet enforced).
+//! Targets (issue 5): >= 100k appends/s batched; replay >= 20k msgs/s. The process RSS with
+//! 1 M messages queued (issue 13 item 4: <= 16 MiB) and after that backlog drained (back
+//! under the same bound), measured in a child process of its own (a clean heap); exits
+//! non-zero when a target is missed (`TOWERLINK_BENCH_PRINT_ONLY=1`: print only).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -87,8 +89,10 @@ fn rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// RSS with `n` telemetry messages queued (none acknowledged).
-fn rss_at(n: u64) -> Option<(u64, u64)> {
+/// RSS with `n` telemetry messages queued (none acknowledged), then after draining them
+/// (handed out and acknowledged, read back from the segment files): (before opening, with
+/// `n` queued, drained, drain rate).
+fn rss_at(n: u64) -> Option<(u64, u64, u64, f64)> {
     let dir = tempfile::tempdir().ok()?;
     let before = rss_bytes()?;
     let q = open(dir.path(), FsyncPolicy::Every(Duration::from_millis(100)))?;
@@ -106,9 +110,48 @@ fn rss_at(n: u64) -> Option<(u64, u64)> {
         while set.join_next().await.is_some() {}
         q.sync().await;
     });
+    drop(runtime);
+    let queued = rss_bytes()?;
+    let t = Instant::now();
+    let mut drained = 0;
+    while drained < n {
+        match q.next_unsent() {
+            Some(r) => {
+                q.ack(r.seq);
+                drained += 1;
+            }
+            // Being read back from disk.
+            None => std::thread::sleep(Duration::from_micros(200)),
+        }
+        if t.elapsed() > Duration::from_secs(300) {
+            eprintln!("drain stalled at {drained} of {n}");
+            return None;
+        }
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    q.sync_blocking();
     let after = rss_bytes()?;
     drop(q);
-    Some((before, after))
+    Some((before, queued, after, rate))
+}
+
+/// Runs [`rss_at`] in a child process (this binary again) so earlier parts' heap does not
+/// count; `None` if it could not run.
+fn rss_in_child(n: u64) -> Option<(u64, u64, u64, f64)> {
+    let exe = std::env::current_exe().ok()?;
+    let out = std::process::Command::new(exe)
+        .env("TOWERLINK_BENCH_RSS_CHILD", n.to_string())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find_map(|l| l.strip_prefix("rss-child "))?;
+    let v: Vec<&str> = line.split_whitespace().collect();
+    Some((
+        v.first()?.parse().ok()?,
+        v.get(1)?.parse().ok()?,
+        v.get(2)?.parse().ok()?,
+        v.get(3)?.parse().ok()?,
+    ))
 }
 
 fn replay_rate(broker: BrokerAddress, protocol: MqttProtocol, n: u64) -> Option<f64> {
@@ -140,6 +183,8 @@ fn replay_rate(broker: BrokerAddress, protocol: MqttProtocol, n: u64) -> Option<
                 credentials: None,
                 protocol,
                 max_packet: 256 * 1024,
+                attempted_file: None,
+                birth: Default::default(),
             },
             q.clone(),
             stats.clone(),
@@ -170,7 +215,23 @@ fn replay_rate(broker: BrokerAddress, protocol: MqttProtocol, n: u64) -> Option<
     })
 }
 
+/// Issue 13 item 4: RSS at 1 M queued messages.
+const RSS_TARGET: u64 = 16 << 20;
+/// Issue 5: appends (batched) and replay.
+const APPEND_TARGET: f64 = 100_000.0;
+const REPLAY_TARGET: f64 = 20_000.0;
+
 fn main() {
+    if let Some(n) = std::env::var("TOWERLINK_BENCH_RSS_CHILD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        if let Some((before, at, after, rate)) = rss_at(n) {
+            println!("rss-child {before} {at} {after} {rate}");
+        }
+        return;
+    }
+    let mut missed = false;
     let n = 200_000;
     for (name, policy, count) in [
         (
@@ -186,25 +247,53 @@ fn main() {
         ("fsync = \"always\"", FsyncPolicy::Always, 2_000),
     ] {
         match append_rate(policy, count) {
-            Some(rate) => println!("append {name:<28} {rate:>12.0} records/s ({count} records)"),
+            Some(rate) => {
+                println!("append {name:<28} {rate:>12.0} records/s ({count} records)");
+                if policy == FsyncPolicy::Every(Duration::from_millis(100)) && rate < APPEND_TARGET
+                {
+                    println!("MISSED: appends below {APPEND_TARGET} records/s");
+                    missed = true;
+                }
+            }
             None => println!("append {name:<28} failed"),
         }
     }
     match append_rate_concurrent(FsyncPolicy::Every(Duration::from_millis(100)), n, 16) {
-        Some(rate) => println!(
-            "append {:<28} {rate:>12.0} records/s ({n} records, 16 async pushers)",
-            "fsync = \"100ms\" (batched)"
-        ),
+        Some(rate) => {
+            println!(
+                "append {:<28} {rate:>12.0} records/s ({n} records, 16 async pushers)",
+                "fsync = \"100ms\" (batched)"
+            );
+            if rate < APPEND_TARGET {
+                println!("MISSED: appends below {APPEND_TARGET} records/s");
+                missed = true;
+            }
+        }
         None => println!("append (16 async pushers) failed"),
     }
     let queued = 1_000_000;
-    match rss_at(queued) {
-        Some((before, after)) => println!(
-            "RSS with {queued} queued: {:.1} MiB (process; {:.1} MiB before opening the queue; issue 13 target 16 MiB, not yet enforced)",
-            after as f64 / f64::from(1 << 20),
-            before as f64 / f64::from(1 << 20)
-        ),
-        None => println!("RSS with {queued} queued: not measured"),
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    match rss_in_child(queued) {
+        Some((before, at, after, rate)) => {
+            println!(
+                "RSS with {queued} queued: {:.1} MiB (process; {:.1} MiB before opening the queue); after draining them: {:.1} MiB (target <= {} MiB both)",
+                mib(at),
+                mib(before),
+                mib(after),
+                RSS_TARGET >> 20
+            );
+            println!(
+                "drain of {queued} read back from the segments (no network): {rate:>10.0} msgs/s"
+            );
+            if at > RSS_TARGET || after > RSS_TARGET {
+                println!("MISSED: RSS above {} MiB", RSS_TARGET >> 20);
+                missed = true;
+            }
+        }
+        None => {
+            println!("RSS with {queued} queued: not measured");
+            missed = true;
+        }
     }
     let spec = std::env::var("TOWERLINK_BENCH_BROKER").unwrap_or_else(|_| "127.0.0.1:1883".into());
     let broker = match BrokerAddress::parse(&format!("mqtt://{spec}")) {
@@ -216,10 +305,21 @@ fn main() {
     };
     for protocol in [MqttProtocol::V5, MqttProtocol::V311] {
         match replay_rate(broker.clone(), protocol, 100_000) {
-            Some(rate) => println!(
-                "replay to mqtt://{spec} (MQTT {protocol}, QoS 1, inflight 1000) {rate:>10.0} msgs/s (100000 queued)"
-            ),
+            Some(rate) => {
+                println!(
+                    "replay to mqtt://{spec} (MQTT {protocol}, QoS 1, inflight 1000) {rate:>10.0} msgs/s (100000 queued, read back from the segments)"
+                );
+                if rate < REPLAY_TARGET {
+                    println!("MISSED: replay below {REPLAY_TARGET} msgs/s");
+                    missed = true;
+                }
+            }
             None => println!("replay (MQTT {protocol}): skipped"),
         }
+    }
+    if missed && std::env::var("TOWERLINK_BENCH_PRINT_ONLY").is_ok_and(|v| v == "1") {
+        println!("(TOWERLINK_BENCH_PRINT_ONLY=1: not enforced)");
+    } else if missed {
+        std::process::exit(1);
     }
 }

@@ -4,16 +4,29 @@
 //! SIGTERM): the sources stop reading, the pipeline flushes its open windows into the queue,
 //! then the uplink drains the queue (bounded), publishes `offline` and disconnects. What is
 //! not acknowledged by then stays counted in the queue.
+//!
+//! `config_apply` (see [`apply`]): the tasks are stopped and started again in this process on
+//! the new configuration, over the same open queue. In process rather than a re-exec: the
+//! queue stays open (no second scan, seq continues with nothing in between), the process
+//! keeps its identity under systemd (PID, watchdog, notify socket), and a rollback needs
+//! nothing from the disk.
 
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::clock::ClockStatus;
+use crate::commands::{refusal, ApplyRequest, ConfigOpError, RunningFile};
 use crate::config::Config;
-use crate::feed::{now_millis, Renderer, Topics};
+use crate::feed::{now_millis, BirthInfo, LastStop, Message, Renderer, Reply, Topics};
 use crate::health::{HealthReporter, SourceEntry};
 use crate::pipeline::{self, Pipeline, PipelineStats};
+use crate::queue::run_marker::RunMarker;
 use crate::queue::store::StoreOptions;
 use crate::queue::Queue;
 use crate::service::{self, Heartbeats};
@@ -22,8 +35,57 @@ use crate::sources::serial_node::{self, SerialNodeSource};
 use crate::sources::{DeviceKey, NodeRequest, SourceStats};
 use crate::uplink::{Uplink, UplinkConfig, UplinkStats};
 
+/// In the store directory: the seqs handed to the broker and not acknowledged yet, so they
+/// go out again marked `"replay": true` after a restart.
+pub const ATTEMPTED_FILE: &str = "attempted.seqs";
+/// For this long after start no window closes, so what the kernel buffered while the agent
+/// was down (decoded in the first milliseconds) still reaches its windows (ms).
+const RECOVERY_HOLD_MS: i64 = 2_000;
+
 /// Capacity of the channel from the sources to the pipeline (events, each up to 32 samples).
 const SOURCE_EVENTS: usize = 8192;
+
+/// The configuration file the agent runs: where it is and its text (`config_get`,
+/// `config_apply`).
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    /// The file.
+    pub path: PathBuf,
+    /// Its text, as loaded.
+    pub text: String,
+}
+
+impl ConfigFile {
+    /// Reads and validates the file at `path` (as [`Config::load`] does), keeping its text.
+    pub fn load(path: &Path) -> Result<(Config, ConfigFile), crate::config::ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| crate::config::ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+        let config = Config::parse_in(&text, &path.display().to_string(), path.parent())?;
+        Ok((
+            config,
+            ConfigFile {
+                path: path.to_owned(),
+                text,
+            },
+        ))
+    }
+}
+
+/// What lives across an applied configuration: the queue (so seq continues with no gap),
+/// the command counters, the systemd heartbeats, and the supervisor's end of `config_apply`.
+struct Shared {
+    queue: Arc<Queue>,
+    command_stats: Arc<crate::commands::CommandStats>,
+    heartbeats: Heartbeats,
+    apply_tx: mpsc::Sender<ApplyRequest>,
+    /// The system clock's state (one for the process: its step detection spans applies).
+    clock: Arc<ClockStatus>,
+    /// How the previous run of the process ended (the birth says it).
+    last_stop: LastStop,
+}
 
 /// What a fed run's source tasks get: the pipeline's input, the shutdown, and one
 /// [`SourceStats`] per `[[node]]` and per `[[lift]]` (config order) that the health report reads.
@@ -45,12 +107,13 @@ pub struct Feed {
 /// sources); they must end when the shutdown fires.
 pub type Feeder = Box<dyn FnOnce(Feed) -> Vec<tokio::task::JoinHandle<()>> + Send>;
 
-/// Runs the agent until `stop` resolves, then shuts down cleanly.
+/// Runs the agent until `stop` resolves, then shuts down cleanly (no `config_apply`: the
+/// configuration did not come from a file).
 pub async fn run(
     config: Config,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    run_sources(config, stop, None).await
+    run_with(config, None, None, stop).await
 }
 
 /// Runs the agent as [`run`] does, but with its events produced by `feeder` instead of the
@@ -62,21 +125,25 @@ pub async fn run_fed(
     stop: impl std::future::Future<Output = ()>,
     feeder: Feeder,
 ) -> anyhow::Result<()> {
-    run_sources(config, stop, Some(feeder)).await
+    run_with(config, None, Some(feeder), stop).await
 }
 
-async fn run_sources(
+/// Runs the agent on the configuration loaded from `file` until `stop` resolves; a
+/// `config_apply` replaces the file (see [`apply`]).
+pub async fn run_file(
     config: Config,
+    file: ConfigFile,
     stop: impl std::future::Future<Output = ()>,
-    feeder: Option<Feeder>,
 ) -> anyhow::Result<()> {
-    let gw = config.gateway.id.to_string();
-    let topics = Topics::new(&config.mqtt.topic_root, &gw);
-    let broker = config
-        .broker()
-        .map_err(anyhow::Error::msg)
-        .context("[mqtt] url")?;
-    let renderer = Renderer::new(&gw, topics.clone());
+    run_with(config, Some(file), None, stop).await
+}
+
+async fn run_with(
+    config: Config,
+    mut file: Option<ConfigFile>,
+    feeder: Option<Feeder>,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let queue = Queue::open(StoreOptions {
         fsync: config.store.fsync,
         max_bytes: config.store.max_bytes,
@@ -90,153 +157,29 @@ async fn run_sources(
             config.store.path.display()
         )
     })?;
-    let (credentials, insecure) = config
-        .mqtt
-        .uplink_security(&broker)
-        .map_err(anyhow::Error::msg)?;
-    let tls = crate::uplink::tls::TlsFiles::from_config(&config.mqtt, &broker);
-    let depth = queue.depth(now_millis());
-    tracing::info!(gw = %gw, broker = %broker, store = %config.store.path.display(), last_seq = queue.last_seq(), unacknowledged = depth.messages, "towerlink agent starting");
-
-    let (shutdown_tx, shutdown) = shutdown::channel();
-    let (events_tx, events_rx) = mpsc::channel(SOURCE_EVENTS);
-    let heartbeats = Heartbeats::new();
-
-    let uplink_stats = Arc::new(UplinkStats::default());
-    let mut source_entries = Vec::new();
-    let mut source_tasks = Vec::new();
-    let mut node_requests = Vec::new();
-    let mut i2c_threads = Vec::new();
-    if let Some(feeder) = feeder {
-        let mut feed = Feed {
-            events: events_tx.clone(),
-            shutdown: shutdown.clone(),
-            node_stats: Vec::new(),
-            lift_stats: Vec::new(),
-            uplink_stats: uplink_stats.clone(),
-        };
-        for node in &config.nodes {
-            let stats = SourceStats::new();
-            source_entries.push(SourceEntry {
-                dev: node.id.to_string(),
-                kind: "serial_node",
-                port: node.port.display().to_string(),
-                stats: stats.clone(),
-            });
-            feed.node_stats.push(stats);
+    // Marks this run as running; a marker left by the previous run means it did not stop cleanly.
+    let (marker, last_stop) = match RunMarker::begin(&config.store.path, now_millis()) {
+        Ok((marker, last)) => (Some(marker), last),
+        Err(e) => {
+            tracing::error!(store = %config.store.path.display(), error = %e, "cannot write the run marker; the birth says last_stop unclean (unknown)");
+            (None, LastStop::Unclean)
         }
-        for lift in &config.lifts {
-            let stats = SourceStats::new();
-            source_entries.push(SourceEntry {
-                dev: lift.id.to_string(),
-                kind: "modbus_lift",
-                port: lift.port.display().to_string(),
-                stats: stats.clone(),
-            });
-            feed.lift_stats.push(stats);
-        }
-        source_tasks = feeder(feed);
-    } else {
-        start_sources(
-            &config,
-            &events_tx,
-            &shutdown,
-            &heartbeats,
-            &mut source_entries,
-            &mut source_tasks,
-            &mut node_requests,
-            &mut i2c_threads,
-        )?;
+    };
+    if last_stop == LastStop::Unclean {
+        tracing::warn!("the previous run did not stop cleanly (kill, crash or power cut)");
     }
-    drop(events_tx);
-
-    let pipeline_stats = Arc::new(PipelineStats::default());
-    let pipeline = Pipeline::new(
-        config.devices(),
-        config.health.node_silent_after,
-        now_millis(),
-        pipeline_stats.clone(),
-    )
-    .with_zeros(crate::pipeline::zero::ZeroTable::load(&config.store.path));
-    // The pipeline publishes the devices' channels; the command path reads them.
-    let directory = pipeline.directory();
-    let (pipeline_tx, pipeline_rx) = mpsc::channel(16);
-    let pipeline_task = tokio::spawn(pipeline::run(
-        pipeline,
-        pipeline_stats.clone(),
-        events_rx,
-        pipeline_rx,
-        queue.clone(),
-        renderer.clone(),
-        heartbeats.register("pipeline"),
-        shutdown.clone(),
-    ));
-
-    let command_stats = Arc::new(crate::commands::CommandStats::default());
-    let reporter = HealthReporter::new(
-        &gw,
-        config.health.node_silent_after.as_millis() as u64,
-        queue.clone(),
-        uplink_stats.clone(),
-        pipeline_stats,
-        source_entries,
-    )
-    .with_replay_rate(config.store.replay_rate)
-    .with_insecure(insecure)
-    .with_protocol(config.mqtt.protocol)
-    .with_command_stats(command_stats.clone());
-    let (commands_tx, commands_rx) = mpsc::channel(64);
-    let uplink = Uplink::start(
-        UplinkConfig {
-            gw: gw.clone(),
-            topics,
-            broker,
-            keep_alive: config.mqtt.keep_alive,
-            data_qos: if config.mqtt.data_qos == 0 {
-                rumqttc::QoS::AtMostOnce
-            } else {
-                rumqttc::QoS::AtLeastOnce
-            },
-            max_inflight: config.mqtt.max_inflight,
-            health_interval: config.health.interval,
-            heartbeat: heartbeats.register("mqtt publisher"),
-            replay_rate: config.store.replay_rate,
-            tls,
-            credentials,
-            protocol: config.mqtt.protocol,
-            // Validated to at most MQTT's largest packet, which fits in u32.
-            max_packet: u32::try_from(config.mqtt.max_packet).unwrap_or(u32::MAX),
-        },
-        queue.clone(),
-        uplink_stats,
-        commands_tx,
-        {
-            let diff = std::sync::Mutex::new(crate::health::HealthDiff::new(config.health.full));
-            let started = std::time::Instant::now();
-            Box::new(move || {
-                let report = reporter.report();
-                let now = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                let mut diff = diff.lock().unwrap_or_else(|p| p.into_inner());
-                diff.next(report, now).to_string().into_bytes()
-            })
-        },
-    )
-    .map_err(anyhow::Error::msg)?;
-    let commands_task = tokio::spawn(crate::commands::run(
-        crate::commands::CommandContext::new(
-            config.command_settings(),
-            config.zero_at(),
-            config.redacted(),
-            node_requests,
-            directory,
-            pipeline_tx,
-        )
-        .with_stats(command_stats),
-        commands_rx,
-        queue.clone(),
-        renderer,
-        shutdown.clone(),
-    ));
+    let (apply_tx, mut apply_rx) = mpsc::channel(1);
+    let shared = Shared {
+        queue: queue.clone(),
+        command_stats: Arc::default(),
+        heartbeats: Heartbeats::new(),
+        apply_tx,
+        clock: Arc::new(ClockStatus::from_system()),
+        last_stop,
+    };
+    let (process_stop, process_shutdown) = shutdown::channel();
+    let mut config = config;
+    let mut agent = Agent::start(&config, file.as_ref(), &shared, feeder)?;
 
     // Under systemd: ready now, and the watchdog fed while every loop beats.
     if service::notify("READY=1") {
@@ -248,28 +191,48 @@ async fn run_sources(
             "systemd watchdog on"
         );
         tokio::spawn(service::watchdog(
-            heartbeats.clone(),
+            shared.heartbeats.clone(),
             interval,
-            shutdown.clone(),
+            process_shutdown,
         ));
     }
 
-    stop.await;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            request = apply_rx.recv() => {
+                let Some(request) = request else { break };
+                let Some(running) = file.clone() else { continue };
+                let outcome = apply(
+                    request,
+                    Applying { agent, config: config.clone(), file: running },
+                    &shared,
+                    &mut apply_rx,
+                    stop.as_mut(),
+                )
+                .await?;
+                agent = outcome.agent;
+                config = outcome.config;
+                file = Some(outcome.file);
+                if outcome.stopped {
+                    break;
+                }
+            }
+        }
+    }
     service::notify("STOPPING=1");
     tracing::info!("stopping: flushing windows and draining the queue");
-    shutdown_tx.fire();
-    for task in source_tasks {
-        let _ = task.await;
-    }
-    for thread in i2c_threads {
-        // A blocking join, off the async runtime; each thread sees the shutdown within one
-        // sample period.
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-    }
-    let _ = pipeline_task.await;
-    let _ = commands_task.await;
-    uplink.stop().await;
+    agent.stop().await;
+    process_stop.fire();
     queue.sync().await;
+    // The very last write: this run stopped cleanly.
+    if let Some(marker) = marker {
+        let removed = tokio::task::spawn_blocking(move || marker.end_clean()).await;
+        if let Ok(Err(e)) = removed {
+            tracing::error!(error = %e, "cannot remove the run marker; the next birth will say last_stop unclean");
+        }
+    }
     let left = queue.depth(now_millis()).messages;
     tracing::info!(
         unacknowledged = left,
@@ -279,66 +242,590 @@ async fn run_sources(
     Ok(())
 }
 
-/// Starts the configured devices' sources: one task per serial node, one per RS-485 bus, one
-/// thread per I2C device.
-#[allow(clippy::too_many_arguments)]
-fn start_sources(
-    config: &Config,
-    events_tx: &mpsc::Sender<crate::sources::SourceEvent>,
-    shutdown: &shutdown::Shutdown,
-    heartbeats: &Heartbeats,
-    source_entries: &mut Vec<SourceEntry>,
-    source_tasks: &mut Vec<tokio::task::JoinHandle<()>>,
-    node_requests: &mut Vec<(String, mpsc::Sender<NodeRequest>)>,
-    i2c_threads: &mut Vec<std::thread::JoinHandle<()>>,
-) -> anyhow::Result<()> {
-    for (dev, node) in config.nodes.iter().enumerate() {
-        let stats = SourceStats::new();
-        let (req_tx, req_rx) = mpsc::channel::<NodeRequest>(16);
-        node_requests.push((node.id.to_string(), req_tx));
-        source_entries.push(SourceEntry {
-            dev: node.id.to_string(),
-            kind: "serial_node",
-            port: node.port.display().to_string(),
-            stats: stats.clone(),
-        });
-        let source = SerialNodeSource {
-            dev: DeviceKey::Node(dev),
-            config: node.map_channels(|_| ()),
-            events: events_tx.clone(),
-            requests: req_rx,
-            stats,
-            heartbeat: heartbeats.register(&format!("source {}", node.id)),
-        };
-        source_tasks.push(tokio::spawn(serial_node::run(source, shutdown.clone())));
+/// One running set of tasks (sources, pipeline, uplink, commands) on one configuration.
+struct Agent {
+    shutdown_tx: shutdown::ShutdownSender,
+    source_tasks: Vec<tokio::task::JoinHandle<()>>,
+    i2c_threads: Vec<std::thread::JoinHandle<()>>,
+    pipeline_task: tokio::task::JoinHandle<()>,
+    commands_task: tokio::task::JoinHandle<()>,
+    uplink: Uplink,
+    uplink_stats: Arc<UplinkStats>,
+    pipeline_stats: Arc<PipelineStats>,
+    sources: Vec<(String, Arc<SourceStats>)>,
+    renderer: Renderer,
+}
+
+impl Agent {
+    /// Starts every task of `config` over the shared queue.
+    fn start(
+        config: &Config,
+        file: Option<&ConfigFile>,
+        shared: &Shared,
+        feeder: Option<Feeder>,
+    ) -> anyhow::Result<Agent> {
+        let gw = config.gateway.id.to_string();
+        let topics = Topics::new(&config.mqtt.topic_root, &gw);
+        let broker = config
+            .broker()
+            .map_err(anyhow::Error::msg)
+            .context("[mqtt] url")?;
+        let clock = shared.clock.clone();
+        let renderer = Renderer::new(&gw, topics.clone()).with_clock(clock.clone());
+        let queue = shared.queue.clone();
+        let (credentials, insecure) = config
+            .mqtt
+            .uplink_security(&broker)
+            .map_err(anyhow::Error::msg)?;
+        let tls = crate::uplink::tls::TlsFiles::from_config(&config.mqtt, &broker);
+        let depth = queue.depth(now_millis());
+        tracing::info!(gw = %gw, broker = %broker, store = %config.store.path.display(), last_seq = queue.last_seq(), unacknowledged = depth.messages, "towerlink agent starting");
+
+        // A fresh set of loops: the previous configuration's are gone.
+        shared.heartbeats.clear();
+        let heartbeats = &shared.heartbeats;
+        let (shutdown_tx, shutdown) = shutdown::channel();
+        let (events_tx, events_rx) = mpsc::channel(SOURCE_EVENTS);
+
+        let mut source_entries = Vec::new();
+        let mut source_tasks = Vec::new();
+        let mut node_requests = Vec::new();
+        let mut i2c_threads = Vec::new();
+        let uplink_stats = Arc::new(UplinkStats::default());
+        if let Some(feeder) = feeder {
+            let mut feed = Feed {
+                events: events_tx.clone(),
+                shutdown: shutdown.clone(),
+                node_stats: Vec::new(),
+                lift_stats: Vec::new(),
+                uplink_stats: uplink_stats.clone(),
+            };
+            for node in &config.nodes {
+                let stats = SourceStats::new();
+                source_entries.push(SourceEntry {
+                    dev: node.id.to_string(),
+                    kind: "serial_node",
+                    port: node.port.display().to_string(),
+                    stats: stats.clone(),
+                });
+                feed.node_stats.push(stats);
+            }
+            for lift in &config.lifts {
+                let stats = SourceStats::new();
+                source_entries.push(SourceEntry {
+                    dev: lift.id.to_string(),
+                    kind: "modbus_lift",
+                    port: lift.port.display().to_string(),
+                    stats: stats.clone(),
+                });
+                feed.lift_stats.push(stats);
+            }
+            source_tasks = feeder(feed);
+        } else {
+            for (dev, node) in config.nodes.iter().enumerate() {
+                let stats = SourceStats::new();
+                let (req_tx, req_rx) = mpsc::channel::<NodeRequest>(16);
+                node_requests.push((node.id.to_string(), req_tx));
+                source_entries.push(SourceEntry {
+                    dev: node.id.to_string(),
+                    kind: "serial_node",
+                    port: node.port.display().to_string(),
+                    stats: stats.clone(),
+                });
+                let source = SerialNodeSource {
+                    dev: DeviceKey::Node(dev),
+                    config: node.map_channels(|_| ()),
+                    events: events_tx.clone(),
+                    requests: req_rx,
+                    stats,
+                    heartbeat: heartbeats.register(&format!("source {}", node.id)),
+                    memory_dir: Some(config.store.path.clone()),
+                    clock: Some(clock.clone()),
+                };
+                source_tasks.push(tokio::spawn(serial_node::run(source, shutdown.clone())));
+            }
+            start_lift_buses(
+                config,
+                &events_tx,
+                &shutdown,
+                heartbeats,
+                &mut source_entries,
+                &mut source_tasks,
+            )?;
+            for (i, dev) in config.i2c.iter().enumerate() {
+                let stats = SourceStats::new();
+                source_entries.push(SourceEntry {
+                    dev: dev.id.to_string(),
+                    kind: "i2c",
+                    port: dev.bus.clone(),
+                    stats: stats.clone(),
+                });
+                let source = crate::sources::i2c_device::I2cSource {
+                    dev: DeviceKey::I2c(i),
+                    config: dev.map_channels(|_| ()),
+                    events: events_tx.clone(),
+                    stats,
+                    heartbeat: heartbeats.register(&format!("i2c {}", dev.id)),
+                };
+                i2c_threads.push(
+                    crate::sources::i2c_device::spawn(source, shutdown.clone())
+                        .with_context(|| format!("starting the thread of i2c device {}", dev.id))?,
+                );
+            }
+        }
+        drop(events_tx);
+        let sources = source_entries
+            .iter()
+            .map(|e| (e.dev.clone(), e.stats.clone()))
+            .collect();
+
+        let pipeline_stats = Arc::new(PipelineStats::default());
+        let pipeline = Pipeline::new(
+            config.devices(),
+            config.health.node_silent_after,
+            now_millis(),
+            pipeline_stats.clone(),
+        )
+        .with_zeros(crate::pipeline::zero::ZeroTable::load(&config.store.path))
+        .with_recovery_hold(RECOVERY_HOLD_MS);
+        // The pipeline publishes the devices' channels; the command path reads them.
+        let directory = pipeline.directory();
+        let (pipeline_tx, pipeline_rx) = mpsc::channel(16);
+        let pipeline_task = tokio::spawn(pipeline::run(
+            pipeline,
+            pipeline_stats.clone(),
+            events_rx,
+            pipeline_rx,
+            queue.clone(),
+            renderer.clone(),
+            pipeline::ClockWatch::system(clock.clone()),
+            heartbeats.register("pipeline"),
+            shutdown.clone(),
+        ));
+
+        let reporter = HealthReporter::new(
+            &gw,
+            config.health.node_silent_after.as_millis() as u64,
+            queue.clone(),
+            uplink_stats.clone(),
+            pipeline_stats.clone(),
+            source_entries,
+        )
+        .with_replay_rate(config.store.replay_rate)
+        .with_insecure(insecure)
+        .with_protocol(config.mqtt.protocol)
+        .with_command_stats(shared.command_stats.clone())
+        .with_clock(clock.clone());
+        let (commands_tx, commands_rx) = mpsc::channel(64);
+        let uplink = Uplink::start(
+            UplinkConfig {
+                gw: gw.clone(),
+                topics,
+                broker,
+                keep_alive: config.mqtt.keep_alive,
+                data_qos: if config.mqtt.data_qos == 0 {
+                    rumqttc::QoS::AtMostOnce
+                } else {
+                    rumqttc::QoS::AtLeastOnce
+                },
+                max_inflight: config.mqtt.max_inflight,
+                health_interval: config.health.interval,
+                heartbeat: heartbeats.register("mqtt publisher"),
+                replay_rate: config.store.replay_rate,
+                tls,
+                credentials,
+                protocol: config.mqtt.protocol,
+                // Validated to at most MQTT's largest packet, which fits in u32.
+                max_packet: u32::try_from(config.mqtt.max_packet).unwrap_or(u32::MAX),
+                attempted_file: Some(config.store.path.join(ATTEMPTED_FILE)),
+                birth: BirthInfo {
+                    last_stop: shared.last_stop,
+                    clock: Some(clock.clone()),
+                },
+            },
+            queue.clone(),
+            uplink_stats.clone(),
+            commands_tx,
+            {
+                let diff =
+                    std::sync::Mutex::new(crate::health::HealthDiff::new(config.health.full));
+                let started = std::time::Instant::now();
+                Box::new(move || {
+                    let report = reporter.report();
+                    let now = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    let mut diff = diff.lock().unwrap_or_else(|p| p.into_inner());
+                    diff.next(report, now).to_string().into_bytes()
+                })
+            },
+        )
+        .map_err(anyhow::Error::msg)?;
+        let mut context = crate::commands::CommandContext::new(
+            config.command_settings(),
+            config.zero_at(),
+            config.redacted(),
+            node_requests,
+            directory,
+            pipeline_tx,
+        )
+        .with_stats(shared.command_stats.clone());
+        if let Some(file) = file {
+            context = context
+                .with_config_file(RunningFile::new(file.text.clone()), shared.apply_tx.clone());
+        }
+        let commands_task = tokio::spawn(crate::commands::run(
+            context,
+            commands_rx,
+            queue,
+            renderer.clone(),
+            shutdown.clone(),
+        ));
+        Ok(Agent {
+            shutdown_tx,
+            source_tasks,
+            i2c_threads,
+            pipeline_task,
+            commands_task,
+            uplink,
+            uplink_stats,
+            pipeline_stats,
+            sources,
+            renderer,
+        })
     }
-    start_lift_buses(
+
+    /// The sources stop reading, the pipeline flushes its open windows into the queue, the
+    /// uplink drains the queue (bounded), publishes `offline` and disconnects.
+    async fn stop(self) {
+        self.shutdown_tx.fire();
+        for task in self.source_tasks {
+            let _ = task.await;
+        }
+        for thread in self.i2c_threads {
+            // A blocking join, off the async runtime; each thread sees the shutdown within
+            // one sample period.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        let _ = self.pipeline_task.await;
+        let _ = self.commands_task.await;
+        self.uplink.stop().await;
+    }
+
+    /// What is not up yet: the MQTT session and every configured source's port (empty when
+    /// all are).
+    fn not_up(&self) -> Vec<String> {
+        let mut down = Vec::new();
+        if !self.uplink_stats.connected.load(Ordering::Relaxed) {
+            down.push("the MQTT session".to_owned());
+        }
+        for (dev, stats) in &self.sources {
+            if !stats.link_up.load(Ordering::Relaxed) {
+                down.push(format!("source {dev}"));
+            }
+        }
+        down
+    }
+
+    /// Queues the reply to a handed-off command and counts it.
+    async fn reply(&self, shared: &Shared, reply: Reply) {
+        if !reply.ok {
+            tracing::warn!(id = %reply.id, error = reply.error.as_deref().unwrap_or(""), "command refused");
+        }
+        shared.command_stats.count(&reply);
+        shared
+            .queue
+            .push(self.renderer.render(&Message::Reply(reply)))
+            .await;
+    }
+}
+
+/// The state an apply starts from and ends with.
+struct Applying {
+    agent: Agent,
+    config: Config,
+    file: ConfigFile,
+}
+
+/// How an apply ended: what runs now, and whether `stop` fired meanwhile.
+struct Applied {
+    agent: Agent,
+    config: Config,
+    file: ConfigFile,
+    stopped: bool,
+}
+
+/// How often the supervisor looks at the critical events and the verification.
+const APPLY_POLL: Duration = Duration::from_millis(100);
+
+/// Carries out one `config_apply` (its `expect` was checked by the command handler).
+///
+/// The new text is validated as `towerlink check` validates a file offline (parse, every
+/// rule, lift profiles resolved next to the running file); the gateway id and the store
+/// path cannot change this way (the topics and the queue would). While a critical event is
+/// active it waits, at most `[commands] defer_max`. Then the text is written next to the
+/// running file (`<file>.new`: write, fsync), the running tasks are stopped (windows
+/// flushed, queue drained, `offline`) and started again in this process on the new
+/// configuration over the same queue, so seq continues. Verified when the MQTT session is
+/// up and every configured source's port is open within `[commands] verify_timeout`: only
+/// then is `<file>.new` renamed over the file (and the directory synced). Otherwise the
+/// previous configuration (still the file on disk) is started again and the reply, `ok:
+/// false` with the reason, is queued once its session is back. A crash meanwhile leaves
+/// the previous file in place.
+async fn apply<F: std::future::Future<Output = ()>>(
+    request: ApplyRequest,
+    state: Applying,
+    shared: &Shared,
+    others: &mut mpsc::Receiver<ApplyRequest>,
+    mut stop: std::pin::Pin<&mut F>,
+) -> anyhow::Result<Applied> {
+    let Applying {
+        agent,
         config,
-        events_tx,
-        shutdown,
-        heartbeats,
-        source_entries,
-        source_tasks,
-    )?;
-    for (i, dev) in config.i2c.iter().enumerate() {
-        let stats = SourceStats::new();
-        source_entries.push(SourceEntry {
-            dev: dev.id.to_string(),
-            kind: "i2c",
-            port: dev.bus.clone(),
-            stats: stats.clone(),
-        });
-        let source = crate::sources::i2c_device::I2cSource {
-            dev: DeviceKey::I2c(i),
-            config: dev.map_channels(|_| ()),
-            events: events_tx.clone(),
-            stats,
-            heartbeat: heartbeats.register(&format!("i2c {}", dev.id)),
-        };
-        i2c_threads.push(
-            crate::sources::i2c_device::spawn(source, shutdown.clone())
-                .with_context(|| format!("starting the thread of i2c device {}", dev.id))?,
+        file,
+    } = state;
+    let id = request.id.clone();
+    let unchanged = |agent: Agent, stopped: bool| Applied {
+        agent,
+        config: config.clone(),
+        file: file.clone(),
+        stopped,
+    };
+    let new = match validate(&request.toml, &file.path, &config) {
+        Ok(new) => new,
+        Err(reason) => {
+            agent.reply(shared, refusal(id, reason)).await;
+            return Ok(unchanged(agent, false));
+        }
+    };
+    let settings = config.commands.clone();
+
+    // Deferred while a critical event is active.
+    let received = Instant::now();
+    let mut deferred = false;
+    loop {
+        let critical = agent.pipeline_stats.critical_active();
+        if critical.is_empty() {
+            break;
+        }
+        if !deferred {
+            tracing::warn!(id = %id, critical = ?critical, defer_max_ms = settings.defer_max.as_millis() as u64, "config_apply deferred: a critical event is active");
+            deferred = true;
+        }
+        if received.elapsed() >= settings.defer_max {
+            let reason = format!(
+                "refused: deferred {} while a critical event was active ({}), which still is; nothing changed (commands.defer_max); send it again once it has cleared",
+                humantime::format_duration(Duration::from_secs(received.elapsed().as_secs())),
+                critical.join(", ")
+            );
+            agent.reply(shared, refusal(id, reason)).await;
+            return Ok(unchanged(agent, false));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(APPLY_POLL) => {}
+            _ = stop.as_mut() => {
+                agent.reply(shared, refusal(id, "refused: the agent is stopping; nothing changed".into())).await;
+                return Ok(unchanged(agent, true));
+            }
+            Some(other) = others.recv() => busy(&agent, shared, other).await,
+        }
+    }
+    let deferred_ms = if deferred {
+        Some(received.elapsed().as_millis() as u64)
+    } else {
+        None
+    };
+
+    let staged = staged_path(&file.path);
+    let text = request.toml.clone();
+    let target = staged.clone();
+    let written = tokio::task::spawn_blocking(move || write_synced(&target, &text)).await;
+    if let Err(e) = written
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r)
+    {
+        let reason = format!(
+            "refused: cannot write {}: {e}; nothing changed",
+            staged.display()
         );
+        agent.reply(shared, refusal(id, reason)).await;
+        return Ok(unchanged(agent, false));
+    }
+    let old_hash = crate::commands::config_hash(&file.text);
+    let new_file = ConfigFile {
+        path: file.path.clone(),
+        text: request.toml.clone(),
+    };
+    tracing::info!(id = %id, file = %file.path.display(), "config_apply: restarting the tasks on the new configuration");
+    agent.stop().await;
+
+    // Started and verified, or the reason it was not.
+    let mut stopped = false;
+    let verdict = match Agent::start(&new, Some(&new_file), shared, None) {
+        Err(e) => Err((None, format!("the new configuration did not start: {e:#}"))),
+        Ok(candidate) => {
+            let deadline = Instant::now() + settings.verify_timeout;
+            loop {
+                let down = candidate.not_up();
+                if down.is_empty() {
+                    break Ok(candidate);
+                }
+                if Instant::now() >= deadline {
+                    let reason = format!(
+                        "not up within {} (commands.verify_timeout): {}",
+                        humantime::format_duration(settings.verify_timeout),
+                        down.join(", ")
+                    );
+                    break Err((Some(candidate), reason));
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(APPLY_POLL) => {}
+                    _ = stop.as_mut(), if !stopped => {
+                        stopped = true;
+                        break Err((Some(candidate), "the agent was stopped during verification".into()));
+                    }
+                    Some(other) = others.recv() => busy(&candidate, shared, other).await,
+                }
+            }
+        }
+    };
+    match verdict {
+        Ok(candidate) => {
+            let path = file.path.clone();
+            let kept = tokio::task::spawn_blocking(move || keep_staged(&staged, &path)).await;
+            match kept
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|r| r)
+            {
+                Ok(()) => {
+                    let hash = crate::commands::config_hash(&new_file.text);
+                    tracing::info!(id = %id, hash = %hash, "config_apply: verified and kept");
+                    let mut result = json!({
+                        "hash": hash,
+                        "previous": old_hash,
+                        "applied": "restart",
+                        "deferred": deferred,
+                    });
+                    if let Some(ms) = deferred_ms {
+                        result["deferred_ms"] = json!(ms);
+                    }
+                    let reply = Reply {
+                        id,
+                        ok: true,
+                        error: None,
+                        result: Some(result),
+                    };
+                    candidate.reply(shared, reply).await;
+                    Ok(Applied {
+                        agent: candidate,
+                        config: new,
+                        file: new_file,
+                        stopped,
+                    })
+                }
+                Err(e) => {
+                    let reason = format!("cannot keep the new file: {e}");
+                    roll_back(candidate, (id, reason), &config, &file, shared, stopped).await
+                }
+            }
+        }
+        Err((candidate, reason)) => {
+            let _ = std::fs::remove_file(&staged);
+            match candidate {
+                Some(candidate) => {
+                    roll_back(candidate, (id, reason), &config, &file, shared, stopped).await
+                }
+                None => start_previous((id, reason), &config, &file, shared, stopped).await,
+            }
+        }
+    }
+}
+
+/// Stops the candidate and starts the previous configuration again.
+async fn roll_back(
+    candidate: Agent,
+    why: (String, String),
+    config: &Config,
+    file: &ConfigFile,
+    shared: &Shared,
+    stopped: bool,
+) -> anyhow::Result<Applied> {
+    candidate.stop().await;
+    start_previous(why, config, file, shared, stopped).await
+}
+
+/// Starts the previous configuration again and replies `ok: false` once its session is back
+/// (or after its own `verify_timeout`, then the reply waits in the queue).
+async fn start_previous(
+    (id, reason): (String, String),
+    config: &Config,
+    file: &ConfigFile,
+    shared: &Shared,
+    stopped: bool,
+) -> anyhow::Result<Applied> {
+    let _ = std::fs::remove_file(staged_path(&file.path));
+    tracing::warn!(id = %id, reason = %reason, "config_apply rolled back to the previous configuration");
+    let agent = Agent::start(config, Some(file), shared, None)
+        .context("config_apply: the previous configuration did not start again")?;
+    let deadline = Instant::now() + config.commands.verify_timeout;
+    while !agent.uplink_stats.connected.load(Ordering::Relaxed) && Instant::now() < deadline {
+        tokio::time::sleep(APPLY_POLL).await;
+    }
+    let reason = format!("rolled back: {reason}; the previous configuration runs again");
+    agent.reply(shared, refusal(id, reason)).await;
+    Ok(Applied {
+        agent,
+        config: config.clone(),
+        file: file.clone(),
+        stopped,
+    })
+}
+
+/// Refuses a second `config_apply` while one is in progress.
+async fn busy(agent: &Agent, shared: &Shared, other: ApplyRequest) {
+    let reply = crate::commands::refuse(other.id, ConfigOpError::Busy.into());
+    agent.reply(shared, reply).await;
+}
+
+/// The new configuration, checked as `towerlink check` checks a file offline, or why not.
+fn validate(text: &str, path: &Path, running: &Config) -> Result<Config, String> {
+    let new = Config::parse_in(text, "config_apply toml", path.parent()).map_err(|e| {
+        format!("refused: the configuration does not pass the checks of `towerlink check`: {e}")
+    })?;
+    if new.gateway.id != running.gateway.id {
+        return Err(format!(
+            "refused: config_apply cannot change gateway.id ({} to {}): the topics would change",
+            running.gateway.id, new.gateway.id
+        ));
+    }
+    if new.store.path != running.store.path {
+        return Err(format!(
+            "refused: config_apply cannot change store.path ({} to {}): the queue stays where it is",
+            running.store.path.display(),
+            new.store.path.display()
+        ));
+    }
+    Ok(new)
+}
+
+/// Where a `config_apply` stages the new file: next to the running one, `<file>.new`.
+pub fn staged_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".new");
+    PathBuf::from(name)
+}
+
+/// Writes `text` to `path` and syncs it.
+fn write_synced(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
+/// Renames the staged file over the running one and syncs the directory.
+fn keep_staged(staged: &Path, path: &Path) -> std::io::Result<()> {
+    std::fs::rename(staged, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
 }

@@ -7,6 +7,11 @@
 //! controller is answered `ok: false` with a clear error and changes nothing. Commands are
 //! rate-limited (`[commands] rate` and `burst`, a token bucket): one over the limit is answered
 //! `ok: false`, "rate limited", without being carried out. Counters go to `health`.
+//!
+//! `config_get` answers the running configuration file and its SHA-256; `config_apply` is
+//! checked here (fields, signature, `expect` against the running hash) and then handed to the
+//! agent's supervisor ([`ApplyRequest`], see `app`), which validates, applies, verifies or
+//! rolls back, and sends the one reply itself.
 
 pub mod config;
 
@@ -17,26 +22,40 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use towerlink_firmware::protocol::{AckResult, Op};
 
+use crate::command_auth::AuthError;
 use crate::feed::{now_millis, rfc3339, Message, Renderer, Reply};
-use crate::pipeline::{ChannelDirectory, PipelineRequest};
+use crate::pipeline::{ChannelDirectory, PipelineRequest, ZeroError};
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
 use crate::sources::config::ZeroAt;
-use crate::sources::NodeRequest;
+use crate::sources::{NodeRequest, NodeRequestError};
 use config::CommandsConfig;
 
-/// Largest command payload accepted.
+/// Largest command payload accepted (every op but `config_apply`).
 pub const MAX_COMMAND_BYTES: usize = 4096;
+/// Largest `config_apply` payload accepted (the configuration travels in it).
+pub const MAX_CONFIG_APPLY_BYTES: usize = 65_536;
 /// How long a node has to answer a forwarded command.
 const NODE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The ops this agent knows.
-pub const OPS: [&str; 4] = ["ping", "identify", "zero", "config"];
+pub const OPS: [&str; 7] = [
+    "ping",
+    "identify",
+    "zero",
+    "config",
+    "config_get",
+    "config_apply",
+    "logs",
+];
+/// Most bytes of log text in one `logs` reply (the oldest lines go first).
+pub const MAX_LOG_REPLY_BYTES: usize = 48 * 1024;
 
 /// A parsed command.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommandRequest {
     /// Correlation id, echoed in the reply.
@@ -49,43 +68,361 @@ pub struct CommandRequest {
     /// Target channel (feed name), for channel ops.
     #[serde(default)]
     pub ch: Option<String>,
+    /// `config_apply`: the new configuration file's text.
+    #[serde(default)]
+    pub toml: Option<String>,
+    /// `config_apply`: the SHA-256 (hex) of the running configuration it replaces.
+    #[serde(default)]
+    pub expect: Option<String>,
+    /// `logs`: how far back, e.g. `"10m"` (default 10 min).
+    #[serde(default)]
+    pub since: Option<String>,
+    /// `logs`: the least severe level wanted: `error`, `warn`, `info` (default), `debug`.
+    #[serde(default)]
+    pub level: Option<String>,
+    /// `logs`: at most this many lines, the newest (1 to 1000, default 200).
+    #[serde(default)]
+    pub max_lines: Option<u32>,
     /// Unix milliseconds when the platform signed it (signed commands only).
     #[serde(default)]
     pub ts: Option<i64>,
+    /// Signed form: absent for v1, 2 for the form that covers every field.
+    #[serde(default)]
+    pub sigv: Option<u8>,
     /// Ed25519 signature, hex (signed commands only; see [`crate::command_auth`]).
     #[serde(default)]
     pub sig: Option<String>,
 }
 
+/// Why a command payload was not read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Over the op's size limit.
+    #[error("command too large: {size} bytes (limit {limit})")]
+    TooLarge {
+        /// Payload bytes.
+        size: usize,
+        /// The limit that applies.
+        limit: usize,
+    },
+    /// Empty or over-long id.
+    #[error("id must be 1..=128 characters")]
+    BadId,
+    /// Not JSON, an unknown field, a wrong type.
+    #[error("malformed command: {0}")]
+    Malformed(String),
+}
+
+/// A command whose fields do not fit its op.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// A required field is missing.
+    #[error("{op} needs {fields}")]
+    Missing {
+        /// The op.
+        op: String,
+        /// What it needs, "dev and ch".
+        fields: String,
+    },
+    /// A field the op does not take.
+    #[error("{op} takes no {field}")]
+    Extra {
+        /// The op.
+        op: String,
+        /// The field.
+        field: &'static str,
+    },
+}
+
+/// A device that cannot do what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    /// No such device.
+    #[error("unknown device {0:?}")]
+    Unknown(String),
+    /// No Hello yet.
+    #[error("device {0:?} has not announced its channels yet")]
+    NotAnnounced(String),
+    /// No such channel.
+    #[error("unknown channel {ch:?} on {dev:?}; channels: {known}")]
+    UnknownChannel {
+        /// Device.
+        dev: String,
+        /// Channel asked for.
+        ch: String,
+        /// The channels it has, comma separated.
+        known: String,
+    },
+    /// Its request queue is full or closed.
+    #[error("device {0:?} is busy or its port is closed")]
+    Busy(String),
+    /// The request was dropped unanswered.
+    #[error("device {0:?} did not answer (port closed or ack timed out)")]
+    NoAnswer(String),
+    /// No answer in time.
+    #[error("device {dev:?} did not answer within {secs}s")]
+    Timeout {
+        /// Device.
+        dev: String,
+        /// Seconds waited.
+        secs: u64,
+    },
+    /// The source could not send it.
+    #[error(transparent)]
+    Request(#[from] NodeRequestError),
+    /// The node answered with a refusal.
+    #[error("the node refused: {0}")]
+    Refused(&'static str),
+    /// The pipeline is going down.
+    #[error("the pipeline is stopping")]
+    PipelineStopping,
+    /// The gateway zero was not taken.
+    #[error(transparent)]
+    Zero(#[from] ZeroError),
+}
+
+/// A `logs` command with a bad argument.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogsError {
+    /// `since` is not a duration.
+    #[error("logs: since {0:?} is not a duration like \"10m\"")]
+    Since(String),
+    /// `level` is not a level.
+    #[error("logs: level {0:?} is not one of error, warn, info, debug, trace")]
+    Level(String),
+    /// `max_lines` out of range.
+    #[error("logs: max_lines {0} is not within 1..=1000")]
+    MaxLines(u32),
+}
+
+/// A configuration command that cannot go ahead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigOpError {
+    /// `expect` is not the running configuration's hash.
+    #[error("refused: stale expect {expect:?}: the running configuration's hash is {running} (it changed since you read it; config_get and try again)")]
+    Stale {
+        /// What the command expected.
+        expect: String,
+        /// The running hash.
+        running: String,
+    },
+    /// No file to replace (the agent was not started from one).
+    #[error("refused: this agent runs no configuration file it could replace")]
+    NoFile,
+    /// One apply at a time.
+    #[error("refused: another config_apply is in progress")]
+    Busy,
+}
+
+/// Why a command was not carried out (the reply's `error`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// The payload was not read.
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    /// The signature check refused it.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// Over `[commands] rate`.
+    #[error("rate limited: too many commands; send it again later")]
+    RateLimited,
+    /// Not an op of [`OPS`].
+    #[error("unknown op {0:?}; known ops: {ops}", ops = OPS.join(", "))]
+    UnknownOp(String),
+    /// An op that would write to a device.
+    #[error(
+        "refused: {0:?} would write to a device; towerlink never writes to an elevator controller"
+    )]
+    WriteOp(String),
+    /// Fields that do not fit the op.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// The device could not do it.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// A configuration op refused.
+    #[error(transparent)]
+    Config(#[from] ConfigOpError),
+    /// A `logs` argument refused.
+    #[error(transparent)]
+    Logs(#[from] LogsError),
+}
+
+/// The `logs` answer: the agent's recent lines from the in-memory ring.
+fn logs(cmd: &CommandRequest) -> Result<Value, LogsError> {
+    let since = match cmd.since.as_deref() {
+        None => Duration::from_secs(600),
+        Some(s) => humantime::parse_duration(s).map_err(|_| LogsError::Since(s.to_owned()))?,
+    };
+    let level = match cmd.level.as_deref().unwrap_or("info") {
+        "error" => tracing::Level::ERROR,
+        "warn" => tracing::Level::WARN,
+        "info" => tracing::Level::INFO,
+        "debug" => tracing::Level::DEBUG,
+        "trace" => tracing::Level::TRACE,
+        other => return Err(LogsError::Level(other.to_owned())),
+    };
+    let max = cmd.max_lines.unwrap_or(200);
+    if !(1..=1000).contains(&max) {
+        return Err(LogsError::MaxLines(max));
+    }
+    let since_ms =
+        now_millis().saturating_sub(i64::try_from(since.as_millis()).unwrap_or(i64::MAX));
+    let found = crate::log_ring::global().query(since_ms, level, max as usize);
+    let mut lines: Vec<String> = found
+        .iter()
+        .map(|l| format!("{} {}", rfc3339(l.ts), l.text))
+        .collect();
+    let mut bytes: usize = lines.iter().map(String::len).sum();
+    let mut cut = 0;
+    while bytes > MAX_LOG_REPLY_BYTES && cut < lines.len() {
+        bytes -= lines[cut].len();
+        cut += 1;
+    }
+    let truncated = cut > 0;
+    lines.drain(..cut);
+    Ok(json!({ "source": "memory", "lines": lines, "truncated": truncated }))
+}
+
+/// The command's id when one can be read from a payload that did not parse.
+fn salvage_id(payload: &[u8]) -> String {
+    serde_json::from_slice::<Value>(payload)
+        .ok()
+        .and_then(|v| {
+            v.get("id")
+                .and_then(Value::as_str)
+                .map(|s| s.chars().take(128).collect())
+        })
+        .unwrap_or_default()
+}
+
 /// Parses a command payload; on failure returns the id (if one could be read) and the error.
-pub fn parse(payload: &[u8]) -> Result<CommandRequest, (String, String)> {
-    if payload.len() > MAX_COMMAND_BYTES {
-        return Err((
-            String::new(),
-            format!(
-                "command too large: {} bytes (limit {MAX_COMMAND_BYTES})",
-                payload.len()
-            ),
-        ));
+/// `config_apply` may be up to [`MAX_CONFIG_APPLY_BYTES`], every other op
+/// [`MAX_COMMAND_BYTES`].
+pub fn parse(payload: &[u8]) -> Result<CommandRequest, (String, ParseError)> {
+    if payload.len() > MAX_CONFIG_APPLY_BYTES {
+        let limit = MAX_CONFIG_APPLY_BYTES;
+        let size = payload.len();
+        return Err((String::new(), ParseError::TooLarge { size, limit }));
     }
     match serde_json::from_slice::<CommandRequest>(payload) {
         Ok(cmd) if cmd.id.is_empty() || cmd.id.len() > 128 => {
-            Err((String::new(), "id must be 1..=128 characters".into()))
+            Err((String::new(), ParseError::BadId))
+        }
+        Ok(cmd) if cmd.op != "config_apply" && payload.len() > MAX_COMMAND_BYTES => {
+            let (size, limit) = (payload.len(), MAX_COMMAND_BYTES);
+            Err((cmd.id, ParseError::TooLarge { size, limit }))
         }
         Ok(cmd) => Ok(cmd),
         Err(e) => {
             // Echo the id when the rest is wrong, so the platform can match the refusal.
-            let id = serde_json::from_slice::<Value>(payload)
-                .ok()
-                .and_then(|v| {
-                    v.get("id")
-                        .and_then(Value::as_str)
-                        .map(|s| s.chars().take(128).collect())
-                })
-                .unwrap_or_default();
-            Err((id, format!("malformed command: {e}")))
+            let value = serde_json::from_slice::<Value>(payload).ok();
+            let op = value
+                .as_ref()
+                .and_then(|v| v.get("op"))
+                .and_then(Value::as_str);
+            let id = salvage_id(payload);
+            if payload.len() > MAX_COMMAND_BYTES && op != Some("config_apply") {
+                let (size, limit) = (payload.len(), MAX_COMMAND_BYTES);
+                Err((id, ParseError::TooLarge { size, limit }))
+            } else {
+                Err((id, ParseError::Malformed(e.to_string())))
+            }
         }
     }
+}
+
+/// The fields each op takes: (required, optional). `id`, `op`, `ts`, `sigv`, `sig` always.
+fn op_fields(op: &str) -> Option<(&'static [&'static str], &'static [&'static str])> {
+    Some(match op {
+        "ping" | "config" | "config_get" => (&[], &[]),
+        "identify" => (&["dev"], &[]),
+        "zero" => (&["dev", "ch"], &[]),
+        "config_apply" => (&["toml", "expect"], &[]),
+        "logs" => (&[], &["since", "level", "max_lines"]),
+        _ => return None,
+    })
+}
+
+/// Checks that `cmd` carries the fields its op needs and no other.
+fn check_fields(cmd: &CommandRequest) -> Result<(), CommandError> {
+    let Some((required, optional)) = op_fields(&cmd.op) else {
+        return Ok(());
+    };
+    let present = [
+        ("dev", cmd.dev.is_some()),
+        ("ch", cmd.ch.is_some()),
+        ("toml", cmd.toml.is_some()),
+        ("expect", cmd.expect.is_some()),
+        ("since", cmd.since.is_some()),
+        ("level", cmd.level.is_some()),
+        ("max_lines", cmd.max_lines.is_some()),
+    ];
+    if required
+        .iter()
+        .any(|r| !present.iter().any(|(f, p)| f == r && *p))
+    {
+        return Err(TargetError::Missing {
+            op: cmd.op.clone(),
+            fields: required.join(" and "),
+        }
+        .into());
+    }
+    if let Some((field, _)) = present
+        .iter()
+        .find(|(f, p)| *p && !required.contains(f) && !optional.contains(f))
+    {
+        return Err(TargetError::Extra {
+            op: cmd.op.clone(),
+            field,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// The SHA-256 of a configuration file's bytes, 64 lowercase hex digits.
+pub fn config_hash(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The configuration file the agent runs, as `config_get` answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningFile {
+    /// Its text (it holds no secret: passwords and keys live in their own files, and the
+    /// configuration refuses them inline).
+    pub text: String,
+    /// [`config_hash`] of the text.
+    pub hash: String,
+}
+
+impl RunningFile {
+    /// The file of `text`.
+    pub fn new(text: String) -> RunningFile {
+        let hash = config_hash(&text);
+        RunningFile { text, hash }
+    }
+}
+
+/// A `config_apply` that passed the checks here, for the supervisor to carry out.
+#[derive(Debug)]
+pub struct ApplyRequest {
+    /// The command's id (the supervisor replies to it).
+    pub id: String,
+    /// The new configuration's text.
+    pub toml: String,
+}
+
+/// What carrying out a command came to.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Answer this.
+    Reply(Reply),
+    /// Handed to the supervisor, which answers (a `config_apply`).
+    HandedOff,
 }
 
 /// Command counters, shared with `health`.
@@ -97,6 +434,18 @@ pub struct CommandStats {
     pub refused: AtomicU64,
     /// Commands refused because they came faster than `[commands] rate` allows.
     pub rate_limited: AtomicU64,
+}
+
+impl CommandStats {
+    /// Counts one reply.
+    pub fn count(&self, reply: &Reply) {
+        let counter = if reply.ok {
+            &self.accepted
+        } else {
+            &self.refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// What the command handler can reach.
@@ -111,6 +460,8 @@ pub struct CommandContext {
     pipeline: mpsc::Sender<PipelineRequest>,
     /// Channel names per device, published by the pipeline.
     pub directory: ChannelDirectory,
+    running: Option<RunningFile>,
+    apply: Option<mpsc::Sender<ApplyRequest>>,
 }
 
 impl CommandContext {
@@ -144,6 +495,8 @@ impl CommandContext {
             zero_at: zero_at.into_iter().collect(),
             pipeline,
             directory,
+            running: None,
+            apply: None,
         }
     }
 
@@ -153,120 +506,161 @@ impl CommandContext {
         self
     }
 
+    /// The running configuration file (`config_get`) and where a `config_apply` goes.
+    pub fn with_config_file(
+        mut self,
+        running: RunningFile,
+        apply: mpsc::Sender<ApplyRequest>,
+    ) -> CommandContext {
+        self.running = Some(running);
+        self.apply = Some(apply);
+        self
+    }
+
     /// Answers one command received at `now`: refused unanswered by the node if over the
-    /// rate limit, else carried out; counted either way.
-    pub async fn handle(&self, payload: &[u8], now: Instant) -> Reply {
+    /// rate limit, else carried out; counted either way (a handed-off `config_apply` is
+    /// counted by whoever answers it).
+    pub async fn handle(&self, payload: &[u8], now: Instant) -> Option<Reply> {
         let admitted = self
             .limiter
             .lock()
             .map(|mut bucket| bucket.try_take(now))
             .unwrap_or(false);
         let reply = if admitted {
-            self.execute(payload).await
+            match self.carry_out(payload).await {
+                Outcome::Reply(reply) => reply,
+                Outcome::HandedOff => return None,
+            }
         } else {
             self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
             let id = match parse(payload) {
                 Ok(cmd) => cmd.id,
                 Err((id, _)) => id,
             };
-            refuse(
-                id,
-                "rate limited: too many commands; send it again later".into(),
-            )
+            refuse(id, CommandError::RateLimited)
         };
-        let counter = if reply.ok {
-            &self.stats.accepted
-        } else {
-            &self.stats.refused
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        reply
+        self.stats.count(&reply);
+        Some(reply)
     }
 
     /// Carries out one command and returns its reply (no rate limit: see [`Self::handle`]).
+    /// A `config_apply` handed off is answered "handed off" here (tests use this).
     pub async fn execute(&self, payload: &[u8]) -> Reply {
+        match self.carry_out(payload).await {
+            Outcome::Reply(reply) => reply,
+            Outcome::HandedOff => Reply {
+                id: salvage_id(payload),
+                ok: true,
+                error: None,
+                result: Some(json!({ "handed_off": true })),
+            },
+        }
+    }
+
+    async fn carry_out(&self, payload: &[u8]) -> Outcome {
         let cmd = match parse(payload) {
             Ok(cmd) => cmd,
-            Err((id, error)) => return refuse(id, error),
+            Err((id, error)) => return Outcome::Reply(refuse(id, error.into())),
         };
         let id = cmd.id.clone();
         if let Some(verifier) = &self.verifier {
             if let Err(error) = verifier.verify(&cmd, now_millis()) {
-                return refuse(id, error);
+                return Outcome::Reply(refuse(id, error.into()));
             }
         }
         match self.dispatch(cmd).await {
-            Ok(result) => Reply {
+            Ok(Some(result)) => Outcome::Reply(Reply {
                 id,
                 ok: true,
                 error: None,
                 result: Some(result),
-            },
-            Err(error) => refuse(id, error),
+            }),
+            Ok(None) => Outcome::HandedOff,
+            Err(error) => Outcome::Reply(refuse(id, error)),
         }
     }
 
-    async fn dispatch(&self, cmd: CommandRequest) -> Result<Value, String> {
+    /// Carries out `cmd`: `Ok(None)` when it was handed to the supervisor.
+    async fn dispatch(&self, cmd: CommandRequest) -> Result<Option<Value>, CommandError> {
+        check_fields(&cmd)?;
+        let done = |v: Value| Ok(Some(v));
         match cmd.op.as_str() {
-            "ping" => {
-                no_target(&cmd)?;
-                Ok(json!({ "pong": true, "ts": rfc3339(now_millis()), "agent": env!("CARGO_PKG_VERSION") }))
+            "ping" => done(
+                json!({ "pong": true, "ts": rfc3339(now_millis()), "agent": env!("CARGO_PKG_VERSION") }),
+            ),
+            "config" => done(self.config_json.clone()),
+            "logs" => done(logs(&cmd)?),
+            "config_get" => {
+                let running = self.running.as_ref().ok_or(ConfigOpError::NoFile)?;
+                done(json!({ "toml": running.text, "hash": running.hash }))
             }
-            "config" => {
-                no_target(&cmd)?;
-                Ok(self.config_json.clone())
+            "config_apply" => {
+                let (Some(running), Some(apply)) = (&self.running, &self.apply) else {
+                    return Err(ConfigOpError::NoFile.into());
+                };
+                let expect = cmd.expect.unwrap_or_default();
+                if !expect.eq_ignore_ascii_case(&running.hash) {
+                    return Err(ConfigOpError::Stale {
+                        expect,
+                        running: running.hash.clone(),
+                    }
+                    .into());
+                }
+                apply
+                    .try_send(ApplyRequest {
+                        id: cmd.id,
+                        toml: cmd.toml.unwrap_or_default(),
+                    })
+                    .map_err(|_| ConfigOpError::Busy)?;
+                Ok(None)
             }
             "identify" => {
-                if cmd.ch.is_some() {
-                    return Err("identify takes no ch".into());
-                }
-                let dev = cmd.dev.as_deref().ok_or("identify needs dev")?;
+                let dev = cmd.dev.as_deref().unwrap_or_default();
                 let result = self.ask_node(dev, Op::Identify).await?;
-                ack_to_result(result)
+                done(ack_to_result(result)?)
             }
             "zero" => {
-                let dev = cmd.dev.as_deref().ok_or("zero needs dev and ch")?;
-                let ch = cmd.ch.as_deref().ok_or("zero needs dev and ch")?;
+                let dev = cmd.dev.as_deref().unwrap_or_default();
+                let ch = cmd.ch.as_deref().unwrap_or_default();
                 let channel = self.channel_id(dev, ch)?;
                 if self.zero_at.get(dev) == Some(&ZeroAt::Gateway) {
-                    return self.zero_at_gateway(dev, ch).await;
+                    return done(self.zero_at_gateway(dev, ch).await?);
                 }
                 match self.ask_node(dev, Op::Zero { channel }).await? {
-                    AckResult::OK => Ok(json!({ "ack": "ok", "at": "node" })),
+                    AckResult::OK => done(json!({ "ack": "ok", "at": "node" })),
                     // The node cannot tare: the gateway keeps the offset instead.
-                    AckResult::UNSUPPORTED => self.zero_at_gateway(dev, ch).await,
-                    other => ack_to_result(other),
+                    AckResult::UNSUPPORTED => done(self.zero_at_gateway(dev, ch).await?),
+                    other => done(ack_to_result(other)?),
                 }
             }
-            op if is_write_op(op) => Err(format!(
-                "refused: {op:?} would write to a device; towerlink never writes to an elevator controller"
-            )),
-            op => Err(format!("unknown op {op:?}; known ops: {}", OPS.join(", "))),
+            op if is_write_op(op) => Err(CommandError::WriteOp(op.to_owned())),
+            op => Err(CommandError::UnknownOp(op.to_owned())),
         }
     }
 
-    fn channel_id(&self, dev: &str, ch: &str) -> Result<u8, String> {
+    fn channel_id(&self, dev: &str, ch: &str) -> Result<u8, DeviceError> {
         if !self.nodes.contains_key(dev) && !self.zero_at.contains_key(dev) {
-            return Err(format!("unknown device {dev:?}"));
+            return Err(DeviceError::Unknown(dev.to_owned()));
         }
         let channels = self
             .directory
             .channels(dev)
-            .ok_or_else(|| format!("device {dev:?} has not announced its channels yet"))?;
+            .ok_or_else(|| DeviceError::NotAnnounced(dev.to_owned()))?;
         channels
             .iter()
             .find(|c| c.name == ch)
             .map(|c| c.id)
             .ok_or_else(|| {
                 let names: Vec<&str> = channels.iter().map(|c| c.name.as_str()).collect();
-                format!(
-                    "unknown channel {ch:?} on {dev:?}; channels: {}",
-                    names.join(", ")
-                )
+                DeviceError::UnknownChannel {
+                    dev: dev.to_owned(),
+                    ch: ch.to_owned(),
+                    known: names.join(", "),
+                }
             })
     }
 
-    async fn zero_at_gateway(&self, dev: &str, ch: &str) -> Result<Value, String> {
+    async fn zero_at_gateway(&self, dev: &str, ch: &str) -> Result<Value, DeviceError> {
         let (tx, rx) = oneshot::channel();
         self.pipeline
             .send(PipelineRequest::Zero {
@@ -275,50 +669,38 @@ impl CommandContext {
                 reply: tx,
             })
             .await
-            .map_err(|_| "the pipeline is stopping".to_owned())?;
-        let zero = rx
-            .await
-            .map_err(|_| "the pipeline is stopping".to_owned())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| DeviceError::PipelineStopping)?;
+        let zero = rx.await.map_err(|_| DeviceError::PipelineStopping)??;
         Ok(json!({ "at": "gateway", "zero": zero }))
     }
 
-    async fn ask_node(&self, dev: &str, op: Op) -> Result<AckResult, String> {
+    async fn ask_node(&self, dev: &str, op: Op) -> Result<AckResult, DeviceError> {
         let tx = self
             .nodes
             .get(dev)
-            .ok_or_else(|| format!("unknown device {dev:?}"))?;
+            .ok_or_else(|| DeviceError::Unknown(dev.to_owned()))?;
         let (reply_tx, reply_rx) = oneshot::channel();
         tx.try_send(NodeRequest {
             op,
             reply: reply_tx,
         })
-        .map_err(|_| format!("device {dev:?} is busy or its port is closed"))?;
+        .map_err(|_| DeviceError::Busy(dev.to_owned()))?;
         match tokio::time::timeout(NODE_TIMEOUT, reply_rx).await {
-            Ok(Ok(result)) => result.map_err(|e| e.to_string()),
-            Ok(Err(_)) => Err(format!(
-                "device {dev:?} did not answer (port closed or ack timed out)"
-            )),
-            Err(_) => Err(format!(
-                "device {dev:?} did not answer within {}s",
-                NODE_TIMEOUT.as_secs()
-            )),
+            Ok(Ok(result)) => Ok(result?),
+            Ok(Err(_)) => Err(DeviceError::NoAnswer(dev.to_owned())),
+            Err(_) => Err(DeviceError::Timeout {
+                dev: dev.to_owned(),
+                secs: NODE_TIMEOUT.as_secs(),
+            }),
         }
     }
 }
 
-fn no_target(cmd: &CommandRequest) -> Result<(), String> {
-    if cmd.dev.is_some() || cmd.ch.is_some() {
-        return Err(format!("{} takes no dev or ch", cmd.op));
-    }
-    Ok(())
-}
-
-fn ack_to_result(result: AckResult) -> Result<Value, String> {
+fn ack_to_result(result: AckResult) -> Result<Value, DeviceError> {
     if result == AckResult::OK {
         Ok(json!({ "ack": result.name() }))
     } else {
-        Err(format!("the node refused: {}", result.name()))
+        Err(DeviceError::Refused(result.name()))
     }
 }
 
@@ -330,7 +712,13 @@ fn is_write_op(op: &str) -> bool {
         .any(|w| op.contains(w))
 }
 
-fn refuse(id: String, error: String) -> Reply {
+/// The `ok: false` reply to command `id`.
+pub fn refuse(id: String, error: CommandError) -> Reply {
+    refusal(id, error.to_string())
+}
+
+/// The `ok: false` reply to command `id` with this reason.
+pub fn refusal(id: String, error: String) -> Reply {
     Reply {
         id,
         ok: false,
@@ -352,7 +740,9 @@ pub async fn run(
             p = commands.recv() => match p { Some(p) => p, None => break },
             _ = shutdown.recv() => break,
         };
-        let reply = context.handle(&payload, Instant::now()).await;
+        let Some(reply) = context.handle(&payload, Instant::now()).await else {
+            continue;
+        };
         if !reply.ok {
             tracing::warn!(id = %reply.id, error = reply.error.as_deref().unwrap_or(""), "command refused");
         }
@@ -492,6 +882,7 @@ mod tests {
             ch: None,
             ts: Some(ts),
             sig: None,
+            ..CommandRequest::default()
         };
         let text = crate::command_auth::signed_text("gw", &cmd, ts);
         cmd.sig = Some(hex(&platform.sign(text.as_bytes()).to_bytes()));
@@ -515,7 +906,8 @@ mod tests {
         for i in 0..5 {
             let r = ctx
                 .handle(format!(r#"{{"id":"r{i}","op":"ping"}}"#).as_bytes(), t0)
-                .await;
+                .await
+                .expect("a reply");
             assert_eq!(r.id, format!("r{i}"));
             if r.ok {
                 oks += 1;
@@ -526,10 +918,16 @@ mod tests {
         assert_eq!(oks, 3);
         // Half a second later (2/s): one more; a malformed one still counts against the rate.
         let t1 = t0 + Duration::from_millis(500);
-        assert!(ctx.handle(br#"{"id":"r5","op":"ping"}"#, t1).await.ok);
-        assert!(!ctx.handle(br#"{"id":"r6","op":"ping"}"#, t1).await.ok);
+        assert!(ctx
+            .handle(br#"{"id":"r5","op":"ping"}"#, t1)
+            .await
+            .is_some_and(|r| r.ok));
+        assert!(!ctx
+            .handle(br#"{"id":"r6","op":"ping"}"#, t1)
+            .await
+            .is_some_and(|r| r.ok));
         let t2 = t1 + Duration::from_millis(500);
-        let r = ctx.handle(b"not json", t2).await;
+        let r = ctx.handle(b"not json", t2).await.expect("a reply");
         assert!(r.error.unwrap_or_default().contains("malformed"));
         let s = &ctx.stats;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);

@@ -311,6 +311,8 @@ impl Config {
                 "burst": self.commands.burst,
                 "public_key": self.commands.public_key,
                 "max_skew": d(self.commands.max_skew),
+                "verify_timeout": d(self.commands.verify_timeout),
+                "defer_max": d(self.commands.defer_max),
             },
             "store": { "path": self.store.path.display().to_string(), "max_messages": self.store.max_messages },
             "health": { "interval": d(self.health.interval), "node_silent_after": d(self.health.node_silent_after) },

@@ -226,6 +226,7 @@ pub struct HealthReporter {
     insecure: bool,
     protocol: crate::uplink::config::MqttProtocol,
     commands: Arc<crate::commands::CommandStats>,
+    clock: Arc<crate::clock::ClockStatus>,
 }
 
 impl HealthReporter {
@@ -251,7 +252,14 @@ impl HealthReporter {
             insecure: false,
             protocol: crate::uplink::config::MqttProtocol::default(),
             commands: Arc::default(),
+            clock: Arc::default(),
         }
+    }
+
+    /// Reports this clock state (`clock`).
+    pub fn with_clock(mut self, clock: Arc<crate::clock::ClockStatus>) -> HealthReporter {
+        self.clock = clock;
+        self
     }
 
     /// Reports the configured replay rate (`[store] replay_rate`, 0 = unlimited).
@@ -408,6 +416,7 @@ impl HealthReporter {
                 "out_of_range": self.pipeline.out_of_range.load(Ordering::Relaxed),
             },
             "sources": sources,
+            "clock": self.clock.health_json(),
         })
     }
 }

@@ -13,7 +13,7 @@
 //! Imports go one way; `tests/import_layers.rs` fails on any other edge and on any circle.
 //!
 //! ```text
-//! bottom    values, feed, feed_view, secrets, backoff, shutdown, rate_limit, service
+//! bottom    values, feed, feed_view, secrets, backoff, shutdown, rate_limit, service, clock
 //!           (import only each other)
 //! sources   (with profile)       -> bottom
 //! queue                          -> bottom
@@ -40,6 +40,7 @@
 //! - [`config`]: loads the file, composes the stages' sections, checks the rules across them.
 //! - [`values`]: ids, sizes, durations and ranges checked while the configuration is read.
 //! - [`profile`]: lift controller register maps (Modbus input registers, read-only).
+//! - [`clock`]: the system clock's synchronisation (adjtimex) and steps of the wall clock.
 //! - [`feed`]: the MQTT feed contract (topics and payloads), decided in one place.
 //! - [`sources`]: tasks that own devices and produce [`sources::SourceEvent`]s.
 //! - [`pipeline`]: windows and health rules that turn events into [`feed::Message`]s.
@@ -50,6 +51,7 @@
 //! - [`command_auth`]: optional Ed25519-signed commands with replay protection.
 //! - [`rate_limit`]: the token bucket that limits commands.
 //! - [`secrets`]: the MQTT password and key files, kept out of logs and replies.
+//! - [`log_ring`]: the recent log lines the `logs` command answers.
 //! - [`feed_view`]: feed messages as readable lines (demo, `tail`).
 //! - [`service`]: systemd readiness and the watchdog, fed by every loop's heartbeat.
 //! - [`app`]: starts and stops everything.
@@ -58,12 +60,14 @@
 pub mod app;
 pub mod backoff;
 pub mod cli;
+pub mod clock;
 pub mod command_auth;
 pub mod commands;
 pub mod config;
 pub mod feed;
 pub mod feed_view;
 pub mod health;
+pub mod log_ring;
 pub mod pipeline;
 pub mod profile;
 pub mod queue;

@@ -133,11 +133,16 @@ fn init_logging() {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOWERLINK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // The `logs` command answers from the ring (what passes the filter, as on stderr).
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
+        .finish()
+        .with(towerlink_agent::log_ring::layer())
         .init();
 }
 
@@ -260,7 +265,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config } => {
-            let config = match Config::load(&config) {
+            let (config, file) = match towerlink_agent::app::ConfigFile::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("towerlink: {e}");
@@ -277,8 +282,9 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(towerlink_agent::app::run(
+            match runtime.block_on(towerlink_agent::app::run_file(
                 config,
+                file,
                 towerlink_agent::app::termination_signal(),
             )) {
                 Ok(()) => ExitCode::SUCCESS,

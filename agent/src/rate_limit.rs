@@ -82,6 +82,24 @@ mod tests {
     }
 
     #[test]
+    fn exactly_burst_at_once_then_one_per_period_for_any_burst() {
+        for (rate, burst) in [(1u32, 1u32), (1, 4), (2, 3), (10, 20), (5, 100)] {
+            let t0 = Instant::now();
+            let mut b = TokenBucket::new(rate, burst, t0);
+            let period = Duration::from_secs(1) / rate;
+            // Exactly `burst` at once; the next is refused.
+            let at_once = (0..2 * burst).filter(|_| b.try_take(t0)).count();
+            assert_eq!(at_once, burst as usize, "rate {rate} burst {burst}");
+            // Not before 1/rate s (a clone, so the probe does not move the bucket)...
+            assert!(!b.clone().try_take(t0 + period - Duration::from_millis(1)));
+            // ...then exactly one.
+            let t1 = t0 + period;
+            assert!(b.try_take(t1), "rate {rate} burst {burst}");
+            assert!(!b.try_take(t1), "rate {rate} burst {burst}");
+        }
+    }
+
+    #[test]
     fn an_older_instant_refills_nothing() {
         let t0 = Instant::now() + Duration::from_secs(10);
         let mut b = TokenBucket::new(1, 1, t0);

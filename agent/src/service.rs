@@ -105,6 +105,9 @@ type Registered = (String, Arc<AtomicU64>);
 #[derive(Debug, Default, Clone)]
 pub struct Heartbeats {
     loops: Arc<Mutex<Vec<Registered>>>,
+    /// Where new counters start: above every count of the loops cleared before them, so a
+    /// loop started again under an old name never shows the count the watchdog last saw.
+    floor: Arc<AtomicU64>,
 }
 
 impl Heartbeats {
@@ -115,11 +118,24 @@ impl Heartbeats {
 
     /// Registers a loop and returns its heartbeat.
     pub fn register(&self, name: &str) -> Heartbeat {
-        let counter = Arc::new(AtomicU64::new(0));
+        let counter = Arc::new(AtomicU64::new(self.floor.load(Ordering::Relaxed)));
         if let Ok(mut loops) = self.loops.lock() {
             loops.push((name.to_owned(), counter.clone()));
         }
         Heartbeat(counter)
+    }
+
+    /// Forgets every loop (their tasks were stopped: a `config_apply` starts new ones).
+    pub fn clear(&self) {
+        if let Ok(mut loops) = self.loops.lock() {
+            let top = loops
+                .iter()
+                .map(|(_, c)| c.load(Ordering::Relaxed))
+                .max()
+                .unwrap_or(0);
+            self.floor.fetch_max(top + 1, Ordering::Relaxed);
+            loops.clear();
+        }
     }
 
     /// The counters now.

@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 const GROUPS: [(&str, &str); 2] = [("profile", "sources"), ("command_auth", "commands")];
 
 /// The bottom: small modules every stage may use; they import only each other.
-const BOTTOM: [&str; 8] = [
+const BOTTOM: [&str; 10] = [
     "values",
+    "log_ring",
+    "clock",
     "feed",
     "feed_view",
     "secrets",

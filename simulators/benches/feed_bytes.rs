@@ -526,7 +526,11 @@ fn scaled(name: &str, classes: BTreeMap<Class, Tally>, scale: f64) -> Figures {
         })
         .collect();
     // One birth per day (one connect), retained, QoS 1.
-    let birth = towerlink_agent::feed::state_payload(GW, true, Some(T0_MS));
+    let birth = towerlink_agent::feed::state_payload(
+        GW,
+        true,
+        Some((T0_MS, &towerlink_agent::feed::BirthInfo::default())),
+    );
     classes
         .entry(Class::State)
         .or_default()

@@ -9,7 +9,10 @@
 //!
 //! A handle lets tests put garbage on the line between two frames ([`VirtualNode::inject`]),
 //! unplug and replug the adapter, and read back every frame the node put on the line
-//! ([`VirtualNode::sent_frames`]) to check what the agent made of it.
+//! ([`VirtualNode::sent_frames`]) to check what the agent made of it, and every command the
+//! agent sent it ([`VirtualNode::commands_received`]). [`VirtualNode::refuse_zero`] makes it
+//! a node that cannot tare: it answers Zero with "unsupported", as firmware without a tare
+//! does.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -22,7 +25,10 @@ use towerlink_firmware::drivers::adxl355::{self, Adxl355};
 use towerlink_firmware::drivers::nau7802::{self, Nau7802};
 use towerlink_firmware::node::panel::{PanelLayout, PanelSensors};
 use towerlink_firmware::node::{Node, NodeConfig, SensorSet};
-use towerlink_firmware::protocol::{ChannelInfo, FaultCode, Frame, StreamDecoder};
+use towerlink_firmware::protocol::{
+    encode_after_delimiter, ChannelInfo, Command, FaultCode, Frame, Op, StreamDecoder,
+    MAX_ENCODED_LEN,
+};
 use towerlink_sim_chips::{PanelModel, Scenario, SimAdxl355, SimClock, SimDelay, SimNau7802};
 
 use crate::pty::VirtualPort;
@@ -44,6 +50,8 @@ struct Shared {
     bytes_dropped: AtomicU64,
     unplugged: AtomicU64,
     error: Mutex<Option<String>>,
+    refuse_zero: AtomicBool,
+    commands: Mutex<Vec<Command>>,
 }
 
 /// A running virtual node.
@@ -179,6 +187,21 @@ impl VirtualNode {
             .unwrap_or_default()
     }
 
+    /// Every command the agent sent the node so far, in order (decoded from the line by the
+    /// simulator, independently of the firmware's own decoder).
+    pub fn commands_received(&self) -> Vec<Command> {
+        self.shared
+            .commands
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
+    }
+
+    /// With `true`, the node answers every Zero with "unsupported" (and tares nothing).
+    pub fn refuse_zero(&self, refuse: bool) {
+        self.shared.refuse_zero.store(refuse, Ordering::SeqCst);
+    }
+
     /// How many frames the node put on the line.
     pub fn frames_sent(&self) -> u64 {
         self.shared.frames_sent.load(Ordering::SeqCst)
@@ -288,6 +311,7 @@ fn node_thread(
 
     let mut port = Some(port);
     let mut own_frames = StreamDecoder::new();
+    let mut commands = StreamDecoder::new();
     let mut rx = [0u8; 512];
     let start = Instant::now();
     while !shared.stop.load(Ordering::SeqCst) {
@@ -305,7 +329,35 @@ fn node_thread(
         if let Some(p) = port.as_mut() {
             let n = p.receive(&mut rx)?;
             if n > 0 {
-                let _ = node.receive(&rx[..n], now_ms, &mut out);
+                let mut received = Vec::new();
+                commands.decode_all::<Command, _>(&rx[..n], |c| {
+                    if let Ok(c) = c {
+                        received.push(c);
+                    }
+                });
+                if shared.refuse_zero.load(Ordering::SeqCst) {
+                    // The firmware core has no "cannot tare" switch; a SetRate to 0 Hz with
+                    // the Zero's seq makes the node itself answer it "unsupported" (in its
+                    // own frame sequence, changing nothing). Other commands pass as they came.
+                    let mut buf = [0u8; MAX_ENCODED_LEN];
+                    for c in &received {
+                        let mut c = c.clone();
+                        if let Op::Zero { channel } = c.op {
+                            c.op = Op::SetRate {
+                                channel,
+                                rate_hz: 0,
+                            };
+                        }
+                        if let Ok(len) = encode_after_delimiter(&c, &mut buf) {
+                            let _ = node.receive(&buf[..len], now_ms, &mut out);
+                        }
+                    }
+                } else {
+                    let _ = node.receive(&rx[..n], now_ms, &mut out);
+                }
+                if let Ok(mut log) = shared.commands.lock() {
+                    log.extend(received);
+                }
             }
             let garbage: Vec<Vec<u8>> = shared
                 .inject

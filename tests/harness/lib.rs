@@ -273,6 +273,9 @@ pub struct Received {
     pub json: Value,
     /// Retained flag.
     pub retain: bool,
+    /// QoS it was delivered at (0, 1 or 2): the lower of the publisher's and the
+    /// subscription's (the harness subscribes at 1).
+    pub qos: u8,
     /// When it arrived.
     pub at: Instant,
 }
@@ -371,6 +374,11 @@ impl Subscriber {
                                 topic: p.topic.clone(),
                                 json,
                                 retain: p.retain,
+                                qos: match p.qos {
+                                    QoS::AtMostOnce => 0,
+                                    QoS::AtLeastOnce => 1,
+                                    QoS::ExactlyOnce => 2,
+                                },
                                 at: Instant::now(),
                             });
                         }

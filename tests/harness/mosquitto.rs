@@ -143,6 +143,11 @@ impl MosquittoProcess {
         self.port
     }
 
+    /// Its process id while it runs (to freeze it with SIGSTOP, say).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Stops it (SIGTERM: it saves its sessions) and waits, bounded.
     pub fn stop(&mut self) -> anyhow::Result<()> {
         let Some(mut child) = self.child.take() else {

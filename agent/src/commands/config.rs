@@ -1,5 +1,6 @@
 //! The commands' config section, `[commands]`: how many platform commands the agent takes
-//! (a token bucket) and, optionally, the platform key that must sign them.
+//! (a token bucket), optionally the platform key that must sign them, and how a
+//! `config_apply` is verified and deferred.
 
 use std::time::Duration;
 
@@ -30,6 +31,27 @@ pub struct CommandsConfig {
     /// How far a signed command's `ts` may be from the gateway's clock.
     #[serde(default = "default_max_skew", deserialize_with = "values::de_duration")]
     pub max_skew: Duration,
+    /// `config_apply`: how long the new configuration has to bring the MQTT session up and
+    /// open every configured source before it is rolled back.
+    #[serde(
+        default = "default_verify_timeout",
+        deserialize_with = "values::de_duration"
+    )]
+    pub verify_timeout: Duration,
+    /// `config_apply`: how long an apply waits while a critical event is active before it
+    /// is refused (a trapped passenger must not lose its gateway mid-rescue).
+    #[serde(
+        default = "default_defer_max",
+        deserialize_with = "values::de_duration"
+    )]
+    pub defer_max: Duration,
+}
+
+fn default_verify_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_defer_max() -> Duration {
+    Duration::from_secs(600)
 }
 
 fn default_max_skew() -> Duration {
@@ -49,6 +71,8 @@ impl Default for CommandsConfig {
             burst: default_command_burst(),
             public_key: None,
             max_skew: default_max_skew(),
+            verify_timeout: default_verify_timeout(),
+            defer_max: default_defer_max(),
         }
     }
 }
@@ -58,7 +82,7 @@ impl CommandsConfig {
     pub fn check(&self, gw: &str, v: &mut Violations) {
         if let Some(key) = &self.public_key {
             if let Err(e) = crate::command_auth::CommandVerifier::new(gw, key, 0) {
-                v.add("public_key", e);
+                v.add("public_key", e.to_string());
             }
         }
     }

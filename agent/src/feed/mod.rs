@@ -10,7 +10,10 @@
 pub mod batch;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::clock::ClockStatus;
 
 use serde::Serialize;
 
@@ -106,6 +109,8 @@ pub struct ChannelWindow {
     pub u: &'static str,
     /// Number of samples.
     pub n: u64,
+    /// Samples the node's advertised rate promises over the window's span (v1.1).
+    pub expected: u64,
     /// Mean.
     pub mean: f32,
     /// Minimum.
@@ -380,12 +385,15 @@ impl Message {
 
     /// The JSON payload, with the gateway id and the queue's `seq`.
     pub fn render(&self, gw: &str, seq: u64) -> Vec<u8> {
-        Rendered::template(self.class(), String::new(), self.payload_json(gw)).payload(seq)
+        Rendered::template(self.class(), String::new(), self.payload_json(gw, true)).payload(seq)
     }
 
-    /// The JSON payload with `"seq":0` (the template [`Rendered`] cuts the `0` out of).
-    fn payload_json(&self, gw: &str) -> Vec<u8> {
+    /// The JSON payload with `"seq":0` (the template [`Rendered`] cuts the `0` out of); a
+    /// data, lift-status or event message made while the clock is not `synced` carries
+    /// `"clock":"unsynced"`.
+    fn payload_json(&self, gw: &str, synced: bool) -> Vec<u8> {
         let seq = 0;
+        let clock = (!synced).then_some(UNSYNCED);
         let result = match self {
             Message::Data {
                 dev,
@@ -399,6 +407,7 @@ impl Message {
                 seq,
                 start: rfc3339(*start),
                 end: rfc3339(*end),
+                clock,
                 ch,
             }),
             Message::Event { dev, event } => serde_json::to_vec(&EventPayload {
@@ -406,6 +415,7 @@ impl Message {
                 gw,
                 dev,
                 seq,
+                clock,
                 event,
             }),
             Message::LiftStatus {
@@ -419,6 +429,7 @@ impl Message {
                 dev,
                 seq,
                 ts: rfc3339(*ts),
+                clock,
                 lift,
                 trip: trip.as_ref(),
             }),
@@ -442,8 +453,13 @@ struct DataPayload<'a> {
     seq: u64,
     start: String,
     end: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clock: Option<&'static str>,
     ch: &'a BTreeMap<String, ChannelWindow>,
 }
+
+/// The top-level `clock` of a message made while the system clock was not synchronised.
+const UNSYNCED: &str = "unsynced";
 
 #[derive(Serialize)]
 struct LiftPayload<'a> {
@@ -452,6 +468,8 @@ struct LiftPayload<'a> {
     dev: &'a str,
     seq: u64,
     ts: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clock: Option<&'static str>,
     lift: &'a LiftStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     trip: Option<&'a Trip>,
@@ -463,6 +481,8 @@ struct EventPayload<'a> {
     gw: &'a str,
     dev: &'a str,
     seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clock: Option<&'static str>,
     #[serde(flatten)]
     event: &'a Event,
 }
@@ -481,6 +501,7 @@ struct ReplyPayload<'a> {
 pub struct Renderer {
     gw: String,
     topics: Topics,
+    clock: Option<Arc<ClockStatus>>,
 }
 
 impl Renderer {
@@ -489,15 +510,23 @@ impl Renderer {
         Renderer {
             gw: gw.to_owned(),
             topics,
+            clock: None,
         }
+    }
+
+    /// Flags what it renders while `clock` says the system clock is not synchronised.
+    pub fn with_clock(mut self, clock: Arc<ClockStatus>) -> Renderer {
+        self.clock = Some(clock);
+        self
     }
 
     /// `message` as a record for the queue: topic, class and payload, `seq` to be filled in.
     pub fn render(&self, message: &Message) -> Rendered {
+        let synced = self.clock.as_ref().is_none_or(|c| c.synced());
         Rendered::template(
             message.class(),
             message.topic(&self.topics),
-            message.payload_json(&self.gw),
+            message.payload_json(&self.gw, synced),
         )
     }
 }
@@ -553,16 +582,49 @@ impl Rendered {
     }
 }
 
-/// The retained `state` payload: `online` (birth, clean stop says `offline`) or the last will.
-pub fn state_payload(gw: &str, online: bool, ts: Option<UnixMillis>) -> Vec<u8> {
+/// How the previous run of the agent ended (`last_stop` in the birth).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LastStop {
+    /// A clean stop (SIGTERM, SIGINT), or no previous run.
+    #[default]
+    Clean,
+    /// Killed, crashed or a power cut.
+    Unclean,
+}
+
+impl LastStop {
+    /// The feed's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LastStop::Clean => "clean",
+            LastStop::Unclean => "unclean",
+        }
+    }
+}
+
+/// What the birth says besides `online`.
+#[derive(Debug, Clone, Default)]
+pub struct BirthInfo {
+    /// How the previous run ended.
+    pub last_stop: LastStop,
+    /// The system clock (none: reported as synchronised).
+    pub clock: Option<Arc<ClockStatus>>,
+}
+
+/// The retained `state` payload: `online` (the birth, made at `ts`, with `birth`'s fields;
+/// a clean stop says `offline`) or the last will.
+pub fn state_payload(gw: &str, online: bool, birth: Option<(UnixMillis, &BirthInfo)>) -> Vec<u8> {
     let mut v = serde_json::json!({
         "v": FEED_VERSION,
         "gw": gw,
         "state": if online { "online" } else { "offline" },
     });
-    if let (Some(ts), Some(obj)) = (ts, v.as_object_mut()) {
+    if let (Some((ts, info)), Some(obj)) = (birth, v.as_object_mut()) {
         obj.insert("ts".into(), rfc3339(ts).into());
         obj.insert("agent".into(), env!("CARGO_PKG_VERSION").into());
+        obj.insert("last_stop".into(), info.last_stop.as_str().into());
+        let synced = info.clock.as_ref().is_none_or(|c| c.synced());
+        obj.insert("clock".into(), serde_json::json!({ "synced": synced }));
     }
     v.to_string().into_bytes()
 }
@@ -595,6 +657,7 @@ mod tests {
             ChannelWindow {
                 u: "deg",
                 n: 1,
+                expected: 1,
                 mean: 0.0,
                 min: 0.0,
                 max: 0.0,
@@ -633,7 +696,7 @@ mod tests {
                 assert_eq!(v["seq"], json!(seq), "{m:?}");
                 assert_eq!(v["gw"], json!(nasty));
                 let mut whole: Value =
-                    serde_json::from_slice(&m.payload_json(nasty)).expect("json");
+                    serde_json::from_slice(&m.payload_json(nasty, true)).expect("json");
                 whole["seq"] = json!(seq);
                 assert_eq!(v, whole, "nothing but the seq changes");
             }
@@ -668,6 +731,7 @@ mod tests {
             ChannelWindow {
                 u: "deg",
                 n: 100,
+                expected: 100,
                 mean: 0.0123,
                 min: 0.0101,
                 max: 0.015,
@@ -686,7 +750,7 @@ mod tests {
             v,
             json!({"v":1,"gw":"sh-ja-0001","dev":"panel-n12","seq":18231,
                 "start":"2026-11-28T05:04:00.000Z","end":"2026-11-28T05:04:10.000Z",
-                "ch":{"tilt_x":{"u":"deg","n":100,"mean":0.0123,"min":0.0101,"max":0.015,"last":0.0124,"std":0.0004}}})
+                "ch":{"tilt_x":{"u":"deg","n":100,"expected":100,"mean":0.0123,"min":0.0101,"max":0.015,"last":0.0124,"std":0.0004}}})
         );
         assert_eq!(m.class(), MessageClass::Telemetry);
     }
@@ -762,9 +826,42 @@ mod tests {
     fn state_payloads() {
         let v: Value = serde_json::from_slice(&state_payload("gw-1", false, None)).expect("json");
         assert_eq!(v, json!({"v":1,"gw":"gw-1","state":"offline"}));
+        let info = BirthInfo {
+            last_stop: LastStop::Unclean,
+            clock: None,
+        };
         let v: Value =
-            serde_json::from_slice(&state_payload("gw-1", true, Some(T0))).expect("json");
+            serde_json::from_slice(&state_payload("gw-1", true, Some((T0, &info)))).expect("json");
         assert_eq!(v["state"], "online");
         assert_eq!(v["ts"], "2026-11-28T05:04:00.000Z");
+        assert_eq!(v["last_stop"], "unclean");
+        assert_eq!(v["clock"], json!({"synced": true}));
+    }
+
+    #[test]
+    fn messages_made_while_unsynced_say_so() {
+        let clock = Arc::new(ClockStatus::default());
+        let renderer = Renderer::new("gw-1", Topics::new("r", "gw-1")).with_clock(clock.clone());
+        let event = Message::Event {
+            dev: "gateway".into(),
+            event: Event::new(T0, "clock_step", Severity::Minor, EventState::Active),
+        };
+        let reply = Message::Reply(Reply {
+            id: "c-1".into(),
+            ok: true,
+            error: None,
+            result: None,
+        });
+        let v: Value = serde_json::from_slice(&renderer.render(&event).payload(3)).expect("json");
+        assert!(v.get("clock").is_none(), "synced: no flag");
+        clock.set(crate::clock::KernelClock {
+            synced: false,
+            est_error_ms: None,
+        });
+        let v: Value = serde_json::from_slice(&renderer.render(&event).payload(3)).expect("json");
+        assert_eq!(v["clock"], "unsynced");
+        assert_eq!(v["seq"], 3);
+        let v: Value = serde_json::from_slice(&renderer.render(&reply).payload(4)).expect("json");
+        assert!(v.get("clock").is_none(), "replies are not flagged");
     }
 }

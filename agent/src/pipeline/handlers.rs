@@ -155,10 +155,15 @@ impl Pipeline {
                 for (t, v) in accepted {
                     if let Some((start, end, stats)) = deadband.add(t, v) {
                         let channel = &device.channels[slot];
+                        let expected = super::window::expected_samples(
+                            channel.rate_hz,
+                            start as i64,
+                            end as i64,
+                        );
                         let mut ch = BTreeMap::new();
                         ch.insert(
                             channel.name.clone(),
-                            stats.to_window(channel.quantity.unit()),
+                            stats.to_window(channel.quantity.unit(), expected),
                         );
                         out.push(Message::Data {
                             dev: device.id.clone(),

@@ -218,6 +218,26 @@ impl LiftMonitor {
         }
     }
 
+    /// The wall clock stepped by `step_ms`: every time held moves with it (no rule fires, and
+    /// no periodic status is held back, because of the step).
+    pub fn shift(&mut self, step_ms: i64) {
+        let sh = |t: &mut UnixMillis| *t = t.saturating_add(step_ms);
+        if let Some((t, _)) = self.last_published.as_mut() {
+            sh(t);
+        }
+        if let Some(t) = self.first_failure.as_mut() {
+            sh(t);
+        }
+        for r in &mut self.rules {
+            for t in [&mut r.holding_since, &mut r.active_since]
+                .into_iter()
+                .flatten()
+            {
+                sh(t);
+            }
+        }
+    }
+
     /// Is `event` active now?
     pub fn is_active(&self, event: LiftEvent) -> bool {
         self.rules[event.index()].active_since.is_some()

@@ -32,7 +32,8 @@ use self::lift_rules::{LiftMonitor, LiftRuleSettings};
 use self::sensor_health::DeviceHealth;
 use self::window::DeviceWindows;
 use self::zero::ZeroTable;
-use crate::feed::{now_millis, Event, Message, Renderer, UnixMillis};
+use crate::clock::{ClockStatus, StepDetector, TimeSource};
+use crate::feed::{Event, EventState, Message, Renderer, Severity, UnixMillis};
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
 use crate::sources::config::LiftConfig;
@@ -57,6 +58,9 @@ pub struct PipelineStats {
     pub out_of_range: AtomicU64,
     /// Conditions active now, by device (`event` or `event:channel`), for `health`.
     pub active: std::sync::Mutex<BTreeMap<String, std::collections::BTreeSet<String>>>,
+    /// Critical conditions active now (`dev/event` or `dev/event:channel`): a `config_apply`
+    /// waits while there is one.
+    pub critical: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl PipelineStats {
@@ -69,6 +73,20 @@ impl PipelineStats {
             Some(ch) => format!("{}:{ch}", event.event),
             None => event.event.to_owned(),
         };
+        if let Ok(mut critical) = self.critical.lock() {
+            let id = format!("{dev}/{key}");
+            match event.state {
+                crate::feed::EventState::Active
+                    if event.severity == crate::feed::Severity::Critical =>
+                {
+                    critical.insert(id);
+                }
+                crate::feed::EventState::Active => {}
+                crate::feed::EventState::Cleared => {
+                    critical.remove(&id);
+                }
+            }
+        }
         if let Ok(mut active) = self.active.lock() {
             let set = active.entry(dev.clone()).or_default();
             match event.state {
@@ -80,6 +98,16 @@ impl PipelineStats {
                 }
             }
         }
+    }
+}
+
+impl PipelineStats {
+    /// The critical conditions active now (`dev/event[:channel]`), oldest name first.
+    pub fn critical_active(&self) -> Vec<String> {
+        self.critical
+            .lock()
+            .map(|c| c.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -255,6 +283,9 @@ pub struct Pipeline {
     zeros: ZeroTable,
     transitions: Vec<Transition>,
     lifts: Vec<LiftMonitor>,
+    started: UnixMillis,
+    /// No window closes before this (see [`Pipeline::with_recovery_hold`]).
+    hold_until: UnixMillis,
 }
 
 impl Pipeline {
@@ -288,7 +319,16 @@ impl Pipeline {
             zeros: ZeroTable::in_memory(),
             transitions: Vec::new(),
             lifts,
+            started: now,
+            hold_until: i64::MIN,
         }
+    }
+
+    /// Closes no window for `ms` after start: samples the kernel buffered while the agent was
+    /// down, decoded in the first moments, still reach their windows instead of being late.
+    pub fn with_recovery_hold(mut self, ms: i64) -> Pipeline {
+        self.hold_until = self.started.saturating_add(ms);
+        self
     }
 
     /// A handle on the channel directory this pipeline publishes (for the command path).
@@ -369,15 +409,46 @@ impl Pipeline {
 
     /// Closes due windows and applies the time-based health rules.
     pub fn tick(&mut self, now: UnixMillis, out: &mut Vec<Message>) {
+        let holding = now < self.hold_until;
         for device in self.nodes.iter_mut().chain(self.i2c.iter_mut()) {
-            let closed = device.windows.close_due(now);
-            emit_windows(device, closed, out);
+            if !holding {
+                let closed = device.windows.close_due(now);
+                emit_windows(device, closed, out);
+            }
             count_late(device, &self.stats);
             device.health.tick(now, &device.channels, out, &device.id);
         }
         for lift in &mut self.lifts {
             lift.tick(now, out);
         }
+    }
+
+    /// The wall clock stepped by `step_ms` to `now`: closes every open window (none may span
+    /// the step), starts the windows afresh at `now` (nothing dated before it is taken), moves
+    /// the health rules' timers with the clock, and reports `clock_step` on the gateway.
+    pub fn clock_step(&mut self, step_ms: i64, now: UnixMillis, out: &mut Vec<Message>) {
+        // The open windows end where the old timeline did: at the step.
+        let before_step = now.saturating_sub(step_ms);
+        for device in self.nodes.iter_mut().chain(self.i2c.iter_mut()) {
+            let mut closed = device.windows.close_all();
+            for w in &mut closed {
+                w.end = w.end.min(before_step).max(w.start);
+            }
+            emit_windows(device, closed, out);
+            device.windows.restart_at(now);
+            device.health.shift(step_ms);
+        }
+        for lift in &mut self.lifts {
+            lift.shift(step_ms);
+        }
+        self.started = self.started.saturating_add(step_ms);
+        self.hold_until = self.hold_until.saturating_add(step_ms);
+        let mut event = Event::new(now, "clock_step", Severity::Minor, EventState::Active);
+        event.detail = Some(serde_json::json!({ "step_ms": step_ms }));
+        out.push(Message::Event {
+            dev: GATEWAY_DEV.to_owned(),
+            event,
+        });
     }
 
     /// Closes every open window (clean shutdown): no sample that arrived is left behind.
@@ -450,9 +521,10 @@ fn emit_windows(device: &Device, closed: Vec<window::ClosedWindow>, out: &mut Ve
             .iter()
             .filter_map(|(slot, stats)| {
                 let channel = device.channels.get(*slot)?;
+                let expected = window::expected_samples(channel.rate_hz, w.start, w.end);
                 Some((
                     channel.name.clone(),
-                    stats.to_window(channel.quantity.unit()),
+                    stats.to_window(channel.quantity.unit(), expected),
                 ))
             })
             .collect();
@@ -468,6 +540,69 @@ fn emit_windows(device: &Device, closed: Vec<window::ClosedWindow>, out: &mut Ve
 /// How often windows are closed and health rules checked.
 const TICK: Duration = Duration::from_millis(100);
 
+/// The `dev` of the gateway's own events (`{root}/{gw}/event/gateway`).
+pub const GATEWAY_DEV: &str = "gateway";
+
+/// How often the kernel's clock state is read again (ms).
+const CLOCK_REFRESH_MS: i64 = 1_000;
+
+/// Where the pipeline's task takes its time from, and how it finds steps of the wall clock.
+pub struct ClockWatch {
+    time: Box<dyn TimeSource>,
+    detector: StepDetector,
+    status: Arc<ClockStatus>,
+    refresh_kernel: bool,
+    refreshed_at: Option<i64>,
+}
+
+impl ClockWatch {
+    /// The system's clocks, with the kernel's synchronisation state read every second.
+    pub fn system(status: Arc<ClockStatus>) -> ClockWatch {
+        ClockWatch::new(Box::new(crate::clock::SystemTime::default()), status, true)
+    }
+
+    /// Time from `time` (tests step it); `refresh_kernel` reads adjtimex every second.
+    pub fn new(
+        time: Box<dyn TimeSource>,
+        status: Arc<ClockStatus>,
+        refresh_kernel: bool,
+    ) -> ClockWatch {
+        ClockWatch {
+            time,
+            detector: StepDetector::new(),
+            status,
+            refresh_kernel,
+            refreshed_at: None,
+        }
+    }
+
+    /// The wall-clock time now.
+    pub fn now(&self) -> UnixMillis {
+        self.time.wall_ms()
+    }
+
+    /// Looks at both clocks: the step of the wall clock since the last look, if it stepped
+    /// (counted in the shared state first, so the sources re-anchor their nodes' clocks).
+    pub fn check(&mut self) -> Option<i64> {
+        let mono = self.time.mono_ms();
+        if self.refresh_kernel
+            && self
+                .refreshed_at
+                .is_none_or(|at| mono - at >= CLOCK_REFRESH_MS)
+        {
+            self.status.refresh();
+            self.refreshed_at = Some(mono);
+        }
+        let step = self.detector.observe(self.time.wall_ms(), mono)?;
+        self.status.note_step();
+        tracing::warn!(
+            step_ms = step,
+            "the wall clock stepped: windows closed, node clocks re-anchored"
+        );
+        Some(step)
+    }
+}
+
 /// Runs the pipeline until the sources are gone or shutdown fires, then flushes.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
@@ -477,21 +612,26 @@ pub async fn run(
     mut requests: mpsc::Receiver<PipelineRequest>,
     queue: Arc<Queue>,
     renderer: Renderer,
+    mut clock: ClockWatch,
     heartbeat: crate::service::Heartbeat,
     mut shutdown: Shutdown,
 ) {
     let mut out = Vec::new();
+    clock.check();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
-                Some(ev) => pipeline.handle(ev, now_millis(), &mut out),
+                Some(ev) => pipeline.handle(ev, clock.now(), &mut out),
                 None => break,
             },
             _ = tick.tick() => {
                 heartbeat.beat();
-                pipeline.tick(now_millis(), &mut out);
+                if let Some(step) = clock.check() {
+                    pipeline.clock_step(step, clock.now(), &mut out);
+                }
+                pipeline.tick(clock.now(), &mut out);
             }
             request = requests.recv() => if let Some(r) = request { pipeline.request(r) },
             _ = shutdown.recv() => break,
@@ -503,7 +643,7 @@ pub async fn run(
     }
     // Whatever the sources already delivered still goes out.
     while let Ok(ev) = events.try_recv() {
-        pipeline.handle(ev, now_millis(), &mut out);
+        pipeline.handle(ev, clock.now(), &mut out);
     }
     pipeline.flush(&mut out);
     for m in out.drain(..) {

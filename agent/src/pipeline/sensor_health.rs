@@ -64,6 +64,35 @@ impl DeviceHealth {
         }
     }
 
+    /// The wall clock stepped by `step_ms`: every time held moves with it, so that no timer
+    /// fires (or is held back) because of the step.
+    pub fn shift(&mut self, step_ms: i64) {
+        let sh = |t: &mut UnixMillis| *t = t.saturating_add(step_ms);
+        sh(&mut self.started);
+        sh(&mut self.last_loss);
+        for t in [
+            &mut self.last_alive,
+            &mut self.offline_since,
+            &mut self.loss_since,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            sh(t);
+        }
+        for c in &mut self.channels {
+            for t in [&mut c.last_sample, &mut c.offline_since]
+                .into_iter()
+                .flatten()
+            {
+                sh(t);
+            }
+            if let Some((_, t)) = c.fault.as_mut() {
+                sh(t);
+            }
+        }
+    }
+
     /// The node's channels are (newly) known.
     pub fn set_channels(&mut self, channels: &[Channel], now: UnixMillis) {
         self.channels = channels

@@ -394,3 +394,137 @@ fn a_gateway_zero_says_why_it_was_not_taken_and_takes_the_filtered_value() {
     p.handle(samples(DeviceKey::I2c(0), T0 as f64, &[2.5]), T0, &mut out);
     assert_eq!(zero(&mut p, "strain-roof", "strain"), Ok(2.5));
 }
+
+fn hello_strain(p: &mut Pipeline, now: UnixMillis, out: &mut Vec<Message>) {
+    p.handle(
+        SourceEvent::Hello {
+            dev: DeviceKey::Node(0),
+            fw: (1, 0, 0),
+            channels: strain(),
+        },
+        now,
+        out,
+    );
+}
+
+#[test]
+fn a_window_says_how_many_samples_the_rate_promised() {
+    let mut p = pipeline();
+    let mut out = Vec::new();
+    hello_strain(&mut p, T0, &mut out);
+    // 10 Hz over a 1 s window: 10 expected; 7 came.
+    p.handle(
+        samples(DeviceKey::Node(0), T0 as f64, &[1.0; 7]),
+        T0,
+        &mut out,
+    );
+    p.tick(T0 + 5_000, &mut out);
+    let ch = out
+        .iter()
+        .find_map(|m| match m {
+            Message::Data { ch, .. } => ch.get("strain").cloned(),
+            _ => None,
+        })
+        .expect("a window");
+    assert_eq!((ch.n, ch.expected), (7, 10));
+}
+
+/// Time by hand: the test steps the wall clock.
+struct Manual(Arc<std::sync::Mutex<(i64, i64)>>);
+
+impl TimeSource for Manual {
+    fn wall_ms(&self) -> i64 {
+        self.0.lock().map(|t| t.0).unwrap_or(0)
+    }
+    fn mono_ms(&self) -> i64 {
+        self.0.lock().map(|t| t.1).unwrap_or(0)
+    }
+}
+
+#[test]
+fn a_clock_step_is_found_counted_and_closes_every_window() {
+    let time = Arc::new(std::sync::Mutex::new((T0 + 300, 0)));
+    let status = Arc::new(ClockStatus::default());
+    let mut watch = ClockWatch::new(Box::new(Manual(time.clone())), status.clone(), false);
+    assert_eq!(watch.check(), None);
+    // With the recovery hold of a restart: an hour back must not hold the windows an hour.
+    let mut p = pipeline().with_recovery_hold(2_000);
+    let mut out = Vec::new();
+    hello_strain(&mut p, T0, &mut out);
+    p.handle(
+        samples(DeviceKey::Node(0), T0 as f64, &[1.0; 8]),
+        T0 + 750,
+        &mut out,
+    );
+    // Slewing is no step; an hour back is.
+    *time.lock().expect("time") = (T0 + 700, 400);
+    assert_eq!(watch.check(), None);
+    *time.lock().expect("time") = (T0 + 1_050 - 3_600_000, 500);
+    let step = watch.check().expect("a step");
+    assert_eq!(step, -3_599_750);
+    assert_eq!(status.steps(), 1);
+    let target = watch.now();
+    out.clear();
+    p.clock_step(step, target, &mut out);
+    // The open window went out at once, then the event.
+    let Message::Data { start, end, ch, .. } = &out[0] else {
+        panic!("{out:?}")
+    };
+    // ... ending at the step (the old timeline's now), with `expected` over that span.
+    assert_eq!(
+        (*start, *end, ch["strain"].n, ch["strain"].expected),
+        (T0, T0 + 800, 8, 8)
+    );
+    let Message::Event { dev, event } = &out[1] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (dev.as_str(), event.event, event.ts),
+        ("gateway", "clock_step", target)
+    );
+    assert_eq!(
+        event.detail,
+        Some(serde_json::json!({"step_ms": -3_599_750}))
+    );
+    // Nothing dated before the target is taken; the first window starts at it.
+    out.clear();
+    let t = target as f64;
+    p.handle(
+        samples(DeviceKey::Node(0), t - 300.0, &[2.0; 6]),
+        target + 300,
+        &mut out,
+    );
+    // No sensor_offline for an hour that did not pass: the health timers moved too.
+    p.tick(target + 2_960, &mut out);
+    assert!(
+        out.iter().all(|m| !matches!(m, Message::Event { .. })),
+        "{out:?}"
+    );
+    let got: Vec<_> = out
+        .iter()
+        .filter_map(|m| match m {
+            Message::Data { start, ch, .. } => Some((*start, ch["strain"].n)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got[0], (target, 3), "{got:?}");
+    assert!(got.iter().all(|(s, _)| *s >= target));
+    assert_eq!(p.stats.late_samples.load(Ordering::Relaxed), 3);
+}
+
+#[test]
+fn the_recovery_hold_keeps_windows_open_for_buffered_samples() {
+    let mut p = pipeline().with_recovery_hold(2_000);
+    let mut out = Vec::new();
+    hello_strain(&mut p, T0, &mut out);
+    // The first tick comes before the buffered samples (of 10 s ago) are decoded.
+    p.tick(T0 + 100, &mut out);
+    p.handle(
+        samples(DeviceKey::Node(0), (T0 - 10_000) as f64, &[1.0; 5]),
+        T0 + 200,
+        &mut out,
+    );
+    p.tick(T0 + 2_500, &mut out);
+    assert_eq!(windows(&out), vec![("panel-0".to_owned(), 1.0)]);
+    assert_eq!(p.stats.late_samples.load(Ordering::Relaxed), 0);
+}

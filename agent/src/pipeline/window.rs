@@ -55,8 +55,9 @@ impl RunningStats {
         self.n
     }
 
-    /// The window's statistics in feed form (population standard deviation).
-    pub fn to_window(&self, unit: &'static str) -> ChannelWindow {
+    /// The window's statistics in feed form (population standard deviation), with the
+    /// `expected` sample count of the window (see [`expected_samples`]).
+    pub fn to_window(&self, unit: &'static str, expected: u64) -> ChannelWindow {
         let var = if self.n > 0 {
             (self.m2 / self.n as f64).max(0.0)
         } else {
@@ -65,6 +66,7 @@ impl RunningStats {
         ChannelWindow {
             u: unit,
             n: self.n,
+            expected,
             mean: self.mean as f32,
             min: self.min,
             max: self.max,
@@ -72,6 +74,13 @@ impl RunningStats {
             std: var.sqrt() as f32,
         }
     }
+}
+
+/// The samples a channel sampled at `rate_hz` promises over `[start, end)`, rounded down
+/// (the feed's `expected`: `n < expected` is data the gateway did not get or did not keep).
+pub fn expected_samples(rate_hz: u16, start: UnixMillis, end: UnixMillis) -> u64 {
+    let span = u64::try_from(end.saturating_sub(start)).unwrap_or(0);
+    u64::from(rate_hz).saturating_mul(span) / 1000
 }
 
 /// One closed window of one device: statistics per channel slot.
@@ -94,6 +103,9 @@ pub struct DeviceWindows {
     open: BTreeMap<i64, Vec<RunningStats>>,
     /// Every window that starts before this is closed.
     closed_until: i64,
+    /// No window starts before this (after a step of the wall clock, the first window starts
+    /// at the step's target and ends at the next aligned boundary).
+    floor: i64,
     late: u64,
 }
 
@@ -106,6 +118,7 @@ impl DeviceWindows {
             slots,
             open: BTreeMap::new(),
             closed_until: i64::MIN,
+            floor: i64::MIN,
             late: 0,
         }
     }
@@ -115,9 +128,39 @@ impl DeviceWindows {
         self.late
     }
 
-    /// Window start of time `t` (ms).
-    fn start_of(&self, t: f64) -> i64 {
+    /// Aligned window start of time `t` (ms).
+    fn aligned(&self, t: f64) -> i64 {
         (t / self.width as f64).floor() as i64 * self.width
+    }
+
+    /// Window start of time `t` (ms): the aligned start, or the floor for the window the
+    /// floor falls in.
+    fn start_of(&self, t: f64) -> i64 {
+        let aligned = self.aligned(t);
+        if aligned < self.floor && t >= self.floor as f64 {
+            self.floor
+        } else {
+            aligned
+        }
+    }
+
+    /// End (exclusive) of the window that starts at `start` (a stretch before the floor ends
+    /// at the floor).
+    fn end_of(&self, start: i64) -> i64 {
+        let end = self.aligned(start as f64) + self.width;
+        if start < self.floor {
+            end.min(self.floor)
+        } else {
+            end
+        }
+    }
+
+    /// The wall clock stepped to `target`: windows start afresh there (the open ones must
+    /// have been closed first), and nothing dated before `target` is taken any more.
+    pub fn restart_at(&mut self, target: UnixMillis) {
+        self.open.clear();
+        self.floor = target;
+        self.closed_until = target;
     }
 
     /// Adds `values` of channel `slot`, the first at wall time `t0` ms, `period` ms apart.
@@ -129,7 +172,7 @@ impl DeviceWindows {
         while i < values.len() {
             let t = t0 + i as f64 * period;
             let start = self.start_of(t);
-            let end = start + self.width;
+            let end = self.end_of(start);
             // How many of the following values still fall in [start, end)?
             let run = if period > 0.0 {
                 let k = ((end as f64 - t0) / period).ceil();
@@ -174,7 +217,7 @@ impl DeviceWindows {
     pub fn close_due(&mut self, now: UnixMillis) -> Vec<ClosedWindow> {
         let mut out = Vec::new();
         while let Some((&start, _)) = self.open.first_key_value() {
-            if start + self.width + self.grace > now {
+            if self.end_of(start) + self.grace > now {
                 break;
             }
             if let Some(w) = self.close_first() {
@@ -198,7 +241,8 @@ impl DeviceWindows {
 
     fn close_first(&mut self) -> Option<ClosedWindow> {
         let (start, stats) = self.open.pop_first()?;
-        self.closed_until = self.closed_until.max(start + self.width);
+        let end = self.end_of(start);
+        self.closed_until = self.closed_until.max(end);
         let channels = stats
             .into_iter()
             .enumerate()
@@ -206,7 +250,7 @@ impl DeviceWindows {
             .collect();
         Some(ClosedWindow {
             start,
-            end: start + self.width,
+            end,
             channels,
         })
     }
@@ -222,7 +266,7 @@ mod tests {
         let mut s = RunningStats::default();
         s.extend(&[2.0, 4.0, 4.0, 4.0]);
         s.extend(&[5.0, 5.0, 7.0, 9.0]);
-        let w = s.to_window("mm");
+        let w = s.to_window("mm", 0);
         assert_eq!(
             (w.n, w.mean, w.min, w.max, w.last, w.std),
             (8, 5.0, 2.0, 9.0, 9.0, 2.0)
@@ -256,6 +300,36 @@ mod tests {
         assert!(w.close_all().is_empty());
     }
 
+    #[test]
+    fn expected_is_the_rate_over_the_span_rounded_down() {
+        assert_eq!(expected_samples(50, 0, 10_000), 500);
+        assert_eq!(expected_samples(10, 0, 199), 1);
+        assert_eq!(expected_samples(3, 1_000, 1_333), 0);
+        assert_eq!(
+            expected_samples(50, 1_000, 0),
+            0,
+            "an empty span promises nothing"
+        );
+    }
+
+    #[test]
+    fn after_a_step_the_first_window_starts_at_the_target() {
+        let mut w = DeviceWindows::new(1000, 0, 1);
+        w.add(0, 100.0, 10.0, &[1.0]);
+        assert_eq!(w.close_all().len(), 1);
+        // The clock stepped back to 10_400: nothing before it, the first window is [10_400, 11_000).
+        w.restart_at(10_400);
+        w.add(0, 10_390.0, 10.0, &[9.0, 2.0, 3.0]);
+        assert_eq!(w.late_samples(), 1, "the sample before the target is late");
+        w.add(0, 11_000.0, 10.0, &[4.0]);
+        let closed = w.close_due(12_000);
+        assert_eq!(
+            closed.iter().map(|c| (c.start, c.end)).collect::<Vec<_>>(),
+            vec![(10_400, 11_000), (11_000, 12_000)]
+        );
+        assert_eq!(closed[0].channels[0].1.n(), 2);
+    }
+
     proptest! {
         /// However samples are batched, every value lands in exactly one window and the
         /// per-window statistics equal those of a direct computation.
@@ -285,7 +359,7 @@ mod tests {
                     .map(|(_, v)| *v).collect();
                 let s = &c.channels[0].1;
                 prop_assert_eq!(s.n(), inside.len() as u64);
-                let win = s.to_window("x");
+                let win = s.to_window("x", 0);
                 let mean = inside.iter().map(|v| f64::from(*v)).sum::<f64>() / inside.len() as f64;
                 prop_assert!((f64::from(win.mean) - mean).abs() < 1e-2);
                 prop_assert_eq!(win.min, inside.iter().copied().fold(f32::INFINITY, f32::min));

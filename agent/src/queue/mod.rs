@@ -15,6 +15,9 @@
 //!   `seq` the platform has seen is never lost and reused after a power cut. Events and
 //!   replies are synced at once (they go out within milliseconds); telemetry waits for the
 //!   batched sync of the `fsync` interval.
+//! - Memory holds an index of the queued records, not the records ([`index`]: 8 bytes each,
+//!   plus a payload cache bounded at 1 MiB): the queue's reader thread ([`reader`]) reads the
+//!   payloads back from the segment files for the uplink, a bounded batch ahead.
 //! - Events go out before queued telemetry; within a class, oldest first.
 //! - A message leaves the queue only when [`Queue::ack`] says the broker has it (an ack
 //!   record is written; a lost ack only re-sends the message); after a disconnect
@@ -30,7 +33,9 @@
 
 pub mod config;
 mod index;
+mod reader;
 pub mod record;
+pub mod run_marker;
 pub mod segment;
 pub mod seq;
 pub mod store;
@@ -38,7 +43,7 @@ mod writer;
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -120,6 +125,8 @@ struct Shared {
     ready: Notify,
     /// Wakes the writer: acknowledgements are piling up.
     wake: Notify,
+    /// Wakes the reader: the uplink wants payloads that are not at hand.
+    reads: Condvar,
     stats: QueueStats,
 }
 
@@ -141,6 +148,7 @@ pub struct Queue {
     /// The hand-off to the writer (`None` once dropping).
     requests: Option<mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
+    reader: Option<JoinHandle<()>>,
 }
 
 impl Queue {
@@ -149,13 +157,18 @@ impl Queue {
     pub fn open(options: StoreOptions) -> io::Result<Arc<Queue>> {
         let (store, loaded) = Store::open(&options)?;
         let mut state = State::default();
-        for (_, l) in loaded.live {
-            state.insert(Arc::new(l.record), Some(l.segment), l.len);
+        // Only the index and the first payloads (while the cache has room) stay in memory.
+        for (seq, l) in loaded.live {
+            let (class, queued_at) = (l.record.class, l.record.queued_at);
+            let at = Some((l.segment, l.offset));
+            state.insert(seq, class, queued_at, at, l.len, Some(Arc::new(l.record)));
         }
         state.last_seq = loaded.next_seq - 1;
         state.released_up_to = loaded.next_seq - 1;
         state.disk_bytes = store.disk_bytes();
         state.segments = store.segment_count();
+        // Loading held every record for a moment: give that memory back.
+        trim_memory();
         let stats = QueueStats::default();
         stats.corrupted.store(loaded.corrupted, Ordering::Relaxed);
         stats.torn.store(loaded.torn, Ordering::Relaxed);
@@ -170,6 +183,7 @@ impl Queue {
             state: Mutex::new(state),
             ready: Notify::new(),
             wake: Notify::new(),
+            reads: Condvar::new(),
             stats,
         });
         let settings = writer::Settings {
@@ -179,16 +193,25 @@ impl Queue {
             retry_after: options.retry_after,
         };
         let (tx, rx) = mpsc::channel(HANDOFF);
+        let files = segment::SegmentReader::new(&options.dir);
         let writer = Writer::new(shared.clone(), store, settings, loaded.next_seq);
         let handle = std::thread::Builder::new()
             .name("queue-writer".into())
             .spawn(move || writer.run(rx))?;
-        Ok(Arc::new(Queue {
+        let for_reader = shared.clone();
+        let reader = std::thread::Builder::new()
+            .name("queue-reader".into())
+            .spawn(move || reader::run(for_reader, files));
+        let mut queue = Queue {
             shared,
             fsync: options.fsync,
             requests: Some(tx),
             writer: Some(handle),
-        }))
+            reader: None,
+        };
+        // On failure, dropping the queue stops the writer.
+        queue.reader = Some(reader?);
+        Ok(Arc::new(queue))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -232,13 +255,29 @@ impl Queue {
 
     /// Like [`Queue::next_unsent`], but telemetry only when `telemetry` is true (the uplink
     /// paces the replay of a telemetry backlog; events always go).
+    ///
+    /// `None` also while the next record's payload is being read back from disk (a
+    /// backlog larger than the cache): [`Queue::wait_ready`] wakes when it is at hand.
     pub fn next_unsent_if(&self, telemetry: bool) -> Option<Arc<Record>> {
-        self.lock().next_unsent(telemetry)
+        let (record, read) = {
+            let mut state = self.lock();
+            let record = state.next_unsent(telemetry);
+            (record, state.read_wanted)
+        };
+        if read {
+            self.shared.reads.notify_one();
+        }
+        record
     }
 
     /// Is telemetry waiting to be sent (released, not yet handed out)?
     pub fn has_unsent_telemetry(&self) -> bool {
         self.lock().has_unsent_telemetry()
+    }
+
+    /// Payloads held in memory (cached or memory-only) and the cache's bytes.
+    pub fn payloads_in_memory(&self) -> (usize, u64) {
+        self.lock().cached()
     }
 
     /// Waits until something may have been released.
@@ -335,6 +374,21 @@ impl Drop for Queue {
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
+        self.lock().closing = true;
+        self.shared.reads.notify_all();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+/// Gives the allocator's free memory back to the system where the allocator keeps it
+/// (glibc); elsewhere (musl) freed memory goes back on its own.
+pub(crate) fn trim_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        nix::libc::malloc_trim(0);
     }
 }
 

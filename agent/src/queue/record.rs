@@ -177,6 +177,14 @@ fn frame_at(bytes: &[u8], at: usize) -> Option<(Body, usize)> {
     Some((decode_body(body)?, HEADER + len))
 }
 
+/// The message record framed in `bytes` (exactly one intact frame), if it is one.
+pub fn decode_message_frame(bytes: &[u8]) -> Option<Record> {
+    match frame_at(bytes, 0)? {
+        (Body::Message(r), len) if len == bytes.len() => Some(r),
+        _ => None,
+    }
+}
+
 /// What a scan of one segment found.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Scan {

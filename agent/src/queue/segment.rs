@@ -63,6 +63,65 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Reads frames back from the segment files of a directory (the uplink's payloads, the
+/// compaction's copies). Keeps a few files open; a segment deleted meanwhile reads as
+/// `NotFound`.
+#[derive(Debug)]
+pub struct SegmentReader {
+    dir: PathBuf,
+    open: Vec<(u64, File)>,
+}
+
+/// Files a [`SegmentReader`] keeps open.
+const READER_FILES: usize = 4;
+
+impl SegmentReader {
+    /// A reader of the segments in `dir`.
+    pub fn new(dir: &Path) -> SegmentReader {
+        SegmentReader {
+            dir: dir.to_owned(),
+            open: Vec::new(),
+        }
+    }
+
+    fn file(&mut self, id: u64) -> io::Result<&File> {
+        if let Some(i) = self.open.iter().position(|(s, _)| *s == id) {
+            return Ok(&self.open[i].1);
+        }
+        let path = list(&self.dir)?
+            .into_iter()
+            .find(|s| s.id == id)
+            .map(|s| s.path)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("segment {id}")))?;
+        let file = File::open(path)?;
+        if self.open.len() >= READER_FILES {
+            self.open.remove(0);
+        }
+        self.open.push((id, file));
+        let last = self.open.len() - 1;
+        Ok(&self.open[last].1)
+    }
+
+    /// The `len` bytes at `offset` of segment `id`.
+    pub fn read(&mut self, id: u64, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0; usize::try_from(len).map_err(io::Error::other)?];
+        let result = self
+            .file(id)
+            .and_then(|f| f.read_exact_at(&mut buf, offset));
+        if result.is_err() {
+            // The file may have been replaced or cut: open it afresh next time.
+            self.open.retain(|(s, _)| *s != id);
+        }
+        result.map(|()| buf)
+    }
+
+    /// Forgets the open files (segments were deleted).
+    pub fn close_all(&mut self) {
+        self.open.clear();
+    }
+}
+
 /// Makes every write fail while set: how tests play a full or broken disk.
 #[derive(Debug, Clone, Default)]
 pub struct FaultSwitch(Arc<AtomicBool>);

@@ -23,6 +23,9 @@ use super::seq::SeqCounter;
 use super::Record;
 use crate::feed::MessageClass;
 
+/// The largest rotation size (the queue's index keeps 32-bit offsets).
+pub const MAX_SEGMENT_BYTES: u64 = 1 << 30;
+
 /// When appended records are forced to stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncPolicy {
@@ -84,6 +87,8 @@ pub struct Located {
     pub record: Record,
     /// Id of the segment holding it.
     pub segment: u64,
+    /// Where its frame starts in the segment.
+    pub offset: u64,
     /// Its frame length.
     pub len: u64,
 }
@@ -145,7 +150,7 @@ pub fn load(dir: &Path) -> io::Result<Loaded> {
         let scan = record::scan(&bytes);
         max_seen = max_seen.max(floor.saturating_sub(1));
         let mut messages = 0;
-        for (_, len, body) in scan.frames.iter().cloned() {
+        for (offset, len, body) in scan.frames.into_iter() {
             match body {
                 Body::Message(r) => {
                     messages += 1;
@@ -157,6 +162,7 @@ pub fn load(dir: &Path) -> io::Result<Loaded> {
                         Located {
                             record: r,
                             segment: id,
+                            offset: offset as u64,
                             len: len as u64,
                         },
                     );
@@ -175,7 +181,7 @@ pub fn load(dir: &Path) -> io::Result<Loaded> {
             }
         }
         out.corrupted += scan.corrupted;
-        if scan.torn(bytes.len()) {
+        if scan.valid_end < bytes.len() {
             out.torn += 1;
         }
         out.segments.push(SegmentScan {
@@ -221,6 +227,7 @@ pub struct Store {
     writer: Option<SegmentWriter>,
     floor: Option<SeqCounter>,
     buf: Vec<u8>,
+    frame: Vec<u8>,
     done: Vec<(DoneKind, u64)>,
     unsynced: bool,
 }
@@ -262,12 +269,14 @@ impl Store {
         let floor = SeqCounter::open(&options.dir).ok();
         let mut store = Store {
             dir: options.dir.clone(),
-            segment_bytes: options.segment_bytes.max(4096),
+            // Offsets in the in-memory index are 32 bits: segments stay far below 4 GiB.
+            segment_bytes: options.segment_bytes.clamp(4096, MAX_SEGMENT_BYTES),
             faults: options.faults.clone(),
             segments,
             writer: None,
             floor,
             buf: Vec::with_capacity(64 * 1024),
+            frame: Vec::with_capacity(4096),
             done: Vec::new(),
             unsynced: false,
         };
@@ -303,8 +312,20 @@ impl Store {
         Ok(())
     }
 
-    /// Appends `record`; returns the segment it went to and its frame length. Not synced.
-    pub fn append(&mut self, record: &Record) -> io::Result<(u64, u64)> {
+    /// Appends `record`; returns the segment it went to, the frame's offset there and its
+    /// length. Not synced.
+    pub fn append(&mut self, record: &Record) -> io::Result<(u64, u64, u64)> {
+        let mut buf = std::mem::take(&mut self.frame);
+        buf.clear();
+        record::encode_message(record, &mut buf);
+        let result = self.append_frame(&buf, record.seq);
+        self.frame = buf;
+        result
+    }
+
+    /// Appends one framed message record (`seq` is the record's: a rotation names the new
+    /// segment after it); returns the segment, offset and length. Not synced.
+    pub fn append_frame(&mut self, frame: &[u8], seq: u64) -> io::Result<(u64, u64, u64)> {
         self.write_done()?;
         let needs_rotation = match &self.writer {
             Some(w) => w.len() >= self.segment_bytes,
@@ -317,15 +338,15 @@ impl Store {
                 .map(|s| s.floor)
                 .max()
                 .unwrap_or(1)
-                .max(record.seq);
+                .max(seq);
             self.start_segment(floor)?;
         }
-        self.buf.clear();
-        let len = record::encode_message(record, &mut self.buf) as u64;
+        let len = frame.len() as u64;
         let Some(w) = self.writer.as_mut() else {
             return Err(io::Error::other("no open segment"));
         };
-        w.append(&self.buf)?;
+        let offset = w.len();
+        w.append(frame)?;
         let base = w.id();
         let new_len = w.len();
         self.unsynced = true;
@@ -334,7 +355,7 @@ impl Store {
             info.live += 1;
             info.live_bytes += len;
         }
-        Ok((base, len))
+        Ok((base, offset, len))
     }
 
     /// Record `seq` (in `segment`, `len` bytes) is no longer live; the done record is written
@@ -462,6 +483,11 @@ impl Store {
             info.live_bytes = 0;
         }
         self.collect();
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The rotation size.

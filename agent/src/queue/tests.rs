@@ -268,3 +268,96 @@ fn a_torn_tail_is_cut_and_seq_is_not_reused() {
         "the tail was cut"
     );
 }
+
+/// Hands out and acknowledges `n` records, waiting (bounded) for the reader to read back
+/// what is not in memory; the seqs in the order they came.
+fn drain_acking(q: &Queue, n: usize) -> Vec<u64> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut seqs = Vec::with_capacity(n);
+    while seqs.len() < n && std::time::Instant::now() < deadline {
+        match q.next_unsent() {
+            Some(r) => {
+                let v: serde_json::Value = serde_json::from_slice(&r.payload).expect("json");
+                assert_eq!(v["seq"], r.seq, "the payload read back is the record's");
+                seqs.push(r.seq);
+                q.ack(r.seq);
+            }
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    seqs
+}
+
+fn backlog_options(dir: &std::path::Path) -> StoreOptions {
+    StoreOptions {
+        fsync: FsyncPolicy::Every(Duration::from_millis(10)),
+        max_messages: 1_000_000,
+        segment_bytes: 256 * 1024,
+        ..StoreOptions::new(dir)
+    }
+}
+
+#[test]
+fn a_backlog_larger_than_memory_is_read_back_from_the_segments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = Queue::open(backlog_options(dir.path())).expect("open");
+    let n = 20_000;
+    for _ in 0..n {
+        q.put(data("a"));
+    }
+    q.put(event("late")); // n + 1
+    q.sync_blocking();
+    let (held, bytes) = q.payloads_in_memory();
+    assert!(
+        held <= index::CACHE_RECORDS + index::EVENT_CACHE_RECORDS,
+        "{held} payloads held in memory"
+    );
+    assert!(
+        bytes <= index::CACHE_BYTES + index::EVENT_CACHE_BYTES,
+        "{bytes} bytes"
+    );
+    // Half, then the connection drops: the unacknowledged rest comes back in order.
+    let first = drain_acking(&q, 10_001);
+    assert_eq!(first[0], n as u64 + 1, "the event first");
+    assert_eq!(first[1..], (1..=10_000).collect::<Vec<u64>>()[..]);
+    q.rewind();
+    drop(q);
+    let q = Queue::open(backlog_options(dir.path())).expect("reopen");
+    let rest = drain_acking(&q, n - 10_000);
+    assert_eq!(rest, (10_001..=n as u64).collect::<Vec<u64>>());
+    assert_eq!(q.depth(now_millis()).messages, 0);
+    assert_eq!(q.payloads_in_memory(), (0, 0));
+}
+
+#[test]
+fn a_record_damaged_on_disk_is_dropped_and_counted() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = Queue::open(backlog_options(dir.path())).expect("open");
+    for _ in 0..10_000 {
+        q.put(data("a"));
+    }
+    q.sync_blocking();
+    // Flip a payload byte of record 9000 (far beyond what memory holds).
+    let mut damaged = false;
+    for s in segment::list(dir.path()).expect("list") {
+        let bytes = std::fs::read(&s.path).expect("read");
+        for (offset, len, body) in record::scan(&bytes).frames {
+            if matches!(body, record::Body::Message(ref r) if r.seq == 9000) {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&s.path)
+                    .expect("open segment");
+                let at = offset + len - 3;
+                f.write_at(&[bytes[at] ^ 0x20], at as u64).expect("write");
+                damaged = true;
+            }
+        }
+    }
+    assert!(damaged, "record 9000 found on disk");
+    let seqs = drain_acking(&q, 9_999);
+    let expected: Vec<u64> = (1..=10_000).filter(|&s| s != 9000).collect();
+    assert_eq!(seqs, expected, "all but the damaged one, in order");
+    assert_eq!(q.stats().corrupted.load(Ordering::Relaxed), 1);
+    assert_eq!(q.depth(now_millis()).messages, 0);
+}

@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::index::{Done, State};
+use super::index::{Done, Moved, State};
 use super::record::{self, DoneKind};
+use super::segment::SegmentReader;
 use super::store::{FsyncPolicy, Store};
 use super::{Record, Shared};
 use crate::feed::{now_millis, MessageClass, Rendered};
@@ -32,6 +33,9 @@ use crate::feed::{now_millis, MessageClass, Rendered};
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
 /// Pending done records that make the writer write them before the next tick.
 pub(super) const DONE_BATCH: usize = 4096;
+/// A backlog of this many records, once drained (to 1/16 of it), makes the writer give the
+/// freed memory back.
+const GIVE_BACK_AFTER: usize = 16_384;
 
 /// What a pushing or syncing caller hands the writer.
 pub(super) enum Request {
@@ -56,6 +60,10 @@ pub(super) struct Settings {
 pub(super) struct Writer {
     shared: Arc<Shared>,
     store: Store,
+    /// Reads records back for compaction.
+    files: SegmentReader,
+    /// The most records queued since memory was last given back.
+    peak: usize,
     settings: Settings,
     next_seq: u64,
     error: bool,
@@ -71,6 +79,8 @@ impl Writer {
     ) -> Writer {
         Writer {
             shared,
+            files: SegmentReader::new(store.dir()),
+            peak: 0,
             store,
             settings,
             next_seq,
@@ -155,14 +165,16 @@ impl Writer {
                     };
                     urgent |= record.class == MessageClass::Event;
                     let len = record::message_frame_len(&record) as u64;
-                    let segment = self.persist(&record);
-                    if segment.is_none() {
+                    let at = self.persist(&record);
+                    if at.is_none() {
                         stats.memory_only.fetch_add(1, Ordering::Relaxed);
                     }
                     stats.queued.fetch_add(1, Ordering::Relaxed);
+                    let (class, queued_at) = (record.class, record.queued_at);
                     let mut state = shared.lock();
-                    state.insert(Arc::new(record), segment, len);
+                    state.insert(seq, class, queued_at, at, len, Some(Arc::new(record)));
                     state.last_seq = seq;
+                    self.peak = self.peak.max(state.live());
                     drop(state);
                     answers.push((seq, answer));
                 }
@@ -185,12 +197,12 @@ impl Writer {
                 released,
             )
         };
-        for (seq, slot) in victims {
-            if let Some(segment) = slot.segment {
-                self.store.done(DoneKind::Evicted, seq, segment, slot.len);
+        for v in victims {
+            if let Some(segment) = v.segment {
+                self.store.done(DoneKind::Evicted, v.seq, segment, v.len);
             }
             stats.evicted.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(seq, class = ?slot.record.class, "queue full: evicted the oldest message");
+            tracing::warn!(seq = v.seq, class = ?v.class, "queue full: evicted the oldest message");
         }
         self.store.collect();
         self.compact();
@@ -209,13 +221,14 @@ impl Writer {
         }
     }
 
-    /// Appends `record`; `None` when the disk failed (the record stays in memory).
-    fn persist(&mut self, record: &Record) -> Option<u64> {
+    /// Appends `record`; its segment and offset, `None` when the disk failed (the record
+    /// stays in memory).
+    fn persist(&mut self, record: &Record) -> Option<(u64, u64)> {
         if self.error && !self.recover() {
             return None;
         }
         match self.store.append(record) {
-            Ok((segment, _)) => Some(segment),
+            Ok((segment, offset, _)) => Some((segment, offset)),
             Err(e) => {
                 self.fail(e);
                 None
@@ -284,6 +297,17 @@ impl Writer {
             }
         }
         self.store.collect();
+        self.give_back_memory();
+    }
+
+    /// Once a large backlog has drained, hands the allocator's free memory back to the
+    /// system (glibc keeps freed heap otherwise), so RSS comes back down.
+    fn give_back_memory(&mut self) {
+        if self.peak < GIVE_BACK_AFTER || self.lock().live() > GIVE_BACK_AFTER / 16 {
+            return;
+        }
+        self.peak = 0;
+        super::trim_memory();
     }
 
     fn fail(&mut self, e: io::Error) {
@@ -310,29 +334,31 @@ impl Writer {
             return false;
         }
         let memory_only = self.lock().memory_only();
-        let result = (|| -> io::Result<Vec<(u64, u64, u64)>> {
+        let result = (|| -> io::Result<Vec<Moved>> {
             self.store.start_segment(self.next_seq)?;
             let mut written = Vec::with_capacity(memory_only.len());
             for record in &memory_only {
-                let (segment, len) = self.store.append(record)?;
-                written.push((record.seq, segment, len));
+                let (segment, offset, len) = self.store.append(record)?;
+                written.push(Moved {
+                    seq: record.seq,
+                    segment,
+                    offset,
+                    len,
+                });
             }
             self.store.sync(self.next_seq - 1)?;
             Ok(written)
         })();
         match result {
             Ok(written) => {
-                let gone: Vec<(u64, u64, u64)> = {
+                let gone = {
                     let mut state = self.lock();
                     state.error = None;
-                    written
-                        .into_iter()
-                        .filter(|&(seq, segment, _)| !state.moved(seq, None, segment))
-                        .collect()
+                    state.relocate(None, &written)
                 };
                 // Acknowledged while being written: say so on disk too.
-                for (seq, segment, len) in gone {
-                    self.store.done(DoneKind::Acked, seq, segment, len);
+                for m in gone {
+                    self.store.done(DoneKind::Acked, m.seq, m.segment, m.len);
                 }
                 tracing::info!("the queue's store is writable again");
                 self.error = false;
@@ -359,11 +385,22 @@ impl Writer {
             return;
         };
         let records = self.lock().in_segment(oldest);
-        let result = (|| -> io::Result<Vec<(u64, u64, u64)>> {
+        let mut damaged = Vec::new();
+        let result = (|| -> io::Result<Vec<Moved>> {
             let mut copied = Vec::with_capacity(records.len());
-            for record in &records {
-                let (segment, len) = self.store.append(record)?;
-                copied.push((record.seq, segment, len));
+            for &(seq, offset, len) in &records {
+                let frame = self.files.read(oldest, offset, len)?;
+                if record::decode_message_frame(&frame).is_none_or(|r| r.seq != seq) {
+                    damaged.push((seq, len));
+                    continue;
+                }
+                let (segment, offset, len) = self.store.append_frame(&frame, seq)?;
+                copied.push(Moved {
+                    seq,
+                    segment,
+                    offset,
+                    len,
+                });
             }
             // The copies must be durable before the originals go.
             self.store.sync(self.next_seq - 1)?;
@@ -371,18 +408,33 @@ impl Writer {
         })();
         match result {
             Ok(copied) => {
-                let gone: Vec<(u64, u64, u64)> = {
+                let (gone, lost) = {
                     let mut state = self.lock();
-                    copied
-                        .into_iter()
-                        .filter(|&(seq, segment, _)| !state.moved(seq, Some(oldest), segment))
-                        .collect()
+                    let lost: Vec<_> = damaged
+                        .iter()
+                        .filter_map(|&(seq, _)| state.drop_record(seq))
+                        .collect();
+                    (state.relocate(Some(oldest), &copied), lost)
                 };
                 // Acknowledged or evicted meanwhile: their done record names the seq, so the
                 // copy is dead on disk too; only the count must follow.
-                for (_, segment, len) in gone {
-                    self.store.forget(segment, len);
+                for m in gone {
+                    self.store.forget(m.segment, m.len);
                 }
+                if !lost.is_empty() {
+                    tracing::warn!(
+                        count = lost.len(),
+                        "queued records damaged on disk: dropped"
+                    );
+                    self.shared
+                        .stats
+                        .corrupted
+                        .fetch_add(lost.len() as u64, Ordering::Relaxed);
+                }
+                for v in lost {
+                    self.store.done(DoneKind::Evicted, v.seq, oldest, v.len);
+                }
+                self.files.close_all();
                 self.store.drop_compacted(oldest);
             }
             Err(e) => self.fail(e),

@@ -12,6 +12,7 @@ pub mod modbus_lift;
 pub mod modbus_rtu;
 pub mod node_clock;
 pub mod node_link;
+pub mod node_memory;
 pub mod serial_node;
 pub mod serial_open;
 

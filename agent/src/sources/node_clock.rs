@@ -18,17 +18,20 @@ pub struct NodeClock {
     anchor: Option<Anchor>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Anchor {
+/// The state of a mapping, as kept across restarts (see [`super::node_memory`]).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClockAnchor {
     /// The last raw node time seen.
-    raw: u32,
+    pub raw: u32,
     /// `raw` extended to 64 bits (counts wraps).
-    ext: i64,
+    pub ext: i64,
     /// Estimated `wall - ext`, ms.
-    offset: f64,
+    pub offset: f64,
     /// Wall time of the last observation.
-    seen: f64,
+    pub seen: f64,
 }
+
+type Anchor = ClockAnchor;
 
 impl NodeClock {
     /// A clock with no observations yet.
@@ -39,6 +42,17 @@ impl NodeClock {
     /// Forgets everything (the node rebooted or the port was reopened).
     pub fn reset(&mut self) {
         self.anchor = None;
+    }
+
+    /// The mapping now (none before the first observation).
+    pub fn anchor(&self) -> Option<ClockAnchor> {
+        self.anchor
+    }
+
+    /// Takes up a mapping made earlier (by the last run): the node's next observations refine
+    /// it as usual, and a node clock that jumped back since (a reboot) restarts it.
+    pub fn restore(&mut self, anchor: ClockAnchor) {
+        self.anchor = Some(anchor);
     }
 
     /// Records that node time `node_ms` had passed by wall time `rx_ms`. Returns `true` when

@@ -34,14 +34,26 @@ const IN_USE_FIX: &str = "stop the agent first (`systemctl stop towerlink`), or,
 /// input buffered before we listened (bytes of unknown age). The only place a node's port is
 /// opened; must run inside a tokio runtime.
 pub fn open_serial(path: &Path, baud: u32) -> Result<SerialStream, tokio_serial::Error> {
+    open_serial_with(path, baud, true)
+}
+
+/// [`open_serial`], discarding the input buffered before we listened only if `discard` (the
+/// agent keeps it when it can map the node's time: see `serial_node`).
+pub fn open_serial_with(
+    path: &Path,
+    baud: u32,
+    discard: bool,
+) -> Result<SerialStream, tokio_serial::Error> {
     // Through serial_open: classic termios where the kernel or emulator lacks termios2.
     let port = super::serial_open::open(
         &path.display().to_string(),
         super::serial_open::LineSettings::n81(baud),
     )
     .and_then(SerialStream::try_from)?;
-    if let Err(e) = tokio_serial::SerialPort::clear(&port, tokio_serial::ClearBuffer::Input) {
-        tracing::debug!(port = %path.display(), error = %e, "cannot discard stale input");
+    if discard {
+        if let Err(e) = tokio_serial::SerialPort::clear(&port, tokio_serial::ClearBuffer::Input) {
+            tracing::debug!(port = %path.display(), error = %e, "cannot discard stale input");
+        }
     }
     Ok(port)
 }
@@ -362,12 +374,18 @@ pub struct NodePort {
 impl NodePort {
     /// Opens `path` at `baud` (see [`open_serial`]), explaining a failure.
     pub fn open(path: &Path, baud: u32) -> Result<NodePort, OpenError> {
+        NodePort::open_with(path, baud, true)
+    }
+
+    /// [`NodePort::open`], keeping the input the kernel buffered before the open unless
+    /// `discard`.
+    pub fn open_with(path: &Path, baud: u32, discard: bool) -> Result<NodePort, OpenError> {
         if std::fs::symlink_metadata(path).is_err() {
             return Err(OpenError::Missing {
                 path: path.display().to_string(),
             });
         }
-        let port = open_serial(path, baud)
+        let port = open_serial_with(path, baud, discard)
             .map_err(|e| OpenError::classify(path, &e, || port_holders(path)))?;
         let (reader, writer) = tokio::io::split(port);
         Ok(NodePort {

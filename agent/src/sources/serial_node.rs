@@ -19,13 +19,19 @@ use towerlink_firmware::protocol::{AckResult, Body, Frame, FrameError, Op};
 use super::config::NodeConfig;
 use super::node_clock::NodeClock;
 use super::node_link::{NodePort, Received, SendError};
+use super::node_memory::{self, NodeMemory};
 use super::{DeviceKey, NodeRequest, NodeRequestError, SourceEvent, SourceStats};
 use crate::backoff::Backoff;
+use crate::clock::ClockStatus;
 use crate::feed::now_millis;
 use crate::shutdown::Shutdown;
 
 /// How long a node has to answer a command.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// The node memory is saved at most this often (and at once after a new Hello).
+const MEMORY_EVERY: Duration = Duration::from_secs(5);
+/// ... when the clock mapping moved by more than this since it was saved (ms).
+const MEMORY_OFFSET_MOVE_MS: f64 = 1.0;
 
 /// The protocol state of one node, without I/O.
 #[derive(Debug)]
@@ -37,6 +43,12 @@ pub struct NodeLink {
     last_seq: Option<u32>,
     node_id: Option<u32>,
     hello_seen: bool,
+    /// The last Hello (this run's, or remembered from the last run).
+    hello: Option<((u8, u8, u8), Vec<towerlink_firmware::protocol::ChannelInfo>)>,
+    /// The channel map came from the node memory and no Hello confirmed it yet.
+    remembered: bool,
+    /// The system clock's steps; a new one re-anchors the node's clock.
+    system_clock: Option<(Arc<ClockStatus>, u64)>,
 }
 
 impl NodeLink {
@@ -50,7 +62,57 @@ impl NodeLink {
             last_seq: None,
             node_id: None,
             hello_seen: false,
+            hello: None,
+            remembered: false,
+            system_clock: None,
         }
+    }
+
+    /// Re-anchors the node's clock whenever `clock` counts a step of the system clock.
+    pub fn with_system_clock(mut self, clock: Arc<ClockStatus>) -> NodeLink {
+        let steps = clock.steps();
+        self.system_clock = Some((clock, steps));
+        self
+    }
+
+    /// Takes up what the last run knew of this port's node: its channel map (told to the
+    /// pipeline at once, through `emit`, so samples are decoded without waiting for a Hello)
+    /// and its clock mapping. Returns `false` (and takes nothing) for a memory of another
+    /// node than the configured one.
+    pub fn restore(&mut self, memory: &NodeMemory, mut emit: impl FnMut(SourceEvent)) -> bool {
+        if self.expected_node.is_some_and(|n| n != memory.node) {
+            return false;
+        }
+        self.node_id = Some(memory.node);
+        if let Some(anchor) = memory.clock {
+            self.clock.restore(anchor);
+        }
+        self.hello = Some((memory.fw, memory.channels.clone()));
+        self.remembered = true;
+        emit(SourceEvent::Hello {
+            dev: self.dev,
+            fw: memory.fw,
+            channels: memory.channels.clone(),
+        });
+        true
+    }
+
+    /// What to remember of this node for the next run (none before its channels are known).
+    pub fn memory(&self, port: &std::path::Path) -> Option<NodeMemory> {
+        let (fw, channels) = self.hello.clone()?;
+        Some(NodeMemory {
+            port: port.to_owned(),
+            node: self.node_id()?,
+            fw,
+            channels,
+            clock: self.clock.anchor(),
+        })
+    }
+
+    /// Can the node's time be mapped to wall time now (so input buffered before the port was
+    /// opened can be decoded)?
+    pub fn clock_mapped(&self) -> bool {
+        self.clock.anchor().is_some()
     }
 
     /// The node id heard on this port (the configured one, or the first one heard).
@@ -92,11 +154,30 @@ impl NodeLink {
                 return None;
             }
         }
+        if let Some((clock, seen)) = self.system_clock.as_mut() {
+            let steps = clock.steps();
+            if steps != *seen {
+                // The system clock stepped: map the node's time afresh from here.
+                *seen = steps;
+                self.clock.reset();
+            }
+        }
         if self.node_id != Some(frame.node) {
             if self.node_id.is_some() {
                 // Another node on this port (swapped while unplugged): a fresh start.
                 self.last_seq = None;
                 self.clock.reset();
+                if self.remembered {
+                    // The remembered channel map was another node's: forget it until this
+                    // node's Hello.
+                    self.remembered = false;
+                    self.hello = None;
+                    emit(SourceEvent::Hello {
+                        dev: self.dev,
+                        fw: (0, 0, 0),
+                        channels: Vec::new(),
+                    });
+                }
             }
             self.node_id = Some(frame.node);
         }
@@ -106,8 +187,9 @@ impl NodeLink {
             .last_frame_ms
             .store(ts.max(0) as u64, Ordering::Relaxed);
 
-        let rebooted =
-            matches!(frame.body, Body::Hello { .. }) && frame.seq == 0 && self.last_seq.is_some();
+        let rebooted = matches!(frame.body, Body::Hello { .. })
+            && frame.seq == 0
+            && (self.last_seq.is_some() || self.remembered);
         if rebooted {
             SourceStats::add(&self.stats.reboots, 1);
             self.clock.reset();
@@ -133,13 +215,16 @@ impl NodeLink {
                 channels,
             } => {
                 self.hello_seen = true;
+                self.remembered = false;
                 if self.clock.observe(uptime_ms, rx_ms) {
                     SourceStats::add(&self.stats.reboots, 1);
                 }
+                let channels: Vec<_> = channels.into_iter().collect();
+                self.hello = Some((fw, channels.clone()));
                 emit(SourceEvent::Hello {
                     dev: self.dev,
                     fw,
-                    channels: channels.into_iter().collect(),
+                    channels,
                 });
                 None
             }
@@ -202,6 +287,52 @@ pub struct SerialNodeSource {
     pub stats: Arc<SourceStats>,
     /// Proof of life for the service watchdog.
     pub heartbeat: crate::service::Heartbeat,
+    /// The store directory, where the node memory is kept (none: nothing is remembered).
+    pub memory_dir: Option<std::path::PathBuf>,
+    /// The system clock's state (its steps re-anchor the node's clock).
+    pub clock: Option<Arc<ClockStatus>>,
+}
+
+/// When the node memory was last saved, and with which clock offset.
+#[derive(Debug, Default)]
+struct MemorySaved {
+    at: Option<Instant>,
+    offset: Option<f64>,
+    hello: Option<((u8, u8, u8), Vec<towerlink_firmware::protocol::ChannelInfo>)>,
+}
+
+impl MemorySaved {
+    /// Saves `link`'s memory off the async threads when it changed enough.
+    fn maybe_save(
+        &mut self,
+        link: &NodeLink,
+        dir: &std::path::Path,
+        dev: &str,
+        port: &std::path::Path,
+    ) {
+        let Some(memory) = link.memory(port) else {
+            return;
+        };
+        let offset = memory.clock.map(|a| a.offset);
+        let hello_changed = self.hello.as_ref() != Some(&(memory.fw, memory.channels.clone()));
+        let due = self.at.is_none_or(|at| at.elapsed() >= MEMORY_EVERY);
+        let moved = match (offset, self.offset) {
+            (Some(a), Some(b)) => (a - b).abs() > MEMORY_OFFSET_MOVE_MS,
+            (a, b) => a.is_some() != b.is_some(),
+        };
+        if !(hello_changed || (due && moved)) {
+            return;
+        }
+        self.at = Some(Instant::now());
+        self.offset = offset;
+        self.hello = Some((memory.fw, memory.channels.clone()));
+        let (dir, dev) = (dir.to_owned(), dev.to_owned());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = node_memory::save(&dir, &dev, &memory) {
+                tracing::warn!(dev = %dev, error = %e, "cannot save the node memory");
+            }
+        });
+    }
 }
 
 /// Commands sent and not yet answered.
@@ -238,8 +369,33 @@ pub async fn run(source: SerialNodeSource, mut shutdown: Shutdown) {
         mut requests,
         stats,
         heartbeat,
+        memory_dir,
+        clock,
     } = source;
     let mut link = NodeLink::new(dev, config.node_id, stats.clone());
+    if let Some(clock) = clock {
+        link = link.with_system_clock(clock);
+    }
+    let mut saved = MemorySaved::default();
+    if let Some(dir) = memory_dir.clone() {
+        let (id, port) = (config.id.to_string(), config.port.clone());
+        let memory = tokio::task::spawn_blocking(move || node_memory::load(&dir, &id, &port))
+            .await
+            .ok()
+            .flatten();
+        if let Some(memory) = memory {
+            let restored = link.restore(&memory, |ev| {
+                if events.try_send(ev).is_err() {
+                    SourceStats::add(&stats.dropped_events, 1);
+                }
+            });
+            if restored {
+                tracing::info!(dev = %config.id, node = memory.node, channels = memory.channels.len(), clock = memory.clock.is_some(), "node remembered from the last run: decoding at once");
+                saved.hello = Some((memory.fw, memory.channels.clone()));
+                saved.offset = memory.clock.map(|a| a.offset);
+            }
+        }
+    }
     let mut pending = PendingAcks {
         next_seq: 1,
         waiting: HashMap::new(),
@@ -249,7 +405,9 @@ pub async fn run(source: SerialNodeSource, mut shutdown: Shutdown) {
     let mut logged_open_error = false;
 
     while !shutdown.is_shutdown() {
-        let mut port = match NodePort::open(&config.port, config.baud) {
+        // What the kernel buffered while nobody read is decoded where the node's time can be
+        // mapped (a clock mapping known from this run or the last); else it is of unknown age.
+        let mut port = match NodePort::open_with(&config.port, config.baud, !link.clock_mapped()) {
             Ok(port) => port,
             Err(e) => {
                 SourceStats::add(&stats.io_errors, 1);
@@ -316,6 +474,9 @@ pub async fn run(source: SerialNodeSource, mut shutdown: Shutdown) {
                 _ = tick.tick() => {
                     heartbeat.beat();
                     pending.expire(Instant::now());
+                    if let Some(dir) = &memory_dir {
+                        saved.maybe_save(&link, dir, config.id.as_ref(), &config.port);
+                    }
                 }
                 _ = shutdown.recv() => break "shutdown".to_owned(),
             }
@@ -472,5 +633,82 @@ mod tests {
         assert!(collect(&mut link, samples(1, 0, &[1.0]), 1.0).is_empty());
         assert_eq!(SourceStats::get(&stats.foreign_frames), 1);
         assert_eq!(SourceStats::get(&stats.frames_ok), 0);
+    }
+
+    fn memory() -> NodeMemory {
+        NodeMemory {
+            port: "/dev/ttyUSB0".into(),
+            node: 7,
+            fw: (1, 0, 0),
+            channels: vec![ChannelInfo {
+                id: 0,
+                quantity: Quantity::Strain,
+                rate_hz: 50,
+            }],
+            clock: Some(crate::sources::node_clock::ClockAnchor {
+                raw: 10_000,
+                ext: 10_000,
+                offset: 4_990_000.0,
+                seen: 5_000_000.0,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_remembered_node_is_decoded_at_once_with_its_old_clock_mapping() {
+        let stats = SourceStats::new();
+        let mut link = NodeLink::new(DeviceKey::Node(0), None, stats);
+        let mut told = Vec::new();
+        assert!(link.restore(&memory(), |e| told.push(e)));
+        assert!(matches!(&told[..], [SourceEvent::Hello { channels, .. }] if channels.len() == 1));
+        assert!(link.clock_mapped());
+        // A frame the kernel buffered 3 s ago, read only now: mapped by the remembered offset.
+        let ev = collect(&mut link, samples(40, 12_000, &[1.0]), 5_005_000.0);
+        let Some(SourceEvent::Samples { t0, .. }) = ev.last() else {
+            panic!("{ev:?}")
+        };
+        assert!((t0 - 5_002_000.0).abs() < 2.0, "{t0}");
+        assert_eq!(
+            link.memory(std::path::Path::new("/dev/ttyUSB0"))
+                .map(|m| m.node),
+            Some(7)
+        );
+        // A memory of another node than the configured one is not taken.
+        let mut other = NodeLink::new(DeviceKey::Node(0), Some(8), SourceStats::new());
+        assert!(!other.restore(&memory(), |_| {}));
+        assert!(!other.clock_mapped());
+    }
+
+    #[test]
+    fn another_node_on_the_port_forgets_the_remembered_channels() {
+        let mut link = NodeLink::new(DeviceKey::Node(0), None, SourceStats::new());
+        link.restore(&memory(), |_| {});
+        let mut frame = samples(1, 100, &[1.0]);
+        frame.node = 9;
+        let ev = collect(&mut link, frame, 6_000_000.0);
+        assert!(
+            matches!(&ev[0], SourceEvent::Hello { channels, .. } if channels.is_empty()),
+            "{ev:?}"
+        );
+    }
+
+    #[test]
+    fn a_step_of_the_system_clock_re_anchors_the_node_clock() {
+        let clock = Arc::new(ClockStatus::default());
+        let mut link = NodeLink::new(DeviceKey::Node(0), None, SourceStats::new())
+            .with_system_clock(clock.clone());
+        collect(&mut link, samples(1, 10_000, &[1.0]), 5_000_000.0);
+        // The wall clock went an hour back: without re-anchoring, the smallest-delay rule would
+        // keep the old offset and date the samples an hour in the future.
+        clock.note_step();
+        let ev = collect(
+            &mut link,
+            samples(2, 11_000, &[1.0]),
+            5_001_000.0 - 3_600_000.0,
+        );
+        let Some(SourceEvent::Samples { t0, .. }) = ev.last() else {
+            panic!("{ev:?}")
+        };
+        assert!((t0 - (5_001_000.0 - 3_600_000.0)).abs() < 1.0, "{t0}");
     }
 }

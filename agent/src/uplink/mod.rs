@@ -85,6 +85,69 @@ pub struct UplinkConfig {
     pub protocol: MqttProtocol,
     /// The largest packet taken in (`[mqtt] max_packet`).
     pub max_packet: u32,
+    /// Where the seqs handed to a client but not acknowledged are kept across restarts (so
+    /// they go out again marked `"replay": true`); `None` keeps them in memory only.
+    pub attempted_file: Option<std::path::PathBuf>,
+    /// What the birth says besides `online`.
+    pub birth: crate::feed::BirthInfo,
+}
+
+/// Reads the attempted seqs saved by an earlier run (`first-last` ranges, one a line);
+/// a missing or damaged file is an empty set (the flag errs towards absent).
+pub fn load_attempted(path: &std::path::Path) -> Vec<u64> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let (a, b) = line.split_once('-').unwrap_or((line, line));
+        let (Ok(a), Ok(b)) = (a.trim().parse::<u64>(), b.trim().parse::<u64>()) else {
+            continue;
+        };
+        // A damaged range cannot make the set unbounded.
+        if b >= a && b - a < 1_000_000 {
+            out.extend(a..=b);
+        }
+    }
+    out
+}
+
+/// Saves the attempted seqs as ranges (write, fsync, rename).
+pub fn save_attempted(path: &std::path::Path, seqs: &[u64]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut text = String::new();
+    let mut i = 0;
+    while i < seqs.len() {
+        let start = seqs[i];
+        let mut end = start;
+        while i + 1 < seqs.len() && seqs[i + 1] == end + 1 {
+            i += 1;
+            end = seqs[i];
+        }
+        text.push_str(&format!("{start}-{end}\n"));
+        i += 1;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Saves the publisher's attempted set off the async threads; a failure is logged (the next
+/// run then marks fewer replays, never more).
+async fn persist_attempted(path: Option<&std::path::Path>, seqs: Vec<u64>) {
+    let Some(path) = path else { return };
+    let target = path.to_owned();
+    match tokio::task::spawn_blocking(move || save_attempted(&target, &seqs)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot save the attempted seqs")
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot save the attempted seqs"),
+    }
 }
 
 /// Uplink counters, shared with `health`.
@@ -343,8 +406,15 @@ async fn publisher_task(
         window: usize::from(config.max_inflight),
         health_interval: config.health_interval,
         replay_rate: config.replay_rate,
+        birth: config.birth.clone(),
     };
     let mut publisher = Publisher::new(settings, stats, health, Instant::now());
+    if let Some(path) = config.attempted_file.clone() {
+        let earlier = tokio::task::spawn_blocking(move || load_attempted(&path))
+            .await
+            .unwrap_or_default();
+        publisher = publisher.with_attempted(earlier);
+    }
     let mut client: Option<Client> = None;
     let mut heartbeat_tick = tokio::time::interval(Duration::from_secs(1));
     while !publisher.is_finished() {
@@ -372,6 +442,10 @@ async fn publisher_task(
             _ = tokio::time::sleep_until(wake) => Vec::new(),
             _ = heartbeat_tick.tick() => {
                 config.heartbeat.beat();
+                if publisher.take_attempted_changes() {
+                    let seqs = publisher.attempted().iter().copied().collect();
+                    persist_attempted(config.attempted_file.as_deref(), seqs).await;
+                }
                 Vec::new()
             }
             _ = &mut stop, if !publisher.is_stopping() => {
@@ -386,6 +460,8 @@ async fn publisher_task(
         }
     }
     let _ = conn_stop.send(());
+    let seqs = publisher.attempted().iter().copied().collect();
+    persist_attempted(config.attempted_file.as_deref(), seqs).await;
     tracing::debug!("uplink stopped");
 }
 

@@ -21,6 +21,12 @@
 //! - a clean stop drains the queue (at most [`DRAIN_TIMEOUT`]), publishes `offline`, waits for
 //!   its PUBACK (at most [`OFFLINE_TIMEOUT`]), then disconnects and finishes.
 //!
+//! - a record handed to the client before (in this process, or in an earlier one whose set was
+//!   saved, see [`Publisher::attempted`]) goes out again with `"replay": true` added to its
+//!   payload ([`mark_replay`]): a platform must not page anyone twice for it. A first attempt
+//!   carries no flag; the flag errs towards absent (a set lost in a crash), never towards a
+//!   false `true` on a message the platform has not been sent.
+//!
 //! The queue is read through [`Backlog`] (memory only: which record is next); everything the
 //! publisher changes in it is an action.
 
@@ -82,6 +88,31 @@ pub struct Publish {
     /// The queued record it carries, if any (given back with [`Action::Unsend`] if the client
     /// refuses it).
     pub record: Option<Arc<Record>>,
+    /// The record was handed to the client before: the payload carries `"replay": true`.
+    pub replay: bool,
+}
+
+/// `payload` (a JSON object) with `"replay":true` added as its last member.
+pub fn mark_replay(payload: &[u8]) -> Vec<u8> {
+    let end = payload
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .filter(|&i| payload[i] == b'}');
+    let Some(end) = end else {
+        return payload.to_vec();
+    };
+    let empty = payload[..end]
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .is_some_and(|i| payload[i] == b'{');
+    let mut out = Vec::with_capacity(payload.len() + 16);
+    out.extend_from_slice(&payload[..end]);
+    out.extend_from_slice(if empty {
+        b"\"replay\":true}"
+    } else {
+        b",\"replay\":true}"
+    });
+    out
 }
 
 /// What the task must do.
@@ -120,6 +151,8 @@ pub struct Settings {
     pub health_interval: Duration,
     /// Telemetry per second (0 = no limit).
     pub replay_rate: u32,
+    /// What the birth says besides `online` (`last_stop`, `clock`).
+    pub birth: crate::feed::BirthInfo,
 }
 
 /// The publisher's state.
@@ -134,6 +167,10 @@ pub struct Publisher {
     stopping: Option<Instant>,
     offline_sent: Option<Instant>,
     finished: bool,
+    /// Seqs handed to the client and not acknowledged yet (bounded: pruned to the backlog).
+    attempted: std::collections::BTreeSet<u64>,
+    /// `attempted` changed since [`Publisher::take_attempted_changes`].
+    attempted_dirty: bool,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -168,7 +205,26 @@ impl Publisher {
             stopping: None,
             offline_sent: None,
             finished: false,
+            attempted: std::collections::BTreeSet::new(),
+            attempted_dirty: false,
         }
+    }
+
+    /// Records already handed to a client by an earlier run (saved by it): sent again, they
+    /// are marked replay.
+    pub fn with_attempted(mut self, seqs: impl IntoIterator<Item = u64>) -> Publisher {
+        self.attempted.extend(seqs);
+        self
+    }
+
+    /// The seqs handed to the client and not acknowledged yet.
+    pub fn attempted(&self) -> &std::collections::BTreeSet<u64> {
+        &self.attempted
+    }
+
+    /// Has the attempted set changed since the last call (then it is worth saving)?
+    pub fn take_attempted_changes(&mut self) -> bool {
+        std::mem::take(&mut self.attempted_dirty)
     }
 
     /// Is a session up?
@@ -211,7 +267,11 @@ impl Publisher {
         self.connected = true;
         self.stats.connected.store(true, Ordering::Relaxed);
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
-        let birth = state_payload(&self.settings.gw, true, Some(now_millis()));
+        let birth = state_payload(
+            &self.settings.gw,
+            true,
+            Some((now_millis(), &self.settings.birth)),
+        );
         let entry = Entry::Untracked { offline: false };
         self.ledger.submitted(entry);
         vec![
@@ -222,6 +282,7 @@ impl Publisher {
                 payload: birth,
                 entry,
                 record: None,
+                replay: false,
             }),
             Action::Subscribe(self.settings.topics.cmd()),
         ]
@@ -257,6 +318,7 @@ impl Publisher {
 
     fn delivered(&mut self, seq: u64) -> Vec<Action> {
         self.stats.published.fetch_add(1, Ordering::Relaxed);
+        self.attempted_dirty |= self.attempted.remove(&seq);
         vec![Action::Ack(seq)]
     }
 
@@ -303,6 +365,10 @@ impl Publisher {
         match (&publish.record, publish.entry) {
             (Some(record), _) => {
                 self.stats.submit_errors.fetch_add(1, Ordering::Relaxed);
+                // Never handed over: a first attempt stays a first attempt.
+                if !publish.replay {
+                    self.attempted.remove(&record.seq);
+                }
                 vec![Action::Unsend(record.clone())]
             }
             (None, Entry::Untracked { offline: true }) => {
@@ -369,6 +435,7 @@ impl Publisher {
                     payload: (self.health)(),
                     entry,
                     record: None,
+                    replay: false,
                 }));
             }
         }
@@ -399,14 +466,33 @@ impl Publisher {
                 _ => Entry::Record(record.seq),
             };
             self.ledger.submitted(entry);
+            let replay = !self.attempted.insert(record.seq);
+            self.attempted_dirty |= !replay;
+            let payload = if replay {
+                mark_replay(&record.payload)
+            } else {
+                record.payload.clone()
+            };
             actions.push(Action::Publish(Publish {
                 topic: record.topic.clone(),
                 qos,
                 retain: false,
-                payload: record.payload.clone(),
+                payload,
                 entry,
                 record: Some(record),
+                replay,
             }));
+        }
+        // Records evicted unacknowledged leave their seq behind: keep no more than the
+        // backlog and the window can hold (the oldest go first; a lost flag errs to absent).
+        let bound = if self.attempted.len() > self.window() {
+            backlog.waiting() + self.window()
+        } else {
+            usize::MAX
+        };
+        while self.attempted.len() > bound {
+            self.attempted.pop_first();
+            self.attempted_dirty = true;
         }
     }
 
@@ -427,6 +513,7 @@ impl Publisher {
             payload: state_payload(&self.settings.gw, false, None),
             entry,
             record: None,
+            replay: false,
         }));
     }
 }

@@ -100,6 +100,7 @@ fn settings(window: usize, replay_rate: u32) -> Settings {
         window,
         health_interval: Duration::from_secs(10),
         replay_rate,
+        birth: Default::default(),
     }
 }
 
@@ -430,4 +431,65 @@ fn commands_are_handed_on_and_counted() {
         vec![Action::Command(b"{}".to_vec())]
     );
     assert_eq!(stats.commands.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_record_sent_again_after_a_lost_session_is_marked_replay_and_a_first_attempt_is_not() {
+    let t0 = Instant::now();
+    let (mut p, _) = online(10, 0, t0);
+    let q = Fake::with(&[T, E]);
+    // Event 2 goes first; telemetry 1 after it: neither is a replay.
+    let out = q.apply(&p.tick(t0, &q));
+    assert_eq!(seqs(&out), vec![2, 1]);
+    assert!(out
+        .iter()
+        .all(|pb| !pb.replay && pb.payload.starts_with(b"p")));
+    go_out(&mut p, &q, &out, 1);
+    q.apply(&p.puback(1, 0)); // seq 2 delivered
+    q.add(3, T); // queued during the outage: its first attempt comes after it
+    q.apply(&p.disconnected("reset"));
+    p.new_session();
+    let birth = q.apply(&p.connected());
+    let out = q.apply(&p.tick(t0, &q));
+    assert_eq!(seqs(&out), vec![1, 3]);
+    assert!(out[0].replay, "seq 1 was handed over before");
+    assert_eq!(out[0].payload, b"p1".to_vec(), "not JSON: left alone");
+    assert!(!out[1].replay, "seq 3 is a first attempt");
+    // Once acknowledged, a seq is forgotten.
+    go_out(&mut p, &q, &birth, 1);
+    go_out(&mut p, &q, &out, 2);
+    q.apply(&p.puback(2, 0));
+    q.apply(&p.puback(3, 0));
+    assert!(p.attempted().is_empty(), "{:?}", p.attempted());
+}
+
+#[test]
+fn the_set_of_an_earlier_run_marks_its_records_and_a_refused_submit_stays_first() {
+    let t0 = Instant::now();
+    let (p, _) = online(10, 0, t0);
+    let mut p = p.with_attempted([1]);
+    let q = Fake::with(&[T, T]);
+    let out = q.apply(&p.tick(t0, &q));
+    assert_eq!(
+        out.iter()
+            .map(|pb| (pb.record.as_ref().map(|r| r.seq), pb.replay))
+            .collect::<Vec<_>>(),
+        vec![(Some(1), true), (Some(2), false)]
+    );
+    assert!(p.take_attempted_changes());
+    // The client refused seq 2: never handed over, so its next attempt is still the first.
+    q.apply(&p.client_refused(&out[1]));
+    let again = q.apply(&p.tick(t0, &q));
+    assert_eq!(seqs(&again), vec![2]);
+    assert!(!again[0].replay);
+}
+
+#[test]
+fn mark_replay_adds_the_member_to_any_object() {
+    assert_eq!(
+        mark_replay(br#"{"v":1,"seq":7}"#),
+        br#"{"v":1,"seq":7,"replay":true}"#.to_vec()
+    );
+    assert_eq!(mark_replay(b"{ }\n"), br#"{ "replay":true}"#.to_vec());
+    assert_eq!(mark_replay(b"[1]"), b"[1]".to_vec());
 }

@@ -12,7 +12,7 @@ fn window(gw: &str, seq: u64) -> (String, Vec<u8>) {
     (
         format!("{ROOT}/{gw}/data/panel-n1"),
         format!(
-            r#"{{"v":1,"gw":"{gw}","dev":"panel-n1","seq":{seq},"start":"2026-12-01T11:01:05.000Z","end":"2026-12-01T11:01:10.000Z","ch":{{"strain":{{"u":"ustrain","n":3,"mean":1.0,"min":0.5,"max":1.5,"last":1.0,"std":0.4}}}}}}"#
+            r#"{{"v":1,"gw":"{gw}","dev":"panel-n1","seq":{seq},"start":"2026-12-01T11:01:05.000Z","end":"2026-12-01T11:01:10.000Z","ch":{{"strain":{{"u":"ustrain","n":3,"expected":3,"mean":1.0,"min":0.5,"max":1.5,"last":1.0,"std":0.4}}}}}}"#
         )
         .into_bytes(),
     )
@@ -41,7 +41,7 @@ fn health(gw: &str, uptime: u64, evicted: u64) -> (String, Vec<u8>) {
             "mqtt":{{"commands":0,"connection_errors":0,"connects":1,"insecure":false}},
             "pipeline":{{"late_samples":0,"out_of_range":0,"spikes":0,"unknown_channel_samples":0}},
             "queue":{{"bytes":0,"corrupted":0,"depth":0,"disk_bytes":0,"error":null,"evicted":{evicted},"fsync":"100ms","last_seq":1,"memory_only":0,"oldest_age_s":null,"replay_rate":500,"segments":1,"store_errors":0,"torn":0}},
-            "sources":{{}}}}"#
+            "sources":{{}},"clock":{{"synced":true,"est_error_ms":0.5,"steps":0}}}}"#
         )
         .into_bytes(),
     )
@@ -196,7 +196,7 @@ fn state_unsynced_and_latency() {
         &mut a,
         (
             state.clone(),
-            br#"{"agent":"0.1.0","gw":"gw-a","state":"online","ts":"2020-01-01T00:00:00.000Z","v":1}"#.to_vec(),
+            br#"{"agent":"0.1.0","clock":{"synced":true},"gw":"gw-a","last_stop":"clean","state":"online","ts":"2020-01-01T00:00:00.000Z","v":1}"#.to_vec(),
         ),
     );
     assert_eq!(a.gateways()["gw-a"].state.as_deref(), Some("online"));
