@@ -228,7 +228,7 @@ async fn feed_gateway(feed: Feed, i: usize, nodes: usize, lifts: usize, seed: u6
                 return;
             }
         }
-        if !quarter.is_multiple_of(4) {
+        if quarter % 4 != 0 {
             continue;
         }
         for (k, panel) in panels.iter().enumerate() {
