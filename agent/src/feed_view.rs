@@ -31,7 +31,7 @@ pub fn render(topic: &str, payload: &[u8]) -> String {
     let kind = topic
         .rsplit('/')
         .nth(1)
-        .filter(|k| *k == "data" || *k == "event")
+        .filter(|k| matches!(*k, "data" | "event" | "capture"))
         .unwrap_or_else(|| topic.rsplit('/').next().unwrap_or(topic));
     let Ok(v) = serde_json::from_slice::<Value>(payload) else {
         return format!("{:<12}  {kind:<6}  (not JSON: {} bytes)", "", payload.len());
@@ -103,6 +103,33 @@ pub fn render(topic: &str, payload: &[u8]) -> String {
             }
             line
         }
+        "capture" => {
+            let values: Vec<f64> = v["values"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .unwrap_or_default();
+            let (lo, hi) = values
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+                    (lo.min(*x), hi.max(*x))
+                });
+            let t = &v["trigger"];
+            format!(
+                "{}  CAPTURE {dev:<10} {seq:>7}  {} part {}/{}: {} raw values every {} ms, {}..{} {}  (trigger {} {} #{})",
+                short_time(&v["t0"]),
+                v["ch"].as_str().unwrap_or("?"),
+                v["part"],
+                v["parts"],
+                values.len(),
+                v["period_us"].as_f64().map(|p| p / 1000.0).unwrap_or(f64::NAN),
+                num(&Value::from(lo)),
+                num(&Value::from(hi)),
+                v["u"].as_str().unwrap_or(""),
+                t["event"].as_str().unwrap_or("?"),
+                t["severity"].as_str().unwrap_or("?").to_uppercase(),
+                t["seq"],
+            )
+        }
         "state" => format!(
             "{}  state   gateway {} is {}",
             short_time(&v["ts"]),
@@ -160,6 +187,12 @@ mod tests {
         assert!(
             line.contains("EVENT")
                 && line.contains("threshold MAJOR active  tilt_x=0.52000 deg (limit 0.50000)"),
+            "{line}"
+        );
+        let capture = br#"{"v":1,"gw":"g","dev":"panel-n12","seq":9,"ch":"tilt_x","u":"deg","trigger":{"event":"threshold","severity":"major","ts":"2026-11-28T05:04:41.120Z","seq":7},"t0":"2026-11-28T05:04:31.120Z","period_us":100000,"zero":0.0,"part":1,"parts":2,"values":[0.4012,0.402,0.3998]}"#;
+        let line = render("towerlink/v1/g/capture/panel-n12", capture);
+        assert!(
+            line.starts_with("05:04:31.120  CAPTURE panel-n12       #9  tilt_x part 1/2: 3 raw values every 100 ms, 0.39980..0.40200 deg  (trigger threshold MAJOR #7)"),
             "{line}"
         );
         let state = br#"{"v":1,"gw":"g","state":"offline"}"#;

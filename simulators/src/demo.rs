@@ -49,6 +49,20 @@ pub fn spawn_demo_lifts(ports: &Path, seed: u64) -> anyhow::Result<LiftBus> {
     )?)
 }
 
+/// Every demo panel's tilt alarm, with a capture of the raw waveform around it.
+pub const DEMO_CHANNELS: &str = "[node.channels.tilt_x]\n\
+    alarm = { minor = 0.2, major = 0.4, critical = 1.0, hysteresis = 0.02 }\n\
+    capture = { before = \"5s\", after = \"10s\", max = \"60s\" }\n";
+
+/// What the demo's feed lines mean (printed before the feed).
+pub const LEGEND: &str =
+    "towerlink demo: legend: each line is one MQTT message as the platform gets it: \
+time (UTC), kind, device, #N = the message's seq (the gateway's queue numbers every data, \
+event, capture and reply message 1, 2, 3, ... and never reuses one: a gap is a lost message), \
+then its content. A data line's time is the end of its window (mean over the window, n samples, \
+sd); an EVENT's time is when it happened; a CAPTURE line is part of the raw waveform around an \
+alarm (its trigger's #N names the alarm event).";
+
 /// Options of a demo run.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -76,7 +90,7 @@ pub fn agent_config(
     );
     for node in nodes {
         text.push_str(&format!(
-            "\n[[node]]\nid = \"{}\"\nport = \"{}\"\nwindow = \"{}\"\nnode_id = {}\n",
+            "\n[[node]]\nid = \"{}\"\nport = \"{}\"\nwindow = \"{}\"\nnode_id = {}\n{DEMO_CHANNELS}",
             node.dev(),
             node.path().display(),
             humantime::format_duration(window),
@@ -174,8 +188,11 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             None => towerlink_agent::app::termination_signal().await,
         }
     };
+    println!("{LEGEND}");
     println!("towerlink demo: agent starting; Ctrl-C to stop");
     towerlink_agent::app::run(config, stop).await?;
+    // Every window the agent flushed ended by now (none is stamped in the future).
+    let stopped = towerlink_agent::feed::rfc3339(towerlink_agent::feed::now_millis());
     // Let the viewer print the final offline state.
     tokio::time::sleep(Duration::from_millis(300)).await;
     viewer.abort();
@@ -183,6 +200,13 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         n.stop();
     }
     lifts.stop();
+    println!(
+        "towerlink demo: agent stopped at {}",
+        stopped
+            .split_once('T')
+            .map(|(_, t)| t.trim_end_matches('Z'))
+            .unwrap_or(&stopped)
+    );
     println!("towerlink demo: stopped");
     Ok(())
 }

@@ -62,6 +62,10 @@ impl Topics {
     pub fn event(&self, dev: &str) -> String {
         format!("{}/event/{dev}", self.base)
     }
+    /// `{root}/{gw}/capture/{dev}`: the raw waveform around an alarm (v1.1).
+    pub fn capture(&self, dev: &str) -> String {
+        format!("{}/capture/{dev}", self.base)
+    }
     /// `{root}/{gw}/health`.
     pub fn health(&self) -> String {
         format!("{}/health", self.base)
@@ -181,6 +185,48 @@ impl Event {
     }
 }
 
+/// What started a capture (`trigger` in a capture payload): the alarm event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Trigger {
+    /// The event's name (`threshold`, `rate_of_change`).
+    pub event: &'static str,
+    /// Its severity.
+    pub severity: Severity,
+    /// Its `ts`.
+    #[serde(serialize_with = "ser_time")]
+    pub ts: UnixMillis,
+    /// Its `seq`: known once the queue numbered the event (see
+    /// [`crate::pipeline::Pipeline::queued`]); a part is only queued once it is known.
+    pub seq: Option<u64>,
+}
+
+/// One part of a capture (`capture/{dev}`): at most [`CAPTURE_PART_VALUES`] raw values of one
+/// channel, `values[i]` sampled at `t0 + i * period_us`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapturePart {
+    /// Channel feed name.
+    pub ch: String,
+    /// Unit.
+    pub u: &'static str,
+    /// The alarm that started the capture.
+    pub trigger: Trigger,
+    /// Time of `values[0]`, ms (fractional: the node's sample time).
+    pub t0: f64,
+    /// Sample period, microseconds.
+    pub period_us: u32,
+    /// The gateway zero offset in force (0 where the node keeps the zero).
+    pub zero: f64,
+    /// 1-based part number.
+    pub part: u32,
+    /// Parts of this capture.
+    pub parts: u32,
+    /// The node's values, in the channel's unit.
+    pub values: Vec<f32>,
+}
+
+/// Most values in one capture part (the contract's limit).
+pub const CAPTURE_PART_VALUES: usize = 1024;
+
 /// Everything that goes through the queue (and so carries a `seq`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
@@ -204,6 +250,13 @@ pub enum Message {
     },
     /// The answer to one command.
     Reply(Reply),
+    /// One part of the raw waveform of a channel around an alarm (`capture/{dev}`).
+    Capture {
+        /// Device id.
+        dev: String,
+        /// The part.
+        part: Box<CapturePart>,
+    },
     /// The status of one lift (`data/{lift}`), on change and at least every 60 s.
     LiftStatus {
         /// Device id (the lift).
@@ -351,6 +404,9 @@ pub struct Reply {
 pub enum MessageClass {
     /// Events and replies: sent first, evicted last.
     Event,
+    /// Captures: sent after events and before telemetry; evicted after telemetry and
+    /// before events.
+    Capture,
     /// Telemetry: evicted first when the queue is full.
     Telemetry,
 }
@@ -361,6 +417,7 @@ impl Message {
         match self {
             Message::Data { .. } | Message::LiftStatus { .. } => MessageClass::Telemetry,
             Message::Event { .. } | Message::Reply(_) => MessageClass::Event,
+            Message::Capture { .. } => MessageClass::Capture,
         }
     }
 
@@ -369,6 +426,7 @@ impl Message {
         match self {
             Message::Data { dev, .. }
             | Message::Event { dev, .. }
+            | Message::Capture { dev, .. }
             | Message::LiftStatus { dev, .. } => Some(dev),
             Message::Reply(_) => None,
         }
@@ -379,6 +437,7 @@ impl Message {
         match self {
             Message::Data { dev, .. } | Message::LiftStatus { dev, .. } => topics.data(dev),
             Message::Event { dev, .. } => topics.event(dev),
+            Message::Capture { dev, .. } => topics.capture(dev),
             Message::Reply(_) => topics.reply(),
         }
     }
@@ -433,6 +492,21 @@ impl Message {
                 lift,
                 trip: trip.as_ref(),
             }),
+            Message::Capture { dev, part } => serde_json::to_vec(&CapturePayload {
+                v: FEED_VERSION,
+                gw,
+                dev,
+                seq,
+                ch: &part.ch,
+                u: part.u,
+                trigger: &part.trigger,
+                t0: rfc3339(part.t0.round() as i64),
+                period_us: part.period_us,
+                zero: part.zero,
+                part: part.part,
+                parts: part.parts,
+                values: &part.values,
+            }),
             Message::Reply(reply) => serde_json::to_vec(&ReplyPayload {
                 v: FEED_VERSION,
                 gw,
@@ -485,6 +559,23 @@ struct EventPayload<'a> {
     clock: Option<&'static str>,
     #[serde(flatten)]
     event: &'a Event,
+}
+
+#[derive(Serialize)]
+struct CapturePayload<'a> {
+    v: u8,
+    gw: &'a str,
+    dev: &'a str,
+    seq: u64,
+    ch: &'a str,
+    u: &'static str,
+    trigger: &'a Trigger,
+    t0: String,
+    period_us: u32,
+    zero: f64,
+    part: u32,
+    parts: u32,
+    values: &'a [f32],
 }
 
 #[derive(Serialize)]

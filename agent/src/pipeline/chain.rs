@@ -134,41 +134,76 @@ impl ChannelChain {
 
 /// Report by exception: a message when the value moved more than the band since the last
 /// report, or when the heartbeat is due; each report carries the statistics since the last.
+///
+/// A channel that moves beyond its band on every sample must not flood the feed: a move is
+/// reported at most once per `min_interval` (what happened meanwhile is in the report's
+/// statistics: n, min, max). An alarm of the channel is never held back: [`Deadband::add`]
+/// with `alarm` reports at once. [`Deadband::flush`] hands over what is pending (a clean
+/// stop).
 #[derive(Debug, Clone)]
 pub struct Deadband {
     band: f64,
     heartbeat_ms: f64,
+    min_interval_ms: f64,
     stats: RunningStats,
     since: Option<f64>,
+    last: f64,
+    /// A value since the last report moved beyond the band.
+    moved: bool,
     reported: Option<(f64, f64)>,
 }
 
+/// One report of a deadband channel: `(start, end, statistics)`.
+pub type DeadbandReport = (f64, f64, RunningStats);
+
 impl Deadband {
-    /// A reporter with this band and heartbeat.
-    pub fn new(band: f64, heartbeat_ms: f64) -> Deadband {
+    /// A reporter with this band, heartbeat and minimum interval.
+    pub fn new(band: f64, heartbeat_ms: f64, min_interval_ms: f64) -> Deadband {
         Deadband {
             band,
             heartbeat_ms,
+            min_interval_ms: min_interval_ms.min(heartbeat_ms),
             stats: RunningStats::default(),
             since: None,
+            last: 0.0,
+            moved: false,
             reported: None,
         }
     }
 
-    /// Adds a value; returns `(start, end, stats)` when a report is due.
-    pub fn add(&mut self, t: f64, v: f64) -> Option<(f64, f64, RunningStats)> {
+    /// Adds a value; returns `(start, end, stats)` when a report is due. `alarm`: the value
+    /// changed an alarm of the channel (reported at once, whatever the interval).
+    pub fn add(&mut self, t: f64, v: f64, alarm: bool) -> Option<DeadbandReport> {
         self.stats.extend(&[v as f32]);
-        let start = *self.since.get_or_insert(t);
+        self.since.get_or_insert(t);
+        self.last = t;
         let due = match self.reported {
             None => true,
-            Some((value, at)) => (v - value).abs() > self.band || t - at >= self.heartbeat_ms,
+            Some((value, at)) => {
+                self.moved |= (v - value).abs() > self.band;
+                let since = t - at;
+                alarm || (self.moved && since >= self.min_interval_ms) || since >= self.heartbeat_ms
+            }
         };
         if !due {
             return None;
         }
         self.reported = Some((v, t));
-        self.since = None;
-        Some((start, t, std::mem::take(&mut self.stats)))
+        self.take()
+    }
+
+    /// What is pending (a clean stop): the statistics since the last report, if any.
+    pub fn flush(&mut self) -> Option<DeadbandReport> {
+        if self.stats.n() == 0 {
+            return None;
+        }
+        self.take()
+    }
+
+    fn take(&mut self) -> Option<DeadbandReport> {
+        let start = self.since.take()?;
+        self.moved = false;
+        Some((start, self.last, std::mem::take(&mut self.stats)))
     }
 }
 
@@ -240,12 +275,48 @@ mod tests {
 
     #[test]
     fn deadband_reports_moves_and_heartbeats() {
-        let mut d = Deadband::new(0.2, 10_000.0);
-        assert!(d.add(0.0, 20.0).is_some(), "the first value is reported");
-        assert!(d.add(1000.0, 20.1).is_none());
-        let (start, end, stats) = d.add(2000.0, 20.3).expect("moved by more than the band");
+        let mut d = Deadband::new(0.2, 10_000.0, 0.0);
+        assert!(
+            d.add(0.0, 20.0, false).is_some(),
+            "the first value is reported"
+        );
+        assert!(d.add(1000.0, 20.1, false).is_none());
+        let (start, end, stats) = d
+            .add(2000.0, 20.3, false)
+            .expect("moved by more than the band");
         assert_eq!((start, end, stats.n()), (1000.0, 2000.0, 2));
-        assert!(d.add(11_000.0, 20.35).is_none());
-        assert!(d.add(12_000.0, 20.35).is_some(), "heartbeat");
+        assert!(d.add(11_000.0, 20.35, false).is_none());
+        assert!(d.add(12_000.0, 20.35, false).is_some(), "heartbeat");
+        assert!(d.flush().is_none(), "nothing pending");
+        assert!(d.add(13_000.0, 20.36, false).is_none());
+        let (start, end, stats) = d.flush().expect("pending statistics");
+        assert_eq!((start, end, stats.n()), (13_000.0, 13_000.0, 1));
+    }
+
+    #[test]
+    fn a_channel_moving_every_sample_reports_once_per_min_interval_but_alarms_at_once() {
+        let mut d = Deadband::new(0.1, 300_000.0, 10_000.0);
+        let mut reports = Vec::new();
+        // 50 Hz, a move of 1.0 per sample for 60 s.
+        for i in 0..3000 {
+            let t = i as f64 * 20.0;
+            reports.extend(d.add(t, i as f64, false).map(|r| (r.0, r.1, r.2.n())));
+        }
+        // The first value, then one per 10 s.
+        assert_eq!(reports.len(), 6, "{reports:?}");
+        assert_eq!(reports[1], (20.0, 10_000.0, 500));
+        // Nothing is lost: every sample is in exactly one report.
+        let pending = d.flush().map(|r| r.2.n()).unwrap_or(0);
+        assert_eq!(reports.iter().map(|r| r.2).sum::<u64>() + pending, 3000);
+        let mut d = Deadband::new(0.1, 300_000.0, 10_000.0);
+        assert!(d.add(0.0, 0.0, false).is_some());
+        assert!(
+            d.add(20.0, 5.0, false).is_none(),
+            "held: within min_interval"
+        );
+        assert!(
+            d.add(40.0, 9.0, true).is_some(),
+            "an alarm is never held back"
+        );
     }
 }

@@ -1,14 +1,13 @@
 //! The pipeline's handler of each kind of source event (see [`Pipeline::handle`]).
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use towerlink_firmware::protocol::ChannelInfo;
 
 use super::window::DeviceWindows;
 use super::{
-    build_chains, channel_names, emit_windows, to_event, Device, Pipeline, PipelineStats,
-    MAX_EVENTS_BEFORE_HELLO,
+    build_chains, channel_names, emit_capture, emit_deadband, emit_windows, finish_captures,
+    is_capture_trigger, to_event, Device, Pipeline, PipelineStats, MAX_EVENTS_BEFORE_HELLO,
 };
 use crate::feed::{Message, UnixMillis};
 use crate::sources::{DeviceKey, LiftReading, SourceEvent};
@@ -61,6 +60,12 @@ impl Pipeline {
         if changed {
             let closed = device.windows.close_all();
             emit_windows(device, closed, out);
+            finish_captures(device, out);
+            for slot in 0..device.deadbands.len() {
+                if let Some(report) = device.deadbands[slot].as_mut().and_then(|d| d.flush()) {
+                    emit_deadband(device, slot, report, out);
+                }
+            }
             device.slot_of = [None; 256];
             for (slot, ch) in named.iter().enumerate() {
                 device.slot_of[usize::from(ch.id)] = Some(slot as u8);
@@ -127,20 +132,44 @@ impl Pipeline {
             .and_then(|c| c.last_output);
         let counted = device.chains[slot].counters;
         let mut accepted = Vec::with_capacity(values.len());
+        let mut started = Vec::new();
         for (i, &raw) in values.iter().enumerate() {
             let t = t0 + i as f64 * period_ms;
+            if let Some(recorder) = device.captures[slot].as_mut() {
+                recorder.sample(t, raw, period_ms);
+            }
             let before = self.transitions.len();
             let out_value =
                 device.chains[slot].process(t, f64::from(raw), temperature, &mut self.transitions);
+            let mut alarm = false;
             for tr in self.transitions.drain(before..) {
+                let event = to_event(tr, &device.channels[slot], t);
+                alarm |= matches!(event.event, "threshold" | "rate_of_change");
+                if is_capture_trigger(event.event, event.state) {
+                    let zero = device.chains[slot].zero;
+                    if let Some(recorder) = device.captures[slot].as_mut() {
+                        if let Some(trigger) =
+                            recorder.trigger(t, event.ts, event.event, event.severity, zero)
+                        {
+                            self.stats.captures.fetch_add(1, Ordering::Relaxed);
+                            started.push(trigger.ts);
+                        }
+                    }
+                }
                 out.push(Message::Event {
                     dev: device.id.clone(),
-                    event: to_event(tr, &device.channels[slot], t),
+                    event,
                 });
             }
             if let Some(v) = out_value {
-                accepted.push((t, v));
+                accepted.push((t, v, alarm));
             }
+        }
+        let last_t = t0 + values.len().saturating_sub(1) as f64 * period_ms;
+        if let Some(recorder) = device.captures[slot].as_mut() {
+            let channel = &device.channels[slot];
+            let parts = recorder.due(last_t, &channel.name, channel.quantity.unit());
+            emit_capture(&device.id, parts, out);
         }
         let counters = device.chains[slot].counters;
         self.stats
@@ -150,34 +179,18 @@ impl Pipeline {
             counters.out_of_range - counted.out_of_range,
             Ordering::Relaxed,
         );
-        match device.deadbands[slot].as_mut() {
-            Some(deadband) => {
-                for (t, v) in accepted {
-                    if let Some((start, end, stats)) = deadband.add(t, v) {
-                        let channel = &device.channels[slot];
-                        let expected = super::window::expected_samples(
-                            channel.rate_hz,
-                            start as i64,
-                            end as i64,
-                        );
-                        let mut ch = BTreeMap::new();
-                        ch.insert(
-                            channel.name.clone(),
-                            stats.to_window(channel.quantity.unit(), expected),
-                        );
-                        out.push(Message::Data {
-                            dev: device.id.clone(),
-                            start: start as i64,
-                            end: end as i64,
-                            ch,
-                        });
-                    }
+        if device.deadbands[slot].is_some() {
+            for (t, v, alarm) in accepted {
+                let report = device.deadbands[slot]
+                    .as_mut()
+                    .and_then(|d| d.add(t, v, alarm));
+                if let Some(report) = report {
+                    emit_deadband(device, slot, report, out);
                 }
             }
-            None => {
-                for (t, v) in accepted {
-                    device.windows.add_one(slot, t, v as f32);
-                }
+        } else {
+            for (t, v, _) in accepted {
+                device.windows.add_one(slot, t, v as f32);
             }
         }
         let span = period_ms * values.len() as f64;
@@ -185,6 +198,11 @@ impl Pipeline {
             .health
             .on_samples(slot, now, span, &device.channels, out, &device.id);
         count_late(device, &self.stats);
+        let ch = device.channels[slot].name.clone();
+        let dev_id = device.id.clone();
+        for ts in started {
+            self.await_trigger(&dev_id, &ch, ts);
+        }
     }
 
     /// A channel's sensor fault (held until the channels are known).

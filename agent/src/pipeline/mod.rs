@@ -6,6 +6,7 @@
 //! that feeds it from the sources and hands its messages to the queue.
 
 pub mod alarm;
+pub mod capture;
 pub mod chain;
 pub mod directory;
 pub mod filter;
@@ -17,7 +18,7 @@ pub mod window;
 pub mod zero;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +26,8 @@ use tokio::sync::mpsc;
 use towerlink_firmware::protocol::{ChannelInfo, Quantity};
 
 use self::alarm::Transition;
-use self::chain::{ChannelChain, Deadband};
+use self::capture::Recorder;
+use self::chain::{ChannelChain, Deadband, DeadbandReport};
 pub use self::directory::ChannelDirectory;
 use self::handlers::{count_late, device_of};
 use self::lift_rules::{LiftMonitor, LiftRuleSettings};
@@ -33,7 +35,9 @@ use self::sensor_health::DeviceHealth;
 use self::window::DeviceWindows;
 use self::zero::ZeroTable;
 use crate::clock::{ClockStatus, StepDetector, TimeSource};
-use crate::feed::{Event, EventState, Message, Renderer, Severity, UnixMillis};
+use crate::feed::{
+    now_millis, CapturePart, Event, EventState, Message, Renderer, Severity, UnixMillis,
+};
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
 use crate::sources::config::LiftConfig;
@@ -56,6 +60,11 @@ pub struct PipelineStats {
     pub spikes: AtomicU64,
     /// Samples dropped as out of range.
     pub out_of_range: AtomicU64,
+    /// Captures started (threshold or rate alarms of capturing channels).
+    pub captures: AtomicU64,
+    /// Capture parts not queued because their trigger event got no `seq` (the queue was
+    /// gone).
+    pub capture_parts_dropped: AtomicU64,
     /// Conditions active now, by device (`event` or `event:channel`), for `health`.
     pub active: std::sync::Mutex<BTreeMap<String, std::collections::BTreeSet<String>>>,
     /// Critical conditions active now (`dev/event` or `dev/event:channel`): a `config_apply`
@@ -239,6 +248,7 @@ struct Device {
     channels: Vec<Channel>,
     chains: Vec<ChannelChain>,
     deadbands: Vec<Option<Deadband>>,
+    captures: Vec<Option<Recorder>>,
     /// Channel id -> slot in `channels`.
     slot_of: [Option<u8>; 256],
     windows: DeviceWindows,
@@ -254,6 +264,7 @@ impl Device {
             channels: Vec::new(),
             chains: Vec::new(),
             deadbands: Vec::new(),
+            captures: Vec::new(),
             slot_of: [None; 256],
             windows: DeviceWindows::new(
                 config.window.as_millis() as i64,
@@ -286,6 +297,18 @@ pub struct Pipeline {
     started: UnixMillis,
     /// No window closes before this (see [`Pipeline::with_recovery_hold`]).
     hold_until: UnixMillis,
+    /// The `seq` of each running capture's trigger event, by (dev, ch, event ts): `None`
+    /// until the queue numbered the event (see [`Pipeline::queued`]).
+    trigger_seqs: BTreeMap<(String, String, i64), Option<u64>>,
+}
+
+/// Most trigger references kept (one per running or unsent capture: far more than any
+/// gateway has channels).
+const MAX_TRIGGER_SEQS: usize = 4096;
+
+/// Is this transition one that starts (or extends) a capture?
+fn is_capture_trigger(event: &str, state: EventState) -> bool {
+    state == EventState::Active && matches!(event, "threshold" | "rate_of_change")
 }
 
 impl Pipeline {
@@ -321,6 +344,7 @@ impl Pipeline {
             lifts,
             started: now,
             hold_until: i64::MIN,
+            trigger_seqs: BTreeMap::new(),
         }
     }
 
@@ -329,6 +353,64 @@ impl Pipeline {
     pub fn with_recovery_hold(mut self, ms: i64) -> Pipeline {
         self.hold_until = self.started.saturating_add(ms);
         self
+    }
+
+    /// The queue numbered `message` with `seq` (`None`: it was not queued). A capture's
+    /// trigger event learns its `seq` here, for the capture's parts.
+    pub fn queued(&mut self, message: &Message, seq: Option<u64>) {
+        let Message::Event { dev, event } = message else {
+            return;
+        };
+        let (Some(ch), Some(seq)) = (&event.ch, seq) else {
+            return;
+        };
+        if !is_capture_trigger(event.event, event.state) {
+            return;
+        }
+        if let Some(slot) = self
+            .trigger_seqs
+            .get_mut(&(dev.clone(), ch.clone(), event.ts))
+        {
+            slot.get_or_insert(seq);
+        }
+    }
+
+    /// Readies `message` for the queue: a capture part gets its trigger's `seq`. `false`
+    /// when it cannot be sent (its trigger event was never queued: counted, logged).
+    pub fn prepare(&mut self, message: &mut Message) -> bool {
+        let Message::Capture { dev, part } = message else {
+            return true;
+        };
+        if part.trigger.seq.is_some() {
+            return true;
+        }
+        let key = (dev.clone(), part.ch.clone(), part.trigger.ts);
+        let seq = self.trigger_seqs.get(&key).copied().flatten();
+        if part.part >= part.parts {
+            self.trigger_seqs.remove(&key);
+        }
+        match seq {
+            Some(seq) => {
+                part.trigger.seq = Some(seq);
+                true
+            }
+            None => {
+                self.stats
+                    .capture_parts_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(dev = %key.0, ch = %key.1, "capture part dropped: its trigger event was not queued");
+                false
+            }
+        }
+    }
+
+    /// A capture started with this trigger: its event's `seq` is to be noted.
+    fn await_trigger(&mut self, dev: &str, ch: &str, ts: i64) {
+        if self.trigger_seqs.len() >= MAX_TRIGGER_SEQS {
+            self.trigger_seqs.pop_first();
+        }
+        self.trigger_seqs
+            .insert((dev.to_owned(), ch.to_owned(), ts), None);
     }
 
     /// A handle on the channel directory this pipeline publishes (for the command path).
@@ -417,6 +499,13 @@ impl Pipeline {
             }
             count_late(device, &self.stats);
             device.health.tick(now, &device.channels, out, &device.id);
+            for (slot, recorder) in device.captures.iter_mut().enumerate() {
+                let (Some(recorder), Some(channel)) = (recorder, device.channels.get(slot)) else {
+                    continue;
+                };
+                let parts = recorder.overdue(now as f64, &channel.name, channel.quantity.unit());
+                emit_capture(&device.id, parts, out);
+            }
         }
         for lift in &mut self.lifts {
             lift.tick(now, out);
@@ -452,10 +541,25 @@ impl Pipeline {
     }
 
     /// Closes every open window (clean shutdown): no sample that arrived is left behind.
+    /// Closes every open window, publishes the statistics pending in deadband channels and
+    /// sends the running captures with what they have (clean shutdown): no sample that
+    /// arrived is left behind.
     pub fn flush(&mut self, out: &mut Vec<Message>) {
+        self.flush_at(UnixMillis::MAX, out);
+    }
+
+    /// [`Pipeline::flush`] at wall time `now`: a window that has not ended yet ends at `now`
+    /// (the agent's clean stop: no window is stamped in the future).
+    pub fn flush_at(&mut self, now: UnixMillis, out: &mut Vec<Message>) {
         for device in self.nodes.iter_mut().chain(self.i2c.iter_mut()) {
-            let closed = device.windows.close_all();
+            let closed = device.windows.close_all_at(now);
             emit_windows(device, closed, out);
+            finish_captures(device, out);
+            for slot in 0..device.deadbands.len() {
+                if let Some(report) = device.deadbands[slot].as_mut().and_then(Deadband::flush) {
+                    emit_deadband(device, slot, report, out);
+                }
+            }
         }
     }
 }
@@ -491,10 +595,69 @@ fn build_chains(device: &mut Device, channels: &[Channel], zeros: &ZeroTable) {
                 .get(&c.name)
                 .unwrap_or(&default)
                 .effective(c.quantity);
-            eff.deadband
-                .map(|(band, hb)| Deadband::new(band, hb.as_secs_f64() * 1000.0))
+            let min_interval = eff.min_interval.unwrap_or(device.config.window);
+            eff.deadband.map(|(band, hb)| {
+                Deadband::new(
+                    band,
+                    hb.as_secs_f64() * 1000.0,
+                    min_interval.as_secs_f64() * 1000.0,
+                )
+            })
         })
         .collect();
+    device.captures = channels
+        .iter()
+        .map(|c| {
+            let eff = device
+                .config
+                .channels
+                .get(&c.name)
+                .unwrap_or(&default)
+                .effective(c.quantity);
+            eff.capture.map(|s| Recorder::new(s, c.rate_hz))
+        })
+        .collect();
+}
+
+/// Sends every running capture of `device` with what it has (layout change, clean stop).
+fn finish_captures(device: &mut Device, out: &mut Vec<Message>) {
+    for (slot, recorder) in device.captures.iter_mut().enumerate() {
+        let (Some(recorder), Some(channel)) = (recorder, device.channels.get(slot)) else {
+            continue;
+        };
+        let parts = recorder.finish(&channel.name, channel.quantity.unit());
+        emit_capture(&device.id, parts, out);
+    }
+}
+
+/// A capture's parts as messages.
+fn emit_capture(dev: &str, parts: Vec<CapturePart>, out: &mut Vec<Message>) {
+    out.extend(parts.into_iter().map(|part| Message::Capture {
+        dev: dev.to_owned(),
+        part: Box::new(part),
+    }));
+}
+
+/// A deadband channel's report as a data message.
+fn emit_deadband(device: &Device, slot: usize, report: DeadbandReport, out: &mut Vec<Message>) {
+    let Some(channel) = device.channels.get(slot) else {
+        return;
+    };
+    let (start, end, stats) = report;
+    let mut ch = BTreeMap::new();
+    ch.insert(
+        channel.name.clone(),
+        stats.to_window(
+            channel.quantity.unit(),
+            window::expected_samples(channel.rate_hz, start as i64, end as i64),
+        ),
+    );
+    out.push(Message::Data {
+        dev: device.id.clone(),
+        start: start as i64,
+        end: end as i64,
+        ch,
+    });
 }
 
 /// A chain transition, decided on the sample of time `at`, as a feed event.
@@ -534,6 +697,25 @@ fn emit_windows(device: &Device, closed: Vec<window::ClosedWindow>, out: &mut Ve
             end: w.end,
             ch,
         });
+    }
+}
+
+/// Queues the pipeline's messages in order; each event's `seq` goes back to the pipeline
+/// (a capture names its trigger event's `seq`).
+async fn push_all(
+    pipeline: &mut Pipeline,
+    stats: &PipelineStats,
+    out: &mut Vec<Message>,
+    queue: &Queue,
+    renderer: &Renderer,
+) {
+    for mut m in out.drain(..) {
+        if !pipeline.prepare(&mut m) {
+            continue;
+        }
+        stats.note(&m);
+        let seq = queue.push(renderer.render(&m)).await;
+        pipeline.queued(&m, seq);
     }
 }
 
@@ -636,19 +818,14 @@ pub async fn run(
             request = requests.recv() => if let Some(r) = request { pipeline.request(r) },
             _ = shutdown.recv() => break,
         }
-        for m in out.drain(..) {
-            stats.note(&m);
-            queue.push(renderer.render(&m)).await;
-        }
+        push_all(&mut pipeline, &stats, &mut out, &queue, &renderer).await;
     }
     // Whatever the sources already delivered still goes out.
     while let Ok(ev) = events.try_recv() {
         pipeline.handle(ev, clock.now(), &mut out);
     }
-    pipeline.flush(&mut out);
-    for m in out.drain(..) {
-        queue.push(renderer.render(&m)).await;
-    }
+    pipeline.flush_at(now_millis(), &mut out);
+    push_all(&mut pipeline, &stats, &mut out, &queue, &renderer).await;
     tracing::debug!("pipeline stopped");
 }
 

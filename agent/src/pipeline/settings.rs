@@ -7,9 +7,11 @@
 //! range = [-5.0, 5.0]
 //! alarm = { minor = 0.2, major = 0.5, critical = 1.0, hysteresis = 0.02, for = "2s", relative_to_zero = true }
 //! rate = { max_per_hour = 0.1 }
+//! capture = { before = "10s", after = "20s", max = "120s" }
 //! [node.channels.temperature]
 //! deadband = 0.2
 //! heartbeat = "5m"
+//! min_interval = "10s"                # default: the node's window
 //! [node.channels.strain]
 //! temp_comp = { channel = "temperature", coeff = 1.8, t0 = 20.0 }
 //! ```
@@ -159,6 +161,16 @@ pub struct ChannelSettings {
     /// With a deadband: publish at least this often.
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub heartbeat: Option<Duration>,
+    /// With a deadband: publish at most this often (default: the device's window); an alarm
+    /// of the channel publishes at once.
+    #[serde(
+        default,
+        deserialize_with = "crate::values::de_opt_duration_in::<_, 0, 86_400_000>"
+    )]
+    pub min_interval: Option<Duration>,
+    /// Capture the raw waveform around a threshold or rate alarm.
+    #[serde(default)]
+    pub capture: Option<super::capture::CaptureSettings>,
     /// Threshold alarms.
     #[serde(default)]
     pub alarm: Option<AlarmSetting>,
@@ -184,6 +196,11 @@ pub struct Effective {
     pub lowpass: Option<LowPass>,
     /// Deadband and heartbeat, if the channel reports by exception.
     pub deadband: Option<(f64, Duration)>,
+    /// With a deadband: the configured minimum interval between reports (`None`: the
+    /// device's window).
+    pub min_interval: Option<Duration>,
+    /// Capture settings, if the channel captures.
+    pub capture: Option<super::capture::CaptureSettings>,
     /// Threshold alarm.
     pub alarm: Option<AlarmSetting>,
     /// Rate alarm: (max per hour, span).
@@ -262,6 +279,14 @@ impl ChannelSettings {
         if self.heartbeat.is_some() && self.deadband.is_none() {
             return bad("heartbeat", "only applies with a deadband");
         }
+        if let Some(min) = self.min_interval {
+            if self.deadband.is_none() {
+                return bad("min_interval", "only applies with a deadband");
+            }
+            if min > self.heartbeat.unwrap_or(DEFAULT_HEARTBEAT) {
+                return bad("min_interval", "must not exceed the heartbeat");
+            }
+        }
         if let Some(a) = self.alarm {
             let levels = [a.minor, a.major, a.critical];
             if levels.iter().all(Option::is_none) {
@@ -323,6 +348,8 @@ impl ChannelSettings {
             spike,
             lowpass: self.lowpass,
             deadband,
+            min_interval: self.min_interval,
+            capture: self.capture,
             alarm: self.alarm,
             rate: self
                 .rate
@@ -408,10 +435,29 @@ rate = { max_per_hour = 0.1 }"#,
                 "alarm.hysteresis",
             ),
             ("rate = { max_per_hour = 0.0 }", "rate.max_per_hour"),
+            ("min_interval = \"5s\"", "min_interval"),
+            (
+                "deadband = 1.0\nheartbeat = \"10s\"\nmin_interval = \"20s\"",
+                "min_interval",
+            ),
         ] {
             let err = parse(text).validate().expect_err(text);
             assert_eq!(err.0, key, "{text}");
         }
         assert!(toml::from_str::<ChannelSettings>("spikes = false").is_err());
+        assert!(
+            toml::from_str::<ChannelSettings>("capture = { before = \"200s\" }").is_err(),
+            "before + after over max is refused while parsing"
+        );
+        let c = parse("capture = { before = \"5s\" }");
+        let cap = c.effective(Quantity::TiltX).capture.expect("capture");
+        assert_eq!(
+            (cap.before(), cap.after(), cap.max()),
+            (
+                Duration::from_secs(5),
+                Duration::from_secs(20),
+                Duration::from_secs(120)
+            )
+        );
     }
 }

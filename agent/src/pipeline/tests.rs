@@ -528,3 +528,134 @@ fn the_recovery_hold_keeps_windows_open_for_buffered_samples() {
     assert_eq!(windows(&out), vec![("panel-0".to_owned(), 1.0)]);
     assert_eq!(p.stats.late_samples.load(Ordering::Relaxed), 0);
 }
+
+/// A pipeline over one node whose strain channel alarms at 100 and captures 2 s / 3 s, and
+/// whose temperature channel reports by exception.
+fn capturing_pipeline() -> Pipeline {
+    let config = crate::config::Config::parse(
+        "[gateway]\nid = \"gw\"\n[mqtt]\nurl = \"mqtt://127.0.0.1\"\n[store]\npath = \"/tmp/x\"\n\
+         [[node]]\nid = \"panel-0\"\nport = \"/dev/null\"\nwindow = \"1s\"\n\
+         [node.channels.strain]\nspike = false\nalarm = { major = 100.0 }\n\
+         capture = { before = \"2s\", after = \"3s\", max = \"10s\" }\n\
+         [node.channels.temperature]\ndeadband = 0.5\nmin_interval = \"2s\"\n",
+        "t",
+    )
+    .expect("test config");
+    Pipeline::new(
+        config.devices(),
+        config.health.node_silent_after,
+        T0,
+        Arc::new(PipelineStats::default()),
+    )
+}
+
+#[test]
+fn an_alarm_sends_the_raw_capture_naming_its_event_seq() {
+    let mut p = capturing_pipeline();
+    let mut out = Vec::new();
+    p.handle(hello(NODE, strain()), T0, &mut out);
+    let t = T0 as f64;
+    // 10 Hz: 5 s of 50.0, then 120.0 (the alarm at 5.0 s), for 10 s in batches of 10.
+    let raw = |i: usize| {
+        if i < 50 {
+            50.0
+        } else {
+            120.0 + i as f32 / 100.0
+        }
+    };
+    for batch in 0..15 {
+        let values: Vec<f32> = (batch * 10..batch * 10 + 10).map(raw).collect();
+        p.handle(
+            samples(NODE, t + batch as f64 * 1000.0, &values),
+            T0,
+            &mut out,
+        );
+    }
+    let mut seq = 100;
+    let mut queued = Vec::new();
+    for mut m in out.drain(..) {
+        if !p.prepare(&mut m) {
+            continue;
+        }
+        seq += 1;
+        p.queued(&m, Some(seq));
+        queued.push((seq, m));
+    }
+    let event_seq = queued
+        .iter()
+        .find(|(_, m)| matches!(m, Message::Event { event, .. } if event.event == "threshold"))
+        .map(|(s, _)| *s)
+        .expect("the alarm");
+    let parts: Vec<&CapturePart> = queued
+        .iter()
+        .filter_map(|(_, m)| match m {
+            Message::Capture { part, .. } => Some(&**part),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(parts.len(), 1, "{parts:?}");
+    let part = parts[0];
+    assert_eq!(part.trigger.seq, Some(event_seq));
+    assert_eq!(part.trigger.ts, T0 + 5_000);
+    assert_eq!(part.t0, t + 3_000.0, "2 s before");
+    assert_eq!(part.period_us, 100_000);
+    let expected: Vec<f32> = (30..=80).map(raw).collect();
+    assert_eq!(
+        part.values, expected,
+        "the node's values, 2 s before to 3 s after"
+    );
+    assert_eq!(p.stats.captures.load(Ordering::Relaxed), 1);
+    assert!(
+        p.trigger_seqs.is_empty(),
+        "the reference went with the last part"
+    );
+}
+
+#[test]
+fn a_clean_stop_sends_running_captures_and_pending_deadband_statistics() {
+    let mut p = capturing_pipeline();
+    let mut out = Vec::new();
+    p.handle(
+        hello(
+            NODE,
+            vec![
+                channel(0, Quantity::Strain),
+                channel(1, Quantity::Temperature),
+            ],
+        ),
+        T0,
+        &mut out,
+    );
+    let t = T0 as f64;
+    let temperature = |t0: f64, values: &[f32]| SourceEvent::Samples {
+        dev: NODE,
+        channel: 1,
+        t0,
+        period_ms: 100.0,
+        values: values.to_vec(),
+    };
+    // Moving by 1.0 on every sample for 3 s: the first value, then one report per 2 s.
+    let moving: Vec<f32> = (0..30).map(|i| 20.0 + i as f32).collect();
+    p.handle(temperature(t, &moving), T0, &mut out);
+    let reports = |out: &[Message]| {
+        out.iter()
+            .filter_map(|m| match m {
+                Message::Data { ch, .. } => ch.get("temperature").map(|w| w.n),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(reports(&out), vec![1, 20]);
+    p.handle(samples(NODE, t, &[150.0; 10]), T0, &mut out);
+    out.clear();
+    p.flush(&mut out);
+    assert_eq!(reports(&out), vec![9], "the pending statistics");
+    let capture = out
+        .iter()
+        .find_map(|m| match m {
+            Message::Capture { part, .. } => Some(part.values.len()),
+            _ => None,
+        })
+        .expect("the running capture");
+    assert_eq!(capture, 10);
+}

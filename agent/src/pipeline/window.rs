@@ -230,11 +230,21 @@ impl DeviceWindows {
         out
     }
 
-    /// Closes every open window (clean shutdown, or the node's channels changed).
+    /// Closes every open window (the node's channels changed).
     pub fn close_all(&mut self) -> Vec<ClosedWindow> {
         let mut out = Vec::new();
         while let Some(w) = self.close_first() {
             out.push(w);
+        }
+        out
+    }
+
+    /// Closes every open window at `now` (clean shutdown): a window that has not ended yet
+    /// ends at `now`, so no window is stamped in the future.
+    pub fn close_all_at(&mut self, now: UnixMillis) -> Vec<ClosedWindow> {
+        let mut out = self.close_all();
+        for w in &mut out {
+            w.end = w.end.min(now).max(w.start + 1);
         }
         out
     }
@@ -260,6 +270,16 @@ impl DeviceWindows {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_clean_stop_ends_the_open_window_now_not_in_the_future() {
+        let mut w = DeviceWindows::new(10_000, 2_000, 1);
+        w.add_one(0, 1_000.0, 1.0);
+        w.add_one(0, 12_000.0, 2.0);
+        let closed = w.close_all_at(13_500);
+        let spans: Vec<(i64, i64)> = closed.iter().map(|c| (c.start, c.end)).collect();
+        assert_eq!(spans, vec![(0, 10_000), (10_000, 13_500)]);
+    }
 
     #[test]
     fn statistics_of_a_known_series() {

@@ -29,6 +29,11 @@ pub(super) const CACHE_RECORDS: usize = 4096;
 pub(super) const EVENT_CACHE_BYTES: u64 = 256 << 10;
 /// Most records the events' cache holds.
 pub(super) const EVENT_CACHE_RECORDS: usize = 1024;
+/// The captures' own cache (a capture part is up to ~12 KiB; captures go after events and
+/// before telemetry, so neither may wait for room behind them).
+pub(super) const CAPTURE_CACHE_BYTES: u64 = 256 << 10;
+/// Most records the captures' cache holds.
+pub(super) const CAPTURE_CACHE_RECORDS: usize = 256;
 /// What a cached record costs beyond its frame (the `Arc`, two heap blocks, the map node).
 pub(super) const CACHE_OVERHEAD: u64 = 128;
 /// Most records one read-ahead asks the reader for.
@@ -58,6 +63,7 @@ impl Entry {
         let class = match class {
             MessageClass::Telemetry => 0,
             MessageClass::Event => 1,
+            MessageClass::Capture => 2,
         };
         Entry(
             (offset & 0xffff_ffff)
@@ -82,6 +88,7 @@ impl Entry {
     fn class(self) -> MessageClass {
         match (self.0 >> CLASS_SHIFT) & 3 {
             0 => MessageClass::Telemetry,
+            2 => MessageClass::Capture,
             _ => MessageClass::Event,
         }
     }
@@ -186,15 +193,54 @@ impl Cache {
     }
 }
 
+/// A class sent ahead of telemetry and not paced (events and replies; captures): its live
+/// records, its cursor, its own payload cache.
+#[derive(Debug, Default)]
+pub(super) struct Lane {
+    /// Live records, by seq.
+    seqs: BTreeSet<u64>,
+    /// Every record of the lane with seq <= this was handed to the uplink in this session.
+    sent_up_to: u64,
+    /// Payloads at hand.
+    cache: Cache,
+}
+
+impl Lane {
+    /// The next released record not yet handed out.
+    fn next(&self, released: u64) -> Option<u64> {
+        if self.sent_up_to >= released {
+            return None;
+        }
+        self.seqs
+            .range(self.sent_up_to + 1..=released)
+            .next()
+            .copied()
+    }
+
+    /// Released records not yet handed out (at most `n`).
+    fn unsent(&self, released: u64, n: usize) -> Vec<u64> {
+        if self.sent_up_to >= released {
+            return Vec::new();
+        }
+        self.seqs
+            .range(self.sent_up_to + 1..=released)
+            .copied()
+            .take(n)
+            .collect()
+    }
+}
+
 /// Everything the queue knows in memory.
 #[derive(Debug, Default)]
 pub(super) struct State {
     /// The index, by seq (chunks ascending, not overlapping).
     chunks: VecDeque<Chunk>,
-    /// Live events and replies (sent first), by seq.
-    events: BTreeSet<u64>,
-    /// Every event with seq <= this has been handed to the uplink in this session.
-    events_sent_up_to: u64,
+    /// Live events and replies (sent first), their cursor and cache ([`EVENT_CACHE_BYTES`],
+    /// [`EVENT_CACHE_RECORDS`]).
+    events: Lane,
+    /// Live captures (sent after events, before telemetry), their cursor and cache
+    /// ([`CAPTURE_CACHE_BYTES`], [`CAPTURE_CACHE_RECORDS`]).
+    captures: Lane,
     /// Every telemetry record with seq <= this has been handed out in this session.
     telemetry_sent_up_to: u64,
     /// Every telemetry record with seq below this is gone (where eviction looks first).
@@ -202,8 +248,6 @@ pub(super) struct State {
     live_telemetry: usize,
     /// Telemetry payloads at hand, bounded by [`CACHE_BYTES`] and [`CACHE_RECORDS`].
     cache: Cache,
-    /// Event payloads at hand, bounded by [`EVENT_CACHE_BYTES`] and [`EVENT_CACHE_RECORDS`].
-    event_cache: Cache,
     /// Payloads of the records held in memory only (the disk failed).
     memory: BTreeMap<u64, Arc<Record>>,
     /// The uplink wants a record that is not at hand: the reader should read ahead.
@@ -283,7 +327,10 @@ impl State {
         self.bytes += len;
         match class {
             MessageClass::Event => {
-                self.events.insert(seq);
+                self.events.seqs.insert(seq);
+            }
+            MessageClass::Capture => {
+                self.captures.seqs.insert(seq);
             }
             MessageClass::Telemetry => self.live_telemetry += 1,
         }
@@ -291,22 +338,25 @@ impl State {
             (None, Some(r)) => {
                 self.memory.insert(seq, r);
             }
-            // A new event makes room among the events already handed out.
-            (Some(_), Some(r)) => self.cache_put(r, len, class == MessageClass::Event),
+            // A new event (capture) makes room among those already handed out.
+            (Some(_), Some(r)) => self.cache_put(r, len, class != MessageClass::Telemetry),
             _ => {}
         }
     }
 
     /// Messages queued.
     pub(super) fn live(&self) -> usize {
-        self.events.len() + self.live_telemetry
+        self.events.seqs.len() + self.captures.seqs.len() + self.live_telemetry
     }
 
     /// Payloads at hand (cached and memory-only) and the cache's bytes.
     pub(super) fn cached(&self) -> (usize, u64) {
         (
-            self.cache.map.len() + self.event_cache.map.len() + self.memory.len(),
-            self.cache.bytes + self.event_cache.bytes,
+            self.cache.map.len()
+                + self.events.cache.map.len()
+                + self.captures.cache.map.len()
+                + self.memory.len(),
+            self.cache.bytes + self.events.cache.bytes + self.captures.cache.bytes,
         )
     }
 
@@ -314,19 +364,9 @@ impl State {
         self.memory
             .get(&seq)
             .or_else(|| self.cache.map.get(&seq))
-            .or_else(|| self.event_cache.map.get(&seq))
+            .or_else(|| self.events.cache.map.get(&seq))
+            .or_else(|| self.captures.cache.map.get(&seq))
             .cloned()
-    }
-
-    /// The next released event not yet handed out.
-    fn next_event(&self) -> Option<u64> {
-        if self.events_sent_up_to >= self.released_up_to {
-            return None;
-        }
-        self.events
-            .range(self.events_sent_up_to + 1..=self.released_up_to)
-            .next()
-            .copied()
     }
 
     /// The next released telemetry record not yet handed out; moves the cursor over dead
@@ -354,13 +394,20 @@ impl State {
         found
     }
 
-    /// The next record to send: events first, telemetry only if `telemetry`. `None` also
-    /// when the next one's payload is not at hand: then `read_wanted` is set for the reader.
+    /// The next record to send: events first, then captures (neither is paced), telemetry
+    /// only if `telemetry`. `None` also when the next one's payload is not at hand: then
+    /// `read_wanted` is set for the reader.
     pub(super) fn next_unsent(&mut self, telemetry: bool) -> Option<Arc<Record>> {
-        if let Some(seq) = self.next_event() {
+        let released = self.released_up_to;
+        for class in [MessageClass::Event, MessageClass::Capture] {
+            let Some(seq) = self.lane(class).and_then(|l| l.next(released)) else {
+                continue;
+            };
             return match self.at_hand(seq) {
                 Some(r) => {
-                    self.events_sent_up_to = seq;
+                    if let Some(lane) = self.lane_mut(class) {
+                        lane.sent_up_to = seq;
+                    }
                     Some(r)
                 }
                 None => {
@@ -392,6 +439,23 @@ impl State {
         }
     }
 
+    /// The lane of an urgent class (`None` for telemetry).
+    fn lane(&self, class: MessageClass) -> Option<&Lane> {
+        match class {
+            MessageClass::Event => Some(&self.events),
+            MessageClass::Capture => Some(&self.captures),
+            MessageClass::Telemetry => None,
+        }
+    }
+
+    fn lane_mut(&mut self, class: MessageClass) -> Option<&mut Lane> {
+        match class {
+            MessageClass::Event => Some(&mut self.events),
+            MessageClass::Capture => Some(&mut self.captures),
+            MessageClass::Telemetry => None,
+        }
+    }
+
     /// Is released telemetry waiting to be handed out?
     pub(super) fn has_unsent_telemetry(&mut self) -> bool {
         self.next_telemetry().is_some()
@@ -412,14 +476,15 @@ impl State {
             let _ = self.chunks.remove(ci);
         }
         self.bytes = self.bytes.saturating_sub(e.len());
-        match e.class() {
-            MessageClass::Event => {
-                self.events.remove(&seq);
+        match self.lane_mut(e.class()) {
+            Some(lane) => {
+                lane.seqs.remove(&seq);
             }
-            MessageClass::Telemetry => self.live_telemetry -= 1,
+            None => self.live_telemetry -= 1,
         }
         self.cache.remove(seq);
-        self.event_cache.remove(seq);
+        self.events.cache.remove(seq);
+        self.captures.cache.remove(seq);
         self.memory.remove(&seq);
         Some((segment, e))
     }
@@ -455,17 +520,16 @@ impl State {
     /// `record` is due again (it could not be handed to the network).
     pub(super) fn unsend(&mut self, record: &Record) {
         let before = record.seq.saturating_sub(1);
-        match record.class {
-            MessageClass::Event => self.events_sent_up_to = self.events_sent_up_to.min(before),
-            MessageClass::Telemetry => {
-                self.telemetry_sent_up_to = self.telemetry_sent_up_to.min(before)
-            }
+        match self.lane_mut(record.class) {
+            Some(lane) => lane.sent_up_to = lane.sent_up_to.min(before),
+            None => self.telemetry_sent_up_to = self.telemetry_sent_up_to.min(before),
         }
     }
 
     /// Every queued record is due again.
     pub(super) fn rewind(&mut self) {
-        self.events_sent_up_to = 0;
+        self.events.sent_up_to = 0;
+        self.captures.sent_up_to = 0;
         self.telemetry_sent_up_to = 0;
     }
 
@@ -499,14 +563,15 @@ impl State {
         found
     }
 
-    /// Takes the oldest telemetry (then the oldest events) out while the queue is over a
-    /// bound; returns what went, for the writer to mark evicted.
+    /// Takes the oldest telemetry (then the oldest captures, then the oldest events) out
+    /// while the queue is over a bound; returns what went, for the writer to mark evicted.
     pub(super) fn evict(&mut self, max_messages: usize, max_bytes: u64) -> Vec<Victim> {
         let mut out = Vec::new();
         while self.live() > max_messages || self.bytes > max_bytes {
             let Some(seq) = self
                 .oldest_telemetry()
-                .or_else(|| self.events.first().copied())
+                .or_else(|| self.captures.seqs.first().copied())
+                .or_else(|| self.events.seqs.first().copied())
             else {
                 break;
             };
@@ -608,10 +673,16 @@ impl State {
         let need = len + CACHE_OVERHEAD;
         let (cache, cursor, max_bytes, max_records) = match record.class {
             MessageClass::Event => (
-                &mut self.event_cache,
-                self.events_sent_up_to,
+                &mut self.events.cache,
+                self.events.sent_up_to,
                 EVENT_CACHE_BYTES,
                 EVENT_CACHE_RECORDS,
+            ),
+            MessageClass::Capture => (
+                &mut self.captures.cache,
+                self.captures.sent_up_to,
+                CAPTURE_CACHE_BYTES,
+                CAPTURE_CACHE_RECORDS,
             ),
             MessageClass::Telemetry => (
                 &mut self.cache,
@@ -648,7 +719,8 @@ impl State {
     }
 
     /// What the reader should load next: the next unsent records whose payloads are not at
-    /// hand, events first (at most [`READ_BATCH`], about [`CACHE_BYTES`] / 2 of frames).
+    /// hand, events first, then captures (at most [`READ_BATCH`], about [`CACHE_BYTES`] / 2
+    /// of frames).
     pub(super) fn wanted(&mut self) -> Vec<Wanted> {
         self.read_wanted = false;
         let mut out = Vec::new();
@@ -670,20 +742,18 @@ impl State {
             bytes += e.len() + CACHE_OVERHEAD;
             out.len() < READ_BATCH && bytes < budget
         };
-        if self.events_sent_up_to < self.released_up_to {
-            let seqs: Vec<u64> = self
-                .events
-                .range(self.events_sent_up_to + 1..=self.released_up_to)
-                .copied()
-                .take(READ_BATCH)
-                .collect();
+        let released = self.released_up_to;
+        let urgent = [
+            self.events.unsent(released, READ_BATCH),
+            self.captures.unsent(released, READ_BATCH),
+        ];
+        for seqs in urgent {
             for seq in seqs {
                 if !want(seq, self, &mut out) {
                     return out;
                 }
             }
         }
-        let released = self.released_up_to;
         let from = self.telemetry_sent_up_to + 1;
         let start = self.chunks.partition_point(|c| c.end() <= from);
         // Not at hand yet, at most a batch of them, within a bounded scan.
@@ -832,11 +902,40 @@ mod tests {
         assert_eq!(s.next_unsent(false).map(|r| r.seq), Some(e));
         // Read back from disk, too, it finds room.
         s.rewind();
-        assert!(s.event_cache.remove(e).is_some());
+        assert!(s.events.cache.remove(e).is_some());
         assert!(s.next_unsent(false).is_none());
         assert_eq!(s.wanted().first().map(|w| w.seq), Some(e));
         assert!(s.loaded((*rec(e, MessageClass::Event)).clone(), 1, e * 1000));
         assert_eq!(s.next_unsent(false).map(|r| r.seq), Some(e));
+    }
+
+    #[test]
+    fn captures_go_after_events_before_telemetry_and_are_evicted_between_them() {
+        let mut s = State::default();
+        put(&mut s, 1, MessageClass::Telemetry, 1, true);
+        put(&mut s, 2, MessageClass::Capture, 1, true);
+        put(&mut s, 3, MessageClass::Event, 1, true);
+        put(&mut s, 4, MessageClass::Capture, 1, false);
+        // Not paced: captures go where telemetry may not; the one not at hand is asked for.
+        assert_eq!(s.next_unsent(false).map(|r| r.seq), Some(3));
+        assert_eq!(s.next_unsent(false).map(|r| r.seq), Some(2));
+        assert_eq!(s.next_unsent(false), None);
+        assert!(s.read_wanted);
+        let wanted: Vec<u64> = s.wanted().iter().map(|w| w.seq).collect();
+        assert_eq!(wanted, vec![4]);
+        assert!(s.loaded((*rec(4, MessageClass::Capture)).clone(), 1, 4000));
+        assert_eq!(s.next_unsent(true).map(|r| r.seq), Some(4));
+        assert_eq!(s.next_unsent(true).map(|r| r.seq), Some(1));
+        // The class survives the 8-byte entry.
+        assert_eq!(
+            s.entry(2).map(|(_, e)| e.class()),
+            Some(MessageClass::Capture)
+        );
+        // Over the bound: telemetry first, then the oldest capture, events last.
+        let v = s.evict(2, u64::MAX);
+        assert_eq!(v.iter().map(|v| v.seq).collect::<Vec<_>>(), vec![1, 2]);
+        let v = s.evict(0, u64::MAX);
+        assert_eq!(v.iter().map(|v| v.seq).collect::<Vec<_>>(), vec![4, 3]);
     }
 
     #[test]

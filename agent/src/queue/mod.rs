@@ -18,12 +18,14 @@
 //! - Memory holds an index of the queued records, not the records ([`index`]: 8 bytes each,
 //!   plus a payload cache bounded at 1 MiB): the queue's reader thread ([`reader`]) reads the
 //!   payloads back from the segment files for the uplink, a bounded batch ahead.
-//! - Events go out before queued telemetry; within a class, oldest first.
+//! - Events go out before captures, captures before queued telemetry; within a class,
+//!   oldest first.
 //! - A message leaves the queue only when [`Queue::ack`] says the broker has it (an ack
 //!   record is written; a lost ack only re-sends the message); after a disconnect
 //!   [`Queue::rewind`] makes every unacknowledged message due again.
 //! - The queue is bounded (`max_bytes`, `max_messages`): when full, the oldest telemetry is
-//!   evicted (and counted); events and replies only when no telemetry is left.
+//!   evicted (and counted); then the oldest captures; events and replies only when neither
+//!   is left.
 //! - When the disk fails (full, read-only, broken), the queue keeps working from memory,
 //!   reports the error in `health`, retries every second, and writes the memory-only
 //!   messages to disk once it can.
@@ -248,7 +250,7 @@ impl Queue {
         seq.blocking_recv().ok()
     }
 
-    /// The next message to send: events first, then telemetry, oldest first.
+    /// The next message to send: events first, then captures, then telemetry, oldest first.
     pub fn next_unsent(&self) -> Option<Arc<Record>> {
         self.next_unsent_if(true)
     }

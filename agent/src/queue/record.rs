@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Bodies:
-//! - `1` message: `seq u64 | class u8 (0 telemetry, 1 event) | queued_at i64 | topic_len u16 |
+//! - `1` message: `seq u64 | class u8 (0 telemetry, 1 event, 2 capture) | queued_at i64 | topic_len u16 |
 //!   topic | payload` (the payload runs to the end of the body);
 //! - `2` acknowledged / `3` evicted: `count u32 | seq u64 * count`.
 //!
@@ -63,6 +63,7 @@ pub fn encode_message(record: &Record, out: &mut Vec<u8>) -> usize {
     out.push(match record.class {
         MessageClass::Telemetry => 0,
         MessageClass::Event => 1,
+        MessageClass::Capture => 2,
     });
     out.extend_from_slice(&record.queued_at.to_le_bytes());
     out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
@@ -126,6 +127,7 @@ fn decode_body(body: &[u8]) -> Option<Body> {
             let class = match *body.get(9)? {
                 0 => MessageClass::Telemetry,
                 1 => MessageClass::Event,
+                2 => MessageClass::Capture,
                 _ => return None,
             };
             let queued_at = u64_at(body, 10)? as i64;

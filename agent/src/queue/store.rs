@@ -565,10 +565,11 @@ impl std::fmt::Display for Inspection {
         }
         writeln!(
             f,
-            "unacknowledged:  {} records, {} bytes ({} events/replies, {} telemetry)",
+            "unacknowledged:  {} records, {} bytes ({} events/replies, {} captures, {} telemetry)",
             l.live.len(),
             bytes,
             self.live_of(MessageClass::Event),
+            self.live_of(MessageClass::Capture),
             self.live_of(MessageClass::Telemetry)
         )?;
         match (first, last) {

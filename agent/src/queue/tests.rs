@@ -46,6 +46,28 @@ fn event(dev: &str) -> Message {
     }
 }
 
+fn capture(dev: &str) -> Message {
+    Message::Capture {
+        dev: dev.into(),
+        part: Box::new(crate::feed::CapturePart {
+            ch: "tilt_x".into(),
+            u: "deg",
+            trigger: crate::feed::Trigger {
+                event: "threshold",
+                severity: Severity::Major,
+                ts: 0,
+                seq: Some(1),
+            },
+            t0: 0.0,
+            period_us: 100_000,
+            zero: 0.0,
+            part: 1,
+            parts: 1,
+            values: vec![0.5],
+        }),
+    }
+}
+
 fn drain(q: &Queue) -> Vec<u64> {
     std::iter::from_fn(|| q.next_unsent())
         .map(|r| r.seq)
@@ -61,6 +83,48 @@ fn events_go_first_and_seq_is_consecutive() {
     assert_eq!(q.put(event("a")), Some(3));
     assert_eq!(drain(&q), vec![3, 1, 2]);
     assert_eq!(q.next_unsent(), None);
+}
+
+#[test]
+fn captures_go_after_events_and_before_telemetry_and_survive_a_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let q = queue(dir.path(), 100);
+        assert_eq!(q.put(data("a")), Some(1));
+        assert_eq!(q.put(capture("a")), Some(2));
+        assert_eq!(q.put(event("a")), Some(3));
+        assert_eq!(q.put(capture("a")), Some(4));
+        let sent: Vec<_> = std::iter::from_fn(|| q.next_unsent()).collect();
+        assert_eq!(
+            sent.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![3, 2, 4, 1]
+        );
+        assert_eq!(sent[1].class, MessageClass::Capture);
+        assert_eq!(sent[1].topic, "r/gw/capture/a");
+        // Captures are not paced: they go when telemetry may not.
+        q.rewind();
+        assert_eq!(q.next_unsent_if(false).map(|r| r.seq), Some(3));
+        assert_eq!(q.next_unsent_if(false).map(|r| r.seq), Some(2));
+        assert_eq!(q.next_unsent_if(false).map(|r| r.seq), Some(4));
+        assert_eq!(q.next_unsent_if(false), None);
+    }
+    let q = queue(dir.path(), 100);
+    assert_eq!(drain(&q), vec![3, 2, 4, 1], "the class survives the disk");
+}
+
+#[test]
+fn a_full_queue_evicts_captures_after_telemetry_and_before_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = queue(dir.path(), 3);
+    q.put(event("a")); // 1
+    q.put(capture("a")); // 2
+    q.put(data("a")); // 3
+    q.put(capture("a")); // 4: evicts the telemetry 3
+    assert_eq!(drain(&q), vec![1, 2, 4]);
+    q.rewind();
+    q.put(event("a")); // 5: evicts the oldest capture 2
+    assert_eq!(drain(&q), vec![1, 5, 4]);
+    assert_eq!(q.stats().evicted.load(Ordering::Relaxed), 2);
 }
 
 #[test]

@@ -98,6 +98,10 @@ fn run(source: I2cSource, shutdown: Shutdown) {
                 Err(e) => Err(format!("cannot open {}: {e}", source.config.bus)),
             }
         };
+        if shutdown.is_shutdown() {
+            // A clean stop leaves the link as it was: the last health says the chip was live.
+            break;
+        }
         source.stats.link_up.store(false, Ordering::Relaxed);
         if let Err(why) = outcome {
             SourceStats::add(&source.stats.io_errors, 1);

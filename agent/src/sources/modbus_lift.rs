@@ -373,9 +373,10 @@ pub fn run_blocking(source: ModbusBusSource, stop: &AtomicBool) {
         let opened_at = Instant::now();
         state.on_reopened(opened_at);
         let result = serve(&mut line, &mut state, &events, &heartbeat, stop);
-        set_link(false);
         drop(line);
+        // A clean stop leaves the link as it was: the last health says the bus was live.
         let Err(e) = result else { break };
+        set_link(false);
         for l in &lifts {
             SourceStats::add(&l.stats.io_errors, 1);
         }

@@ -482,11 +482,12 @@ pub async fn run(source: SerialNodeSource, mut shutdown: Shutdown) {
             }
         };
         drop(port);
-        stats.link_up.store(false, Ordering::Relaxed);
         pending.fail_all(NodeRequestError::PortClosed);
         if shutdown.is_shutdown() {
+            // A clean stop leaves the link as it was: the last health says the node was live.
             break;
         }
+        stats.link_up.store(false, Ordering::Relaxed);
         SourceStats::add(&stats.io_errors, 1);
         tracing::warn!(dev = %config.id, port = %path, reason = %why, "serial port lost; reopening with back-off");
         if opened_at.elapsed() > Duration::from_secs(60) {

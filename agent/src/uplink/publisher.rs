@@ -459,7 +459,7 @@ impl Publisher {
                     self.pacer.take();
                     self.settings.data_qos
                 }
-                MessageClass::Event => QoS::AtLeastOnce,
+                MessageClass::Event | MessageClass::Capture => QoS::AtLeastOnce,
             };
             let entry = match qos {
                 QoS::AtMostOnce => Entry::RecordAtMostOnce(record.seq),
