@@ -87,13 +87,45 @@ struct Shared {
     last_stop: LastStop,
 }
 
+/// What a fed run's source tasks get: the pipeline's input, the shutdown, and one
+/// [`SourceStats`] per `[[node]]` and per `[[lift]]` (config order) that the health report reads.
+#[derive(Debug)]
+pub struct Feed {
+    /// Into the pipeline.
+    pub events: mpsc::Sender<crate::sources::SourceEvent>,
+    /// Fires at stop; the tasks end then.
+    pub shutdown: shutdown::Shutdown,
+    /// Per `[[node]]`.
+    pub node_stats: Vec<Arc<SourceStats>>,
+    /// Per `[[lift]]`.
+    pub lift_stats: Vec<Arc<SourceStats>>,
+    /// The uplink's counters (what was sent, what was acknowledged).
+    pub uplink_stats: Arc<UplinkStats>,
+}
+
+/// Starts the tasks that produce a fed run's events (instead of the serial, Modbus and I2C
+/// sources); they must end when the shutdown fires.
+pub type Feeder = Box<dyn FnOnce(Feed) -> Vec<tokio::task::JoinHandle<()>> + Send>;
+
 /// Runs the agent until `stop` resolves, then shuts down cleanly (no `config_apply`: the
 /// configuration did not come from a file).
 pub async fn run(
     config: Config,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    run_with(config, None, stop).await
+    run_with(config, None, None, stop).await
+}
+
+/// Runs the agent as [`run`] does, but with its events produced by `feeder` instead of the
+/// configured devices' ports (the fleet simulator: the same pipeline, queue and uplink, fed
+/// in-process). The `[[node]]` and `[[lift]]` sections still declare the devices (their
+/// channels, windows and rules); their ports are never opened.
+pub async fn run_fed(
+    config: Config,
+    stop: impl std::future::Future<Output = ()>,
+    feeder: Feeder,
+) -> anyhow::Result<()> {
+    run_with(config, None, Some(feeder), stop).await
 }
 
 /// Runs the agent on the configuration loaded from `file` until `stop` resolves; a
@@ -103,12 +135,13 @@ pub async fn run_file(
     file: ConfigFile,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    run_with(config, Some(file), stop).await
+    run_with(config, Some(file), None, stop).await
 }
 
 async fn run_with(
     config: Config,
     mut file: Option<ConfigFile>,
+    feeder: Option<Feeder>,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let queue = Queue::open(StoreOptions {
@@ -146,7 +179,7 @@ async fn run_with(
     };
     let (process_stop, process_shutdown) = shutdown::channel();
     let mut config = config;
-    let mut agent = Agent::start(&config, file.as_ref(), &shared)?;
+    let mut agent = Agent::start(&config, file.as_ref(), &shared, feeder)?;
 
     // Under systemd: ready now, and the watchdog fed while every loop beats.
     if service::notify("READY=1") {
@@ -225,7 +258,12 @@ struct Agent {
 
 impl Agent {
     /// Starts every task of `config` over the shared queue.
-    fn start(config: &Config, file: Option<&ConfigFile>, shared: &Shared) -> anyhow::Result<Agent> {
+    fn start(
+        config: &Config,
+        file: Option<&ConfigFile>,
+        shared: &Shared,
+        feeder: Option<Feeder>,
+    ) -> anyhow::Result<Agent> {
         let gw = config.gateway.id.to_string();
         let topics = Topics::new(&config.mqtt.topic_root, &gw);
         let broker = config
@@ -252,56 +290,88 @@ impl Agent {
         let mut source_entries = Vec::new();
         let mut source_tasks = Vec::new();
         let mut node_requests = Vec::new();
-        for (dev, node) in config.nodes.iter().enumerate() {
-            let stats = SourceStats::new();
-            let (req_tx, req_rx) = mpsc::channel::<NodeRequest>(16);
-            node_requests.push((node.id.to_string(), req_tx));
-            source_entries.push(SourceEntry {
-                dev: node.id.to_string(),
-                kind: "serial_node",
-                port: node.port.display().to_string(),
-                stats: stats.clone(),
-            });
-            let source = SerialNodeSource {
-                dev: DeviceKey::Node(dev),
-                config: node.map_channels(|_| ()),
-                events: events_tx.clone(),
-                requests: req_rx,
-                stats,
-                heartbeat: heartbeats.register(&format!("source {}", node.id)),
-                memory_dir: Some(config.store.path.clone()),
-                clock: Some(clock.clone()),
-            };
-            source_tasks.push(tokio::spawn(serial_node::run(source, shutdown.clone())));
-        }
-        start_lift_buses(
-            config,
-            &events_tx,
-            &shutdown,
-            heartbeats,
-            &mut source_entries,
-            &mut source_tasks,
-        )?;
         let mut i2c_threads = Vec::new();
-        for (i, dev) in config.i2c.iter().enumerate() {
-            let stats = SourceStats::new();
-            source_entries.push(SourceEntry {
-                dev: dev.id.to_string(),
-                kind: "i2c",
-                port: dev.bus.clone(),
-                stats: stats.clone(),
-            });
-            let source = crate::sources::i2c_device::I2cSource {
-                dev: DeviceKey::I2c(i),
-                config: dev.map_channels(|_| ()),
+        let uplink_stats = Arc::new(UplinkStats::default());
+        if let Some(feeder) = feeder {
+            let mut feed = Feed {
                 events: events_tx.clone(),
-                stats,
-                heartbeat: heartbeats.register(&format!("i2c {}", dev.id)),
+                shutdown: shutdown.clone(),
+                node_stats: Vec::new(),
+                lift_stats: Vec::new(),
+                uplink_stats: uplink_stats.clone(),
             };
-            i2c_threads.push(
-                crate::sources::i2c_device::spawn(source, shutdown.clone())
-                    .with_context(|| format!("starting the thread of i2c device {}", dev.id))?,
-            );
+            for node in &config.nodes {
+                let stats = SourceStats::new();
+                source_entries.push(SourceEntry {
+                    dev: node.id.to_string(),
+                    kind: "serial_node",
+                    port: node.port.display().to_string(),
+                    stats: stats.clone(),
+                });
+                feed.node_stats.push(stats);
+            }
+            for lift in &config.lifts {
+                let stats = SourceStats::new();
+                source_entries.push(SourceEntry {
+                    dev: lift.id.to_string(),
+                    kind: "modbus_lift",
+                    port: lift.port.display().to_string(),
+                    stats: stats.clone(),
+                });
+                feed.lift_stats.push(stats);
+            }
+            source_tasks = feeder(feed);
+        } else {
+            for (dev, node) in config.nodes.iter().enumerate() {
+                let stats = SourceStats::new();
+                let (req_tx, req_rx) = mpsc::channel::<NodeRequest>(16);
+                node_requests.push((node.id.to_string(), req_tx));
+                source_entries.push(SourceEntry {
+                    dev: node.id.to_string(),
+                    kind: "serial_node",
+                    port: node.port.display().to_string(),
+                    stats: stats.clone(),
+                });
+                let source = SerialNodeSource {
+                    dev: DeviceKey::Node(dev),
+                    config: node.map_channels(|_| ()),
+                    events: events_tx.clone(),
+                    requests: req_rx,
+                    stats,
+                    heartbeat: heartbeats.register(&format!("source {}", node.id)),
+                    memory_dir: Some(config.store.path.clone()),
+                    clock: Some(clock.clone()),
+                };
+                source_tasks.push(tokio::spawn(serial_node::run(source, shutdown.clone())));
+            }
+            start_lift_buses(
+                config,
+                &events_tx,
+                &shutdown,
+                heartbeats,
+                &mut source_entries,
+                &mut source_tasks,
+            )?;
+            for (i, dev) in config.i2c.iter().enumerate() {
+                let stats = SourceStats::new();
+                source_entries.push(SourceEntry {
+                    dev: dev.id.to_string(),
+                    kind: "i2c",
+                    port: dev.bus.clone(),
+                    stats: stats.clone(),
+                });
+                let source = crate::sources::i2c_device::I2cSource {
+                    dev: DeviceKey::I2c(i),
+                    config: dev.map_channels(|_| ()),
+                    events: events_tx.clone(),
+                    stats,
+                    heartbeat: heartbeats.register(&format!("i2c {}", dev.id)),
+                };
+                i2c_threads.push(
+                    crate::sources::i2c_device::spawn(source, shutdown.clone())
+                        .with_context(|| format!("starting the thread of i2c device {}", dev.id))?,
+                );
+            }
         }
         drop(events_tx);
         let sources = source_entries
@@ -333,7 +403,6 @@ impl Agent {
             shutdown.clone(),
         ));
 
-        let uplink_stats = Arc::new(UplinkStats::default());
         let reporter = HealthReporter::new(
             &gw,
             config.health.node_silent_after.as_millis() as u64,
@@ -591,7 +660,7 @@ async fn apply<F: std::future::Future<Output = ()>>(
 
     // Started and verified, or the reason it was not.
     let mut stopped = false;
-    let verdict = match Agent::start(&new, Some(&new_file), shared) {
+    let verdict = match Agent::start(&new, Some(&new_file), shared, None) {
         Err(e) => Err((None, format!("the new configuration did not start: {e:#}"))),
         Ok(candidate) => {
             let deadline = Instant::now() + settings.verify_timeout;
@@ -695,7 +764,7 @@ async fn start_previous(
 ) -> anyhow::Result<Applied> {
     let _ = std::fs::remove_file(staged_path(&file.path));
     tracing::warn!(id = %id, reason = %reason, "config_apply rolled back to the previous configuration");
-    let agent = Agent::start(config, Some(file), shared)
+    let agent = Agent::start(config, Some(file), shared, None)
         .context("config_apply: the previous configuration did not start again")?;
     let deadline = Instant::now() + config.commands.verify_timeout;
     while !agent.uplink_stats.connected.load(Ordering::Relaxed) && Instant::now() < deadline {

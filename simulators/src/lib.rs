@@ -9,12 +9,14 @@
 //! - [`broker`]: the demo's embedded MQTT broker.
 //! - [`link`]: an emulated cellular link (delay, loss, rate cap, queue, partition) between two
 //!   network namespaces over TUN devices, the replacement for `tc netem`.
+//! - [`fleet`]: N gateways (the real agent, fed in-process) in one process, for sizing.
 //! - [`demo`]: broker + tower + agent + a live feed printer.
 //! - [`mcu`]: the firmware's emulated-board image on `qemu-system-arm`, its UART on a
 //!   pseudo-terminal; [`footprint`]: the images' flash, RAM, stack and link timing, measured.
 
 pub mod broker;
 pub mod demo;
+pub mod fleet;
 pub mod footprint;
 pub mod lift;
 pub mod link;

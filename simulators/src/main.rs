@@ -36,6 +36,41 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Run N simulated gateways in this process (the real agent pipeline, queue and uplink
+    /// each, fed by simulated nodes and lifts in-process), then print what they offered and
+    /// what they cost (one JSON object with --json).
+    Fleet {
+        /// Number of gateways.
+        #[arg(long)]
+        gateways: usize,
+        /// Broker URL, e.g. mqtt://127.0.0.1:1883.
+        #[arg(long)]
+        broker: String,
+        /// Topic root.
+        #[arg(long, default_value = "towerlink/v1")]
+        root: String,
+        /// Panel nodes per gateway.
+        #[arg(long, default_value_t = 40)]
+        nodes: usize,
+        /// Lifts per gateway.
+        #[arg(long, default_value_t = 8)]
+        lifts: usize,
+        /// Telemetry window.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        window: Duration,
+        /// How long to run.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Gateway ids are PREFIX-00000, PREFIX-00001, ...
+        #[arg(long, default_value = "fleet")]
+        prefix: String,
+        /// Seed of the fleet's models.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run simulated lift controllers on a Modbus RTU bus (a pseudo-terminal) and print the
     /// bus path and the lifts' unit ids.
     Lifts {
@@ -180,6 +215,55 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dir,
                 window,
             }))
+        }
+        Command::Fleet {
+            gateways,
+            broker,
+            root,
+            nodes,
+            lifts,
+            window,
+            duration,
+            prefix,
+            seed,
+            json,
+        } => {
+            let report = runtime.block_on(towerlink_sim::fleet::run(
+                towerlink_sim::fleet::FleetOptions {
+                    gateways,
+                    broker,
+                    root,
+                    nodes,
+                    lifts,
+                    window,
+                    duration,
+                    prefix,
+                    seed,
+                },
+                towerlink_agent::app::termination_signal(),
+            ))?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "fleet: {} gateways for {:.1} s ({} connected at the end)\n\
+                     offered: {:.2} msgs/s and {:.0} bytes/s per gateway; {:.0} msgs/s and {:.0} bytes/s in all\n\
+                     acknowledged by the broker by the end (with the windows flushed at the stop): {}\n\
+                     cost: {:.4} CPU s/s and {:.0} KiB RSS per gateway (peak RSS {} KiB)",
+                    report.gateways,
+                    report.seconds,
+                    report.connected,
+                    report.msgs_per_s_per_gateway,
+                    report.bytes_per_s_per_gateway,
+                    report.messages as f64 / report.seconds,
+                    report.bytes as f64 / report.seconds,
+                    report.acknowledged,
+                    report.cpu_s_per_s_per_gateway,
+                    report.rss_kib_per_gateway,
+                    report.rss_peak_kib,
+                );
+            }
+            Ok(())
         }
         Command::Lifts {
             dir,

@@ -176,6 +176,10 @@ pub struct UplinkStats {
     pub oversize_packets: AtomicU64,
     /// Publishes the broker acknowledged with a refusal (MQTT 5 reason code >= 0x80).
     pub publish_refused: AtomicU64,
+    /// Publishes handed to the client (every attempt: resends and state/health included).
+    pub handed: AtomicU64,
+    /// Their topic plus payload bytes.
+    pub handed_bytes: AtomicU64,
 }
 
 /// What the connection task tells the publisher.
@@ -497,7 +501,9 @@ fn perform(
                         .is_ok(),
                     _ => false,
                 };
-                if !sent {
+                if sent {
+                    publisher.count_sent(p.topic.len() + p.payload.len());
+                } else {
                     client_full |= !p.records.is_empty();
                     for a in publisher.client_refused(&p).into_iter().rev() {
                         work.push_front(a);

@@ -375,6 +375,14 @@ impl Publisher {
         vec![Action::Ack(seq)]
     }
 
+    /// The client took a publish of `bytes` (topic plus payload).
+    pub fn count_sent(&self, bytes: usize) {
+        self.stats.handed.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .handed_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
     /// A message arrived on `cmd`.
     pub fn command(&mut self, payload: Vec<u8>) -> Vec<Action> {
         self.stats.commands.fetch_add(1, Ordering::Relaxed);
