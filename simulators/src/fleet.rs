@@ -46,6 +46,8 @@ pub struct FleetOptions {
     pub lifts: usize,
     /// Telemetry window.
     pub window: Duration,
+    /// The agent's `[mqtt] batch` (windows sent together; zero: each window alone).
+    pub batch: Duration,
     /// How long the fleet runs.
     pub duration: Duration,
     /// Gateway ids are `{prefix}-{i:05}`.
@@ -103,8 +105,9 @@ fn panel_channels() -> Vec<ChannelInfo> {
 /// The configuration of gateway `gw`: its nodes and lifts declared (ports never opened).
 pub fn gateway_config(options: &FleetOptions, gw: &str, store: &Path) -> anyhow::Result<Config> {
     let window = humantime::format_duration(options.window).to_string();
+    let batch = format!("{}ms", options.batch.as_millis());
     let mut text = format!(
-        "[gateway]\nid = \"{gw}\"\n\n[mqtt]\nurl = \"{}\"\ntopic_root = \"{}\"\n\n\
+        "[gateway]\nid = \"{gw}\"\n\n[mqtt]\nurl = \"{}\"\ntopic_root = \"{}\"\nbatch = \"{batch}\"\n\n\
          [store]\npath = \"{}\"\nfsync = \"1s\"\nmax_bytes = \"16MiB\"\n\n\
          [health]\ninterval = \"60s\"\n",
         options.broker,
@@ -445,6 +448,7 @@ mod tests {
             nodes: 3,
             lifts: 2,
             window: Duration::from_secs(10),
+            batch: Duration::from_secs(60),
             duration: Duration::from_secs(1),
             prefix: "fleet".into(),
             seed: 1,

@@ -58,6 +58,10 @@ enum Command {
         /// Telemetry window.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         window: Duration,
+        /// The agents' `[mqtt] batch`: telemetry windows sent together every this long
+        /// ("0s": each window alone).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        batch: Duration,
         /// How long to run.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         duration: Duration,
@@ -223,6 +227,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             nodes,
             lifts,
             window,
+            batch,
             duration,
             prefix,
             seed,
@@ -236,6 +241,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     nodes,
                     lifts,
                     window,
+                    batch,
                     duration,
                     prefix,
                     seed,
