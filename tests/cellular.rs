@@ -263,12 +263,7 @@ fn check_feed(all: &[Received]) -> anyhow::Result<FeedCheck> {
     let mut duplicates = 0;
     for m in queued(all) {
         let seq = m.json["seq"].as_u64().unwrap_or(0);
-        // A re-send is marked `"replay": true` (and only a re-send): the rest must be equal.
-        let mut same = m.json.clone();
-        if let Some(o) = same.as_object_mut() {
-            o.remove("replay");
-        }
-        let text = same.to_string();
+        let text = m.text_apart_from_replay();
         match by_seq.get(&seq) {
             Some(prev) => {
                 duplicates += 1;

@@ -283,6 +283,18 @@ pub struct Received {
     pub batched: bool,
 }
 
+impl Received {
+    /// The payload as JSON text without `"replay"`: a re-send is marked `"replay": true`
+    /// (and only a re-send), so two copies of one `seq` must be equal in this.
+    pub fn text_apart_from_replay(&self) -> String {
+        let mut same = self.json.clone();
+        if let Some(o) = same.as_object_mut() {
+            o.remove("replay");
+        }
+        same.to_string()
+    }
+}
+
 /// A batch (`{root}/{gw}/batch`) as the platform reads it: decoded with the agent's own
 /// `feed::batch::decode`, each item checked as the `data/{dev}` message it stands for.
 /// Returns the items with their topics, or why the batch is bad.
