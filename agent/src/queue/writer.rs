@@ -142,9 +142,10 @@ impl Writer {
     }
 
     /// Appends a batch of pushes (one `write`), syncs at once if it must (an event or reply
-    /// in it, or `fsync = "always"`), indexes them, releases them to the uplink and answers;
-    /// only then the housekeeping (acknowledgements, eviction, segment deletion, compaction),
-    /// so none of it stands between an event and the broker.
+    /// in it, or `fsync = "always"`), indexes them (evicting what they push over the
+    /// bounds), releases them to the uplink and answers; only then the housekeeping
+    /// (acknowledgements, segment deletion, compaction), so none of it stands between an
+    /// event and the broker.
     fn handle(&mut self, batch: &mut Vec<Request>) {
         if self.crashed() {
             batch.clear();
@@ -180,7 +181,7 @@ impl Writer {
             !records.is_empty() && (urgent || self.settings.fsync == FsyncPolicy::Always);
         let synced = must_sync && !self.error && self.sync_store();
         let last = self.next_seq - 1;
-        let released = {
+        let (released, victims) = {
             let mut state = shared.lock();
             for (record, at) in records.into_iter().zip(placed) {
                 if at.is_none() {
@@ -197,8 +198,18 @@ impl Writer {
             if released {
                 state.released_up_to = last;
             }
-            released
+            // Within the bounds again before any push returns (memory only: the done
+            // records are written later).
+            let victims = state.evict(self.settings.max_messages, self.settings.max_bytes);
+            (released, victims)
         };
+        for v in victims {
+            if let Some(segment) = v.segment {
+                self.store.done(DoneKind::Evicted, v.seq, segment, v.len);
+            }
+            stats.evicted.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(seq = v.seq, class = ?v.class, "queue full: evicted the oldest message");
+        }
         // The uplink first (an event goes out now), then the pushers. A failing disk sends
         // everything at once (its release may have come before these were indexed).
         if released || self.error {
@@ -208,16 +219,6 @@ impl Writer {
             let _ = answer.send(seq);
         }
         self.take_acks();
-        let victims = self
-            .lock()
-            .evict(self.settings.max_messages, self.settings.max_bytes);
-        for v in victims {
-            if let Some(segment) = v.segment {
-                self.store.done(DoneKind::Evicted, v.seq, segment, v.len);
-            }
-            stats.evicted.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(seq = v.seq, class = ?v.class, "queue full: evicted the oldest message");
-        }
         self.store.collect();
         self.compact();
         self.publish_status();
