@@ -370,8 +370,7 @@ fn main() {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let mut failed = false;
     for (run, dir) in runs {
-        let Some(mut latencies) =
-            runtime.block_on(measure(&spec, &host, port, &dir, run, alarms))
+        let Some(mut latencies) = runtime.block_on(measure(&spec, &host, port, &dir, run, alarms))
         else {
             println!("alarm latency ({run}): skipped (no broker)");
             return;

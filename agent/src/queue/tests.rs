@@ -226,7 +226,10 @@ fn an_event_is_synced_before_its_push_returns_without_waiting_for_the_interval()
     let on_disk = store::load(dir.path()).expect("load");
     let found = on_disk.live.get(&seq).expect("the event is in the store");
     assert_eq!(found.record.class, MessageClass::Event);
-    assert_eq!(on_disk.live.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        on_disk.live.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
     // Durable, so released to the uplink at once (events first), telemetry with it.
     assert_eq!(drain(&q), vec![3, 1, 2]);
     drop(q);
