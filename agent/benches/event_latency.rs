@@ -334,6 +334,16 @@ async fn measure(
         Ok(Err(e)) => eprintln!("agent task: {e}"),
         Err(_) => eprintln!("the agent did not stop within 15 s"),
     }
+    // Leave no retained state of this throw-away gateway on the broker.
+    let _ = sub
+        .publish(
+            format!("towerlink/v1/{gw}/state"),
+            QoS::AtLeastOnce,
+            true,
+            Vec::new(),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     subscriber.abort();
     Some(latencies)
 }
