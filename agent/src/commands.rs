@@ -39,10 +39,12 @@ use config::CommandsConfig;
 pub const MAX_COMMAND_BYTES: usize = 4096;
 /// Largest `config_apply` payload accepted (the configuration travels in it).
 pub const MAX_CONFIG_APPLY_BYTES: usize = 65_536;
+/// Largest `cert_install` payload accepted (a PEM certificate chain travels in it).
+pub const MAX_CERT_INSTALL_BYTES: usize = 16_384;
 /// How long a node has to answer a forwarded command.
 const NODE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The ops this agent knows.
-pub const OPS: [&str; 7] = [
+pub const OPS: [&str; 8] = [
     "ping",
     "identify",
     "zero",
@@ -50,6 +52,7 @@ pub const OPS: [&str; 7] = [
     "config_get",
     "config_apply",
     "logs",
+    "cert_install",
 ];
 /// Most bytes of log text in one `logs` reply (the oldest lines go first).
 pub const MAX_LOG_REPLY_BYTES: usize = 48 * 1024;
@@ -83,6 +86,10 @@ pub struct CommandRequest {
     /// `logs`: at most this many lines, the newest (1 to 1000, default 200).
     #[serde(default)]
     pub max_lines: Option<u32>,
+    /// `cert_install`: the PEM certificate (chain, the gateway's first) the platform's CA
+    /// issued for the gateway's pending key.
+    #[serde(default)]
+    pub cert: Option<String>,
     /// Unix milliseconds when the platform signed it (signed commands only).
     #[serde(default)]
     pub ts: Option<i64>,
@@ -246,6 +253,9 @@ pub enum CommandError {
     /// A `logs` argument refused.
     #[error(transparent)]
     Logs(#[from] LogsError),
+    /// A `cert_install` refused.
+    #[error(transparent)]
+    Cert(#[from] crate::uplink::tls::renewal::InstallError),
 }
 
 /// The `logs` answer: the agent's recent lines from the in-memory ring.
@@ -296,9 +306,18 @@ fn salvage_id(payload: &[u8]) -> String {
         .unwrap_or_default()
 }
 
+/// The largest payload of `op`.
+fn size_limit(op: Option<&str>) -> usize {
+    match op {
+        Some("config_apply") => MAX_CONFIG_APPLY_BYTES,
+        Some("cert_install") => MAX_CERT_INSTALL_BYTES,
+        _ => MAX_COMMAND_BYTES,
+    }
+}
+
 /// Parses a command payload; on failure returns the id (if one could be read) and the error.
-/// `config_apply` may be up to [`MAX_CONFIG_APPLY_BYTES`], every other op
-/// [`MAX_COMMAND_BYTES`].
+/// `config_apply` may be up to [`MAX_CONFIG_APPLY_BYTES`], `cert_install` up to
+/// [`MAX_CERT_INSTALL_BYTES`], every other op [`MAX_COMMAND_BYTES`].
 pub fn parse(payload: &[u8]) -> Result<CommandRequest, (String, ParseError)> {
     if payload.len() > MAX_CONFIG_APPLY_BYTES {
         let limit = MAX_CONFIG_APPLY_BYTES;
@@ -309,8 +328,8 @@ pub fn parse(payload: &[u8]) -> Result<CommandRequest, (String, ParseError)> {
         Ok(cmd) if cmd.id.is_empty() || cmd.id.len() > 128 => {
             Err((String::new(), ParseError::BadId))
         }
-        Ok(cmd) if cmd.op != "config_apply" && payload.len() > MAX_COMMAND_BYTES => {
-            let (size, limit) = (payload.len(), MAX_COMMAND_BYTES);
+        Ok(cmd) if payload.len() > size_limit(Some(&cmd.op)) => {
+            let (size, limit) = (payload.len(), size_limit(Some(&cmd.op)));
             Err((cmd.id, ParseError::TooLarge { size, limit }))
         }
         Ok(cmd) => Ok(cmd),
@@ -322,8 +341,8 @@ pub fn parse(payload: &[u8]) -> Result<CommandRequest, (String, ParseError)> {
                 .and_then(|v| v.get("op"))
                 .and_then(Value::as_str);
             let id = salvage_id(payload);
-            if payload.len() > MAX_COMMAND_BYTES && op != Some("config_apply") {
-                let (size, limit) = (payload.len(), MAX_COMMAND_BYTES);
+            if payload.len() > size_limit(op) {
+                let (size, limit) = (payload.len(), size_limit(op));
                 Err((id, ParseError::TooLarge { size, limit }))
             } else {
                 Err((id, ParseError::Malformed(e.to_string())))
@@ -340,6 +359,7 @@ fn op_fields(op: &str) -> Option<(&'static [&'static str], &'static [&'static st
         "zero" => (&["dev", "ch"], &[]),
         "config_apply" => (&["toml", "expect"], &[]),
         "logs" => (&[], &["since", "level", "max_lines"]),
+        "cert_install" => (&["cert"], &[]),
         _ => return None,
     })
 }
@@ -357,6 +377,7 @@ fn check_fields(cmd: &CommandRequest) -> Result<(), CommandError> {
         ("since", cmd.since.is_some()),
         ("level", cmd.level.is_some()),
         ("max_lines", cmd.max_lines.is_some()),
+        ("cert", cmd.cert.is_some()),
     ];
     if required
         .iter()
@@ -462,6 +483,18 @@ pub struct CommandContext {
     pub directory: ChannelDirectory,
     running: Option<RunningFile>,
     apply: Option<mpsc::Sender<ApplyRequest>>,
+    client_cert: Option<ClientCert>,
+}
+
+/// Where `cert_install` puts a certificate, and whom it tells.
+#[derive(Debug, Clone)]
+pub struct ClientCert {
+    /// `[mqtt] cert_file`.
+    pub cert_file: std::path::PathBuf,
+    /// `[mqtt] key_file`.
+    pub key_file: std::path::PathBuf,
+    /// The uplink's certificate state (woken to reconnect).
+    pub state: Arc<crate::uplink::tls::renewal::TlsState>,
 }
 
 impl CommandContext {
@@ -497,7 +530,14 @@ impl CommandContext {
             directory,
             running: None,
             apply: None,
+            client_cert: None,
         }
+    }
+
+    /// The gateway's client certificate, for `cert_install`.
+    pub fn with_client_cert(mut self, client_cert: ClientCert) -> CommandContext {
+        self.client_cert = Some(client_cert);
+        self
     }
 
     /// Counts into `stats` (shared with `health`).
@@ -614,6 +654,7 @@ impl CommandContext {
                     .map_err(|_| ConfigOpError::Busy)?;
                 Ok(None)
             }
+            "cert_install" => done(self.cert_install(cmd.cert.unwrap_or_default()).await?),
             "identify" => {
                 let dev = cmd.dev.as_deref().unwrap_or_default();
                 let result = self.ask_node(dev, Op::Identify).await?;
@@ -636,6 +677,34 @@ impl CommandContext {
             op if is_write_op(op) => Err(CommandError::WriteOp(op.to_owned())),
             op => Err(CommandError::UnknownOp(op.to_owned())),
         }
+    }
+
+    /// `cert_install`: checks the certificate against the pending key and writes
+    /// `<cert_file>.new` (off the async threads), then wakes the uplink to try it.
+    async fn cert_install(&self, pem: String) -> Result<Value, CommandError> {
+        use crate::uplink::tls::renewal::{days_left, install_certificate, InstallError};
+        let Some(c) = self.client_cert.clone() else {
+            return Err(InstallError::NoClientCert.into());
+        };
+        let now_s = now_millis() / 1000;
+        let (cert_file, key_file) = (c.cert_file.clone(), c.key_file.clone());
+        let installed = tokio::task::spawn_blocking(move || {
+            install_certificate(&cert_file, &key_file, &pem, now_s)
+        })
+        .await
+        .map_err(|e| InstallError::Write {
+            path: c.cert_file.display().to_string(),
+            reason: e.to_string(),
+        })??;
+        tracing::info!(file = %installed.path.display(), subject = %installed.subject, "cert_install: a renewed certificate waits for its first session");
+        c.state.installed();
+        Ok(json!({
+            "installed": installed.path.display().to_string(),
+            "subject": installed.subject,
+            "not_after": rfc3339(installed.not_after.saturating_mul(1000)),
+            "days_left": days_left(installed.not_after, now_s),
+            "renewal": "pending",
+        }))
     }
 
     fn channel_id(&self, dev: &str, ch: &str) -> Result<u8, DeviceError> {
