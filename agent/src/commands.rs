@@ -258,8 +258,10 @@ pub enum CommandError {
     Cert(#[from] crate::uplink::tls::renewal::InstallError),
 }
 
-/// The `logs` answer: the agent's recent lines from the in-memory ring.
-fn logs(cmd: &CommandRequest) -> Result<Value, LogsError> {
+/// The `logs` answer: the agent's recent lines from the journal when it runs under systemd
+/// ([`crate::journal`]), else (or when `journalctl` fails) from the in-memory ring; `source`
+/// says which answered (`journal_error` why the journal did not).
+async fn logs(cmd: &CommandRequest) -> Result<Value, LogsError> {
     let since = match cmd.since.as_deref() {
         None => Duration::from_secs(600),
         Some(s) => humantime::parse_duration(s).map_err(|_| LogsError::Since(s.to_owned()))?,
@@ -278,11 +280,31 @@ fn logs(cmd: &CommandRequest) -> Result<Value, LogsError> {
     }
     let since_ms =
         now_millis().saturating_sub(i64::try_from(since.as_millis()).unwrap_or(i64::MAX));
-    let found = crate::log_ring::global().query(since_ms, level, max as usize);
-    let mut lines: Vec<String> = found
-        .iter()
-        .map(|l| format!("{} {}", rfc3339(l.ts), l.text))
-        .collect();
+    let mut source = "memory";
+    let mut journal_error = None;
+    let mut lines: Vec<String> = Vec::new();
+    if crate::journal::under_systemd(|k| std::env::var(k).ok()) {
+        match crate::journal::query(since_ms.div_euclid(1000), level, max as usize).await {
+            Ok(found) => {
+                source = "journal";
+                lines = found
+                    .iter()
+                    .map(|(ts, text)| format!("{} {text}", rfc3339(*ts)))
+                    .collect();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "logs: the journal did not answer; answering from memory");
+                journal_error = Some(e);
+            }
+        }
+    }
+    if source == "memory" {
+        let found = crate::log_ring::global().query(since_ms, level, max as usize);
+        lines = found
+            .iter()
+            .map(|l| format!("{} {}", rfc3339(l.ts), l.text))
+            .collect();
+    }
     let mut bytes: usize = lines.iter().map(String::len).sum();
     let mut cut = 0;
     while bytes > MAX_LOG_REPLY_BYTES && cut < lines.len() {
@@ -291,7 +313,11 @@ fn logs(cmd: &CommandRequest) -> Result<Value, LogsError> {
     }
     let truncated = cut > 0;
     lines.drain(..cut);
-    Ok(json!({ "source": "memory", "lines": lines, "truncated": truncated }))
+    let mut result = json!({ "source": source, "lines": lines, "truncated": truncated });
+    if let (Some(e), Some(obj)) = (journal_error, result.as_object_mut()) {
+        obj.insert("journal_error".to_owned(), Value::from(e));
+    }
+    Ok(result)
 }
 
 /// The command's id when one can be read from a payload that did not parse.
@@ -629,7 +655,7 @@ impl CommandContext {
                 json!({ "pong": true, "ts": rfc3339(now_millis()), "agent": env!("CARGO_PKG_VERSION") }),
             ),
             "config" => done(self.config_json.clone()),
-            "logs" => done(logs(&cmd)?),
+            "logs" => done(logs(&cmd).await?),
             "config_get" => {
                 let running = self.running.as_ref().ok_or(ConfigOpError::NoFile)?;
                 done(json!({ "toml": running.text, "hash": running.hash }))
