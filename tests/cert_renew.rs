@@ -140,7 +140,8 @@ fn an_accepted_new_pair_replaces_the_old_one() -> anyhow::Result<()> {
     let tls = wait_renewal(&rig, "after the renewal", |r| r == "none")?;
     let (pem, key) = (rig.pki.path("gw.pem"), rig.pki.path("gw.key"));
     ensure!(
-        same(&pem, &rig.pki.path("client-next.pem")) && same(&key, &rig.pki.path("client-next.key")),
+        same(&pem, &rig.pki.path("client-next.pem"))
+            && same(&key, &rig.pki.path("client-next.key")),
         "the new pair did not replace the old one; log:\n{}",
         agent.log()
     );
@@ -149,9 +150,14 @@ fn an_accepted_new_pair_replaces_the_old_one() -> anyhow::Result<()> {
         "the .new files are still there"
     );
     let days = tls["cert_days_left"].as_i64().context("cert_days_left")?;
-    ensure!((19..=20).contains(&days), "cert_days_left {days}, want 19..=20");
     ensure!(
-        agent.log().contains("the renewed client certificate is in use"),
+        (19..=20).contains(&days),
+        "cert_days_left {days}, want 19..=20"
+    );
+    ensure!(
+        agent
+            .log()
+            .contains("the renewed client certificate is in use"),
         "{}",
         agent.log()
     );
@@ -165,19 +171,30 @@ fn an_accepted_new_pair_replaces_the_old_one() -> anyhow::Result<()> {
     let text = String::from_utf8_lossy(&out.stdout);
     ensure!(out.status.success(), "check failed:\n{text}");
     ensure!(
-        text.lines().any(|l| l.starts_with("WARN client certificate")
-            && l.contains("expires in")
-            && l.contains("cert request")),
+        text.lines()
+            .any(|l| l.starts_with("WARN client certificate")
+                && l.contains("expires in")
+                && l.contains("cert request")),
         "no WARN for a certificate under 30 days:\n{text}"
     );
     agent.stop()?;
-    ensure!(rig.sub.violations().is_empty(), "{:?}", rig.sub.violations());
+    ensure!(
+        rig.sub.violations().is_empty(),
+        "{:?}",
+        rig.sub.violations()
+    );
     Ok(())
 }
 
 #[test]
 fn a_refused_new_pair_leaves_the_old_in_use_and_the_session_up() -> anyhow::Result<()> {
-    let rig = Rig::with_pki("cert-renew-no", |d| pki_with_next(d, 400), "server", None, 0)?;
+    let rig = Rig::with_pki(
+        "cert-renew-no",
+        |d| pki_with_next(d, 400),
+        "server",
+        None,
+        0,
+    )?;
     rig.pki.install_client("client")?;
     stage(&rig.pki, "client-impostor")?;
     let config = config(&rig, "")?;
@@ -195,7 +212,9 @@ fn a_refused_new_pair_leaves_the_old_in_use_and_the_session_up() -> anyhow::Resu
         "the fallback waited for the back-off:\n{log}"
     );
     ensure!(
-        log.matches("no session on the renewed certificate pair").count() == 1,
+        log.matches("no session on the renewed certificate pair")
+            .count()
+            == 1,
         "{log}"
     );
     ensure!(
@@ -207,7 +226,10 @@ fn a_refused_new_pair_leaves_the_old_in_use_and_the_session_up() -> anyhow::Resu
         rig.pki.path("gw.pem.new").exists(),
         "the refused pair was removed"
     );
-    ensure!(tls["cert_days_left"].as_i64().is_some_and(|d| d > 300), "{tls}");
+    ensure!(
+        tls["cert_days_left"].as_i64().is_some_and(|d| d > 300),
+        "{tls}"
+    );
 
     // A reconnect does not try the refused pair again.
     kick(rig.broker.plain_port, &rig.gw)?;
@@ -218,7 +240,9 @@ fn a_refused_new_pair_leaves_the_old_in_use_and_the_session_up() -> anyhow::Resu
     );
     let log = agent.log();
     ensure!(
-        log.matches("no session on the renewed certificate pair").count() == 1,
+        log.matches("no session on the renewed certificate pair")
+            .count()
+            == 1,
         "the refused pair was tried again on reconnect:\n{log}"
     );
     ensure!(rig.pki.path("gw.pem.new").exists(), "refused pair gone");
@@ -234,7 +258,11 @@ fn a_refused_new_pair_leaves_the_old_in_use_and_the_session_up() -> anyhow::Resu
     );
     ensure!(agent.is_running(), "the agent exited");
     agent.stop()?;
-    ensure!(rig.sub.violations().is_empty(), "{:?}", rig.sub.violations());
+    ensure!(
+        rig.sub.violations().is_empty(),
+        "{:?}",
+        rig.sub.violations()
+    );
     Ok(())
 }
 
@@ -297,7 +325,10 @@ fn cert_request_and_a_signed_cert_install_renew_through_openssl() -> anyhow::Res
         0,
     )?;
     rig.pki.install_client("client")?;
-    let config = config(&rig, &format!("[commands]\npublic_key = \"{PUBLIC_KEY}\"\n"))?;
+    let config = config(
+        &rig,
+        &format!("[commands]\npublic_key = \"{PUBLIC_KEY}\"\n"),
+    )?;
     let mut agent = AgentProcess::start(&config)?;
     ensure!(
         wait_until(Duration::from_secs(20), || rig.online()),
@@ -343,14 +374,28 @@ fn cert_request_and_a_signed_cert_install_renew_through_openssl() -> anyhow::Res
     openssl(
         &dir,
         &[
-            "x509", "-req", "-in", "gw.pem.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "issued.pem", "-days", "90",
+            "x509",
+            "-req",
+            "-in",
+            "gw.pem.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "issued.pem",
+            "-days",
+            "90",
         ],
     )?;
     let issued = std::fs::read_to_string(rig.pki.path("issued.pem"))?;
 
     // Unsigned and v1-signed cert_install are refused; so is another key's certificate.
-    let r = command(&rig, &json!({"id": "ci-unsigned", "op": "cert_install", "cert": issued}))?;
+    let r = command(
+        &rig,
+        &json!({"id": "ci-unsigned", "op": "cert_install", "cert": issued}),
+    )?;
     ensure!(
         r["ok"] == false && r["error"].as_str().is_some_and(|e| e.contains("unsigned")),
         "{r}"
@@ -365,7 +410,10 @@ fn cert_request_and_a_signed_cert_install_renew_through_openssl() -> anyhow::Res
     let old = std::fs::read_to_string(rig.pki.path("client.pem"))?;
     let r = command(
         &rig,
-        &sign(&json!({"id": "ci-other", "op": "cert_install", "cert": old}), &rig.gw)?,
+        &sign(
+            &json!({"id": "ci-other", "op": "cert_install", "cert": old}),
+            &rig.gw,
+        )?,
     )?;
     ensure!(
         r["ok"] == false
@@ -374,20 +422,30 @@ fn cert_request_and_a_signed_cert_install_renew_through_openssl() -> anyhow::Res
                 .is_some_and(|e| e.contains("not for the pending key")),
         "{r}"
     );
-    ensure!(!rig.pki.path("gw.pem.new").exists(), "a refused certificate was written");
+    ensure!(
+        !rig.pki.path("gw.pem.new").exists(),
+        "a refused certificate was written"
+    );
     ensure!(sessions_up(&agent) == 1, "{}", agent.log());
 
     // Signed v2: installed, and the uplink reconnects on the new pair.
     let r = command(
         &rig,
-        &sign(&json!({"id": "ci-ok", "op": "cert_install", "cert": issued}), &rig.gw)?,
+        &sign(
+            &json!({"id": "ci-ok", "op": "cert_install", "cert": issued}),
+            &rig.gw,
+        )?,
     )?;
     ensure!(r["ok"] == true, "{r}");
     let result = &r["result"];
     ensure!(
-        result["installed"].as_str().is_some_and(|p| p.ends_with("gw.pem.new"))
+        result["installed"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("gw.pem.new"))
             && result["renewal"] == "pending"
-            && result["days_left"].as_i64().is_some_and(|d| (89..=90).contains(&d))
+            && result["days_left"]
+                .as_i64()
+                .is_some_and(|d| (89..=90).contains(&d))
             && result["subject"] == format!("CN={}", rig.gw),
         "{r}"
     );
@@ -401,7 +459,10 @@ fn cert_request_and_a_signed_cert_install_renew_through_openssl() -> anyhow::Res
     );
     // The health of the renewed session: the new certificate's 90 days, nothing pending.
     wait_tls(&rig, "after cert_install", |t| {
-        t["renewal"] == "none" && t["cert_days_left"].as_i64().is_some_and(|d| (89..=90).contains(&d))
+        t["renewal"] == "none"
+            && t["cert_days_left"]
+                .as_i64()
+                .is_some_and(|d| (89..=90).contains(&d))
     })?;
     ensure!(
         !key_new.exists() && wait_until(Duration::from_secs(10), || sessions_up(&agent) == 2),
@@ -410,8 +471,15 @@ fn cert_request_and_a_signed_cert_install_renew_through_openssl() -> anyhow::Res
     );
     let log = agent.log();
     ensure!(!log.contains("MQTT connection failed"), "{log}");
-    ensure!(!log.contains("BEGIN CERTIFICATE"), "a certificate went into the log");
+    ensure!(
+        !log.contains("BEGIN CERTIFICATE"),
+        "a certificate went into the log"
+    );
     agent.stop()?;
-    ensure!(rig.sub.violations().is_empty(), "{:?}", rig.sub.violations());
+    ensure!(
+        rig.sub.violations().is_empty(),
+        "{:?}",
+        rig.sub.violations()
+    );
     Ok(())
 }

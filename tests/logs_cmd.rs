@@ -163,7 +163,11 @@ fn under_systemd_logs_come_from_the_journal_and_from_memory_when_it_fails() -> a
             m.iter()
                 .any(|r| r.topic.ends_with("/state") && r.json["state"] == "online")
         })?;
-        let r = ask(&sub, &gw, json!({"id":"j-1","op":"logs","since":"10m","level":"info"}))?;
+        let r = ask(
+            &sub,
+            &gw,
+            json!({"id":"j-1","op":"logs","since":"10m","level":"info"}),
+        )?;
         let got = lines(&r);
         if failing {
             ensure!(r["ok"] == true && r["result"]["source"] == "memory", "{r}");

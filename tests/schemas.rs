@@ -162,8 +162,16 @@ fn cert_install_and_health_tls_follow_their_schemas() {
     let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
     let cmd = json!({"id":"c-30","op":"cert_install","cert":pem});
     schemas().validate(Kind::Cmd, &cmd).expect("cert_install");
-    rejected(Kind::Cmd, &json!({"id":"c","op":"cert_install"}), "cert_install without cert");
-    rejected(Kind::Cmd, &json!({"id":"c","op":"ping","cert":pem}), "cert on ping");
+    rejected(
+        Kind::Cmd,
+        &json!({"id":"c","op":"cert_install"}),
+        "cert_install without cert",
+    );
+    rejected(
+        Kind::Cmd,
+        &json!({"id":"c","op":"ping","cert":pem}),
+        "cert on ping",
+    );
     rejected(
         Kind::Cmd,
         &json!({"id":"c","op":"cert_install","cert":"-----BEGIN PRIVATE KEY-----"}),
@@ -177,10 +185,18 @@ fn cert_install_and_health_tls_follow_their_schemas() {
     let reply = json!({"v":1,"gw":"g","seq":3,"id":"c-30","ok":true,"result":{
         "installed":"/etc/towerlink/gw.pem.new","subject":"CN=g","not_after":"2027-03-01T20:41:07.000Z",
         "days_left":89,"renewal":"pending"}});
-    schemas().validate(Kind::Reply, &reply).expect("cert_install reply");
+    schemas()
+        .validate(Kind::Reply, &reply)
+        .expect("cert_install reply");
     let mut short = reply.clone();
-    short["result"].as_object_mut().map(|r| r.remove("days_left"));
-    rejected(Kind::Reply, &short, "a cert_install result without days_left");
+    short["result"]
+        .as_object_mut()
+        .map(|r| r.remove("days_left"));
+    rejected(
+        Kind::Reply,
+        &short,
+        "a cert_install result without days_left",
+    );
     let health = |tls: Value| {
         let mut h: Value = serde_json::from_str(HEALTH).expect("health");
         h["tls"] = tls;
@@ -188,7 +204,10 @@ fn cert_install_and_health_tls_follow_their_schemas() {
     };
     for renewal in ["none", "pending", "refused: alert UnknownCA"] {
         schemas()
-            .validate(Kind::Health, &health(json!({"cert_days_left": 12, "renewal": renewal})))
+            .validate(
+                Kind::Health,
+                &health(json!({"cert_days_left": 12, "renewal": renewal})),
+            )
             .expect(renewal);
     }
     rejected(
@@ -196,7 +215,11 @@ fn cert_install_and_health_tls_follow_their_schemas() {
         &health(json!({"cert_days_left": 12, "renewal": "refused"})),
         "a refusal without its cause",
     );
-    rejected(Kind::Health, &health(json!({"renewal": "none"})), "tls without days");
+    rejected(
+        Kind::Health,
+        &health(json!({"renewal": "none"})),
+        "tls without days",
+    );
 }
 
 /// A full health report (the agent's own shape, trimmed).

@@ -174,10 +174,7 @@ pub async fn query(since_s: i64, level: Level, max: usize) -> Result<Vec<(i64, S
             .await
             .map_err(|e| format!("reading journalctl: {e}"))?;
         drop(stdout);
-        let status = child
-            .wait()
-            .await
-            .map_err(|e| format!("journalctl: {e}"))?;
+        let status = child.wait().await.map_err(|e| format!("journalctl: {e}"))?;
         if !status.success() {
             return Err(format!("journalctl failed ({status})"));
         }
@@ -239,7 +236,10 @@ mod tests {
         );
         assert_eq!(unit_name(Some("0::/user.slice\n")), "towerlink.service");
         let a = args("towerlink.service", 1_764_619_200);
-        assert_eq!(a[..4], ["-u", "towerlink.service", "--since", "@1764619200"]);
+        assert_eq!(
+            a[..4],
+            ["-u", "towerlink.service", "--since", "@1764619200"]
+        );
         assert!(a.windows(2).any(|w| w == ["-o", "json"]));
     }
 }

@@ -68,7 +68,12 @@ pub fn request(config: &Config, options: &RequestOptions) -> u8 {
     })();
     let (key_pem, csr_pem) = match made {
         Ok(m) => m,
-        Err(e) => return fail(&format!("cannot make the key or the CSR: {e}"), "report this as a bug of the agent"),
+        Err(e) => {
+            return fail(
+                &format!("cannot make the key or the CSR: {e}"),
+                "report this as a bug of the agent",
+            )
+        }
     };
     if let Err(e) = write_atomic(&key_new, key_pem.as_bytes(), 0o600) {
         return fail(

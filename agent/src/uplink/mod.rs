@@ -386,7 +386,8 @@ async fn connection_task(
                     Some(NetEvent::Command(payload))
                 }
                 Ok(Event::Disconnecting) if renewing => {
-                    let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
                     break Ended::Renew;
                 }
                 Ok(Event::Disconnecting) => {

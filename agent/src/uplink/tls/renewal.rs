@@ -226,8 +226,7 @@ impl Renewal {
             return false;
         }
         let fits = |cert: &Path| {
-            certificate_fits_key(&std::fs::read(cert).unwrap_or_default(), &self.key_file)
-                .is_ok()
+            certificate_fits_key(&std::fs::read(cert).unwrap_or_default(), &self.key_file).is_ok()
         };
         if fits(&cert_new) && !fits(&self.cert_file) {
             let done = std::fs::rename(&cert_new, &self.cert_file)
