@@ -149,6 +149,8 @@ async fn run_with(
         max_bytes: config.store.max_bytes,
         max_messages: config.store.max_messages,
         segment_bytes: config.store.segment_bytes,
+        keep_acked: config.store.keep_acked,
+        keep_acked_bytes: config.store.keep_acked_bytes,
         ..StoreOptions::new(&config.store.path)
     })
     .with_context(|| {
@@ -468,7 +470,8 @@ impl Agent {
             directory,
             pipeline_tx,
         )
-        .with_stats(shared.command_stats.clone());
+        .with_stats(shared.command_stats.clone())
+        .with_queue(queue.clone());
         if let Some(file) = file {
             context = context
                 .with_config_file(RunningFile::new(file.text.clone()), shared.apply_tx.clone());

@@ -138,6 +138,11 @@ pub fn canonical_json(cmd: &CommandRequest) -> String {
     if let Some(v) = cmd.max_lines {
         fields.insert("max_lines", Value::from(v));
     }
+    for (key, value) in [("from", cmd.from), ("to", cmd.to)] {
+        if let Some(v) = value {
+            fields.insert(key, Value::from(v));
+        }
+    }
     // A map of strings and integers always serialises.
     serde_json::to_string(&fields).unwrap_or_default()
 }

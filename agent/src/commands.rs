@@ -42,7 +42,7 @@ pub const MAX_CONFIG_APPLY_BYTES: usize = 65_536;
 /// How long a node has to answer a forwarded command.
 const NODE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The ops this agent knows.
-pub const OPS: [&str; 7] = [
+pub const OPS: [&str; 8] = [
     "ping",
     "identify",
     "zero",
@@ -50,6 +50,7 @@ pub const OPS: [&str; 7] = [
     "config_get",
     "config_apply",
     "logs",
+    "resend",
 ];
 /// Most bytes of log text in one `logs` reply (the oldest lines go first).
 pub const MAX_LOG_REPLY_BYTES: usize = 48 * 1024;
@@ -83,6 +84,12 @@ pub struct CommandRequest {
     /// `logs`: at most this many lines, the newest (1 to 1000, default 200).
     #[serde(default)]
     pub max_lines: Option<u32>,
+    /// `resend`: the first `seq` of the range.
+    #[serde(default)]
+    pub from: Option<u64>,
+    /// `resend`: the last `seq` of the range (inclusive).
+    #[serde(default)]
+    pub to: Option<u64>,
     /// Unix milliseconds when the platform signed it (signed commands only).
     #[serde(default)]
     pub ts: Option<i64>,
@@ -246,6 +253,9 @@ pub enum CommandError {
     /// A `logs` argument refused.
     #[error(transparent)]
     Logs(#[from] LogsError),
+    /// A `resend` refused.
+    #[error(transparent)]
+    Resend(#[from] crate::queue::ResendError),
 }
 
 /// The `logs` answer: the agent's recent lines from the in-memory ring.
@@ -340,6 +350,7 @@ fn op_fields(op: &str) -> Option<(&'static [&'static str], &'static [&'static st
         "zero" => (&["dev", "ch"], &[]),
         "config_apply" => (&["toml", "expect"], &[]),
         "logs" => (&[], &["since", "level", "max_lines"]),
+        "resend" => (&["from", "to"], &[]),
         _ => return None,
     })
 }
@@ -357,6 +368,8 @@ fn check_fields(cmd: &CommandRequest) -> Result<(), CommandError> {
         ("since", cmd.since.is_some()),
         ("level", cmd.level.is_some()),
         ("max_lines", cmd.max_lines.is_some()),
+        ("from", cmd.from.is_some()),
+        ("to", cmd.to.is_some()),
     ];
     if required
         .iter()
@@ -462,6 +475,7 @@ pub struct CommandContext {
     pub directory: ChannelDirectory,
     running: Option<RunningFile>,
     apply: Option<mpsc::Sender<ApplyRequest>>,
+    queue: Option<Arc<Queue>>,
 }
 
 impl CommandContext {
@@ -497,12 +511,19 @@ impl CommandContext {
             directory,
             running: None,
             apply: None,
+            queue: None,
         }
     }
 
     /// Counts into `stats` (shared with `health`).
     pub fn with_stats(mut self, stats: Arc<CommandStats>) -> CommandContext {
         self.stats = stats;
+        self
+    }
+
+    /// The queue `resend` reads acknowledged records back from.
+    pub fn with_queue(mut self, queue: Arc<Queue>) -> CommandContext {
+        self.queue = Some(queue);
         self
     }
 
@@ -590,6 +611,20 @@ impl CommandContext {
             ),
             "config" => done(self.config_json.clone()),
             "logs" => done(logs(&cmd)?),
+            "resend" => {
+                let queue = self
+                    .queue
+                    .as_ref()
+                    .ok_or(crate::queue::ResendError::Closing)?;
+                let (from, to) = (cmd.from.unwrap_or_default(), cmd.to.unwrap_or_default());
+                let report = queue.resend(from, to).await?;
+                done(json!({
+                    "resent": report.resent,
+                    "pending": report.pending,
+                    "deferred": report.deferred,
+                    "not_held": report.not_held,
+                }))
+            }
             "config_get" => {
                 let running = self.running.as_ref().ok_or(ConfigOpError::NoFile)?;
                 done(json!({ "toml": running.text, "hash": running.hash }))
