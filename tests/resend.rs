@@ -66,8 +66,9 @@ fn resend_brings_a_received_range_again_and_says_what_is_no_longer_held() -> any
     let nodes = spawn_tower(&scenario, &dir.path().join("ports"), false)?;
     let gw = unique_gw("e2e-resend");
     let sub = Subscriber::connect(&format!("towerlink/v1/{gw}/#"))?;
-    let mut extra =
-        String::from("segment_bytes = \"4KiB\"\nkeep_acked = \"3s\"\n\n[health]\ninterval = \"1s\"\n\n");
+    let mut extra = String::from(
+        "segment_bytes = \"4KiB\"\nkeep_acked = \"3s\"\n\n[health]\ninterval = \"1s\"\n\n",
+    );
     for n in &nodes {
         extra += &format!(
             "[[node]]\nid = \"{}\"\nport = \"{}\"\nnode_id = {}\nwindow = \"1s\"\n\n",
@@ -103,21 +104,33 @@ fn resend_brings_a_received_range_again_and_says_what_is_no_longer_held() -> any
     )?;
     ensure!(r["ok"] == true, "{r}");
     let resent = r["result"]["resent"].clone();
-    ensure!(resent == json!([[from, to]]), "the whole range re-sent: {r}");
+    ensure!(
+        resent == json!([[from, to]]),
+        "the whole range re-sent: {r}"
+    );
     ensure!(r["result"]["not_held"] == json!([]), "{r}");
-    sub.wait(Duration::from_secs(15), "the range again, marked replay", |_| {
-        replays(&sub, from, to).len() as u64 == to - from + 1
-    })?;
+    sub.wait(
+        Duration::from_secs(15),
+        "the range again, marked replay",
+        |_| replays(&sub, from, to).len() as u64 == to - from + 1,
+    )?;
     let first = first_copies(&sub);
     for (seq, again) in replays(&sub, from, to) {
-        let one = first.get(&seq).with_context(|| format!("seq {seq} first copy"))?;
+        let one = first
+            .get(&seq)
+            .with_context(|| format!("seq {seq} first copy"))?;
         ensure!(
             one.text_apart_from_replay() == again.text_apart_from_replay(),
             "seq {seq} differs apart from replay:\n{}\n{}",
             one.json,
             again.json
         );
-        ensure!(one.topic == again.topic, "seq {seq}: {} vs {}", one.topic, again.topic);
+        ensure!(
+            one.topic == again.topic,
+            "seq {seq}: {} vs {}",
+            one.topic,
+            again.topic
+        );
     }
 
     // Above the newest seq: nothing is held.
@@ -133,7 +146,11 @@ fn resend_brings_a_received_range_again_and_says_what_is_no_longer_held() -> any
         "{r}"
     );
     // Refused: a reversed range, one too long.
-    let r = ask(&sub, &gw, json!({"id":"rs-3","op":"resend","from":9,"to":3}))?;
+    let r = ask(
+        &sub,
+        &gw,
+        json!({"id":"rs-3","op":"resend","from":9,"to":3}),
+    )?;
     ensure!(r["ok"] == false, "{r}");
     let r = ask(
         &sub,
@@ -148,9 +165,8 @@ fn resend_brings_a_received_range_again_and_says_what_is_no_longer_held() -> any
     // Health counts what was re-sent.
     let n = to - from + 1;
     sub.wait(Duration::from_secs(15), "health counting the resent", |m| {
-        m.iter().any(|h| {
-            h.topic.ends_with("/health") && h.json["queue"]["resent"].as_u64() >= Some(n)
-        })
+        m.iter()
+            .any(|h| h.topic.ends_with("/health") && h.json["queue"]["resent"].as_u64() >= Some(n))
     })?;
 
     // Older than keep_acked (3 s), once its segment rotated out: not held. Asked again each

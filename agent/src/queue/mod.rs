@@ -471,9 +471,13 @@ fn read_back(
     }
     let found: Vec<u64> = found.into_iter().collect();
     let state = shared.lock();
-    resend::sort_out(from, to, |s| state.is_live(s), &found, |s| {
-        taken.contains(&s)
-    })
+    resend::sort_out(
+        from,
+        to,
+        |s| state.is_live(s),
+        &found,
+        |s| taken.contains(&s),
+    )
 }
 
 /// Gives the allocator's free memory back to the system where the allocator keeps it

@@ -215,7 +215,10 @@ mod tests {
             ranges([1, 2, 3, 5, 7, 8, 8, 9]),
             vec![[1, 3], [5, 5], [7, 9]]
         );
-        assert_eq!(ranges([u64::MAX - 1, u64::MAX]), vec![[u64::MAX - 1, u64::MAX]]);
+        assert_eq!(
+            ranges([u64::MAX - 1, u64::MAX]),
+            vec![[u64::MAX - 1, u64::MAX]]
+        );
         assert_eq!(count(&[[1, 3], [5, 5], [7, 9]]), 7);
     }
 
@@ -237,13 +240,7 @@ mod tests {
         let found: Vec<u64> = (16..=25).chain([8, 40]).collect::<Vec<_>>();
         let mut found = found;
         found.sort_unstable();
-        let r = sort_out(
-            10,
-            30,
-            |s| (12..=14).contains(&s),
-            &found,
-            |s| s <= 20,
-        );
+        let r = sort_out(10, 30, |s| (12..=14).contains(&s), &found, |s| s <= 20);
         assert_eq!(r.pending, vec![[12, 14]]);
         assert_eq!(r.resent, vec![[16, 20]]);
         assert_eq!(r.deferred, vec![[21, 25]]);

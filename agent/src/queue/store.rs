@@ -252,7 +252,10 @@ impl SegmentInfo {
     }
 
     fn note(&mut self, seq: u64, queued_at: i64) {
-        self.seqs = Some(self.seqs.map_or((seq, seq), |(a, b)| (a.min(seq), b.max(seq))));
+        self.seqs = Some(
+            self.seqs
+                .map_or((seq, seq), |(a, b)| (a.min(seq), b.max(seq))),
+        );
         self.newest_at = self.newest_at.max(queued_at);
     }
 }
@@ -728,7 +731,11 @@ mod tests {
         store.collect_at(t0 + 9_000);
         assert_eq!(store.segment_count(), 3, "kept within keep_acked");
         store.collect_at(t0 + 10_003);
-        assert_eq!(store.segment_count(), 2, "expired: the oldest dead segment goes");
+        assert_eq!(
+            store.segment_count(),
+            2,
+            "expired: the oldest dead segment goes"
+        );
         // Segment 2 still holds a live record: it and everything after stay.
         store.collect_at(t0 + 100_000);
         assert_eq!(store.segment_count(), 2);
