@@ -621,7 +621,7 @@ impl CommandContext {
                 done(json!({
                     "resent": report.resent,
                     "pending": report.pending,
-                    "deferred": report.deferred,
+                    "later": report.deferred,
                     "not_held": report.not_held,
                 }))
             }

@@ -11,7 +11,8 @@
 //!
 //! Each `seq` of the range comes out in exactly one of four lists ([`Report`]): `resent`
 //! (read back and queued for sending again), `pending` (still unacknowledged: it goes out
-//! anyway), `deferred` (held, but the resend lane is full: ask again later) and `not_held`
+//! anyway), `deferred` (the reply's `later`: held, but the resend lane is full: ask again)
+//! and `not_held`
 //! (never issued, or no longer on disk).
 
 use std::fs::File;
