@@ -830,6 +830,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn resend_takes_a_range_and_answers_from_the_queue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let queue = Queue::open(crate::queue::store::StoreOptions::new(dir.path())).expect("open");
+        let context = context().with_queue(queue);
+        let r = context
+            .execute(br#"{"id":"r1","op":"resend","from":5,"to":9}"#)
+            .await;
+        assert!(r.ok, "{r:?}");
+        assert_eq!(
+            r.result,
+            Some(json!({"resent":[],"pending":[],"later":[],"not_held":[[5,9]]}))
+        );
+        for (cmd, says) in [
+            (r#"{"id":"r2","op":"resend","from":5}"#, "needs from and to"),
+            (
+                r#"{"id":"r3","op":"resend","from":9,"to":5}"#,
+                "not a range",
+            ),
+            (
+                r#"{"id":"r4","op":"resend","from":0,"to":5}"#,
+                "not a range",
+            ),
+            (
+                r#"{"id":"r5","op":"resend","from":1,"to":20000}"#,
+                "at most 10000",
+            ),
+            (r#"{"id":"r6","op":"ping","from":1}"#, "takes no from"),
+            (r#"{"id":"r7","op":"resend","from":-1,"to":5}"#, "malformed"),
+        ] {
+            let r = context.execute(cmd.as_bytes()).await;
+            assert!(!r.ok, "{cmd}: {r:?}");
+            let e = r.error.unwrap_or_default();
+            assert!(e.contains(says), "{cmd}: {e}");
+        }
+        // Without a queue (a context for tests of other ops) it is refused, not a panic.
+        let r = run_one(r#"{"id":"r8","op":"resend","from":1,"to":2}"#).await;
+        assert!(!r.ok, "{r:?}");
+    }
+
+    #[tokio::test]
     async fn every_refusal_is_clear_and_keeps_the_id() {
         let cases = [
             (r#"{"id":"b1","op":"reboot"}"#, "b1", "unknown op"),
