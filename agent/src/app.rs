@@ -149,6 +149,8 @@ async fn run_with(
         max_bytes: config.store.max_bytes,
         max_messages: config.store.max_messages,
         segment_bytes: config.store.segment_bytes,
+        keep_acked: config.store.keep_acked,
+        keep_acked_bytes: config.store.keep_acked_bytes,
         ..StoreOptions::new(&config.store.path)
     })
     .with_context(|| {
@@ -469,7 +471,8 @@ impl Agent {
             directory,
             pipeline_tx,
         )
-        .with_stats(shared.command_stats.clone());
+        .with_stats(shared.command_stats.clone())
+        .with_queue(queue.clone());
         if let Some((cert_file, key_file)) = tls.as_ref().and_then(|t| t.client_cert.clone()) {
             context = context.with_client_cert(crate::commands::ClientCert {
                 cert_file,

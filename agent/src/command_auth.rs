@@ -139,6 +139,11 @@ pub fn canonical_json(cmd: &CommandRequest) -> String {
     if let Some(v) = cmd.max_lines {
         fields.insert("max_lines", Value::from(v));
     }
+    for (key, value) in [("from", cmd.from), ("to", cmd.to)] {
+        if let Some(v) = value {
+            fields.insert(key, Value::from(v));
+        }
+    }
     // A map of strings and integers always serialises.
     serde_json::to_string(&fields).unwrap_or_default()
 }
@@ -377,6 +382,45 @@ mod tests {
                 .to_bytes(),
         ));
         assert_eq!(v.verify(&cmd, 1000), Ok(()));
+    }
+
+    #[test]
+    fn resend_needs_the_v2_form_which_covers_its_range() {
+        use ed25519_dalek::{Signer, SigningKey};
+        let platform = SigningKey::from_bytes(&[7; 32]);
+        let v = CommandVerifier::new("gw-1", &hex_of(platform.verifying_key().as_bytes()), 60_000)
+            .expect("key");
+        let mut cmd = CommandRequest {
+            id: "r".into(),
+            op: "resend".into(),
+            from: Some(10),
+            to: Some(20),
+            ts: Some(1000),
+            sigv: Some(2),
+            ..CommandRequest::default()
+        };
+        assert_eq!(
+            canonical_json(&cmd),
+            r#"{"from":10,"id":"r","op":"resend","sigv":2,"to":20,"ts":1000}"#
+        );
+        cmd.sig = Some(hex_of(
+            &platform
+                .sign(signed_text_v2("gw-1", &cmd).as_bytes())
+                .to_bytes(),
+        ));
+        let mut widened = cmd.clone();
+        widened.to = Some(2000);
+        assert_eq!(v.verify(&widened, 1000), Err(AuthError::BadSignature));
+        assert_eq!(v.verify(&cmd, 1000), Ok(()));
+        let mut v1 = cmd.clone();
+        v1.id = "r1".into();
+        v1.sigv = None;
+        v1.sig = Some(hex_of(
+            &platform
+                .sign(signed_text("gw-1", &v1, 1000).as_bytes())
+                .to_bytes(),
+        ));
+        assert!(matches!(v.verify(&v1, 1000), Err(AuthError::NeedsV2(_))));
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub const MAX_CERT_INSTALL_BYTES: usize = 16_384;
 /// How long a node has to answer a forwarded command.
 const NODE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The ops this agent knows.
-pub const OPS: [&str; 8] = [
+pub const OPS: [&str; 9] = [
     "ping",
     "identify",
     "zero",
@@ -53,6 +53,7 @@ pub const OPS: [&str; 8] = [
     "config_apply",
     "logs",
     "cert_install",
+    "resend",
 ];
 /// Most bytes of log text in one `logs` reply (the oldest lines go first).
 pub const MAX_LOG_REPLY_BYTES: usize = 48 * 1024;
@@ -90,6 +91,12 @@ pub struct CommandRequest {
     /// issued for the gateway's pending key.
     #[serde(default)]
     pub cert: Option<String>,
+    /// `resend`: the first `seq` of the range.
+    #[serde(default)]
+    pub from: Option<u64>,
+    /// `resend`: the last `seq` of the range (inclusive).
+    #[serde(default)]
+    pub to: Option<u64>,
     /// Unix milliseconds when the platform signed it (signed commands only).
     #[serde(default)]
     pub ts: Option<i64>,
@@ -256,6 +263,9 @@ pub enum CommandError {
     /// A `cert_install` refused.
     #[error(transparent)]
     Cert(#[from] crate::uplink::tls::renewal::InstallError),
+    /// A `resend` refused.
+    #[error(transparent)]
+    Resend(#[from] crate::queue::ResendError),
 }
 
 /// The `logs` answer: the agent's recent lines from the journal when it runs under systemd
@@ -386,6 +396,7 @@ fn op_fields(op: &str) -> Option<(&'static [&'static str], &'static [&'static st
         "config_apply" => (&["toml", "expect"], &[]),
         "logs" => (&[], &["since", "level", "max_lines"]),
         "cert_install" => (&["cert"], &[]),
+        "resend" => (&["from", "to"], &[]),
         _ => return None,
     })
 }
@@ -404,6 +415,8 @@ fn check_fields(cmd: &CommandRequest) -> Result<(), CommandError> {
         ("level", cmd.level.is_some()),
         ("max_lines", cmd.max_lines.is_some()),
         ("cert", cmd.cert.is_some()),
+        ("from", cmd.from.is_some()),
+        ("to", cmd.to.is_some()),
     ];
     if required
         .iter()
@@ -509,6 +522,7 @@ pub struct CommandContext {
     pub directory: ChannelDirectory,
     running: Option<RunningFile>,
     apply: Option<mpsc::Sender<ApplyRequest>>,
+    queue: Option<Arc<Queue>>,
     client_cert: Option<ClientCert>,
 }
 
@@ -557,6 +571,7 @@ impl CommandContext {
             running: None,
             apply: None,
             client_cert: None,
+            queue: None,
         }
     }
 
@@ -569,6 +584,12 @@ impl CommandContext {
     /// Counts into `stats` (shared with `health`).
     pub fn with_stats(mut self, stats: Arc<CommandStats>) -> CommandContext {
         self.stats = stats;
+        self
+    }
+
+    /// The queue `resend` reads acknowledged records back from.
+    pub fn with_queue(mut self, queue: Arc<Queue>) -> CommandContext {
+        self.queue = Some(queue);
         self
     }
 
@@ -656,6 +677,20 @@ impl CommandContext {
             ),
             "config" => done(self.config_json.clone()),
             "logs" => done(logs(&cmd).await?),
+            "resend" => {
+                let queue = self
+                    .queue
+                    .as_ref()
+                    .ok_or(crate::queue::ResendError::Closing)?;
+                let (from, to) = (cmd.from.unwrap_or_default(), cmd.to.unwrap_or_default());
+                let report = queue.resend(from, to).await?;
+                done(json!({
+                    "resent": report.resent,
+                    "pending": report.pending,
+                    "later": report.deferred,
+                    "not_held": report.not_held,
+                }))
+            }
             "config_get" => {
                 let running = self.running.as_ref().ok_or(ConfigOpError::NoFile)?;
                 done(json!({ "toml": running.text, "hash": running.hash }))
@@ -887,6 +922,46 @@ mod tests {
             r.result.as_ref().and_then(|v| v["gateway"]["id"].as_str()),
             Some("gw")
         );
+    }
+
+    #[tokio::test]
+    async fn resend_takes_a_range_and_answers_from_the_queue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let queue = Queue::open(crate::queue::store::StoreOptions::new(dir.path())).expect("open");
+        let context = context().with_queue(queue);
+        let r = context
+            .execute(br#"{"id":"r1","op":"resend","from":5,"to":9}"#)
+            .await;
+        assert!(r.ok, "{r:?}");
+        assert_eq!(
+            r.result,
+            Some(json!({"resent":[],"pending":[],"later":[],"not_held":[[5,9]]}))
+        );
+        for (cmd, says) in [
+            (r#"{"id":"r2","op":"resend","from":5}"#, "needs from and to"),
+            (
+                r#"{"id":"r3","op":"resend","from":9,"to":5}"#,
+                "not a range",
+            ),
+            (
+                r#"{"id":"r4","op":"resend","from":0,"to":5}"#,
+                "not a range",
+            ),
+            (
+                r#"{"id":"r5","op":"resend","from":1,"to":20000}"#,
+                "at most 10000",
+            ),
+            (r#"{"id":"r6","op":"ping","from":1}"#, "takes no from"),
+            (r#"{"id":"r7","op":"resend","from":-1,"to":5}"#, "malformed"),
+        ] {
+            let r = context.execute(cmd.as_bytes()).await;
+            assert!(!r.ok, "{cmd}: {r:?}");
+            let e = r.error.unwrap_or_default();
+            assert!(e.contains(says), "{cmd}: {e}");
+        }
+        // Without a queue (a context for tests of other ops) it is refused, not a panic.
+        let r = run_one(r#"{"id":"r8","op":"resend","from":1,"to":2}"#).await;
+        assert!(!r.ok, "{r:?}");
     }
 
     #[tokio::test]

@@ -396,6 +396,7 @@ impl HealthReporter {
                 "torn": q.torn.load(Ordering::Relaxed),
                 "memory_only": q.memory_only.load(Ordering::Relaxed),
                 "store_errors": q.store_errors.load(Ordering::Relaxed),
+                "resent": q.resent.load(Ordering::Relaxed),
                 "error": store.error,
             },
             "messages": {

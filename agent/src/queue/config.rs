@@ -43,6 +43,21 @@ pub struct StoreConfig {
     /// events still go first); 0 = no limit.
     #[serde(default = "default_replay_rate")]
     pub replay_rate: u32,
+    /// Acknowledged records stay on disk this long after they were queued, for `resend`
+    /// (`"24h"`; `"0s"` keeps none; at most 30 days). Whole segments are kept, so the newest
+    /// segment's records stay until it is rotated.
+    #[serde(
+        default = "default_keep_acked",
+        deserialize_with = "values::de_duration_in::<_, 0, 2_592_000_000>"
+    )]
+    pub keep_acked: Duration,
+    /// At most this many bytes of acknowledged records are kept (`"64MiB"`, up to 64GiB),
+    /// on top of `max_bytes`; the oldest segments go first.
+    #[serde(
+        default = "default_keep_acked_bytes",
+        deserialize_with = "values::de_size_in::<_, 0, 68_719_476_736>"
+    )]
+    pub keep_acked_bytes: u64,
 }
 
 fn default_max_messages() -> usize {
@@ -59,6 +74,12 @@ fn default_segment_bytes() -> u64 {
 }
 fn default_replay_rate() -> u32 {
     500
+}
+fn default_keep_acked() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_keep_acked_bytes() -> u64 {
+    64 << 20
 }
 
 fn de_fsync<'de, D: Deserializer<'de>>(d: D) -> Result<FsyncPolicy, D::Error> {
@@ -98,6 +119,17 @@ mod tests {
                 FsyncPolicy::Every(Duration::from_millis(100))
             )
         );
+        assert_eq!(
+            (c.keep_acked, c.keep_acked_bytes),
+            (Duration::from_secs(86_400), 64 << 20)
+        );
+        let c = read("keep_acked = \"2s\"\nkeep_acked_bytes = \"1MiB\"").expect("keep");
+        assert_eq!(
+            (c.keep_acked, c.keep_acked_bytes),
+            (Duration::from_secs(2), 1 << 20)
+        );
+        let c = read("keep_acked = \"0s\"\nkeep_acked_bytes = 0").expect("keep none");
+        assert_eq!((c.keep_acked, c.keep_acked_bytes), (Duration::ZERO, 0));
         let c = read("fsync = \"always\"\nmax_bytes = \"1GiB\"\nreplay_rate = 0").expect("keys");
         assert_eq!((c.fsync, c.max_bytes), (FsyncPolicy::Always, 1 << 30));
         for (bad, says) in [
@@ -106,6 +138,9 @@ mod tests {
             ("max_bytes = \"1KiB\"", "at least 64KiB"),
             ("segment_bytes = \"2GiB\"", "between 4KiB and 1GiB"),
             ("max_messages = 10", "at least 100"),
+            ("keep_acked = \"31d\"", "keep_acked"),
+            ("keep_acked = \"soon\"", "keep_acked"),
+            ("keep_acked_bytes = \"65GiB\"", "keep_acked_bytes"),
         ] {
             let e = read(bad).expect_err(bad);
             assert!(e.contains(says), "{bad}: {e}");

@@ -270,9 +270,48 @@ pub(super) struct State {
     pub(super) segments: usize,
     /// Set by a played crash (tests): nothing is written any more.
     pub(super) crashed: bool,
+    /// Acknowledged records read back by a `resend`, marked replay, to go out after
+    /// everything queued (bounded by [`super::resend::RESEND_BYTES`]).
+    resend: VecDeque<Arc<Record>>,
+    /// Payload bytes in `resend`, plus [`super::resend::LANE_OVERHEAD`] each.
+    resend_bytes: u64,
 }
 
 impl State {
+    /// Is `seq` queued (unacknowledged)?
+    pub(super) fn is_live(&self, seq: u64) -> bool {
+        self.entry(seq).is_some_and(|(_, e)| e.live())
+    }
+
+    /// Puts a resent record in the resend lane (at its front if `front`: it was handed out
+    /// and refused); `false` when the lane is full. One given back always fits.
+    pub(super) fn push_resend(&mut self, record: Arc<Record>, front: bool) -> bool {
+        let need = record.payload.len() as u64 + super::resend::LANE_OVERHEAD;
+        if !front && self.resend_bytes + need > super::resend::RESEND_BYTES {
+            return false;
+        }
+        self.resend_bytes += need;
+        if front {
+            self.resend.push_front(record);
+        } else {
+            self.resend.push_back(record);
+        }
+        true
+    }
+
+    /// The next resent record to go out.
+    pub(super) fn pop_resend(&mut self) -> Option<Arc<Record>> {
+        let record = self.resend.pop_front()?;
+        let need = record.payload.len() as u64 + super::resend::LANE_OVERHEAD;
+        self.resend_bytes = self.resend_bytes.saturating_sub(need);
+        Some(record)
+    }
+
+    /// Is a resent record waiting?
+    pub(super) fn resend_waiting(&self) -> bool {
+        !self.resend.is_empty()
+    }
+
     /// The chunk holding `seq` and the entry's index in it.
     fn find(&self, seq: u64) -> Option<(usize, usize)> {
         let i = self.chunks.partition_point(|c| c.origin <= seq);

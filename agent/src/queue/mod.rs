@@ -37,6 +37,7 @@ pub mod config;
 mod index;
 mod reader;
 pub mod record;
+pub mod resend;
 pub mod run_marker;
 pub mod segment;
 pub mod seq;
@@ -96,6 +97,8 @@ pub struct QueueStats {
     /// Syncs (`fdatasync`) of the store that succeeded: the batched ones, and one per batch of
     /// pushes holding an event or reply (or every batch with `fsync = "always"`).
     pub syncs: AtomicU64,
+    /// Acknowledged records handed to the uplink again by `resend`.
+    pub resent: AtomicU64,
 }
 
 /// A snapshot for `health`.
@@ -263,21 +266,54 @@ impl Queue {
     ///
     /// `None` also while the next record's payload is being read back from disk (a
     /// backlog larger than the cache): [`Queue::wait_ready`] wakes when it is at hand.
+    ///
+    /// Records a `resend` read back come last, as telemetry (paced): only when nothing
+    /// queued is due.
     pub fn next_unsent_if(&self, telemetry: bool) -> Option<Arc<Record>> {
-        let (record, read) = {
+        let (record, read, resent) = {
             let mut state = self.lock();
-            let record = state.next_unsent(telemetry);
-            (record, state.read_wanted)
+            let mut record = state.next_unsent(telemetry);
+            let mut resent = false;
+            if record.is_none() && telemetry && !state.read_wanted {
+                record = state.pop_resend();
+                resent = record.is_some();
+            }
+            (record, state.read_wanted, resent)
         };
         if read {
             self.shared.reads.notify_one();
         }
+        if resent {
+            self.shared.stats.resent.fetch_add(1, Ordering::Relaxed);
+        }
         record
     }
 
-    /// Is telemetry waiting to be sent (released, not yet handed out)?
+    /// Is telemetry waiting to be sent (released, not yet handed out), or a resend?
     pub fn has_unsent_telemetry(&self) -> bool {
-        self.lock().has_unsent_telemetry()
+        let mut state = self.lock();
+        state.has_unsent_telemetry() || state.resend_waiting()
+    }
+
+    /// `resend`: the acknowledged records of `from..=to` the store still keeps are read
+    /// back (on a blocking thread) and queued to go out again, marked `"replay": true`,
+    /// after everything queued and at the replay pace; the report says what became of
+    /// each `seq` of the range (see [`resend`]).
+    pub async fn resend(&self, from: u64, to: u64) -> Result<resend::Report, ResendError> {
+        resend::check_range(from, to)?;
+        let (answer, segments) = oneshot::channel();
+        let requests = self.requests.as_ref().ok_or(ResendError::Closing)?;
+        requests
+            .send(Request::Segments { from, to, answer })
+            .await
+            .map_err(|_| ResendError::Closing)?;
+        let segments = segments.await.map_err(|_| ResendError::Closing)?;
+        let shared = self.shared.clone();
+        let report = tokio::task::spawn_blocking(move || read_back(&shared, &segments, from, to))
+            .await
+            .map_err(|_| ResendError::Closing)?;
+        self.shared.ready.notify_one();
+        Ok(report)
     }
 
     /// Payloads held in memory (cached or memory-only) and the cache's bytes.
@@ -304,9 +340,15 @@ impl Queue {
         }
     }
 
-    /// `record` could not be handed to the network after all: it is due again next.
+    /// `record` could not be handed to the network after all: it is due again next (a
+    /// resent record goes back to the front of the resend lane).
     pub fn unsend(&self, record: &Record) {
-        self.lock().unsend(record);
+        let mut state = self.lock();
+        if state.is_live(record.seq) {
+            state.unsend(record);
+        } else {
+            state.push_resend(Arc::new(record.clone()), true);
+        }
     }
 
     /// The connection dropped: every unacknowledged message is due again.
@@ -385,6 +427,60 @@ impl Drop for Queue {
             let _ = reader.join();
         }
     }
+}
+
+/// Why a `resend` was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResendError {
+    /// The range was refused.
+    #[error(transparent)]
+    Range(#[from] resend::RangeError),
+    /// The queue is closing.
+    #[error("resend: the queue is closing")]
+    Closing,
+}
+
+/// Reads the records of `from..=to` back from `segments` (oldest first; the first copy of
+/// a `seq` counts), puts those no longer queued in the resend lane while it has room, and
+/// sorts every `seq` of the range into the report. Blocking: file I/O.
+fn read_back(
+    shared: &Shared,
+    segments: &[store::SegmentSummary],
+    from: u64,
+    to: u64,
+) -> resend::Report {
+    let mut found = std::collections::BTreeSet::new();
+    let mut taken = std::collections::BTreeSet::new();
+    for segment in segments {
+        let mut each = |r: Record| {
+            if !found.insert(r.seq) {
+                return;
+            }
+            let seq = r.seq;
+            let record = Arc::new(Record {
+                payload: crate::uplink::publisher::mark_replay(&r.payload),
+                // Sent as telemetry is: paced, after everything queued.
+                class: crate::feed::MessageClass::Telemetry,
+                ..r
+            });
+            let mut state = shared.lock();
+            if !state.is_live(seq) && state.push_resend(record, false) {
+                taken.insert(seq);
+            }
+        };
+        if let Err(e) = resend::scan_segment(segment, from, to, &mut each) {
+            tracing::warn!(path = %segment.path.display(), error = %e, "resend: cannot read a kept segment; its records count as not held");
+        }
+    }
+    let found: Vec<u64> = found.into_iter().collect();
+    let state = shared.lock();
+    resend::sort_out(
+        from,
+        to,
+        |s| state.is_live(s),
+        &found,
+        |s| taken.contains(&s),
+    )
 }
 
 /// Gives the allocator's free memory back to the system where the allocator keeps it

@@ -179,6 +179,23 @@ fn frame_at(bytes: &[u8], at: usize) -> Option<(Body, usize)> {
     Some((decode_body(body)?, HEADER + len))
 }
 
+/// The `queued_at` of the message frame `frame` (not checked: a frame this process built).
+pub fn frame_queued_at(frame: &[u8]) -> Option<i64> {
+    if frame.get(HEADER) != Some(&KIND_MESSAGE) {
+        return None;
+    }
+    let at = HEADER + 1 + 8 + 1;
+    Some(i64::from_le_bytes(frame.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// The body of the one intact frame `bytes` holds, if it is one.
+pub fn decode_frame(bytes: &[u8]) -> Option<Body> {
+    match frame_at(bytes, 0)? {
+        (body, len) if len == bytes.len() => Some(body),
+        _ => None,
+    }
+}
+
 /// The message record framed in `bytes` (exactly one intact frame), if it is one.
 pub fn decode_message_frame(bytes: &[u8]) -> Option<Record> {
     match frame_at(bytes, 0)? {

@@ -63,6 +63,12 @@ pub struct StoreOptions {
     pub faults: FaultSwitch,
     /// How long a failed disk is left alone before the next attempt.
     pub retry_after: Duration,
+    /// Acknowledged records stay on disk this long after they were queued (for `resend`);
+    /// zero deletes a segment as soon as nothing in it is live.
+    pub keep_acked: Duration,
+    /// At most this many bytes of segments holding only acknowledged (or evicted) records
+    /// are kept; the oldest go first.
+    pub keep_acked_bytes: u64,
 }
 
 impl StoreOptions {
@@ -76,6 +82,8 @@ impl StoreOptions {
             segment_bytes: 8 << 20,
             faults: FaultSwitch::new(),
             retry_after: Duration::from_secs(1),
+            keep_acked: Duration::ZERO,
+            keep_acked_bytes: 0,
         }
     }
 }
@@ -110,6 +118,10 @@ pub struct SegmentScan {
     pub messages: u64,
     /// Damaged records skipped.
     pub corrupted: u64,
+    /// The lowest and highest `seq` of its intact message records.
+    pub seqs: Option<(u64, u64)>,
+    /// The newest `queued_at` of its message records (0 if none).
+    pub newest_at: i64,
 }
 
 /// A store read from disk.
@@ -150,11 +162,15 @@ pub fn load(dir: &Path) -> io::Result<Loaded> {
         let scan = record::scan(&bytes);
         max_seen = max_seen.max(floor.saturating_sub(1));
         let mut messages = 0;
+        let mut seqs: Option<(u64, u64)> = None;
+        let mut newest_at = 0;
         for (offset, len, body) in scan.frames.into_iter() {
             match body {
                 Body::Message(r) => {
                     messages += 1;
                     max_seen = max_seen.max(r.seq);
+                    seqs = Some(seqs.map_or((r.seq, r.seq), |(a, b)| (a.min(r.seq), b.max(r.seq))));
+                    newest_at = newest_at.max(r.queued_at);
                     // A record moved forward by compaction may exist twice until the old
                     // segment is deleted: the newest copy wins.
                     candidates.insert(
@@ -192,6 +208,8 @@ pub fn load(dir: &Path) -> io::Result<Loaded> {
             valid_end: scan.valid_end as u64,
             messages,
             corrupted: scan.corrupted,
+            seqs,
+            newest_at,
         });
     }
     candidates.retain(|seq, _| !done.contains(seq));
@@ -215,6 +233,50 @@ struct SegmentInfo {
     len: u64,
     live: u64,
     live_bytes: u64,
+    /// The lowest and highest `seq` of the message records in it.
+    seqs: Option<(u64, u64)>,
+    /// The newest `queued_at` in it (its creation time while it holds no message).
+    newest_at: i64,
+}
+
+impl SegmentInfo {
+    fn empty(floor: u64, len: u64, newest_at: i64) -> SegmentInfo {
+        SegmentInfo {
+            floor,
+            len,
+            live: 0,
+            live_bytes: 0,
+            seqs: None,
+            newest_at,
+        }
+    }
+
+    fn note(&mut self, seq: u64, queued_at: i64) {
+        self.seqs = Some(
+            self.seqs
+                .map_or((seq, seq), |(a, b)| (a.min(seq), b.max(seq))),
+        );
+        self.newest_at = self.newest_at.max(queued_at);
+    }
+}
+
+/// What the store holds of one segment, for `resend`: where its records are and which
+/// `seq`s they span (a bounded summary: one per segment, never one per record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentSummary {
+    /// The segment's file.
+    pub path: PathBuf,
+    /// The lowest and highest `seq` of its message records.
+    pub seqs: (u64, u64),
+    /// Bytes written to it (what a scan reads at most).
+    pub len: u64,
+}
+
+/// How long and how much of the acknowledged records the store keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Retention {
+    keep_ms: i64,
+    keep_bytes: u64,
 }
 
 /// The writable store.
@@ -230,6 +292,7 @@ pub struct Store {
     frame: Vec<u8>,
     done: Vec<(DoneKind, u64)>,
     unsynced: bool,
+    retention: Retention,
 }
 
 impl Store {
@@ -250,15 +313,9 @@ impl Store {
                     tracing::warn!(path = %s.path.display(), error = %e, "cannot cut a torn tail");
                 }
             }
-            segments.insert(
-                s.id,
-                SegmentInfo {
-                    floor: s.floor,
-                    len: s.valid_end,
-                    live: 0,
-                    live_bytes: 0,
-                },
-            );
+            let mut info = SegmentInfo::empty(s.floor, s.valid_end, s.newest_at);
+            info.seqs = s.seqs;
+            segments.insert(s.id, info);
         }
         for l in loaded.live.values() {
             if let Some(info) = segments.get_mut(&l.segment) {
@@ -279,6 +336,10 @@ impl Store {
             frame: Vec::with_capacity(4096),
             done: Vec::new(),
             unsynced: false,
+            retention: Retention {
+                keep_ms: i64::try_from(options.keep_acked.as_millis()).unwrap_or(i64::MAX),
+                keep_bytes: options.keep_acked_bytes,
+            },
         };
         store.start_segment(loaded.next_seq)?;
         store.collect();
@@ -300,12 +361,7 @@ impl Store {
         segment::sync_dir(&self.dir)?;
         self.segments.insert(
             id,
-            SegmentInfo {
-                floor: next_seq,
-                len: writer.len(),
-                live: 0,
-                live_bytes: 0,
-            },
+            SegmentInfo::empty(next_seq, writer.len(), crate::feed::now_millis()),
         );
         self.writer = Some(writer);
         self.unsynced = false;
@@ -442,6 +498,7 @@ impl Store {
             info.len = new_len;
             info.live += 1;
             info.live_bytes += len;
+            info.note(seq, record::frame_queued_at(frame).unwrap_or(0));
         }
         Ok((base, offset, len))
     }
@@ -523,17 +580,61 @@ impl Store {
         self.unsynced || !self.done.is_empty()
     }
 
-    /// Deletes the oldest segments while nothing in them is live (never the open one).
+    /// Deletes the oldest segments while nothing in them is live (never the open one), and
+    /// while they are past the retention of acknowledged records: older than `keep_acked`
+    /// (their newest record), or the dead segments together over `keep_acked_bytes`.
     pub fn collect(&mut self) {
+        self.collect_at(crate::feed::now_millis());
+    }
+
+    /// [`Store::collect`] at wall-clock time `now` (Unix ms).
+    pub fn collect_at(&mut self, now: i64) {
         let active = self.writer.as_ref().map(SegmentWriter::id);
+        let mut kept = self.retained_bytes();
         while let Some((&base, info)) = self.segments.first_key_value() {
             if Some(base) == active || info.live > 0 {
                 break;
             }
+            let Retention {
+                keep_ms,
+                keep_bytes,
+            } = self.retention;
+            let expired = keep_ms == 0 || info.newest_at.saturating_add(keep_ms) <= now;
+            if !expired && kept <= keep_bytes {
+                break;
+            }
+            let len = info.len;
             if !self.remove(base) {
                 break;
             }
+            kept = kept.saturating_sub(len);
         }
+    }
+
+    /// Bytes of the oldest segments that hold nothing live (acknowledged records kept for
+    /// `resend`; never the open segment).
+    pub fn retained_bytes(&self) -> u64 {
+        let active = self.writer.as_ref().map(SegmentWriter::id);
+        self.segments
+            .iter()
+            .take_while(|(&id, s)| Some(id) != active && s.live == 0)
+            .map(|(_, s)| s.len)
+            .sum()
+    }
+
+    /// The segments holding message records with a `seq` in `from..=to`, oldest first.
+    pub fn summaries(&self, from: u64, to: u64) -> Vec<SegmentSummary> {
+        self.segments
+            .iter()
+            .filter_map(|(&id, s)| {
+                let (a, b) = s.seqs?;
+                (a <= to && b >= from).then(|| SegmentSummary {
+                    path: self.dir.join(segment::file_name(id, s.floor)),
+                    seqs: (a, b),
+                    len: s.len,
+                })
+            })
+            .collect()
     }
 
     fn remove(&mut self, base: u64) -> bool {
@@ -555,12 +656,14 @@ impl Store {
 
     /// The oldest segment, if it is worth compacting: the store is over `limit` bytes on disk
     /// and less than half of that segment is live.
+    /// Acknowledged records kept for `resend` count against `keep_acked_bytes`, not here: the
+    /// candidate is the oldest segment still holding live records.
     pub fn compaction_candidate(&self, limit: u64) -> Option<u64> {
-        if self.disk_bytes() <= limit {
+        if self.disk_bytes().saturating_sub(self.retained_bytes()) <= limit {
             return None;
         }
         let active = self.writer.as_ref().map(SegmentWriter::id);
-        let (&base, info) = self.segments.first_key_value()?;
+        let (&base, info) = self.segments.iter().find(|(_, s)| s.live > 0)?;
         (Some(base) != active && info.live_bytes * 2 < info.len).then_some(base)
     }
 
@@ -671,5 +774,80 @@ impl std::fmt::Display for Inspection {
         writeln!(f, "corrupted:       {}", l.corrupted)?;
         writeln!(f, "torn tails:      {}", l.torn)?;
         write!(f, "next seq:        {}", l.next_seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seq: u64, queued_at: i64) -> Record {
+        Record {
+            seq,
+            class: MessageClass::Telemetry,
+            topic: "r/gw/data/a".into(),
+            payload: vec![b'x'; 100],
+            queued_at,
+        }
+    }
+
+    #[test]
+    fn dead_segments_are_kept_until_keep_acked_after_their_newest_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = StoreOptions {
+            keep_acked: Duration::from_secs(10),
+            keep_acked_bytes: 1 << 20,
+            ..StoreOptions::new(dir.path())
+        };
+        let (mut store, _) = Store::open(&opts).expect("open");
+        let t0 = crate::feed::now_millis();
+        let mut at = Vec::new();
+        for seq in 1..=3 {
+            at.push(store.append(&record(seq, t0 + seq as i64)).expect("append"));
+        }
+        store.start_segment(4).expect("rotate");
+        store.append(&record(4, t0 + 5_000)).expect("append");
+        store.start_segment(5).expect("rotate");
+        for (seq, &(segment, _, len)) in (1..=3).zip(&at) {
+            store.done(DoneKind::Acked, seq, segment, len);
+        }
+        store.sync(4).expect("sync");
+        assert_eq!(store.summaries(1, 3).len(), 1);
+        assert_eq!(store.summaries(1, 4).len(), 2);
+        assert_eq!(store.summaries(5, 9).len(), 0);
+        assert!(store.retained_bytes() > 0);
+        store.collect_at(t0 + 9_000);
+        assert_eq!(store.segment_count(), 3, "kept within keep_acked");
+        store.collect_at(t0 + 10_003);
+        assert_eq!(
+            store.segment_count(),
+            2,
+            "expired: the oldest dead segment goes"
+        );
+        // Segment 2 still holds a live record: it and everything after stay.
+        store.collect_at(t0 + 100_000);
+        assert_eq!(store.segment_count(), 2);
+        assert_eq!(store.summaries(1, 3), Vec::new());
+    }
+
+    #[test]
+    fn kept_segments_do_not_count_towards_compaction() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = StoreOptions {
+            keep_acked: Duration::from_secs(3600),
+            keep_acked_bytes: 1 << 20,
+            segment_bytes: 4096,
+            ..StoreOptions::new(dir.path())
+        };
+        let (mut store, _) = Store::open(&opts).expect("open");
+        let now = crate::feed::now_millis();
+        let (segment, _, len) = store.append(&record(1, now)).expect("append");
+        store.start_segment(2).expect("rotate");
+        store.done(DoneKind::Acked, 1, segment, len);
+        store.sync(1).expect("sync");
+        store.collect();
+        assert_eq!(store.segment_count(), 2);
+        // Over the limit only because of the kept segment: nothing to compact.
+        assert_eq!(store.compaction_candidate(0), None);
     }
 }

@@ -466,3 +466,154 @@ fn a_record_damaged_on_disk_is_dropped_and_counted() {
     assert_eq!(q.stats().corrupted.load(Ordering::Relaxed), 1);
     assert_eq!(q.depth(now_millis()).messages, 0);
 }
+
+fn resend(q: &Queue, from: u64, to: u64) -> resend::Report {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(q.resend(from, to))
+        .expect("resend")
+}
+
+fn keeping(dir: &std::path::Path, keep_bytes: u64) -> StoreOptions {
+    StoreOptions {
+        segment_bytes: 4096,
+        keep_acked: Duration::from_secs(3600),
+        keep_acked_bytes: keep_bytes,
+        ..options(dir, 100_000)
+    }
+}
+
+#[test]
+fn acknowledged_records_are_kept_and_resent_marked_replay_after_everything_queued() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = Queue::open(keeping(dir.path(), 1 << 20)).expect("open");
+    for _ in 0..200 {
+        q.put(data("a"));
+    }
+    let mut first: std::collections::BTreeMap<u64, Vec<u8>> = Default::default();
+    while let Some(r) = q.next_unsent() {
+        first.insert(r.seq, r.payload.clone());
+        q.ack(r.seq);
+    }
+    q.sync_blocking();
+    assert_eq!(first.len(), 200);
+    assert!(
+        q.store_status().segments > 3,
+        "acknowledged segments are kept: {:?}",
+        q.store_status()
+    );
+    // 201..=203 still queued, unsent.
+    for _ in 0..3 {
+        q.put(data("b"));
+    }
+    let r = resend(&q, 150, 260);
+    assert_eq!(r.resent, vec![[150, 200]]);
+    assert_eq!(r.pending, vec![[201, 203]]);
+    assert_eq!(r.not_held, vec![[204, 260]]);
+    assert!(r.deferred.is_empty());
+    // The queued ones first, then the resent ones, marked, otherwise identical.
+    let out: Vec<Arc<Record>> = std::iter::from_fn(|| q.next_unsent()).collect();
+    let seqs: Vec<u64> = out.iter().map(|r| r.seq).collect();
+    let expected: Vec<u64> = (201..=203).chain(150..=200).collect();
+    assert_eq!(seqs, expected);
+    for r in &out[3..] {
+        let again = crate::uplink::publisher::mark_replay(&first[&r.seq]);
+        assert_eq!(r.payload, again, "seq {}", r.seq);
+        assert!(r.payload.ends_with(b",\"replay\":true}"));
+    }
+    assert_eq!(q.stats().resent.load(Ordering::Relaxed), 51);
+    // An ack of a resent record changes nothing queued.
+    q.ack(150);
+    assert_eq!(q.depth(now_millis()).messages, 3);
+    // Kept across a restart: the summaries are rebuilt from the files.
+    drop(q);
+    let q = Queue::open(keeping(dir.path(), 1 << 20)).expect("reopen");
+    let r = resend(&q, 1, 10);
+    assert_eq!(r.resent, vec![[1, 10]]);
+    // Still queued after the reopen (never acknowledged).
+    assert_eq!(resend(&q, 201, 203).pending, vec![[201, 203]]);
+}
+
+#[test]
+fn kept_acknowledged_bytes_are_bounded_and_the_oldest_go_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = Queue::open(keeping(dir.path(), 8 * 1024)).expect("open");
+    for _ in 0..400 {
+        q.put(data("a"));
+    }
+    while let Some(r) = q.next_unsent() {
+        q.ack(r.seq);
+    }
+    q.sync_blocking();
+    let status = q.store_status();
+    // At most keep_acked_bytes of dead segments, plus the open one.
+    assert!(
+        status.disk_bytes <= 8 * 1024 + 4096 + 1024,
+        "kept bytes bounded: {status:?}"
+    );
+    let r = resend(&q, 1, 400);
+    assert_eq!(r.not_held.first().map(|x| x[0]), Some(1), "{r:?}");
+    let [a, b] = *r.resent.last().expect("the newest are kept");
+    assert_eq!((b, r.resent.len()), (400, 1), "{r:?}");
+    assert!(a > 300, "only the newest few KiB are kept: {r:?}");
+}
+
+#[test]
+fn with_keep_acked_zero_acknowledged_segments_go_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = StoreOptions {
+        segment_bytes: 4096,
+        ..options(dir.path(), 100_000)
+    };
+    let q = Queue::open(opts).expect("open");
+    for _ in 0..400 {
+        q.put(data("a"));
+    }
+    while let Some(r) = q.next_unsent() {
+        q.ack(r.seq);
+    }
+    q.sync_blocking();
+    assert_eq!(q.store_status().segments, 1);
+    let r = resend(&q, 1, 300);
+    assert_eq!(r.not_held, vec![[1, 300]], "{r:?}");
+}
+
+#[test]
+fn the_resend_lane_is_bounded_and_reports_the_rest_deferred() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = StoreOptions {
+        segment_bytes: 1 << 20,
+        ..keeping(dir.path(), 64 << 20)
+    };
+    let q = Queue::open(opts).expect("open");
+    let n = 9000;
+    for _ in 0..n {
+        q.put(data("a"));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut acked = 0;
+    while acked < n && std::time::Instant::now() < deadline {
+        match q.next_unsent() {
+            Some(r) => {
+                q.ack(r.seq);
+                acked += 1;
+            }
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    q.sync_blocking();
+    let r = resend(&q, 1, n as u64);
+    let held = resend::count(&r.resent);
+    assert!(held > 100 && held < n as u64, "{r:?}");
+    assert_eq!(r.deferred, vec![[held + 1, n as u64]], "{r:?}");
+    // Nothing more fits until the lane drained.
+    assert_eq!(resend(&q, 1, 10).deferred, vec![[1, 10]]);
+    let mut out = 0;
+    while q.next_unsent().is_some() {
+        out += 1;
+    }
+    assert_eq!(out, held);
+    assert_eq!(resend(&q, 1, 10).resent, vec![[1, 10]]);
+}

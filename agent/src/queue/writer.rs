@@ -46,6 +46,12 @@ pub(super) enum Request {
     },
     /// Sync now; answer when done.
     Sync { answer: oneshot::Sender<()> },
+    /// Which segments hold records of `from..=to` (for `resend`).
+    Segments {
+        from: u64,
+        to: u64,
+        answer: oneshot::Sender<Vec<super::store::SegmentSummary>>,
+    },
 }
 
 /// The writer's settings.
@@ -174,6 +180,9 @@ impl Writer {
                     answers.push((seq, answer));
                 }
                 Request::Sync { answer } => syncs.push(answer),
+                Request::Segments { from, to, answer } => {
+                    let _ = answer.send(self.store.summaries(from, to));
+                }
             }
         }
         let placed = self.persist_all(&records);
@@ -284,6 +293,8 @@ impl Writer {
                 self.shared.ready.notify_one();
             }
         }
+        // Kept acknowledged segments expire with time too, not only on the next ack.
+        self.store.collect();
         self.publish_status();
     }
 

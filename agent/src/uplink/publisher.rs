@@ -106,8 +106,13 @@ pub struct Publish {
     pub fresh: Vec<u64>,
 }
 
-/// `payload` (a JSON object) with `"replay":true` added as its last member.
+/// `payload` (a JSON object) with `"replay":true` added as its last member (unchanged if
+/// it ends with that member already: a record `resend` marked).
 pub fn mark_replay(payload: &[u8]) -> Vec<u8> {
+    let trimmed = payload.trim_ascii_end();
+    if trimmed.ends_with(b"\"replay\":true}") {
+        return payload.to_vec();
+    }
     let end = payload
         .iter()
         .rposition(|b| !b.is_ascii_whitespace())
