@@ -149,6 +149,12 @@ async fn run_with(
         max_bytes: config.store.max_bytes,
         max_messages: config.store.max_messages,
         segment_bytes: config.store.segment_bytes,
+        merge_above: config.store.merge_above,
+        // What an earlier run handed to the broker may be at the platform: never merged.
+        merge_floor: crate::uplink::load_attempted(&config.store.path.join(ATTEMPTED_FILE))
+            .into_iter()
+            .max()
+            .unwrap_or(0),
         ..StoreOptions::new(&config.store.path)
     })
     .with_context(|| {

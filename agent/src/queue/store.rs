@@ -61,12 +61,18 @@ pub struct StoreOptions {
     pub segment_bytes: u64,
     /// Fault injection (tests): every write fails while it is set.
     pub faults: FaultSwitch,
+    /// Merge the oldest telemetry windows once live records exceed this percentage of
+    /// `max_bytes` (`[store] merge_above`); `None`: never merge, only evict.
+    pub merge_above: Option<u8>,
+    /// Records with seq <= this are never merged (an earlier run handed them to the broker:
+    /// the platform may hold their first copy).
+    pub merge_floor: u64,
     /// How long a failed disk is left alone before the next attempt.
     pub retry_after: Duration,
 }
 
 impl StoreOptions {
-    /// Defaults for `dir`: sync every 100 ms, 512 MiB, 8 MiB segments.
+    /// Defaults for `dir`: sync every 100 ms, 512 MiB, 8 MiB segments, merging above 80 %.
     pub fn new(dir: &Path) -> StoreOptions {
         StoreOptions {
             dir: dir.to_owned(),
@@ -75,6 +81,8 @@ impl StoreOptions {
             max_messages: 1_000_000,
             segment_bytes: 8 << 20,
             faults: FaultSwitch::new(),
+            merge_above: Some(80),
+            merge_floor: 0,
             retry_after: Duration::from_secs(1),
         }
     }
@@ -125,6 +133,8 @@ pub struct Loaded {
     pub acked: u64,
     /// Seqs named evicted.
     pub evicted: u64,
+    /// Seqs replaced by merged records.
+    pub merged: u64,
     /// Damaged records skipped.
     pub corrupted: u64,
     /// Segments with a torn tail.
@@ -151,31 +161,32 @@ pub fn load(dir: &Path) -> io::Result<Loaded> {
         max_seen = max_seen.max(floor.saturating_sub(1));
         let mut messages = 0;
         for (offset, len, body) in scan.frames.into_iter() {
-            match body {
-                Body::Message(r) => {
-                    messages += 1;
-                    max_seen = max_seen.max(r.seq);
-                    // A record moved forward by compaction may exist twice until the old
-                    // segment is deleted: the newest copy wins.
-                    candidates.insert(
-                        r.seq,
-                        Located {
-                            record: r,
-                            segment: id,
-                            offset: offset as u64,
-                            len: len as u64,
-                        },
-                    );
+            let replaced = match body {
+                Body::Merged(r, replaces) => Some((r, replaces)),
+                other => {
+                    handle_plain(other, &mut max_seen, &mut done, &mut out).map(|r| (r, Vec::new()))
                 }
-                Body::Done(kind, seqs) => {
-                    for s in seqs {
-                        max_seen = max_seen.max(s);
-                        if done.insert(s) {
-                            match kind {
-                                DoneKind::Acked => out.acked += 1,
-                                DoneKind::Evicted => out.evicted += 1,
-                            }
-                        }
+            };
+            if let Some((r, replaces)) = replaced {
+                messages += 1;
+                max_seen = max_seen.max(r.seq);
+                // A record moved forward by compaction may exist twice until the old
+                // segment is deleted: the newest copy wins.
+                candidates.insert(
+                    r.seq,
+                    Located {
+                        record: r,
+                        segment: id,
+                        offset: offset as u64,
+                        len: len as u64,
+                    },
+                );
+                // A merged record stands for the records it replaces (crash-safe: they
+                // stop being live exactly when its frame is intact).
+                for s in replaces {
+                    max_seen = max_seen.max(s);
+                    if done.insert(s) {
+                        out.merged += 1;
                     }
                 }
             }
@@ -198,6 +209,30 @@ pub fn load(dir: &Path) -> io::Result<Loaded> {
     out.live = candidates;
     out.next_seq = max_seen.saturating_add(1);
     Ok(out)
+}
+
+/// A message body is handed back to be a candidate; a done body is noted.
+fn handle_plain(
+    body: Body,
+    max_seen: &mut u64,
+    done: &mut HashSet<u64>,
+    out: &mut Loaded,
+) -> Option<Record> {
+    match body {
+        Body::Message(r) | Body::Merged(r, _) => Some(r),
+        Body::Done(kind, seqs) => {
+            for s in seqs {
+                *max_seen = (*max_seen).max(s);
+                if done.insert(s) {
+                    match kind {
+                        DoneKind::Acked => out.acked += 1,
+                        DoneKind::Evicted => out.evicted += 1,
+                    }
+                }
+            }
+            None
+        }
+    }
 }
 
 /// The legacy two-slot `seq` file's value, or 0.
@@ -318,6 +353,21 @@ impl Store {
         let mut buf = std::mem::take(&mut self.frame);
         buf.clear();
         record::encode_message(record, &mut buf);
+        let result = self.append_frame(&buf, record.seq);
+        self.frame = buf;
+        result
+    }
+
+    /// Appends merged message `record`, which replaces the records of `replaces`; returns
+    /// the segment, offset and length. Not synced.
+    pub fn append_merged(
+        &mut self,
+        record: &Record,
+        replaces: &[u64],
+    ) -> io::Result<(u64, u64, u64)> {
+        let mut buf = std::mem::take(&mut self.frame);
+        buf.clear();
+        record::encode_merged(record, replaces, &mut buf);
         let result = self.append_frame(&buf, record.seq);
         self.frame = buf;
         result
@@ -580,6 +630,7 @@ impl std::fmt::Display for Inspection {
         writeln!(f, "acked up to:     {cursor} (every seq <= this is done)")?;
         writeln!(f, "acked records:   {}", l.acked)?;
         writeln!(f, "evicted records: {}", l.evicted)?;
+        writeln!(f, "merged away:     {}", l.merged)?;
         writeln!(f, "corrupted:       {}", l.corrupted)?;
         writeln!(f, "torn tails:      {}", l.torn)?;
         write!(f, "next seq:        {}", l.next_seq)
