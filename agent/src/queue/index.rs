@@ -93,10 +93,6 @@ impl Entry {
         }
     }
 
-    fn with_offset(self, offset: u64) -> Entry {
-        Entry((self.0 & !0xffff_ffff) | (offset & 0xffff_ffff))
-    }
-
     /// The same record at another offset with another frame length (a merged record).
     fn with_place(self, offset: u64, len: u64) -> Entry {
         let mask = 0xffff_ffff | (LEN_MAX << OFFSET_BITS);
@@ -956,7 +952,11 @@ mod tests {
             (e.offset(), e.len(), e.class()),
             (0xdead_beef, 1 << 20, MessageClass::Event)
         );
-        assert_eq!(e.with_offset(7).offset(), 7);
+        let moved = e.with_place(7, 99);
+        assert_eq!(
+            (moved.offset(), moved.len(), moved.class(), moved.live()),
+            (7, 99, MessageClass::Event, true)
+        );
         assert!(!Entry::DEAD.live());
     }
 

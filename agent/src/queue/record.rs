@@ -322,6 +322,26 @@ mod tests {
     }
 
     #[test]
+    fn a_merged_frame_round_trips_and_names_what_it_replaces() {
+        let mut buf = Vec::new();
+        let m = rec(3, b"{\"seq\":3,\"merged\":3}");
+        let len = encode_merged(&m, &[5, 9], &mut buf);
+        assert_eq!(len, buf.len());
+        assert_eq!(decode_message_frame(&buf), Some(m.clone()));
+        let s = scan(&buf);
+        assert_eq!(s.frames.len(), 1);
+        assert_eq!(s.frames[0].2, Body::Merged(m, vec![5, 9]));
+        // A count beyond the body is damage, not a panic.
+        let mut bad = Vec::new();
+        encode_merged(&rec(3, b""), &[1], &mut bad);
+        let at = HEADER + 20 + "r/gw/data/d3".len();
+        bad[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let crc = CRC.checksum(&bad[HEADER..]);
+        bad[8..12].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_message_frame(&bad), None);
+    }
+
+    #[test]
     fn a_flipped_byte_costs_one_record_and_a_torn_tail_is_found() {
         let mut buf = Vec::new();
         let mut ends = Vec::new();

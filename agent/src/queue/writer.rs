@@ -64,7 +64,7 @@ const MERGE_SETTLE_MS: i64 = 5_000;
 /// Read batches one merge pass reads at most (per tier).
 const MERGE_BATCHES: usize = 4;
 /// Between merge passes while the store is above the mark but not full.
-const MERGE_EVERY: Duration = Duration::from_millis(500);
+const MERGE_EVERY: Duration = Duration::from_secs(2);
 
 pub(super) struct Writer {
     shared: Arc<Shared>,
@@ -410,7 +410,13 @@ impl Writer {
             return;
         }
         self.merged_at = Some(Instant::now());
-        let until = now_millis() - MERGE_SETTLE_MS;
+        // A span still filling is held back, unless the store is full: then merging what
+        // there is beats evicting.
+        let until = if full {
+            i64::MAX
+        } else {
+            now_millis() - MERGE_SETTLE_MS
+        };
         for (tier, &tier_ms) in crate::feed::merge::TIERS_MS.iter().enumerate() {
             for _ in 0..MERGE_BATCHES {
                 let (wanted, cut) = self.lock().merge_candidates(tier);
