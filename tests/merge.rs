@@ -101,8 +101,8 @@ fn matches_a_run(values: &[f32], stats: &Value) -> bool {
 
 /// `towerlink store inspect` of the running agent's store (read-only): (next seq, queued
 /// events and replies, seqs merged away).
-fn inspect(store: &std::path::Path) -> anyhow::Result<(u64, u64, u64)> {
-    let out = Command::new(binary("towerlink-agent", "towerlink")?)
+fn inspect(bin: &std::path::Path, store: &std::path::Path) -> anyhow::Result<(u64, u64, u64)> {
+    let out = Command::new(bin)
         .args(["store", "inspect"])
         .arg(store)
         .output()?;
@@ -135,7 +135,7 @@ fn queued(m: &Received) -> bool {
 
 #[test]
 fn a_store_past_its_mark_merges_windows_and_the_platform_sees_no_gap() -> anyhow::Result<()> {
-    binary("towerlink-agent", "towerlink")?;
+    let bin = binary("towerlink-agent", "towerlink")?;
     let merge_above = std::env::var("MERGE_E2E_MERGE_ABOVE").unwrap_or_else(|_| "80%".into());
     let dir = tempfile::tempdir()?;
     let mut broker = MosquittoProcess::start(&dir.path().join("broker"))?;
@@ -171,7 +171,7 @@ fn a_store_past_its_mark_merges_windows_and_the_platform_sees_no_gap() -> anyhow
     // and every node's alarm.
     let mut last_inspection = (0, 0, 0);
     let queued_enough = wait_until(scaled(Duration::from_secs(150)), || {
-        if let Ok(i) = inspect(&store) {
+        if let Ok(i) = inspect(&bin, &store) {
             last_inspection = i;
         }
         last_inspection.0 > 260 && last_inspection.1 >= nodes.len() as u64
