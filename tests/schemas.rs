@@ -195,25 +195,23 @@ fn the_schemas_reject_what_the_contract_forbids() {
     schemas()
         .validate(Kind::Data, &merged)
         .expect("a merged window");
-    for (why, f) in [
-        ("merged without merged_seqs", &|o: &mut serde_json::Map<
-            String,
-            Value,
-        >| {
+    type Edit = fn(&mut serde_json::Map<String, Value>);
+    let edits: [(&str, Edit); 4] = [
+        ("merged without merged_seqs", |o| {
             o.remove("merged_seqs");
-        }
-            as &dyn Fn(&mut serde_json::Map<String, Value>)),
-        ("merged_seqs without merged", &|o| {
+        }),
+        ("merged_seqs without merged", |o| {
             o.remove("merged");
         }),
-        ("merged = 1", &|o| {
+        ("merged = 1", |o| {
             o.insert("merged".into(), json!(1));
         }),
-        ("a repeated merged seq", &|o| {
+        ("a repeated merged seq", |o| {
             o.insert("merged_seqs".into(), json!([18231, 18231]));
         }),
-    ] {
-        rejected(Kind::Data, &edit(merged.clone(), f), why);
+    ];
+    for (why, f) in edits {
+        rejected(Kind::Data, &edit(merged.clone(), &f), why);
     }
 
     // More of the contract's rules.

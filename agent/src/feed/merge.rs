@@ -156,7 +156,7 @@ fn pool(parts: &[&Channel]) -> Channel {
     let n: u64 = parts.iter().map(|c| c.n).sum();
     let expected = parts.iter().map(|c| c.expected).sum();
     let with = || parts.iter().filter(|c| c.n > 0);
-    let Some(newest) = with().last() else {
+    let Some(newest) = parts.iter().rev().find(|c| c.n > 0) else {
         // No samples in any: nothing to pool but the counts.
         let mut c = parts[0].clone();
         c.expected = expected;

@@ -180,6 +180,10 @@ pub(super) struct Moved {
     pub(super) len: u64,
 }
 
+/// A merged record at its new place, with its payload and the seqs of the records it
+/// replaces.
+pub(super) type MergedRecord = (Moved, Arc<Record>, Vec<u64>);
+
 /// Payloads at hand for one class.
 #[derive(Debug, Default)]
 struct Cache {
@@ -729,7 +733,7 @@ impl State {
     /// seq was no longer live (their frames are dead on disk and must be marked so).
     pub(super) fn apply_merges(
         &mut self,
-        merges: Vec<(Moved, Arc<Record>, Vec<u64>)>,
+        merges: Vec<MergedRecord>,
     ) -> (Vec<(u64, u64)>, Vec<Moved>) {
         let mut freed = Vec::new();
         let mut unplaced = Vec::new();

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::index::{Done, Moved, State};
+use super::index::{Done, MergedRecord, Moved, State};
 use super::record::{self, DoneKind};
 use super::segment::SegmentReader;
 use super::store::{FsyncPolicy, Store};
@@ -470,7 +470,7 @@ impl Writer {
         let cursor = plan.held_from.map_or(last, |h| h.saturating_sub(1));
         let queued_at: std::collections::HashMap<u64, i64> =
             records.iter().map(|r| (r.seq, r.queued_at)).collect();
-        let result = (|| -> io::Result<Vec<(Moved, Arc<Record>, Vec<u64>)>> {
+        let result = (|| -> io::Result<Vec<MergedRecord>> {
             let mut out = Vec::with_capacity(plan.merges.len());
             for m in plan.merges {
                 let seq = m.seqs[0];
