@@ -261,6 +261,33 @@ fn the_schemas_reject_what_the_contract_forbids() {
     });
     rejected(Kind::Event, &unknown_severity, "an unknown severity");
 
+    // A merged window says both how many and which seqs it stands for.
+    let merged = edit(window(), &|o| {
+        o.insert("merged".into(), json!(2));
+        o.insert("merged_seqs".into(), json!([18231, 18236]));
+    });
+    schemas()
+        .validate(Kind::Data, &merged)
+        .expect("a merged window");
+    type Edit = fn(&mut serde_json::Map<String, Value>);
+    let edits: [(&str, Edit); 4] = [
+        ("merged without merged_seqs", |o| {
+            o.remove("merged_seqs");
+        }),
+        ("merged_seqs without merged", |o| {
+            o.remove("merged");
+        }),
+        ("merged = 1", |o| {
+            o.insert("merged".into(), json!(1));
+        }),
+        ("a repeated merged seq", |o| {
+            o.insert("merged_seqs".into(), json!([18231, 18231]));
+        }),
+    ];
+    for (why, f) in edits {
+        rejected(Kind::Data, &edit(merged.clone(), &f), why);
+    }
+
     // More of the contract's rules.
     rejected(
         Kind::Data,

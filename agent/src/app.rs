@@ -151,6 +151,12 @@ async fn run_with(
         segment_bytes: config.store.segment_bytes,
         keep_acked: config.store.keep_acked,
         keep_acked_bytes: config.store.keep_acked_bytes,
+        merge_above: config.store.merge_above,
+        // What an earlier run handed to the broker may be at the platform: never merged.
+        merge_floor: crate::uplink::load_attempted(&config.store.path.join(ATTEMPTED_FILE))
+            .into_iter()
+            .max()
+            .unwrap_or(0),
         ..StoreOptions::new(&config.store.path)
     })
     .with_context(|| {

@@ -392,6 +392,7 @@ impl HealthReporter {
                 "fsync": store.fsync,
                 "replay_rate": self.replay_rate,
                 "evicted": q.evicted.load(Ordering::Relaxed),
+                "merged": q.merged.load(Ordering::Relaxed),
                 "corrupted": q.corrupted.load(Ordering::Relaxed),
                 "torn": q.torn.load(Ordering::Relaxed),
                 "memory_only": q.memory_only.load(Ordering::Relaxed),

@@ -217,6 +217,12 @@ impl SessionSubscriber {
         self.inner.all()
     }
 
+    /// What failed the feed's schemas or was not what was published (see
+    /// [`Subscriber::violations`]).
+    pub fn violations(&self) -> Vec<String> {
+        self.inner.violations()
+    }
+
     /// Publishes (QoS 1) without waiting for the network: fine while the broker is down.
     pub fn publish(&self, topic: &str, payload: &[u8]) {
         self.inner.publish_later(topic, payload);

@@ -8,6 +8,7 @@
 //! fills in the `seq` with [`Rendered::payload`] and never sees a topic rule or a JSON field.
 
 pub mod batch;
+pub mod merge;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

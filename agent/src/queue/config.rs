@@ -58,6 +58,33 @@ pub struct StoreConfig {
         deserialize_with = "values::de_size_in::<_, 0, 68_719_476_736>"
     )]
     pub keep_acked_bytes: u64,
+    /// Degrade by aggregation: once unacknowledged records pass this share of `max_bytes`,
+    /// the oldest queued telemetry windows of each device are merged into coarser ones
+    /// (10 s -> 60 s -> 10 min) before anything is evicted. `"80%"` (10% to 100%) or
+    /// `"off"` (only evict).
+    #[serde(default = "default_merge_above", deserialize_with = "de_merge_above")]
+    pub merge_above: Option<u8>,
+}
+
+fn default_merge_above() -> Option<u8> {
+    Some(80)
+}
+
+fn de_merge_above<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text == "off" {
+        return Ok(None);
+    }
+    let percent = text
+        .strip_suffix('%')
+        .and_then(|n| n.trim().parse::<u8>().ok())
+        .filter(|p| (10..=100).contains(p));
+    match percent {
+        Some(p) => Ok(Some(p)),
+        None => Err(serde::de::Error::custom(format!(
+            "invalid merge_above {text:?}; write a share of max_bytes from \"10%\" to \"100%\", or \"off\""
+        ))),
+    }
 }
 
 fn default_max_messages() -> usize {
@@ -130,6 +157,15 @@ mod tests {
         );
         let c = read("keep_acked = \"0s\"\nkeep_acked_bytes = 0").expect("keep none");
         assert_eq!((c.keep_acked, c.keep_acked_bytes), (Duration::ZERO, 0));
+        assert_eq!(c.merge_above, Some(80));
+        assert_eq!(
+            read("merge_above = \"off\"").expect("off").merge_above,
+            None
+        );
+        assert_eq!(
+            read("merge_above = \"65%\"").expect("65").merge_above,
+            Some(65)
+        );
         let c = read("fsync = \"always\"\nmax_bytes = \"1GiB\"\nreplay_rate = 0").expect("keys");
         assert_eq!((c.fsync, c.max_bytes), (FsyncPolicy::Always, 1 << 30));
         for (bad, says) in [
@@ -141,6 +177,9 @@ mod tests {
             ("keep_acked = \"31d\"", "keep_acked"),
             ("keep_acked = \"soon\"", "keep_acked"),
             ("keep_acked_bytes = \"65GiB\"", "keep_acked_bytes"),
+            ("merge_above = \"80\"", "invalid merge_above"),
+            ("merge_above = \"5%\"", "invalid merge_above"),
+            ("merge_above = \"120%\"", "invalid merge_above"),
         ] {
             let e = read(bad).expect_err(bad);
             assert!(e.contains(says), "{bad}: {e}");

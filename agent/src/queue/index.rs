@@ -93,8 +93,10 @@ impl Entry {
         }
     }
 
-    fn with_offset(self, offset: u64) -> Entry {
-        Entry((self.0 & !0xffff_ffff) | (offset & 0xffff_ffff))
+    /// The same record at another offset with another frame length (a merged record).
+    fn with_place(self, offset: u64, len: u64) -> Entry {
+        let mask = 0xffff_ffff | (LEN_MAX << OFFSET_BITS);
+        Entry((self.0 & !mask) | (offset & 0xffff_ffff) | (len.min(LEN_MAX) << OFFSET_BITS))
     }
 }
 
@@ -177,6 +179,10 @@ pub(super) struct Moved {
     pub(super) offset: u64,
     pub(super) len: u64,
 }
+
+/// A merged record at its new place, with its payload and the seqs of the records it
+/// replaces.
+pub(super) type MergedRecord = (Moved, Arc<Record>, Vec<u64>);
 
 /// Payloads at hand for one class.
 #[derive(Debug, Default)]
@@ -275,6 +281,16 @@ pub(super) struct State {
     resend: VecDeque<Arc<Record>>,
     /// Payload bytes in `resend`, plus [`super::resend::LANE_OVERHEAD`] each.
     resend_bytes: u64,
+    /// The highest seq handed to the uplink in this run: a record at or below it may have
+    /// reached the platform, so it is never merged (the platform keeps a seq's first copy).
+    handed_max: u64,
+    /// Records with seq <= this are never merged (an earlier run handed them to the broker).
+    pub(super) merge_floor: u64,
+    /// Per merge tier: every telemetry record with seq <= this was offered for merging.
+    pub(super) merge_from: [u64; 2],
+    /// A merge is being written for the telemetry from this seq on: the uplink waits for it
+    /// (it must not send a record the merge replaces).
+    pub(super) merging: Option<u64>,
 }
 
 impl State {
@@ -418,7 +434,7 @@ impl State {
         'chunks: for c in self.chunks.iter().skip(start) {
             let begin = from.max(c.origin);
             for seq in begin..c.end() {
-                if seq > released {
+                if seq > released || self.merging.is_some_and(|m| seq >= m) {
                     break 'chunks;
                 }
                 let e = c.entries[(seq - c.origin) as usize];
@@ -447,6 +463,7 @@ impl State {
                     if let Some(lane) = self.lane_mut(class) {
                         lane.sent_up_to = seq;
                     }
+                    self.handed_max = self.handed_max.max(seq);
                     Some(r)
                 }
                 None => {
@@ -462,6 +479,7 @@ impl State {
         match self.at_hand(seq) {
             Some(r) => {
                 self.telemetry_sent_up_to = seq;
+                self.handed_max = self.handed_max.max(seq);
                 // Read ahead before the uplink runs dry: half a batch ahead is not at hand.
                 let ahead = seq + READ_BATCH as u64 / 2;
                 if ahead <= self.released_up_to && self.at_hand(ahead).is_none() {
@@ -667,7 +685,11 @@ impl State {
                 let seq = c.origin + i as u64;
                 let target = if e.live() {
                     match keep.binary_search_by_key(&seq, |m| m.seq) {
-                        Ok(k) => Some((Some(keep[k].segment), e.with_offset(keep[k].offset))),
+                        Ok(k) => {
+                            let m = keep[k];
+                            self.bytes = (self.bytes + m.len).saturating_sub(e.len());
+                            Some((Some(m.segment), e.with_place(m.offset, m.len)))
+                        }
                         Err(_) => Some((from, *e)),
                     }
                 } else {
@@ -697,6 +719,91 @@ impl State {
             }
         }
         gone
+    }
+
+    /// The oldest live telemetry records on disk that may be merged at `tier` (above the
+    /// tier's cursor, never handed to the uplink, released), at most a read batch of them;
+    /// `true` when the batch was cut (more are waiting). Marks the merge as under way (the
+    /// uplink waits for those seqs until [`State::merge_done`]).
+    pub(super) fn merge_candidates(&mut self, tier: usize) -> (Vec<Wanted>, bool) {
+        let from = self.merge_from[tier]
+            .max(self.handed_max)
+            .max(self.merge_floor)
+            .max(self.telemetry_sent_up_to)
+            + 1;
+        let released = self.released_up_to;
+        let start = self.chunks.partition_point(|c| c.end() <= from);
+        let (mut out, mut bytes) = (Vec::new(), 0);
+        'chunks: for c in self.chunks.iter().skip(start) {
+            let Some(segment) = c.segment else { continue };
+            for seq in from.max(c.origin)..c.end() {
+                if seq > released {
+                    break 'chunks;
+                }
+                let e = c.entries[(seq - c.origin) as usize];
+                if e.live() && e.class() == MessageClass::Telemetry {
+                    out.push(Wanted {
+                        seq,
+                        segment,
+                        offset: e.offset(),
+                        len: e.len(),
+                    });
+                    bytes += e.len();
+                    if out.len() >= READ_BATCH || bytes >= CACHE_BYTES / 2 {
+                        self.merging = out.first().map(|w| w.seq);
+                        return (out, true);
+                    }
+                }
+            }
+        }
+        self.merging = out.first().map(|w| w.seq);
+        (out, false)
+    }
+
+    /// The merge is written (or given up): the uplink may take telemetry again.
+    pub(super) fn merge_done(&mut self) {
+        self.merging = None;
+    }
+
+    /// Each merged record (its own seq, written at its new place) replaces the queued
+    /// records it names and its own older copy. Returns the segment and frame length of
+    /// every record taken out (for the store's accounting: the merged frame names them, no
+    /// done record is needed), and the merged records that could not be placed because their
+    /// seq was no longer live (their frames are dead on disk and must be marked so).
+    pub(super) fn apply_merges(
+        &mut self,
+        merges: Vec<MergedRecord>,
+    ) -> (Vec<(u64, u64)>, Vec<Moved>) {
+        let mut freed = Vec::new();
+        let mut unplaced = Vec::new();
+        let mut by_segment: BTreeMap<u64, Vec<Moved>> = BTreeMap::new();
+        let mut records = Vec::new();
+        for (moved, record, replaced) in merges {
+            match self.entry(moved.seq) {
+                Some((Some(segment), e)) if e.live() => {
+                    freed.push((segment, e.len()));
+                    by_segment.entry(segment).or_default().push(moved);
+                    records.push((moved.len, record));
+                }
+                _ => unplaced.push(moved),
+            }
+            for seq in replaced {
+                if let Some(v) = self.drop_record(seq) {
+                    if let Some(segment) = v.segment {
+                        freed.push((segment, v.len));
+                    }
+                }
+            }
+        }
+        for (segment, mut moved) in by_segment {
+            moved.sort_by_key(|m| m.seq);
+            self.relocate(Some(segment), &moved);
+        }
+        for (len, record) in records {
+            self.cache.remove(record.seq);
+            self.cache_put(record, len, false);
+        }
+        (freed, unplaced)
     }
 
     fn push_piece(&mut self, p: Chunk) {
@@ -888,7 +995,11 @@ mod tests {
             (e.offset(), e.len(), e.class()),
             (0xdead_beef, 1 << 20, MessageClass::Event)
         );
-        assert_eq!(e.with_offset(7).offset(), 7);
+        let moved = e.with_place(7, 99);
+        assert_eq!(
+            (moved.offset(), moved.len(), moved.class(), moved.live()),
+            (7, 99, MessageClass::Event, true)
+        );
         assert!(!Entry::DEAD.live());
     }
 

@@ -23,6 +23,11 @@
 //! - A message leaves the queue only when [`Queue::ack`] says the broker has it (an ack
 //!   record is written; a lost ack only re-sends the message); after a disconnect
 //!   [`Queue::rewind`] makes every unacknowledged message due again.
+//! - The queue degrades by aggregation before eviction: above `merge_above` of `max_bytes`
+//!   the writer merges the oldest queued telemetry windows of each device into coarser ones
+//!   ([`crate::feed::merge`]: 10 s -> 60 s -> 10 min, exact statistics, the first window's
+//!   `seq` and the seqs it stands for); a merged record is one frame that names the records
+//!   it replaces, so a crash mid-merge neither loses nor doubles a `seq`.
 //! - The queue is bounded (`max_bytes`, `max_messages`): when full, the oldest telemetry is
 //!   evicted (and counted); then the oldest captures; events and replies only when neither
 //!   is left.
@@ -83,6 +88,9 @@ pub struct QueueStats {
     pub acked: AtomicU64,
     /// Messages evicted because the queue was full.
     pub evicted: AtomicU64,
+    /// Queued telemetry windows merged away into coarser ones (each merge of k windows
+    /// counts k - 1: the windows that stopped being messages of their own).
+    pub merged: AtomicU64,
     /// Messages dropped because no `seq` could be made durable (unused since the disk
     /// queue: a failing disk leaves messages in memory instead).
     pub seq_errors: AtomicU64,
@@ -172,6 +180,7 @@ impl Queue {
             state.insert(seq, class, queued_at, at, l.len, Some(Arc::new(l.record)));
         }
         state.last_seq = loaded.next_seq - 1;
+        state.merge_floor = options.merge_floor;
         state.released_up_to = loaded.next_seq - 1;
         state.disk_bytes = store.disk_bytes();
         state.segments = store.segment_count();
@@ -198,6 +207,7 @@ impl Queue {
             fsync: options.fsync,
             max_messages: options.max_messages.max(1),
             max_bytes: options.max_bytes,
+            merge_above: options.merge_above,
             retry_after: options.retry_after,
         };
         let (tx, rx) = mpsc::channel(HANDOFF);

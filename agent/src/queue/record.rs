@@ -10,7 +10,11 @@
 //! Bodies:
 //! - `1` message: `seq u64 | class u8 (0 telemetry, 1 event, 2 capture) | queued_at i64 | topic_len u16 |
 //!   topic | payload` (the payload runs to the end of the body);
-//! - `2` acknowledged / `3` evicted: `count u32 | seq u64 * count`.
+//! - `2` acknowledged / `3` evicted: `count u32 | seq u64 * count`;
+//! - `4` merged message (`[store] merge_above`): `seq u64 | class u8 | queued_at i64 |
+//!   topic_len u16 | topic | count u32 | seq u64 * count | payload`: a message that replaces
+//!   the queued records of the `count` seqs listed (never its own): they are no longer live
+//!   once this frame is intact, so a crash before or after it neither loses nor doubles one.
 //!
 //! All integers little-endian. The magic lets the scanner find the next intact frame after a
 //! damaged one, so one flipped byte costs one record, not the rest of the segment. A damaged
@@ -33,6 +37,7 @@ const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 const KIND_MESSAGE: u8 = 1;
 const KIND_ACKED: u8 = 2;
 const KIND_EVICTED: u8 = 3;
+const KIND_MERGED: u8 = 4;
 
 /// Why records stopped being live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +55,36 @@ pub enum Body {
     Message(Record),
     /// These seqs are no longer live.
     Done(DoneKind, Vec<u64>),
+    /// A merged message: it replaces the queued records of these seqs.
+    Merged(Record, Vec<u64>),
+}
+
+/// Appends the frame of merged message `record`, which replaces the records of `replaces`
+/// (not its own seq), to `out`; returns the frame's length.
+pub fn encode_merged(record: &Record, replaces: &[u64], out: &mut Vec<u8>) -> usize {
+    let topic = record.topic.as_bytes();
+    let topic = &topic[..topic.len().min(usize::from(u16::MAX))];
+    let start = begin(out);
+    out.push(KIND_MERGED);
+    out.extend_from_slice(&record.seq.to_le_bytes());
+    out.push(class_byte(record.class));
+    out.extend_from_slice(&record.queued_at.to_le_bytes());
+    out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
+    out.extend_from_slice(topic);
+    out.extend_from_slice(&(replaces.len() as u32).to_le_bytes());
+    for seq in replaces {
+        out.extend_from_slice(&seq.to_le_bytes());
+    }
+    out.extend_from_slice(&record.payload);
+    finish(out, start)
+}
+
+fn class_byte(class: MessageClass) -> u8 {
+    match class {
+        MessageClass::Telemetry => 0,
+        MessageClass::Event => 1,
+        MessageClass::Capture => 2,
+    }
 }
 
 /// Appends the frame of message `record` to `out`; returns the frame's length.
@@ -60,11 +95,7 @@ pub fn encode_message(record: &Record, out: &mut Vec<u8>) -> usize {
     let start = begin(out);
     out.push(KIND_MESSAGE);
     out.extend_from_slice(&record.seq.to_le_bytes());
-    out.push(match record.class {
-        MessageClass::Telemetry => 0,
-        MessageClass::Event => 1,
-        MessageClass::Capture => 2,
-    });
+    out.push(class_byte(record.class));
     out.extend_from_slice(&record.queued_at.to_le_bytes());
     out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
     out.extend_from_slice(topic);
@@ -122,7 +153,7 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
 
 fn decode_body(body: &[u8]) -> Option<Body> {
     match *body.first()? {
-        KIND_MESSAGE => {
+        kind @ (KIND_MESSAGE | KIND_MERGED) => {
             let seq = u64_at(body, 1)?;
             let class = match *body.get(9)? {
                 0 => MessageClass::Telemetry,
@@ -133,14 +164,32 @@ fn decode_body(body: &[u8]) -> Option<Body> {
             let queued_at = u64_at(body, 10)? as i64;
             let topic_len = usize::from(u16::from_le_bytes(body.get(18..20)?.try_into().ok()?));
             let topic = std::str::from_utf8(body.get(20..20 + topic_len)?).ok()?;
-            let payload = body.get(20 + topic_len..)?;
-            Some(Body::Message(Record {
+            let mut at = 20 + topic_len;
+            let mut replaces = Vec::new();
+            if kind == KIND_MERGED {
+                let count = u32::from_le_bytes(body.get(at..at + 4)?.try_into().ok()?) as usize;
+                at += 4;
+                if count > MAX_DONE_PER_FRAME {
+                    return None;
+                }
+                replaces = (0..count)
+                    .map(|i| u64_at(body, at + 8 * i))
+                    .collect::<Option<Vec<u64>>>()?;
+                at += 8 * count;
+            }
+            let payload = body.get(at..)?;
+            let record = Record {
                 seq,
                 class,
                 topic: topic.to_owned(),
                 payload: payload.to_vec(),
                 queued_at,
-            }))
+            };
+            Some(if kind == KIND_MERGED {
+                Body::Merged(record, replaces)
+            } else {
+                Body::Message(record)
+            })
         }
         kind @ (KIND_ACKED | KIND_EVICTED) => {
             let count = u32::from_le_bytes(body.get(1..5)?.try_into().ok()?) as usize;
@@ -179,9 +228,11 @@ fn frame_at(bytes: &[u8], at: usize) -> Option<(Body, usize)> {
     Some((decode_body(body)?, HEADER + len))
 }
 
-/// The `queued_at` of the message frame `frame` (not checked: a frame this process built).
+/// The `queued_at` of the message (or merged) frame `frame` (not checked: a frame this
+/// process built).
 pub fn frame_queued_at(frame: &[u8]) -> Option<i64> {
-    if frame.get(HEADER) != Some(&KIND_MESSAGE) {
+    // A merged record's frame starts as a message's does (kind, seq, class, queued_at).
+    if !matches!(frame.get(HEADER), Some(&KIND_MESSAGE) | Some(&KIND_MERGED)) {
         return None;
     }
     let at = HEADER + 1 + 8 + 1;
@@ -199,7 +250,7 @@ pub fn decode_frame(bytes: &[u8]) -> Option<Body> {
 /// The message record framed in `bytes` (exactly one intact frame), if it is one.
 pub fn decode_message_frame(bytes: &[u8]) -> Option<Record> {
     match frame_at(bytes, 0)? {
-        (Body::Message(r), len) if len == bytes.len() => Some(r),
+        (Body::Message(r) | Body::Merged(r, _), len) if len == bytes.len() => Some(r),
         _ => None,
     }
 }
@@ -287,6 +338,26 @@ mod tests {
                 Body::Message(b)
             ]
         );
+    }
+
+    #[test]
+    fn a_merged_frame_round_trips_and_names_what_it_replaces() {
+        let mut buf = Vec::new();
+        let m = rec(3, b"{\"seq\":3,\"merged\":3}");
+        let len = encode_merged(&m, &[5, 9], &mut buf);
+        assert_eq!(len, buf.len());
+        assert_eq!(decode_message_frame(&buf), Some(m.clone()));
+        let s = scan(&buf);
+        assert_eq!(s.frames.len(), 1);
+        assert_eq!(s.frames[0].2, Body::Merged(m, vec![5, 9]));
+        // A count beyond the body is damage, not a panic.
+        let mut bad = Vec::new();
+        encode_merged(&rec(3, b""), &[1], &mut bad);
+        let at = HEADER + 20 + "r/gw/data/d3".len();
+        bad[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let crc = CRC.checksum(&bad[HEADER..]);
+        bad[8..12].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_message_frame(&bad), None);
     }
 
     #[test]

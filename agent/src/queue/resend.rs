@@ -193,7 +193,7 @@ fn scan_reader(
             Err(e) => return Err(e),
         }
         match record::decode_frame(&frame) {
-            Some(Body::Message(r)) if (from..=to).contains(&r.seq) => each(r),
+            Some(Body::Message(r) | Body::Merged(r, _)) if (from..=to).contains(&r.seq) => each(r),
             Some(_) => {}
             None => {
                 tracing::warn!(path = %path.display(), "resend: a damaged frame ends the scan of this segment");

@@ -61,6 +61,12 @@ pub struct StoreOptions {
     pub segment_bytes: u64,
     /// Fault injection (tests): every write fails while it is set.
     pub faults: FaultSwitch,
+    /// Merge the oldest telemetry windows once live records exceed this percentage of
+    /// `max_bytes` (`[store] merge_above`); `None`: never merge, only evict.
+    pub merge_above: Option<u8>,
+    /// Records with seq <= this are never merged (an earlier run handed them to the broker:
+    /// the platform may hold their first copy).
+    pub merge_floor: u64,
     /// How long a failed disk is left alone before the next attempt.
     pub retry_after: Duration,
     /// Acknowledged records stay on disk this long after they were queued (for `resend`);
@@ -72,7 +78,7 @@ pub struct StoreOptions {
 }
 
 impl StoreOptions {
-    /// Defaults for `dir`: sync every 100 ms, 512 MiB, 8 MiB segments.
+    /// Defaults for `dir`: sync every 100 ms, 512 MiB, 8 MiB segments, merging above 80 %.
     pub fn new(dir: &Path) -> StoreOptions {
         StoreOptions {
             dir: dir.to_owned(),
@@ -81,6 +87,8 @@ impl StoreOptions {
             max_messages: 1_000_000,
             segment_bytes: 8 << 20,
             faults: FaultSwitch::new(),
+            merge_above: Some(80),
+            merge_floor: 0,
             retry_after: Duration::from_secs(1),
             keep_acked: Duration::ZERO,
             keep_acked_bytes: 0,
@@ -137,6 +145,8 @@ pub struct Loaded {
     pub acked: u64,
     /// Seqs named evicted.
     pub evicted: u64,
+    /// Seqs replaced by merged records.
+    pub merged: u64,
     /// Damaged records skipped.
     pub corrupted: u64,
     /// Segments with a torn tail.
@@ -165,33 +175,34 @@ pub fn load(dir: &Path) -> io::Result<Loaded> {
         let mut seqs: Option<(u64, u64)> = None;
         let mut newest_at = 0;
         for (offset, len, body) in scan.frames.into_iter() {
-            match body {
-                Body::Message(r) => {
-                    messages += 1;
-                    max_seen = max_seen.max(r.seq);
-                    seqs = Some(seqs.map_or((r.seq, r.seq), |(a, b)| (a.min(r.seq), b.max(r.seq))));
-                    newest_at = newest_at.max(r.queued_at);
-                    // A record moved forward by compaction may exist twice until the old
-                    // segment is deleted: the newest copy wins.
-                    candidates.insert(
-                        r.seq,
-                        Located {
-                            record: r,
-                            segment: id,
-                            offset: offset as u64,
-                            len: len as u64,
-                        },
-                    );
+            let replaced = match body {
+                Body::Merged(r, replaces) => Some((r, replaces)),
+                other => {
+                    handle_plain(other, &mut max_seen, &mut done, &mut out).map(|r| (r, Vec::new()))
                 }
-                Body::Done(kind, seqs) => {
-                    for s in seqs {
-                        max_seen = max_seen.max(s);
-                        if done.insert(s) {
-                            match kind {
-                                DoneKind::Acked => out.acked += 1,
-                                DoneKind::Evicted => out.evicted += 1,
-                            }
-                        }
+            };
+            if let Some((r, replaces)) = replaced {
+                messages += 1;
+                max_seen = max_seen.max(r.seq);
+                seqs = Some(seqs.map_or((r.seq, r.seq), |(a, b)| (a.min(r.seq), b.max(r.seq))));
+                newest_at = newest_at.max(r.queued_at);
+                // A record moved forward by compaction may exist twice until the old
+                // segment is deleted: the newest copy wins.
+                candidates.insert(
+                    r.seq,
+                    Located {
+                        record: r,
+                        segment: id,
+                        offset: offset as u64,
+                        len: len as u64,
+                    },
+                );
+                // A merged record stands for the records it replaces (crash-safe: they
+                // stop being live exactly when its frame is intact).
+                for s in replaces {
+                    max_seen = max_seen.max(s);
+                    if done.insert(s) {
+                        out.merged += 1;
                     }
                 }
             }
@@ -216,6 +227,30 @@ pub fn load(dir: &Path) -> io::Result<Loaded> {
     out.live = candidates;
     out.next_seq = max_seen.saturating_add(1);
     Ok(out)
+}
+
+/// A message body is handed back to be a candidate; a done body is noted.
+fn handle_plain(
+    body: Body,
+    max_seen: &mut u64,
+    done: &mut HashSet<u64>,
+    out: &mut Loaded,
+) -> Option<Record> {
+    match body {
+        Body::Message(r) | Body::Merged(r, _) => Some(r),
+        Body::Done(kind, seqs) => {
+            for s in seqs {
+                *max_seen = (*max_seen).max(s);
+                if done.insert(s) {
+                    match kind {
+                        DoneKind::Acked => out.acked += 1,
+                        DoneKind::Evicted => out.evicted += 1,
+                    }
+                }
+            }
+            None
+        }
+    }
 }
 
 /// The legacy two-slot `seq` file's value, or 0.
@@ -391,7 +426,8 @@ impl Store {
         }
         let mut buf = std::mem::take(&mut self.frame);
         buf.clear();
-        let mut lens: Vec<u64> = Vec::with_capacity(records.len());
+        // Each frame's length, seq and queued_at (the segment's summary notes the last two).
+        let mut lens: Vec<(u64, u64, i64)> = Vec::with_capacity(records.len());
         let mut error = None;
         for record in records {
             let needs_rotation = match &self.writer {
@@ -417,7 +453,8 @@ impl Store {
                     break;
                 }
             }
-            lens.push(record::encode_message(record, &mut buf) as u64);
+            let len = record::encode_message(record, &mut buf) as u64;
+            lens.push((len, record.seq, record.queued_at));
         }
         if error.is_none() {
             if let Err(e) = self.write_run(&buf, &lens, &mut placed) {
@@ -438,7 +475,7 @@ impl Store {
     fn write_run(
         &mut self,
         buf: &[u8],
-        lens: &[u64],
+        lens: &[(u64, u64, i64)],
         placed: &mut Vec<(u64, u64, u64)>,
     ) -> io::Result<()> {
         if buf.is_empty() {
@@ -453,7 +490,7 @@ impl Store {
         self.unsynced = true;
         let info = self.segments.get_mut(&base);
         let (mut live, mut live_bytes) = (0, 0);
-        for &len in lens {
+        for &(len, _, _) in lens {
             placed.push((base, offset, len));
             offset += len;
             live += 1;
@@ -463,8 +500,27 @@ impl Store {
             info.len = new_len;
             info.live += live;
             info.live_bytes += live_bytes;
+            // What `resend` finds here (the summary a reopen rebuilds from the file).
+            for &(_, seq, queued_at) in lens {
+                info.note(seq, queued_at);
+            }
         }
         Ok(())
+    }
+
+    /// Appends merged message `record`, which replaces the records of `replaces`; returns
+    /// the segment, offset and length. Not synced.
+    pub fn append_merged(
+        &mut self,
+        record: &Record,
+        replaces: &[u64],
+    ) -> io::Result<(u64, u64, u64)> {
+        let mut buf = std::mem::take(&mut self.frame);
+        buf.clear();
+        record::encode_merged(record, replaces, &mut buf);
+        let result = self.append_frame(&buf, record.seq);
+        self.frame = buf;
+        result
     }
 
     /// Appends one framed message record (`seq` is the record's: a rotation names the new
@@ -771,6 +827,7 @@ impl std::fmt::Display for Inspection {
         writeln!(f, "acked up to:     {cursor} (every seq <= this is done)")?;
         writeln!(f, "acked records:   {}", l.acked)?;
         writeln!(f, "evicted records: {}", l.evicted)?;
+        writeln!(f, "merged away:     {}", l.merged)?;
         writeln!(f, "corrupted:       {}", l.corrupted)?;
         writeln!(f, "torn tails:      {}", l.torn)?;
         write!(f, "next seq:        {}", l.next_seq)

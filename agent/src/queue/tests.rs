@@ -2,7 +2,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::store::FsyncPolicy;
+use super::store::{self, FsyncPolicy, Store};
 use super::*;
 use crate::feed::{now_millis, Event, EventState, Message, Renderer, Severity, Topics};
 use crate::queue::segment::FaultSwitch;
@@ -616,4 +616,214 @@ fn the_resend_lane_is_bounded_and_reports_the_rest_deferred() {
     }
     assert_eq!(out, held);
     assert_eq!(resend(&q, 1, 10).resent, vec![[1, 10]]);
+}
+
+/// A 10 s window of `dev` starting `i` windows after a whole 10 min boundary long past, one
+/// channel whose samples are `samples`.
+fn window_of(dev: &str, i: i64, samples: &[f32]) -> Message {
+    const T0: i64 = 1_764_000_000_000;
+    let mut w = crate::pipeline::window::RunningStats::default();
+    w.extend(samples);
+    let mut ch = std::collections::BTreeMap::new();
+    ch.insert("tilt_x".to_owned(), w.to_window("deg", 100));
+    Message::Data {
+        dev: dev.into(),
+        start: T0 + i * 10_000,
+        end: T0 + (i + 1) * 10_000,
+        ch,
+    }
+}
+
+/// Every window drained from `q` (acking each): its own seq, what it covers, its JSON.
+fn drain_windows(q: &Queue) -> Vec<(u64, Vec<u64>, serde_json::Value)> {
+    let mut out = Vec::new();
+    while let Some(r) = q.next_unsent() {
+        q.ack(r.seq);
+        let v: serde_json::Value = serde_json::from_slice(&r.payload).expect("json");
+        let covers = v["merged_seqs"].as_array().map_or(vec![r.seq], |a| {
+            a.iter().filter_map(serde_json::Value::as_u64).collect()
+        });
+        out.push((r.seq, covers, v));
+    }
+    out
+}
+
+#[test]
+fn windows_above_the_mark_merge_before_anything_is_evicted_and_the_merge_survives_a_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = StoreOptions {
+        max_bytes: 64 << 10,
+        ..options(dir.path(), 100_000)
+    };
+    let samples = |dev: usize, i: i64| -> Vec<f32> {
+        (0..5)
+            .map(|k| (dev as f32) * 10.0 + (i as f32) * 0.1 + k as f32 * 0.01)
+            .collect()
+    };
+    let mut sent = Vec::new();
+    let mut events = Vec::new();
+    {
+        let q = Queue::open(opts.clone()).expect("open");
+        for i in 0..400 {
+            for dev in 0..2 {
+                let seq = q
+                    .put(window_of(&format!("n{dev}"), i, &samples(dev, i)))
+                    .expect("seq");
+                sent.push((seq, dev, i));
+            }
+            if i % 50 == 0 {
+                events.push(q.put(event("n0")).expect("seq"));
+            }
+        }
+        let s = q.stats();
+        assert_eq!(
+            s.evicted.load(Ordering::Relaxed),
+            0,
+            "merged instead of evicting"
+        );
+        assert!(s.merged.load(Ordering::Relaxed) > 100, "{:?}", s.merged);
+        assert!(q.depth(now_millis()).bytes <= 64 << 10);
+        q.sync_blocking();
+    }
+    // Reopened (the index rebuilt from the segments): the same records, each seq once.
+    let q = Queue::open(opts).expect("reopen");
+    let got = drain_windows(&q);
+    let mut covered: Vec<u64> = got
+        .iter()
+        .filter(|(_, _, v)| v.get("ch").is_some())
+        .flat_map(|(_, c, _)| c.clone())
+        .collect();
+    covered.sort_unstable();
+    let mut want: Vec<u64> = sent.iter().map(|s| s.0).collect();
+    want.sort_unstable();
+    assert_eq!(covered, want, "every window's seq exactly once");
+    let got_events: Vec<u64> = got
+        .iter()
+        .filter(|(_, _, v)| v.get("event").is_some())
+        .map(|g| g.0)
+        .collect();
+    assert_eq!(got_events, events, "events are never merged");
+    let merged: Vec<_> = got.iter().filter(|g| g.2.get("merged").is_some()).collect();
+    assert!(!merged.is_empty());
+    // Each merged window's statistics are those of all its windows' samples.
+    for (seq, covers, v) in merged {
+        assert_eq!(covers[0], *seq);
+        assert_eq!(v["merged"], serde_json::json!(covers.len()));
+        let mut all = Vec::new();
+        let mut devs = std::collections::BTreeSet::new();
+        for c in covers {
+            let &(_, dev, i) = sent.iter().find(|s| s.0 == *c).expect("a sent seq");
+            devs.insert(dev);
+            all.extend(samples(dev, i));
+        }
+        assert_eq!(devs.len(), 1, "one device per merged window");
+        let x = &v["ch"]["tilt_x"];
+        let n = all.len() as f64;
+        let mean = all.iter().map(|&s| f64::from(s)).sum::<f64>() / n;
+        let std = (all
+            .iter()
+            .map(|&s| (f64::from(s) - mean).powi(2))
+            .sum::<f64>()
+            / n)
+            .sqrt();
+        assert_eq!(x["n"].as_u64(), Some(all.len() as u64));
+        assert_eq!(x["expected"].as_u64(), Some(100 * covers.len() as u64));
+        let close = |a: &serde_json::Value, b: f64, tol: f64| {
+            (a.as_f64().expect("number") - b).abs() <= tol
+        };
+        assert!(
+            close(&x["mean"], mean, 1e-4 * (1.0 + mean.abs())),
+            "{x} vs {mean}"
+        );
+        assert!(close(&x["std"], std, 1e-3 * (1.0 + std)), "{x} vs {std}");
+        let min = all.iter().copied().fold(f32::INFINITY, f32::min);
+        let max = all.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let f32_of = |v: &serde_json::Value| v.as_f64().map(|v| v as f32);
+        assert_eq!(
+            (f32_of(&x["min"]), f32_of(&x["max"])),
+            (Some(min), Some(max))
+        );
+        assert_eq!(f32_of(&x["last"]), all.last().copied());
+    }
+}
+
+#[test]
+fn with_merging_off_the_same_backlog_is_evicted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = Queue::open(StoreOptions {
+        max_bytes: 64 << 10,
+        merge_above: None,
+        ..options(dir.path(), 100_000)
+    })
+    .expect("open");
+    for i in 0..400 {
+        for dev in 0..2 {
+            q.put(window_of(&format!("n{dev}"), i, &[1.0, 2.0]))
+                .expect("seq");
+        }
+    }
+    assert!(q.stats().evicted.load(Ordering::Relaxed) > 0);
+    assert_eq!(q.stats().merged.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_crash_mid_merge_neither_loses_nor_doubles_a_seq() {
+    use super::record::{encode_merged, encode_message};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rec = |seq: u64, payload: &str| Record {
+        seq,
+        class: MessageClass::Telemetry,
+        topic: "r/gw/data/n1".into(),
+        payload: payload.as_bytes().to_vec(),
+        queued_at: 1,
+    };
+    let (mut store, _) = Store::open(&options(dir.path(), 100)).expect("open");
+    for seq in 1..=4 {
+        store.append(&rec(seq, "orig")).expect("append");
+    }
+    store.sync(4).expect("sync");
+    drop(store);
+    let live = |dir: &std::path::Path| -> Vec<(u64, String)> {
+        store::load(dir)
+            .expect("load")
+            .live
+            .into_iter()
+            .map(|(s, l)| (s, String::from_utf8_lossy(&l.record.payload).into_owned()))
+            .collect()
+    };
+    // The merged frame of 1..=3 (as seq 1), torn by a kill mid-write: the originals stay.
+    let mut frame = Vec::new();
+    encode_merged(&rec(1, "merged"), &[2, 3], &mut frame);
+    let seg = segment::list(dir.path())
+        .expect("list")
+        .pop()
+        .expect("a segment")
+        .path;
+    let whole = std::fs::read(&seg).expect("read");
+    std::fs::write(&seg, [whole.as_slice(), &frame[..frame.len() - 3]].concat()).expect("tear");
+    assert_eq!(
+        live(dir.path()),
+        vec![
+            (1, "orig".into()),
+            (2, "orig".into()),
+            (3, "orig".into()),
+            (4, "orig".into())
+        ]
+    );
+    // Intact (the kill came after the write, before the index or anything else knew):
+    // the merged record and only it stands for 1..=3.
+    std::fs::write(&seg, [whole.as_slice(), &frame].concat()).expect("whole");
+    assert_eq!(
+        live(dir.path()),
+        vec![(1, "merged".into()), (4, "orig".into())]
+    );
+    assert_eq!(store::load(dir.path()).expect("load").merged, 2);
+    // A later plain copy of seq 1 (compaction of the merged record) still replaces 2 and 3
+    // only through the merged frame, which stays until its segment goes.
+    let mut more = Vec::new();
+    encode_message(&rec(5, "new"), &mut more);
+    std::fs::write(&seg, [whole.as_slice(), &frame, &more].concat()).expect("more");
+    let q = Queue::open(options(dir.path(), 100)).expect("reopen");
+    assert_eq!(drain(&q), vec![1, 4, 5]);
+    assert_eq!(q.last_seq(), 5);
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::index::{Done, Moved, State};
+use super::index::{Done, MergedRecord, Moved, State};
 use super::record::{self, DoneKind};
 use super::segment::SegmentReader;
 use super::store::{FsyncPolicy, Store};
@@ -60,8 +60,17 @@ pub(super) struct Settings {
     pub(super) fsync: FsyncPolicy,
     pub(super) max_messages: usize,
     pub(super) max_bytes: u64,
+    pub(super) merge_above: Option<u8>,
     pub(super) retry_after: Duration,
 }
+
+/// How long after a tier's span ends its windows may still be coming (the pipeline's window
+/// grace and the hand-off): a span is merged only once it ended this long ago.
+const MERGE_SETTLE_MS: i64 = 5_000;
+/// Read batches one merge pass reads at most (per tier).
+const MERGE_BATCHES: usize = 4;
+/// Between merge passes while the store is above the mark but not full.
+const MERGE_EVERY: Duration = Duration::from_secs(2);
 
 pub(super) struct Writer {
     shared: Arc<Shared>,
@@ -74,6 +83,8 @@ pub(super) struct Writer {
     next_seq: u64,
     error: bool,
     retry_at: Instant,
+    /// When the last merge pass ran.
+    merged_at: Option<Instant>,
 }
 
 impl Writer {
@@ -92,6 +103,7 @@ impl Writer {
             next_seq,
             error: false,
             retry_at: Instant::now(),
+            merged_at: None,
         }
     }
 
@@ -190,7 +202,7 @@ impl Writer {
             !records.is_empty() && (urgent || self.settings.fsync == FsyncPolicy::Always);
         let synced = must_sync && !self.error && self.sync_store();
         let last = self.next_seq - 1;
-        let (released, victims) = {
+        let released = {
             let mut state = shared.lock();
             for (record, at) in records.into_iter().zip(placed) {
                 if at.is_none() {
@@ -207,11 +219,14 @@ impl Writer {
             if released {
                 state.released_up_to = last;
             }
-            // Within the bounds again before any push returns (memory only: the done
-            // records are written later).
-            let victims = state.evict(self.settings.max_messages, self.settings.max_bytes);
-            (released, victims)
+            released
         };
+        // Degrade by aggregation before anything is evicted; then within the bounds again
+        // before any push returns (memory only: the done records are written later).
+        self.merge();
+        let victims = self
+            .lock()
+            .evict(self.settings.max_messages, self.settings.max_bytes);
         for v in victims {
             if let Some(segment) = v.segment {
                 self.store.done(DoneKind::Evicted, v.seq, segment, v.len);
@@ -395,6 +410,159 @@ impl Writer {
                 false
             }
         }
+    }
+
+    /// Degrades by aggregation: while the live records are above `merge_above` of
+    /// `max_bytes`, merges the oldest queued telemetry windows of each device into coarser
+    /// ones, tier by tier ([`crate::feed::merge`]), before anything is evicted.
+    ///
+    /// Crash-safe: each merged record is appended as one frame naming the records it
+    /// replaces (its own seq is the first window's, so on open the newest copy of that seq
+    /// wins and the others are not live), synced before the index forgets the originals.
+    /// The uplink does not take the candidates while the merge is under way.
+    fn merge(&mut self) {
+        let Some(percent) = self.settings.merge_above else {
+            return;
+        };
+        if self.error || self.crashed() {
+            return;
+        }
+        let mark = (u128::from(self.settings.max_bytes) * u128::from(percent) / 100) as u64;
+        let bytes = self.lock().bytes;
+        if bytes <= mark {
+            return;
+        }
+        // Above the mark but not full: a pass at most every MERGE_EVERY (each reads back).
+        let full = bytes > self.settings.max_bytes;
+        if !full && self.merged_at.is_some_and(|t| t.elapsed() < MERGE_EVERY) {
+            return;
+        }
+        self.merged_at = Some(Instant::now());
+        // A span still filling is held back, unless the store is full: then merging what
+        // there is beats evicting.
+        let until = if full {
+            i64::MAX
+        } else {
+            now_millis() - MERGE_SETTLE_MS
+        };
+        for (tier, &tier_ms) in crate::feed::merge::TIERS_MS.iter().enumerate() {
+            for _ in 0..MERGE_BATCHES {
+                let (wanted, cut) = self.lock().merge_candidates(tier);
+                if wanted.is_empty() {
+                    self.lock().merge_done();
+                    break;
+                }
+                let done = self.merge_batch(tier, tier_ms, &wanted, cut, until);
+                self.shared.ready.notify_one();
+                if !done || self.lock().bytes <= mark {
+                    return;
+                }
+                if !cut {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Reads `wanted` back, merges what fits `tier_ms`, appends and syncs the merged
+    /// records, then swaps them into the index. `false` when the disk failed.
+    fn merge_batch(
+        &mut self,
+        tier: usize,
+        tier_ms: i64,
+        wanted: &[super::index::Wanted],
+        cut: bool,
+        until: i64,
+    ) -> bool {
+        let mut records = Vec::with_capacity(wanted.len());
+        for w in wanted {
+            // An unreadable record is simply not merged (the reader deals with it).
+            if let Ok(frame) = self.files.read(w.segment, w.offset, w.len) {
+                if let Some(r) = record::decode_message_frame(&frame).filter(|r| r.seq == w.seq) {
+                    records.push(r);
+                }
+            }
+        }
+        let candidates: Vec<crate::feed::merge::Candidate<'_>> = records
+            .iter()
+            .map(|r| crate::feed::merge::Candidate {
+                seq: r.seq,
+                topic: &r.topic,
+                payload: &r.payload,
+            })
+            .collect();
+        // A span still filling is held back only when this scan reached the newest records.
+        let plan =
+            crate::feed::merge::plan(&candidates, tier_ms, if cut { i64::MAX } else { until });
+        let last = wanted.last().map_or(0, |w| w.seq);
+        let cursor = plan.held_from.map_or(last, |h| h.saturating_sub(1));
+        let queued_at: std::collections::HashMap<u64, i64> =
+            records.iter().map(|r| (r.seq, r.queued_at)).collect();
+        let result = (|| -> io::Result<Vec<MergedRecord>> {
+            let mut out = Vec::with_capacity(plan.merges.len());
+            for m in plan.merges {
+                let seq = m.seqs[0];
+                let record = Record {
+                    seq,
+                    class: MessageClass::Telemetry,
+                    topic: m.topic,
+                    payload: m.payload,
+                    queued_at: queued_at.get(&seq).copied().unwrap_or_else(now_millis),
+                };
+                let replaced = m.seqs[1..].to_vec();
+                let (segment, offset, len) = self.store.append_merged(&record, &replaced)?;
+                out.push((
+                    Moved {
+                        seq,
+                        segment,
+                        offset,
+                        len,
+                    },
+                    Arc::new(record),
+                    replaced,
+                ));
+            }
+            if !out.is_empty() {
+                // The merged records must be durable before the originals are forgotten.
+                self.store.sync(self.next_seq - 1)?;
+            }
+            Ok(out)
+        })();
+        let merges = match result {
+            Ok(m) => m,
+            Err(e) => {
+                self.lock().merge_done();
+                self.fail(e);
+                return false;
+            }
+        };
+        let windows: u64 = merges.iter().map(|m| m.2.len() as u64).sum();
+        let (freed, unplaced) = {
+            let mut state = self.lock();
+            let out = state.apply_merges(merges);
+            state.merge_from[tier] = state.merge_from[tier].max(cursor);
+            state.merge_done();
+            out
+        };
+        for (segment, len) in freed {
+            self.store.forget(segment, len);
+        }
+        for m in unplaced {
+            // Its seq went meanwhile (never expected: the candidates were held back).
+            self.store.done(DoneKind::Evicted, m.seq, m.segment, m.len);
+        }
+        if windows > 0 {
+            self.shared
+                .stats
+                .merged
+                .fetch_add(windows, Ordering::Relaxed);
+            tracing::info!(
+                windows,
+                tier_s = tier_ms / 1000,
+                "store above its merge mark: merged queued windows into coarser ones"
+            );
+        }
+        true
     }
 
     /// Moves the live records of the oldest segment forward when the store holds much more

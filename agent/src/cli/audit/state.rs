@@ -227,6 +227,8 @@ pub struct GatewayAudit {
     pub seqs: SeqSet,
     /// Messages whose `seq` was seen before.
     pub duplicates: u64,
+    /// `seq` received only inside a merged window's `merged_seqs` (not on their own).
+    pub merged: u64,
     /// Messages marked `"clock": "unsynced"`.
     pub unsynced: u64,
     /// Last `state`.
@@ -613,6 +615,16 @@ impl Audit {
                     g.event(dev, s, &json);
                 }
             }
+            Kind::Data => {
+                // A merged window stands for every seq it lists: they arrived with it.
+                if let Some(covered) = json["merged_seqs"].as_array() {
+                    for s in covered.iter().filter_map(Value::as_u64) {
+                        if Some(s) != seq && g.seqs.insert(s) {
+                            g.merged += 1;
+                        }
+                    }
+                }
+            }
             _ => {}
         }
         Outcome::Valid
@@ -670,6 +682,7 @@ fn gateway_json(g: &GatewayAudit, shared: bool) -> Value {
         "evicted": evicted,
         "evicted_reported": g.evicted_reported(),
         "duplicates": g.duplicates,
+        "merged": g.merged,
         "open_events": open,
         "state": g.state,
         "unsynced": g.unsynced,

@@ -333,3 +333,36 @@ fn a_batch_is_audited_window_by_window() {
     ));
     assert_eq!(a.gateways()["gw-b"].invalid, 1);
 }
+
+#[test]
+fn a_merged_window_accounts_for_the_seqs_it_lists() {
+    let mut a = audit();
+    let merged = |gw: &str, seqs: &[u64]| -> (String, Vec<u8>) {
+        let (topic, body) = window(gw, seqs[0]);
+        let mut v: Value = serde_json::from_slice(&body).expect("json");
+        v["merged"] = json!(seqs.len());
+        v["merged_seqs"] = json!(seqs);
+        (topic, serde_json::to_vec(&v).expect("json"))
+    };
+    feed(&mut a, window("gw-a", 1));
+    // Seqs 2, 4 and 6 of one device merged into one window (3 and 5: another topic's).
+    assert_eq!(feed(&mut a, merged("gw-a", &[2, 4, 6])), Outcome::Valid);
+    feed(&mut a, window("gw-a", 3));
+    feed(&mut a, window("gw-a", 7));
+    let g = &a.gateways()["gw-a"];
+    assert_eq!(
+        g.missing().gaps,
+        vec![(5, 5)],
+        "5 was neither sent nor merged"
+    );
+    assert_eq!(g.merged, 2);
+    assert_eq!(a.report(false)["gateways"]["gw-a"]["merged"], json!(2));
+    // A merged window that is not valid accounts for nothing.
+    let mut b = audit();
+    let (topic, body) = merged("gw-b", &[1, 3]);
+    let mut v: Value = serde_json::from_slice(&body).expect("json");
+    v["merged"] = json!(1);
+    b.on_message(&topic, &serde_json::to_vec(&v).expect("json"), T);
+    feed(&mut b, window("gw-b", 4));
+    assert_eq!(b.gateways()["gw-b"].missing().gaps, vec![(2, 3)]);
+}
