@@ -278,10 +278,7 @@ impl Logged {
         let pipe = child.stderr.take().context("stderr")?;
         let sink = stderr.clone();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(pipe)
-                .lines()
-                .map_while(Result::ok)
-            {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
                 if let Ok(mut s) = sink.lock() {
                     s.push_str(&line);
                     s.push('\n');
@@ -336,11 +333,10 @@ impl Drop for Logged {
 /// every 400 ms (the event class: never batched) come back as fast on the compact path as
 /// on JSON, and the events the runs raise are the same.
 #[test]
-fn the_compact_path_audits_clean_with_the_same_windows_and_events_as_json() -> anyhow::Result<()>
-{
+fn the_compact_path_audits_clean_with_the_same_windows_and_events_as_json() -> anyhow::Result<()> {
     use std::process::Command;
-    use towerlink_e2e::mosquitto::MosquittoProcess;
     use towerlink_e2e::binary;
+    use towerlink_e2e::mosquitto::MosquittoProcess;
 
     let dir = tempfile::tempdir()?;
     let mosquitto = MosquittoProcess::start(dir.path())?;
@@ -353,8 +349,17 @@ fn the_compact_path_audits_clean_with_the_same_windows_and_events_as_json() -> a
     let sub = Subscriber::connect_with(opts, &format!("{root}/+/#"), 4096)?;
 
     let audit = Logged::spawn(Command::new(binary("towerlink-agent", "towerlink")?).args([
-        "audit", "--broker", &url, "--root", root, "--duration", "30s", "--grace", "3s",
-        "--json", "--strict",
+        "audit",
+        "--broker",
+        &url,
+        "--root",
+        root,
+        "--duration",
+        "30s",
+        "--grace",
+        "3s",
+        "--json",
+        "--strict",
     ]))?;
     ensure!(
         towerlink_e2e::wait_until(Duration::from_secs(15), || audit

@@ -206,7 +206,9 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
                         if p.topic.ends_with("/batch") {
                             t.0 += 1;
                             t.1 += lines.iter().filter(|l| l.contains(" data ")).count() as u64;
-                        } else if p.topic.contains("/data/") && lines.iter().any(|l| l.contains(" data ")) {
+                        } else if p.topic.contains("/data/")
+                            && lines.iter().any(|l| l.contains(" data "))
+                        {
                             t.2 += 1;
                         }
                     }

@@ -46,7 +46,10 @@ pub struct StoreConfig {
     /// Most queued telemetry bytes sent per second, topic and payload, a batch as
     /// compressed (`"64KiB"`, the default: a quarter of a modest 4G uplink; 0 = no limit,
     /// else 1KiB to 1GiB). A backlog replays under both limits.
-    #[serde(default = "default_replay_bytes_rate", deserialize_with = "de_bytes_rate")]
+    #[serde(
+        default = "default_replay_bytes_rate",
+        deserialize_with = "de_bytes_rate"
+    )]
     pub replay_bytes_rate: u64,
 }
 
@@ -131,7 +134,10 @@ mod tests {
             ("max_bytes = \"1KiB\"", "at least 64KiB"),
             ("segment_bytes = \"2GiB\"", "between 4KiB and 1GiB"),
             ("max_messages = 10", "at least 100"),
-            ("replay_bytes_rate = \"100B\"", "0 (no limit) or between 1KiB and 1GiB"),
+            (
+                "replay_bytes_rate = \"100B\"",
+                "0 (no limit) or between 1KiB and 1GiB",
+            ),
             ("replay_bytes_rate = \"fast\"", "invalid size"),
         ] {
             let e = read(bad).expect_err(bad);

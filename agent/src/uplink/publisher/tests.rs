@@ -762,7 +762,10 @@ fn a_backlog_replays_in_batches_under_the_byte_limit() {
         sent + 2 * largest >= budget,
         "{sent} bytes in 20 s: far below {rate} B/s"
     );
-    assert!(windows < 8_000, "the byte limit did not bind: {windows} windows");
+    assert!(
+        windows < 8_000,
+        "the byte limit did not bind: {windows} windows"
+    );
 }
 
 #[test]
@@ -775,5 +778,8 @@ fn a_backlog_replays_in_batches_under_the_message_limit() {
         "{windows} windows in 20 s: over 200/s"
     );
     // At most the windows held for the next batch are not out yet.
-    assert!(windows >= 200 * 15, "{windows} windows in 20 s: far below 200/s");
+    assert!(
+        windows >= 200 * 15,
+        "{windows} windows in 20 s: far below 200/s"
+    );
 }
