@@ -121,6 +121,7 @@ async fn measure(
             max_inflight: 100,
             health_interval: Duration::from_secs(3600),
             replay_rate: 500,
+            replay_bytes_rate: 0,
             batch: None,
             heartbeat: towerlink_agent::service::Heartbeat::detached(),
             tls: None,
