@@ -63,7 +63,7 @@ impl Rig {
         let nodes = spawn_tower(&scenario, &dir.path().join("ports"), false)?;
         let gw = unique_gw(name);
         let mut text = format!(
-            "[gateway]\nid = \"{gw}\"\n\n[mqtt]\nbatch = \"0s\"\nurl = \"mqtt://127.0.0.1:{}\"\nkeep_alive = \"5s\"\n\n[store]\npath = \"{}\"\nfsync = \"50ms\"\nsegment_bytes = \"16KiB\"\nreplay_rate = 2000\n\n[health]\ninterval = \"1s\"\n\n",
+            "[gateway]\nid = \"{gw}\"\n\n[mqtt]\nbatch = \"0s\"\nurl = \"mqtt://127.0.0.1:{}\"\nkeep_alive = \"5s\"\n\n[store]\npath = \"{}\"\nfsync = \"50ms\"\nsegment_bytes = \"16KiB\"\nreplay_rate = 2000\nreplay_bytes_rate = \"0\"\n\n[health]\ninterval = \"1s\"\n\n",
             broker.port(),
             dir.path().join("store").display()
         );

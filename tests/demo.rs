@@ -3,7 +3,8 @@
 //! protocol (it dropped every connection when the agent's default became MQTT 5). Within its
 //! first minute it tells its story: a legend, a panel tilt alarm with the capture of its raw
 //! waveform, a lift event; at the stop, no live source is reported offline and no window is
-//! stamped in the future.
+//! stamped in the future. It does so on the compact path (its default: windows in zstd
+//! batches, each printed as a window alone would be) and with `--json-windows` alike.
 
 use std::process::Command;
 
@@ -23,11 +24,52 @@ fn seq_of(line: &str) -> Option<&str> {
     line.split_whitespace().find(|w| w.starts_with('#'))
 }
 
+/// The demo's summary at the stop: (batches, windows in them, windows alone).
+fn received(stdout: &str) -> Option<(u64, u64, u64)> {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("towerlink demo: received "))?;
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    match n[..] {
+        [b, w, a] => Some((b, w, a)),
+        _ => None,
+    }
+}
+
 #[test]
-fn the_demo_shows_panel_windows_and_lift_status_through_its_own_broker() -> anyhow::Result<()> {
+fn the_demo_shows_its_story_on_the_compact_path_by_default() -> anyhow::Result<()> {
+    let stdout = demo_story(&[])?;
+    let (batches, batched, alone) =
+        received(&stdout).unwrap_or_else(|| panic!("no summary:\n{stdout}"));
+    assert!(
+        batches >= 2 && batched >= 5 && alone == 0,
+        "not the compact path: {batches} batches carrying {batched} windows, {alone} alone"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_demo_with_json_windows_reads_the_same() -> anyhow::Result<()> {
+    let stdout = demo_story(&["--json-windows"])?;
+    let (batches, batched, alone) =
+        received(&stdout).unwrap_or_else(|| panic!("no summary:\n{stdout}"));
+    assert!(
+        batches == 0 && batched == 0 && alone >= 5,
+        "not per-window JSON: {batches} batches carrying {batched} windows, {alone} alone"
+    );
+    Ok(())
+}
+
+/// Runs the demo 40 s with `extra` arguments, checks the story its feed tells, and returns
+/// its stdout.
+fn demo_story(extra: &[&str]) -> anyhow::Result<String> {
     let sim = binary("towerlink-sim", "towerlink-sim")?;
     let out = Command::new(sim)
         .args(["demo", "--duration", "40s"])
+        .args(extra)
         .env("NO_COLOR", "1")
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -135,5 +177,21 @@ fn the_demo_shows_panel_windows_and_lift_status_through_its_own_broker() -> anyh
             );
         }
     }
-    Ok(())
+    // Every window line reads as one: `HH:MM:SS.mmm  data    panel-… #N  <ch> <mean> <u>
+    // (n=… sd=…)…`, whichever way it travelled.
+    for l in lines
+        .iter()
+        .filter(|l| l.contains(" data ") && l.contains("panel-"))
+    {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        assert!(
+            words.len() >= 6
+                && ms_of_day(words[0]).is_some()
+                && words[1] == "data"
+                && words[3].starts_with('#')
+                && l.contains("(n="),
+            "not a window line: {l}"
+        );
+    }
+    Ok(stdout.into_owned())
 }

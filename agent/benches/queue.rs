@@ -178,6 +178,7 @@ fn replay_rate(broker: BrokerAddress, protocol: MqttProtocol, n: u64) -> Option<
                 max_inflight: 1000,
                 health_interval: Duration::from_secs(3600),
                 replay_rate: 0,
+                replay_bytes_rate: 0,
                 batch: None,
                 heartbeat: towerlink_agent::service::Heartbeat::detached(),
                 tls: None,

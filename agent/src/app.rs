@@ -420,6 +420,7 @@ impl Agent {
             source_entries,
         )
         .with_replay_rate(config.store.replay_rate)
+        .with_replay_bytes_rate(config.store.replay_bytes_rate)
         .with_insecure(insecure)
         .with_protocol(config.mqtt.protocol)
         .with_command_stats(shared.command_stats.clone())
@@ -441,6 +442,7 @@ impl Agent {
                 health_interval: config.health.interval,
                 heartbeat: heartbeats.register("mqtt publisher"),
                 replay_rate: config.store.replay_rate,
+                replay_bytes_rate: config.store.replay_bytes_rate,
                 batch: (!config.mqtt.batch.is_zero()).then_some(config.mqtt.batch),
                 tls: tls.clone(),
                 credentials,

@@ -6,8 +6,35 @@
 //! 05:04:10.000  data    panel-n12  #18231  strain 112.4 ustrain (n=500 sd=6.1)  tilt_x 0.0123 deg (n=100 sd=0.0004)
 //! 05:04:41.120  EVENT   panel-n12  #18242  threshold MAJOR active  tilt_x=0.52 deg (limit 0.5)
 //! ```
+//!
+//! A compact batch (`{root}/{gw}/batch`, [`crate::feed::batch`]) reads the same:
+//! [`render_lines`] decodes it and gives one line per item, each as the `data/{dev}` message
+//! it stands for would read.
 
 use serde_json::Value;
+
+/// The lines of one received message: one for a single message ([`render`]), one per item
+/// of a batch (each rendered as the `data/{dev}` message it stands for), or one saying why a
+/// batch could not be decoded.
+pub fn render_lines(topic: &str, payload: &[u8]) -> Vec<String> {
+    let Some(base) = topic.strip_suffix("/batch") else {
+        return vec![render(topic, payload)];
+    };
+    match crate::feed::batch::decode(payload) {
+        Ok(items) => items
+            .iter()
+            .map(|item| {
+                let dev = item["dev"].as_str().unwrap_or("?");
+                render(&format!("{base}/data/{dev}"), item.to_string().as_bytes())
+            })
+            .collect(),
+        Err(e) => vec![format!(
+            "{:<12}  batch   (undecodable, {} bytes: {e})",
+            "",
+            payload.len()
+        )],
+    }
+}
 
 fn short_time(v: &Value) -> String {
     // "2026-11-28T05:04:10.000Z" -> "05:04:10.000"
@@ -194,6 +221,20 @@ mod tests {
         assert!(
             line.starts_with("05:04:31.120  CAPTURE panel-n12       #9  tilt_x part 1/2: 3 raw values every 100 ms, 0.39980..0.40200 deg  (trigger threshold MAJOR #7)"),
             "{line}"
+        );
+        // A batch of that window reads as the window alone; a bad batch says so.
+        let batch = crate::feed::batch::encode("g", &[data.to_vec(), data.to_vec()]);
+        let lines = render_lines("towerlink/v1/g/batch", &batch);
+        assert_eq!(
+            lines,
+            vec![render("towerlink/v1/g/data/panel-n12", data); 2],
+            "each item as its own data line"
+        );
+        let bad = render_lines("towerlink/v1/g/batch", b"{}");
+        assert!(bad.len() == 1 && bad[0].contains("undecodable"), "{bad:?}");
+        assert_eq!(
+            render_lines("towerlink/v1/g/data/panel-n12", data),
+            vec![render("towerlink/v1/g/data/panel-n12", data)]
         );
         let state = br#"{"v":1,"gw":"g","state":"offline"}"#;
         assert!(render("towerlink/v1/g/state", state).contains("gateway g is offline"));

@@ -223,6 +223,7 @@ pub struct HealthReporter {
     sources: Vec<SourceEntry>,
     previous_errors: Mutex<BTreeMap<String, u64>>,
     replay_rate: u32,
+    replay_bytes_rate: u64,
     insecure: bool,
     protocol: crate::uplink::config::MqttProtocol,
     commands: Arc<crate::commands::CommandStats>,
@@ -250,6 +251,7 @@ impl HealthReporter {
             sources,
             previous_errors: Mutex::new(BTreeMap::new()),
             replay_rate: 0,
+            replay_bytes_rate: 0,
             insecure: false,
             protocol: crate::uplink::config::MqttProtocol::default(),
             commands: Arc::default(),
@@ -268,6 +270,13 @@ impl HealthReporter {
     /// Reports this clock state (`clock`).
     pub fn with_clock(mut self, clock: Arc<crate::clock::ClockStatus>) -> HealthReporter {
         self.clock = clock;
+        self
+    }
+
+    /// Reports the configured replay rate in bytes per second (`[store] replay_bytes_rate`,
+    /// 0 = unlimited).
+    pub fn with_replay_bytes_rate(mut self, rate: u64) -> HealthReporter {
+        self.replay_bytes_rate = rate;
         self
     }
 
@@ -391,6 +400,7 @@ impl HealthReporter {
                 "segments": store.segments,
                 "fsync": store.fsync,
                 "replay_rate": self.replay_rate,
+                "replay_bytes_rate": self.replay_bytes_rate,
                 "evicted": q.evicted.load(Ordering::Relaxed),
                 "merged": q.merged.load(Ordering::Relaxed),
                 "corrupted": q.corrupted.load(Ordering::Relaxed),

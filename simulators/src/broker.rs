@@ -19,6 +19,8 @@ impl EmbeddedBroker {
     pub fn start() -> anyhow::Result<EmbeddedBroker> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        // A compact batch must pass (the demo's agent batches its windows).
+        let max_payload = crate::demo::DEMO_MAX_PAYLOAD;
         let config_text = format!(
             r#"
 id = 0
@@ -35,7 +37,7 @@ listen = "{addr}"
 next_connection_delay_ms = 1
     [v4.1.connections]
     connection_timeout_ms = 60000
-    max_payload_size = 262144
+    max_payload_size = {max_payload}
     max_inflight_count = 200
     dynamic_filters = true
 "#

@@ -3,6 +3,12 @@
 //! An embedded broker on a free loopback port, the scenario's panel nodes on
 //! pseudo-terminals, the real agent (in-process, configured for them), and a subscriber that
 //! prints the live feed as readable lines until Ctrl-C or `--duration`.
+//!
+//! By default the agent sends the compact path (issue 18): telemetry windows together in one
+//! zstd batch on `{root}/{gw}/batch` every [`DEMO_BATCH`]; `--json-windows` sends each window
+//! alone on `data/{dev}` as JSON. The printed feed reads the same either way: the viewer
+//! decodes each batch and prints every window in it as it prints a window sent alone
+//! ([`towerlink_agent::feed_view::render_lines`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -49,6 +55,15 @@ pub fn spawn_demo_lifts(ports: &Path, seed: u64) -> anyhow::Result<LiftBus> {
     )?)
 }
 
+/// How often the demo's agent sends its batch of windows (the compact path): short, so the
+/// feed stays lively (a production gateway batches a minute, `[mqtt] batch = "60s"`).
+pub const DEMO_BATCH: Duration = Duration::from_secs(10);
+
+/// The most bytes the embedded broker takes in one publish: well above a full batch
+/// ([`towerlink_agent::uplink::publisher::MAX_BATCH_BYTES`] of JSON before compression, so
+/// a replayed backlog's full batches pass too).
+pub const DEMO_MAX_PAYLOAD: usize = 1 << 20;
+
 /// Every demo panel's tilt alarm, with a capture of the raw waveform around it.
 pub const DEMO_CHANNELS: &str = "[node.channels.tilt_x]\n\
     alarm = { minor = 0.2, major = 0.4, critical = 1.0, hysteresis = 0.02 }\n\
@@ -74,6 +89,9 @@ pub struct DemoOptions {
     pub dir: Option<PathBuf>,
     /// Telemetry window of every node.
     pub window: Duration,
+    /// Each window alone as JSON on `data/{dev}` (else the compact batches, every
+    /// [`DEMO_BATCH`]).
+    pub json_windows: bool,
 }
 
 /// The agent configuration for a simulated tower.
@@ -83,9 +101,11 @@ pub fn agent_config(
     nodes: &[VirtualNode],
     window: Duration,
     lifts: Option<&LiftBus>,
+    batch: Duration,
 ) -> anyhow::Result<Config> {
+    let batch = humantime::format_duration(batch);
     let mut text = format!(
-        "[gateway]\nid = \"{DEMO_GATEWAY}\"\n\n[mqtt]\nbatch = \"0s\"\nurl = \"{broker_url}\"\n# The embedded demo broker (rumqttd, v4 listener) speaks MQTT 3.1.1 only.\nprotocol = \"3.1.1\"\n\n[store]\npath = \"{}\"\n\n[health]\ninterval = \"10s\"\n",
+        "[gateway]\nid = \"{DEMO_GATEWAY}\"\n\n[mqtt]\nbatch = \"{batch}\"\nurl = \"{broker_url}\"\n# The embedded demo broker (rumqttd, v4 listener) speaks MQTT 3.1.1 only.\nprotocol = \"3.1.1\"\n\n[store]\npath = \"{}\"\n\n[health]\ninterval = \"10s\"\n",
         store.display()
     );
     for node in nodes {
@@ -148,7 +168,20 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         &nodes,
         options.window,
         Some(&lifts),
+        if options.json_windows {
+            Duration::ZERO
+        } else {
+            DEMO_BATCH
+        },
     )?;
+    if options.json_windows {
+        println!("towerlink demo: each window goes alone as JSON on data/{{dev}} (--json-windows)");
+    } else {
+        println!(
+            "towerlink demo: windows go in compact batches (zstd, on batch) every {}; the feed prints each window in them (--json-windows: each alone)",
+            humantime::format_duration(DEMO_BATCH)
+        );
+    }
 
     // The platform's view: print every message of the gateway.
     let mut opts = MqttOptions::new(
@@ -161,14 +194,27 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     client
         .subscribe(format!("towerlink/v1/{DEMO_GATEWAY}/#"), QoS::AtLeastOnce)
         .await?;
+    // What arrived, for the summary at the stop: batches, windows in them, windows alone.
+    let tally = std::sync::Arc::new(std::sync::Mutex::new((0u64, 0u64, 0u64)));
+    let seen = tally.clone();
     let viewer = tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    println!(
-                        "{}",
-                        towerlink_agent::feed_view::render(&p.topic, &p.payload)
-                    );
+                    let lines = towerlink_agent::feed_view::render_lines(&p.topic, &p.payload);
+                    if let Ok(mut t) = seen.lock() {
+                        if p.topic.ends_with("/batch") {
+                            t.0 += 1;
+                            t.1 += lines.iter().filter(|l| l.contains(" data ")).count() as u64;
+                        } else if p.topic.contains("/data/")
+                            && lines.iter().any(|l| l.contains(" data "))
+                        {
+                            t.2 += 1;
+                        }
+                    }
+                    for line in lines {
+                        println!("{line}");
+                    }
                 }
                 Ok(_) => {}
                 Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
@@ -206,6 +252,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             .split_once('T')
             .map(|(_, t)| t.trim_end_matches('Z'))
             .unwrap_or(&stopped)
+    );
+    let (batches, batched, alone) = tally.lock().map(|t| *t).unwrap_or_default();
+    println!(
+        "towerlink demo: received {batches} batches carrying {batched} windows, and {alone} windows alone"
     );
     println!("towerlink demo: stopped");
     Ok(())

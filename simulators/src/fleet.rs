@@ -54,6 +54,10 @@ pub struct FleetOptions {
     pub prefix: String,
     /// Seed of the whole fleet (each gateway derives its own).
     pub seed: u64,
+    /// Start every gateway's sample clock at this wall time (Unix ms, plus the gateway's
+    /// phase), so two runs with the same seed and origin put the same samples in the same
+    /// windows (`--origin`); `None`: when the gateway starts.
+    pub origin: Option<i64>,
 }
 
 /// What a run offered and cost.
@@ -142,13 +146,21 @@ fn feeder(options: &FleetOptions, i: usize) -> Feeder {
     let nodes = options.nodes;
     let lifts = options.lifts;
     let seed = options.seed;
+    let origin = options.origin;
     Box::new(move |feed: Feed| {
-        let task = tokio::spawn(feed_gateway(feed, i, nodes, lifts, seed));
+        let task = tokio::spawn(feed_gateway(feed, i, nodes, lifts, seed, origin));
         vec![task]
     })
 }
 
-async fn feed_gateway(feed: Feed, i: usize, nodes: usize, lifts: usize, seed: u64) {
+async fn feed_gateway(
+    feed: Feed,
+    i: usize,
+    nodes: usize,
+    lifts: usize,
+    seed: u64,
+    origin: Option<i64>,
+) {
     let Feed {
         events,
         mut shutdown,
@@ -187,7 +199,22 @@ async fn feed_gateway(feed: Feed, i: usize, nodes: usize, lifts: usize, seed: u6
     if shutdown.is_shutdown() {
         return;
     }
-    let start_wall = now_millis() as f64;
+    let start_wall = match origin {
+        // The same samples in the same windows every run with this origin (a window starts
+        // at a multiple of its width since the epoch).
+        Some(origin) => {
+            let now = now_millis();
+            let at = origin + phase_ms as i64;
+            shutdown
+                .sleep(Duration::from_millis(u64::try_from(at - now).unwrap_or(0)))
+                .await;
+            if shutdown.is_shutdown() {
+                return;
+            }
+            at as f64
+        }
+        None => now_millis() as f64,
+    };
     let start = Instant::now();
     let channels = panel_channels();
     for k in 0..nodes {
@@ -452,6 +479,7 @@ mod tests {
             duration: Duration::from_secs(1),
             prefix: "fleet".into(),
             seed: 1,
+            origin: None,
         };
         let config = gateway_config(&options, "fleet-00000", Path::new("/tmp/x")).unwrap();
         assert_eq!(config.nodes.len(), 3);

@@ -35,6 +35,10 @@ enum Command {
         /// Work directory (ports, store); a temporary one by default.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Send each telemetry window alone as JSON on data/{dev} (default: the compact
+        /// path, windows batched and compressed on batch; the printed feed reads the same).
+        #[arg(long)]
+        json_windows: bool,
     },
     /// Run N simulated gateways in this process (the real agent pipeline, queue and uplink
     /// each, fed by simulated nodes and lifts in-process), then print what they offered and
@@ -74,6 +78,11 @@ enum Command {
         /// Print the report as one JSON object.
         #[arg(long)]
         json: bool,
+        /// Start every gateway's samples at this wall time, Unix ms (plus the gateway's
+        /// phase; the fleet waits for it): two runs with the same seed and origin make the
+        /// same windows.
+        #[arg(long, value_name = "UNIX_MS")]
+        origin: Option<i64>,
     },
     /// Run simulated lift controllers on a Modbus RTU bus (a pseudo-terminal) and print the
     /// bus path and the lifts' unit ids.
@@ -211,6 +220,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             duration,
             window,
             dir,
+            json_windows,
         } => {
             let scenario = load_scenario(scenario.as_ref())?;
             runtime.block_on(demo::run(DemoOptions {
@@ -218,6 +228,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 duration,
                 dir,
                 window,
+                json_windows,
             }))
         }
         Command::Fleet {
@@ -232,6 +243,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             prefix,
             seed,
             json,
+            origin,
         } => {
             let report = runtime.block_on(towerlink_sim::fleet::run(
                 towerlink_sim::fleet::FleetOptions {
@@ -245,6 +257,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     duration,
                     prefix,
                     seed,
+                    origin,
                 },
                 towerlink_agent::app::termination_signal(),
             ))?;

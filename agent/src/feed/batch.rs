@@ -51,9 +51,14 @@ pub fn encode(gw: &str, payloads: &[Vec<u8>]) -> Vec<u8> {
 
 /// [`encode`] of borrowed payloads.
 pub fn encode_slices(gw: &str, payloads: &[&[u8]]) -> Vec<u8> {
-    let json = batch_json(gw, payloads);
+    compress(&batch_json(gw, payloads))
+}
+
+/// A batch's JSON ([`batch_json`]) as the zstd frame that goes out (at [`LEVEL`]). CPU-bound
+/// (milliseconds per batch): the uplink calls it off the async worker threads.
+pub fn compress(json: &[u8]) -> Vec<u8> {
     // Compressing a byte slice in memory cannot fail but for allocation.
-    zstd::bulk::compress(&json, LEVEL).unwrap_or_default()
+    zstd::bulk::compress(json, LEVEL).unwrap_or_default()
 }
 
 /// Is this rendered telemetry payload a data window (batched), not a lift status (sent

@@ -64,6 +64,14 @@ pub struct StoreConfig {
     /// `"off"` (only evict).
     #[serde(default = "default_merge_above", deserialize_with = "de_merge_above")]
     pub merge_above: Option<u8>,
+    /// Most queued telemetry bytes sent per second, topic and payload, a batch as
+    /// compressed (`"64KiB"`, the default: a quarter of a modest 4G uplink; 0 = no limit,
+    /// else 1KiB to 1GiB). A backlog replays under both limits.
+    #[serde(
+        default = "default_replay_bytes_rate",
+        deserialize_with = "de_bytes_rate"
+    )]
+    pub replay_bytes_rate: u64,
 }
 
 fn default_merge_above() -> Option<u8> {
@@ -84,6 +92,21 @@ fn de_merge_above<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Erro
         None => Err(serde::de::Error::custom(format!(
             "invalid merge_above {text:?}; write a share of max_bytes from \"10%\" to \"100%\", or \"off\""
         ))),
+    }
+}
+
+fn default_replay_bytes_rate() -> u64 {
+    64 << 10
+}
+
+fn de_bytes_rate<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let values::ByteSize(bytes) = values::ByteSize::deserialize(d)?;
+    if bytes == 0 || (1 << 10..=1 << 30).contains(&bytes) {
+        Ok(bytes)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{bytes} bytes per second: must be 0 (no limit) or between 1KiB and 1GiB"
+        )))
     }
 }
 
@@ -168,6 +191,11 @@ mod tests {
         );
         let c = read("fsync = \"always\"\nmax_bytes = \"1GiB\"\nreplay_rate = 0").expect("keys");
         assert_eq!((c.fsync, c.max_bytes), (FsyncPolicy::Always, 1 << 30));
+        assert_eq!(c.replay_bytes_rate, 64 << 10, "64KiB/s by default");
+        let c = read("replay_bytes_rate = \"1MiB\"").expect("a rate");
+        assert_eq!(c.replay_bytes_rate, 1 << 20);
+        let c = read("replay_bytes_rate = \"0\"").expect("no limit");
+        assert_eq!(c.replay_bytes_rate, 0);
         for (bad, says) in [
             ("fsync = \"sometimes\"", "invalid fsync policy"),
             ("fsync = \"2m\"", "between 1ms and 60s"),
@@ -180,6 +208,11 @@ mod tests {
             ("merge_above = \"80\"", "invalid merge_above"),
             ("merge_above = \"5%\"", "invalid merge_above"),
             ("merge_above = \"120%\"", "invalid merge_above"),
+            (
+                "replay_bytes_rate = \"100B\"",
+                "0 (no limit) or between 1KiB and 1GiB",
+            ),
+            ("replay_bytes_rate = \"fast\"", "invalid size"),
         ] {
             let e = read(bad).expect_err(bad);
             assert!(e.contains(says), "{bad}: {e}");

@@ -11,7 +11,9 @@
 //!   records to the client under the inflight window, acknowledges them in the queue on
 //!   PUBACK, rewinds the queue when a connection drops, publishes `health`, and on a clean
 //!   stop drains the queue, publishes `offline` and disconnects. Telemetry goes out at most
-//!   at `replay_rate` ([`pacer::Pacer`]), so a backlog replays steadily; events are not paced.
+//!   at `replay_rate` messages and `replay_bytes_rate` bytes per second ([`pacer::Pacer`]),
+//!   so a backlog replays steadily; events are not paced. A batch is compressed on a
+//!   blocking thread (`spawn_blocking`), never on the async workers that run the pipeline.
 //!
 //! Sessions are opened through [`session::SessionSpec`], the builder `check`, `tail` and
 //! `zero` use too: MQTT 5 by default, announcing `[mqtt] max_packet` as Maximum Packet Size
@@ -80,6 +82,8 @@ pub struct UplinkConfig {
     pub heartbeat: crate::service::Heartbeat,
     /// Most queued telemetry messages published per second (0 = no limit).
     pub replay_rate: u32,
+    /// Most queued telemetry bytes (topic and payload) published per second (0 = no limit).
+    pub replay_bytes_rate: u64,
     /// Batch telemetry windows over this interval (`[mqtt] batch`; `None` = off).
     pub batch: Option<Duration>,
     /// TLS files, for `mqtts://`.
@@ -506,6 +510,7 @@ async fn publisher_task(
         window: usize::from(config.max_inflight),
         health_interval: config.health_interval,
         replay_rate: config.replay_rate,
+        replay_bytes_rate: config.replay_bytes_rate,
         batch: config.batch,
         birth: config.birth.clone(),
     };
@@ -554,10 +559,10 @@ async fn publisher_task(
                 Vec::new()
             }
         };
-        perform(actions, &mut publisher, client.as_ref(), &queue, &commands);
+        perform(actions, &mut publisher, client.as_ref(), &queue, &commands).await;
         if !publisher.is_finished() {
             let actions = publisher.tick(Instant::now(), &*queue);
-            perform(actions, &mut publisher, client.as_ref(), &queue, &commands);
+            perform(actions, &mut publisher, client.as_ref(), &queue, &commands).await;
         }
     }
     let _ = conn_stop.send(());
@@ -568,8 +573,8 @@ async fn publisher_task(
 
 /// Performs the publisher's actions in order. Once the client refuses a record, the later
 /// records of the same batch are not tried (they would go out of order): they are given
-/// back to the queue too.
-fn perform(
+/// back to the queue too. A batch's JSON is compressed on a blocking thread first.
+async fn perform(
     actions: Vec<Action>,
     publisher: &mut Publisher,
     client: Option<&Client>,
@@ -580,7 +585,23 @@ fn perform(
     let mut client_full = false;
     while let Some(action) = work.pop_front() {
         match action {
-            Action::Publish(p) => {
+            Action::Publish(mut p) => {
+                if p.compress {
+                    let json = std::mem::take(&mut p.payload);
+                    match tokio::task::spawn_blocking(move || crate::feed::batch::compress(&json))
+                        .await
+                    {
+                        Ok(z) => publisher.batch_compressed(&mut p, z),
+                        Err(e) => {
+                            // Not sent: its records are due again (counted as a submit error).
+                            tracing::error!(error = %e, "compressing a batch failed; its windows stay queued");
+                            for a in publisher.client_refused(&p).into_iter().rev() {
+                                work.push_front(a);
+                            }
+                            continue;
+                        }
+                    }
+                }
                 let sent = match client {
                     Some(c) if !client_full || p.records.is_empty() => c
                         .try_publish(p.topic.clone(), p.qos, p.retain, p.payload.clone())

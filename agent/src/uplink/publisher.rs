@@ -16,14 +16,18 @@
 //!   code is a success (MQTT 5: below 0x80); a refusal is counted and the record stays queued;
 //! - the end of a session forgets the pkid map and rewinds the queue to the oldest
 //!   unacknowledged record;
-//! - events go before telemetry, and only telemetry is paced (`replay_rate`);
+//! - events go before telemetry, and only telemetry is paced: `replay_rate` messages and
+//!   `replay_bytes_rate` bytes (topic and payload, a batch compressed) per second;
 //! - with batching on (`[mqtt] batch`), telemetry windows are held back and go out together
 //!   as one publish on `{root}/{gw}/batch` ([`crate::feed::batch`]) once the oldest held has
 //!   waited `batch`, or the held payloads reach [`MAX_BATCH_BYTES`] (so a replayed backlog
 //!   goes out in full batches), or a clean stop has nothing more to take; the batch is one
 //!   pkid in the ledger and its PUBACK acknowledges every `seq` in it; a session that ends
 //!   first forgets the held windows (the rewind hands them out again). Events, replies and
-//!   lift statuses are never held;
+//!   lift statuses are never held. The batch's publish carries its JSON with
+//!   [`Publish::compress`] set: the task compresses it off the async worker threads
+//!   (`spawn_blocking`) and hands the result back with [`Publisher::batch_compressed`],
+//!   which counts its bytes (health `sent_bytes`, the byte pacer);
 //! - `health` goes out on its interval while a session is up;
 //! - a clean stop drains the queue (at most [`DRAIN_TIMEOUT`]), publishes `offline`, waits for
 //!   its PUBACK (at most [`OFFLINE_TIMEOUT`]), then disconnects and finishes.
@@ -104,6 +108,9 @@ pub struct Publish {
     /// The seqs among `records` handed over for the first time (forgotten again if the
     /// client refuses the publish).
     pub fresh: Vec<u64>,
+    /// The payload is a batch's JSON still to be compressed ([`batch::compress`]) before it
+    /// is submitted; then [`Publisher::batch_compressed`].
+    pub compress: bool,
 }
 
 /// `payload` (a JSON object) with `"replay":true` added as its last member (unchanged if
@@ -170,6 +177,8 @@ pub struct Settings {
     pub health_interval: Duration,
     /// Telemetry per second (0 = no limit).
     pub replay_rate: u32,
+    /// Telemetry bytes per second, topic and payload (0 = no limit).
+    pub replay_bytes_rate: u64,
     /// Batch telemetry windows over this interval (`None`: each window alone, on `data`).
     pub batch: Option<Duration>,
     /// What the birth says besides `online` (`last_stop`, `clock`).
@@ -183,6 +192,10 @@ pub struct Publisher {
     health: Box<dyn Fn() -> Vec<u8> + Send>,
     ledger: Ledger,
     pacer: Pacer,
+    byte_pacer: Pacer,
+    /// Batches made whose compressed size is not counted yet ([`Publisher::batch_compressed`]):
+    /// with a byte limit, no more telemetry is taken until it is.
+    uncharged: usize,
     connected: bool,
     next_health: Instant,
     stopping: Option<Instant>,
@@ -244,6 +257,8 @@ impl Publisher {
     ) -> Publisher {
         Publisher {
             pacer: Pacer::new(settings.replay_rate, now),
+            byte_pacer: Pacer::per_second(settings.replay_bytes_rate, now),
+            uncharged: 0,
             next_health: now + settings.health_interval,
             settings,
             stats,
@@ -334,6 +349,7 @@ impl Publisher {
                 records: Vec::new(),
                 replay: false,
                 fresh: Vec::new(),
+                compress: false,
             }),
             Action::Subscribe(self.settings.topics.cmd()),
         ]
@@ -421,6 +437,10 @@ impl Publisher {
     /// it out of the ledger; a record is due again, a refused `offline` ends the stop.
     pub fn client_refused(&mut self, publish: &Publish) -> Vec<Action> {
         self.ledger.withdraw(&publish.entry);
+        if publish.compress {
+            // Never compressed (its batch failed): nothing to count.
+            self.uncharged = self.uncharged.saturating_sub(1);
+        }
         match (publish.records.as_slice(), &publish.entry) {
             ([_, ..], _) => {
                 self.stats.submit_errors.fetch_add(1, Ordering::Relaxed);
@@ -457,8 +477,9 @@ impl Publisher {
         if let Some(deadline) = self.deadline() {
             wake = wake.min(deadline);
         }
-        if self.wants_records() && !self.pacer.available(now) && backlog.has_unsent_telemetry() {
-            wake = wake.min(now + self.pacer.wait(now));
+        if self.wants_records() && !self.telemetry_may_go(now) && backlog.has_unsent_telemetry() {
+            let wait = self.pacer.wait(now).max(self.byte_pacer.wait(now));
+            wake = wake.min(now + wait);
         }
         if let (Some(since), Some(interval)) = (self.held.since, self.settings.batch) {
             wake = wake.min(since + interval);
@@ -503,6 +524,7 @@ impl Publisher {
                     records: Vec::new(),
                     replay: false,
                     fresh: Vec::new(),
+                    compress: false,
                 }));
             }
         }
@@ -523,7 +545,7 @@ impl Publisher {
                 self.send_batch(actions);
                 continue;
             }
-            let Some(record) = backlog.next_unsent_if(self.pacer.available(now)) else {
+            let Some(record) = backlog.next_unsent_if(self.telemetry_may_go(now)) else {
                 // A clean stop sends what it holds at once.
                 if self.stopping.is_some() && !self.held.records.is_empty() {
                     self.send_batch(actions);
@@ -538,6 +560,8 @@ impl Publisher {
                         self.held.push(record, now);
                         continue;
                     }
+                    self.byte_pacer
+                        .take_n((record.topic.len() + record.payload.len()) as u64);
                     self.settings.data_qos
                 }
                 MessageClass::Event | MessageClass::Capture => QoS::AtLeastOnce,
@@ -564,6 +588,7 @@ impl Publisher {
                 fresh: if replay { Vec::new() } else { vec![record.seq] },
                 records: vec![record],
                 replay,
+                compress: false,
             }));
         }
         // Records evicted unacknowledged leave their seq behind: keep no more than the
@@ -577,6 +602,27 @@ impl Publisher {
             self.attempted.pop_first();
             self.attempted_dirty = true;
         }
+    }
+
+    /// May queued telemetry go now (both pacers have a token)?
+    fn telemetry_may_go(&mut self, now: Instant) -> bool {
+        // Both are asked (each refills); `&` not `&&`. A batch whose bytes are not counted
+        // yet holds telemetry back under a byte limit (else one tick would make many).
+        let bytes_known = self.uncharged == 0 || self.byte_pacer.rate() == 0.0;
+        self.pacer.available(now) & self.byte_pacer.available(now) && bytes_known
+    }
+
+    /// The task compressed a batch's publish: its payload is now `compressed` (counted in
+    /// `sent_bytes`, and taken from the byte pacer with its topic).
+    pub fn batch_compressed(&mut self, publish: &mut Publish, compressed: Vec<u8>) {
+        if publish.compress {
+            self.uncharged = self.uncharged.saturating_sub(1);
+        }
+        publish.payload = compressed;
+        publish.compress = false;
+        self.count_bytes(publish.payload.len());
+        self.byte_pacer
+            .take_n((publish.topic.len() + publish.payload.len()) as u64);
     }
 
     fn count_bytes(&self, n: usize) {
@@ -613,7 +659,8 @@ impl Publisher {
             })
             .collect();
         let replay = fresh.is_empty();
-        let payload = batch::encode(&self.settings.gw, &items);
+        // Compressed by the task, off the async threads ([`Publish::compress`]).
+        let payload = batch::batch_json(&self.settings.gw, &items);
         let seqs: Arc<[u64]> = records.iter().map(|r| r.seq).collect();
         let qos = self.settings.data_qos;
         let entry = match qos {
@@ -621,7 +668,7 @@ impl Publisher {
             _ => Entry::Batch(seqs),
         };
         self.ledger.submitted(entry.clone());
-        self.count_bytes(payload.len());
+        self.uncharged += 1;
         actions.push(Action::Publish(Publish {
             topic: self.settings.topics.batch(),
             qos,
@@ -631,6 +678,7 @@ impl Publisher {
             records,
             replay,
             fresh,
+            compress: true,
         }));
     }
 
@@ -653,6 +701,7 @@ impl Publisher {
             records: Vec::new(),
             replay: false,
             fresh: Vec::new(),
+            compress: false,
         }));
     }
 }

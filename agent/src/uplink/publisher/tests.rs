@@ -113,6 +113,7 @@ fn settings(window: usize, replay_rate: u32) -> Settings {
         window,
         health_interval: Duration::from_secs(10),
         replay_rate,
+        replay_bytes_rate: 0,
         batch: None,
         birth: Default::default(),
     }
@@ -461,9 +462,14 @@ fn batching(window: usize, t0: Instant) -> (Publisher, Arc<UplinkStats>) {
     (p, stats)
 }
 
+/// A batch publish's items, compressed as the task would ([`Publish::compress`]).
+fn decoded(p: &Publish) -> Vec<serde_json::Value> {
+    assert!(p.compress, "a batch's JSON, for the task to compress");
+    crate::feed::batch::decode(&crate::feed::batch::compress(&p.payload)).expect("a batch")
+}
+
 fn batch_items(p: &Publish) -> Vec<u64> {
-    crate::feed::batch::decode(&p.payload)
-        .expect("a batch")
+    decoded(p)
         .iter()
         .filter_map(|v| v["seq"].as_u64())
         .collect()
@@ -538,7 +544,7 @@ fn a_batch_lost_with_its_session_is_batched_again() {
         vec![1, 2, 3],
         "the lost batch and the held window, once"
     );
-    let items = crate::feed::batch::decode(&out[0].payload).expect("a batch");
+    let items = decoded(&out[0]);
     let replays: Vec<bool> = items.iter().map(|v| v["replay"] == true).collect();
     assert_eq!(
         replays,
@@ -679,4 +685,101 @@ fn mark_replay_adds_the_member_to_any_object() {
     );
     assert_eq!(mark_replay(b"{ }\n"), br#"{ "replay":true}"#.to_vec());
     assert_eq!(mark_replay(b"[1]"), b"[1]".to_vec());
+}
+
+/// Replays a backlog of `n` windows (each with 60 bytes of noise, so the batch does not
+/// shrink to nothing) for `secs` of simulated time under `msgs`/s and `bytes`/s, playing the
+/// task's part too (compress, submit, PUBACK at once). Returns (windows, batch bytes with
+/// topic, batches, the largest batch) sent.
+fn replay_backlog(msgs: u32, bytes: u64, n: u64, secs: u64) -> (u64, u64, u64, u64) {
+    let t0 = Instant::now();
+    let mut s = settings(10, msgs);
+    s.replay_bytes_rate = bytes;
+    s.batch = Some(Duration::from_secs(5));
+    s.health_interval = Duration::from_secs(3600);
+    let stats = Arc::new(UplinkStats::default());
+    let mut p = Publisher::new(s, stats.clone(), Box::new(|| b"{}".to_vec()), t0);
+    p.new_session();
+    p.connected();
+    p.outgoing(1);
+    p.puback(1, 0);
+    let q = Fake::default();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for seq in 1..=n {
+        let noise: String = (0..60)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b"0123456789abcdef"[(x % 16) as usize])
+            })
+            .collect();
+        let payload = format!(
+            "{{\"v\":1,\"gw\":\"gw-1\",\"dev\":\"p\",\"seq\":{seq},\"start\":\"{noise}\"}}"
+        );
+        q.add_payload(seq, MessageClass::Telemetry, payload.into_bytes());
+    }
+    let mut pkid = 1u16;
+    let (mut windows, mut sent, mut batches, mut largest) = (0, 0, 0, 0);
+    for ms in (0..secs * 1000).step_by(20) {
+        let now = t0 + Duration::from_millis(ms);
+        for mut publish in q.apply(&p.tick(now, &q)) {
+            assert_eq!(publish.topic, "r/gw-1/batch", "a window went alone");
+            // The agent's level is slow in a debug build; the bytes are what counts here.
+            let z = zstd::bulk::compress(&publish.payload, 1).expect("compress");
+            p.batch_compressed(&mut publish, z);
+            assert!(!publish.compress);
+            let size = (publish.topic.len() + publish.payload.len()) as u64;
+            sent += size;
+            largest = largest.max(size);
+            windows += publish.records.len() as u64;
+            batches += 1;
+            pkid += 1;
+            p.outgoing(pkid);
+            q.apply(&p.puback(pkid, 0));
+        }
+    }
+    assert_eq!(
+        stats.sent_bytes.load(Ordering::Relaxed),
+        sent - batches * "r/gw-1/batch".len() as u64,
+        "health sent_bytes counts the compressed batches"
+    );
+    (windows, sent, batches, largest)
+}
+
+#[test]
+fn a_backlog_replays_in_batches_under_the_byte_limit() {
+    // 8 KiB/s binds (no message limit: a batch fills at once).
+    let rate = 8 * 1024;
+    let (windows, sent, batches, largest) = replay_backlog(0, rate, 8_000, 20);
+    let budget = rate * 20;
+    assert!(batches >= 4, "{batches} batches");
+    assert!(
+        sent <= budget + rate / 10 + largest,
+        "{sent} bytes in 20 s: over {rate} B/s (budget {budget}, one batch of debt {largest})"
+    );
+    assert!(
+        sent + 2 * largest >= budget,
+        "{sent} bytes in 20 s: far below {rate} B/s"
+    );
+    assert!(
+        windows < 8_000,
+        "the byte limit did not bind: {windows} windows"
+    );
+}
+
+#[test]
+fn a_backlog_replays_in_batches_under_the_message_limit() {
+    // 200 windows/s binds (1 MiB/s would allow far more).
+    let (windows, _, batches, _) = replay_backlog(200, 1 << 20, 5_000, 20);
+    assert!(batches >= 3, "{batches} batches");
+    assert!(
+        windows <= 200 * 20 + 20,
+        "{windows} windows in 20 s: over 200/s"
+    );
+    // At most the windows held for the next batch are not out yet.
+    assert!(
+        windows >= 200 * 15,
+        "{windows} windows in 20 s: far below 200/s"
+    );
 }
