@@ -34,8 +34,8 @@ use crate::sources::{DeviceKey, NodeRequest, SourceStats};
 use crate::uplink::{Uplink, UplinkConfig, UplinkStats};
 
 mod apply;
-pub use apply::{staged_path, ApplyError, RollbackCause};
 use apply::{apply, Applying};
+pub use apply::{staged_path, ApplyError, RollbackCause};
 
 /// In the store directory: the seqs handed to the broker and not acknowledged yet, so they
 /// go out again marked `"replay": true` after a restart.

@@ -175,7 +175,9 @@ mod tests {
         let missing = dir.path().join("missing");
         let e = read_password_file(&missing).expect_err("missing");
         assert_eq!(e.path, missing);
-        assert!(matches!(&e.problem, PasswordProblem::Unreadable(io) if io.kind() == std::io::ErrorKind::NotFound));
+        assert!(
+            matches!(&e.problem, PasswordProblem::Unreadable(io) if io.kind() == std::io::ErrorKind::NotFound)
+        );
         let e = e.to_string();
         assert!(e.contains("missing") && e.contains("cannot read"), "{e}");
         assert!(matches!(problem(dir.path()), PasswordProblem::NotAFile));

@@ -256,11 +256,9 @@ pub fn parse_size(text: &str) -> Result<u64, ValueError> {
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| ValueError::SizeNumber {
-            text: text.to_owned(),
-        })?;
+    let number: f64 = number.parse().map_err(|_| ValueError::SizeNumber {
+        text: text.to_owned(),
+    })?;
     let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
@@ -523,7 +521,10 @@ mod tests {
             parse_size("12 parsecs"),
             Err(ValueError::SizeUnit { ref unit, .. }) if unit == "parsecs"
         ));
-        assert!(matches!(parse_size("MiB"), Err(ValueError::SizeNumber { .. })));
+        assert!(matches!(
+            parse_size("MiB"),
+            Err(ValueError::SizeNumber { .. })
+        ));
         assert!(matches!(
             parse_size("99999999999TiB"),
             Err(ValueError::SizeOverflow { .. })
@@ -542,7 +543,10 @@ mod tests {
         );
         assert!(matches!(
             GatewayId::try_from(""),
-            Err(ValueError::Id { what: "gateway id", .. })
+            Err(ValueError::Id {
+                what: "gateway id",
+                ..
+            })
         ));
         let e = check_duration::<0, 5_000>(Duration::from_secs(9)).expect_err("above");
         assert!(matches!(e, ValueError::DurationRange { min, .. } if min.is_zero()));
@@ -550,7 +554,12 @@ mod tests {
         let e = check_duration::<1_000, { u64::MAX }>(Duration::from_millis(5)).expect_err("below");
         assert_eq!(e.to_string(), "5ms: must be at least 1s");
         assert_eq!(
-            ValueError::SizeRange { bytes: 10, min: 1 << 14, max: None }.to_string(),
+            ValueError::SizeRange {
+                bytes: 10,
+                min: 1 << 14,
+                max: None
+            }
+            .to_string(),
             "10 bytes: must be at least 16KiB"
         );
     }

@@ -341,8 +341,8 @@ async fn busy(agent: &Agent, shared: &Shared, other: ApplyRequest) {
 
 /// The new configuration, checked as `towerlink check` checks a file offline, or why not.
 fn validate(text: &str, path: &Path, running: &Config) -> Result<Config, ApplyError> {
-    let new = Config::parse_in(text, "config_apply toml", path.parent())
-        .map_err(ApplyError::Invalid)?;
+    let new =
+        Config::parse_in(text, "config_apply toml", path.parent()).map_err(ApplyError::Invalid)?;
     if new.gateway.id != running.gateway.id {
         return Err(ApplyError::GatewayId {
             running: running.gateway.id.to_string(),
@@ -394,27 +394,33 @@ mod tests {
         let path = dir.path().join("towerlink.toml");
         let running = Config::parse(RUNNING, "running").expect("running config");
         let e = validate(&RUNNING.replace("gw-1", "gw-2"), &path, &running).expect_err("id");
-        assert!(matches!(&e, ApplyError::GatewayId { running, new } if running == "gw-1" && new == "gw-2"));
+        assert!(
+            matches!(&e, ApplyError::GatewayId { running, new } if running == "gw-1" && new == "gw-2")
+        );
         assert_eq!(
             e.to_string(),
             "refused: config_apply cannot change gateway.id (gw-1 to gw-2): the topics would change"
         );
-        let e = validate(&RUNNING.replace("/var/lib/towerlink", "/tmp/q"), &path, &running)
-            .expect_err("store");
+        let e = validate(
+            &RUNNING.replace("/var/lib/towerlink", "/tmp/q"),
+            &path,
+            &running,
+        )
+        .expect_err("store");
         assert!(matches!(e, ApplyError::StorePath { .. }), "{e}");
         let e = validate("[gateway]\nid = \"GW\"\n", &path, &running).expect_err("invalid");
         assert!(matches!(e, ApplyError::Invalid(_)), "{e}");
-        assert!(e
-            .to_string()
-            .starts_with("refused: the configuration does not pass the checks of `towerlink check`: "));
+        assert!(e.to_string().starts_with(
+            "refused: the configuration does not pass the checks of `towerlink check`: "
+        ));
         assert!(validate(RUNNING, &path, &running).is_ok());
         let deferred = ApplyError::Deferred {
             waited: Duration::from_secs(30),
             critical: vec!["n1/strain_1 alarm_high".into()],
         };
-        assert!(deferred
-            .to_string()
-            .starts_with("refused: deferred 30s while a critical event was active (n1/strain_1 alarm_high)"));
+        assert!(deferred.to_string().starts_with(
+            "refused: deferred 30s while a critical event was active (n1/strain_1 alarm_high)"
+        ));
         let cause = RollbackCause::NotUp {
             timeout: Duration::from_secs(20),
             down: vec!["mqtt".into(), "node n1".into()],

@@ -451,10 +451,7 @@ mod tests {
             e.starts_with("--broker:") && e.contains("allow_insecure"),
             "{e}"
         );
-        assert_eq!(
-            parse_protocol("4"),
-            Err(UnknownProtocol("4".into()))
-        );
+        assert_eq!(parse_protocol("4"), Err(UnknownProtocol("4".into())));
         o.session.allow_insecure = true;
         assert!(mqtt_config(&o).is_ok());
         let mut o = options();

@@ -95,9 +95,7 @@ impl BrokerProbeError {
             BrokerProbeError::Tcp { .. } => {
                 "check that the broker runs and listens there, and the firewall / network route"
             }
-            BrokerProbeError::Send(_) => {
-                "the port may not be an MQTT listener; check [mqtt] url"
-            }
+            BrokerProbeError::Send(_) => "the port may not be an MQTT listener; check [mqtt] url",
             BrokerProbeError::NoConnack(_) => {
                 "the port is open but does not speak MQTT; check the port in [mqtt] url"
             }
@@ -225,7 +223,9 @@ pub async fn run(path: &Path) -> usize {
     let store = &config.store.path;
     match check_store(store) {
         Ok(what) => report.ok(&format!("store {}: {what}", store.display())),
-        Err(Failed { reason, fix }) => report.fail(&format!("store {}", store.display()), &reason, &fix),
+        Err(Failed { reason, fix }) => {
+            report.fail(&format!("store {}", store.display()), &reason, &fix)
+        }
     }
 
     match config.broker() {
@@ -667,8 +667,13 @@ mod tests {
             .expect("free port")
             .port();
         let e = check_broker("127.0.0.1", port, false, "gw-check").expect_err("closed port");
-        assert!(matches!(e, BrokerProbeError::Tcp { port: p, .. } if p == port), "{e}");
-        assert!(e.to_string().starts_with(&format!("TCP connection to 127.0.0.1:{port} failed: ")));
+        assert!(
+            matches!(e, BrokerProbeError::Tcp { port: p, .. } if p == port),
+            "{e}"
+        );
+        assert!(e
+            .to_string()
+            .starts_with(&format!("TCP connection to 127.0.0.1:{port} failed: ")));
         // A listener that closes at once does not speak MQTT.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
@@ -676,7 +681,10 @@ mod tests {
         let e = check_broker("127.0.0.1", port, false, "gw-check").expect_err("not MQTT");
         closer.join().expect("closer");
         assert!(
-            matches!(e, BrokerProbeError::NoConnack(_) | BrokerProbeError::Send(_)),
+            matches!(
+                e,
+                BrokerProbeError::NoConnack(_) | BrokerProbeError::Send(_)
+            ),
             "{e}"
         );
         let refused = Failed::from(BrokerProbeError::Refused(5));

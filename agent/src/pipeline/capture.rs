@@ -339,7 +339,10 @@ mod tests {
             .expect_err("too long")
             .to_string();
         assert!(said.contains(&e.to_string()), "{said}");
-        assert!(said.contains("before + after (2m 10s) must not exceed max (2m)"), "{said}");
+        assert!(
+            said.contains("before + after (2m 10s) must not exceed max (2m)"),
+            "{said}"
+        );
         let s = CaptureSettings::DEFAULT;
         assert_eq!(s.ring_len(50), 50 * 121);
         assert_eq!(s.ring_len(10_000), MAX_RING, "bounded whatever the rate");

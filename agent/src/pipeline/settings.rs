@@ -336,9 +336,7 @@ impl ChannelSettings {
             }
         }
         match self.lowpass {
-            Some(LowPass::Ema(a)) if !is_positive(a) || a > 1.0 => {
-                return Err(SettingsError::Ema)
-            }
+            Some(LowPass::Ema(a)) if !is_positive(a) || a > 1.0 => return Err(SettingsError::Ema),
             Some(LowPass::Median(n)) if !(3..=31).contains(&n) || n % 2 == 0 => {
                 return Err(SettingsError::Median)
             }

@@ -258,16 +258,10 @@ fn sample<I: I2c, D: DelayNs>(
         before_read();
         let t = now_millis() as f64;
         let values: Vec<f32> = match &mut driver {
-            Driver::Adc(d) => vec![d
-                .read_microstrain()
-                .map_err(read_error("NAU7802"))?],
+            Driver::Adc(d) => vec![d.read_microstrain().map_err(read_error("NAU7802"))?],
             Driver::Accel(d) => {
-                let (x, y) = d
-                    .read_tilt_deg()
-                    .map_err(read_error("ADXL355"))?;
-                let temp = d
-                    .read_temperature_c()
-                    .map_err(read_error("ADXL355"))?;
+                let (x, y) = d.read_tilt_deg().map_err(read_error("ADXL355"))?;
+                let temp = d.read_temperature_c().map_err(read_error("ADXL355"))?;
                 vec![x, y, temp]
             }
         };
