@@ -242,14 +242,23 @@ rate_deg_per_hour = -360.0
         "no rate-of-change alarm: {rate:?}"
     );
     // Once the tilt stops moving (22 s), the rate falls below 90 % of the limit over the
-    // 3 s slope: the alarm clears.
+    // 3 s slope: the alarm clears. It may also clear at the peak (16 s), where the slope
+    // passes through zero, and rise again on the way down; so the clear waited for is one
+    // published after the threshold alarm cleared (about 20.7 s, still on the way down,
+    // when the rate alarm is active), which only the end of the movement can produce.
+    let threshold_cleared = events(&all, n.dev(), "threshold")
+        .iter()
+        .filter(|e| e["state"] == "cleared")
+        .filter_map(|e| e["seq"].as_u64())
+        .next_back()
+        .unwrap_or(u64::MAX);
     sub.wait(
         Duration::from_secs(20),
-        "the rate-of-change alarm to clear",
+        "the rate-of-change alarm to clear after the tilt stopped",
         |m| {
-            events(m, n.dev(), "rate_of_change")
-                .iter()
-                .any(|e| e["state"] == "cleared")
+            events(m, n.dev(), "rate_of_change").iter().any(|e| {
+                e["state"] == "cleared" && e["seq"].as_u64().is_some_and(|s| s > threshold_cleared)
+            })
         },
     )?;
     let rate: Vec<String> = events(&sub.all(), n.dev(), "rate_of_change")
