@@ -149,7 +149,7 @@ pub async fn run(path: &Path) -> usize {
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(e) => {
-            for (reason, fix) in explain_config_error(&e) {
+            for Failed { reason, fix } in explain_config_error(&e) {
                 report.fail(&format!("config {}", path.display()), &reason, &fix);
             }
             return report.failures();
@@ -422,10 +422,7 @@ async fn check_node(node: NodeConfig) -> Result<String, Failed> {
     let hello = port
         .hello(node.node_id, Instant::now() + NODE_LISTEN, |_| {})
         .await
-        .map_err(|f| {
-            let (reason, fix) = f.explain(node.baud);
-            Failed::new(reason, fix)
-        })?;
+        .map_err(|f| Failed::new(f.to_string(), f.fix(node.baud)))?;
     Ok(format!("opens; {}", describe_hello(&hello, &node.names)))
 }
 
@@ -569,7 +566,7 @@ fn connect_packet(client_id: &str, keep_alive_s: u16) -> Vec<u8> {
 
 /// The reasons (each with its line and key) and fixes for a configuration that did not
 /// load: one per problem in the file.
-pub fn explain_config_error(e: &ConfigError) -> Vec<(String, String)> {
+pub fn explain_config_error(e: &ConfigError) -> Vec<Failed> {
     match e {
         ConfigError::Read { source, .. } => {
             let fix = if source.kind() == std::io::ErrorKind::PermissionDenied {
@@ -577,14 +574,14 @@ pub fn explain_config_error(e: &ConfigError) -> Vec<(String, String)> {
             } else {
                 "give the right path with --config (the package installs /etc/towerlink/towerlink.toml)"
             };
-            vec![(format!("cannot read: {source}"), fix.to_owned())]
+            vec![Failed::new(format!("cannot read: {source}"), fix)]
         }
         ConfigError::Invalid { problems, .. } => problems.iter().map(explain_problem).collect(),
     }
 }
 
 /// One problem as `line L, key K: message` and its fix.
-fn explain_problem(p: &Problem) -> (String, String) {
+fn explain_problem(p: &Problem) -> Failed {
     let place = match (p.line, p.key.is_empty()) {
         (Some(l), false) => format!("line {l}, key {}: ", p.key),
         (Some(l), true) => format!("line {l}: "),
@@ -607,7 +604,7 @@ fn explain_problem(p: &Problem) -> (String, String) {
         }
         ProblemKind::Rule => fix_for_key(&p.key),
     };
-    (format!("{place}{}", p.message), fix)
+    Failed::new(format!("{place}{}", p.message), fix)
 }
 
 /// The installer's fix for a value that parses but breaks a rule.
@@ -649,14 +646,14 @@ mod tests {
         )
         .expect_err("broken");
         let explained = explain_config_error(&e);
-        let reasons: Vec<&str> = explained.iter().map(|(r, _)| r.as_str()).collect();
+        let reasons: Vec<&str> = explained.iter().map(|f| f.reason.as_str()).collect();
         assert_eq!(reasons.len(), 4, "{explained:#?}");
         assert!(reasons[0].starts_with("line 2, key gateway.id: \"GW\" is not a valid gateway id"));
         assert!(reasons[1].starts_with("line 5, key mqtt.window: unknown field `window`"));
         assert!(reasons[2].starts_with("line 11, key node[0].baud: invalid type"));
         assert!(reasons[3].starts_with("line 12, key node[0].window: invalid duration"));
-        assert!(explained[1].1.contains("remove or correct"));
-        assert!(explained[3].1.contains("durations like"));
+        assert!(explained[1].fix.contains("remove or correct"));
+        assert!(explained[3].fix.contains("durations like"));
     }
 
     #[test]

@@ -149,10 +149,7 @@ async fn probe_node(path: PathBuf, baud: u32, listen: Duration) -> String {
             "{shown:<40} sensor node: {}",
             describe_hello(&hello, &BTreeMap::new())
         ),
-        Err(failure) => {
-            let (reason, _fix) = failure.explain(baud);
-            format!("{shown:<40} no sensor node at {baud} baud: {reason}")
-        }
+        Err(failure) => format!("{shown:<40} no sensor node at {baud} baud: {failure}"),
     }
 }
 

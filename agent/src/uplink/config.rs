@@ -166,8 +166,9 @@ impl MqttConfig {
                         ),
                     );
                 }
-                if let Err((key, message)) = super::tls::validate_config(self, &broker) {
-                    v.add(key.strip_prefix("mqtt.").unwrap_or(&key), message);
+                if let Err(rule) = super::tls::validate_config(self, &broker) {
+                    let key = rule.key();
+                    v.add(key.strip_prefix("mqtt.").unwrap_or(key), rule.to_string());
                 }
             }
         }
@@ -418,6 +419,28 @@ mod tests {
         c.check(&mut v);
         let keys: Vec<String> = v.into_vec().into_iter().map(|v| v.key).collect();
         assert_eq!(keys, ["mqtt.url", "mqtt.topic_root"]);
+        let c = read("url = \"mqtts://10.0.0.1\"\ncert_file = \"/c.pem\"");
+        let broker = c.broker().expect("url");
+        let rule = crate::uplink::tls::validate_config(&c, &broker).expect_err("no key");
+        assert_eq!(
+            rule,
+            crate::uplink::tls::SecurityRule::HalfClientCert { missing_key: true }
+        );
+        assert_eq!(rule.key(), "mqtt.key_file");
+        let mut v = Violations::new("mqtt");
+        c.check(&mut v);
+        let found: Vec<(String, String)> = v
+            .into_vec()
+            .into_iter()
+            .map(|v| (v.key, v.message))
+            .collect();
+        assert_eq!(
+            found,
+            [(
+                "mqtt.key_file".to_owned(),
+                "a client certificate needs both cert_file and key_file".to_owned()
+            )]
+        );
         let e = toml::from_str::<MqttConfig>("url = \"mqtt://h\"\nprotocol = \"4\"")
             .expect_err("protocol 4");
         assert!(e.to_string().contains("3.1.1"), "{e}");
