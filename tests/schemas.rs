@@ -158,6 +158,80 @@ fn rejected(kind: Kind, value: &Value, why: &str) {
 }
 
 #[test]
+fn cert_install_and_health_tls_follow_their_schemas() {
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let cmd = json!({"id":"c-30","op":"cert_install","cert":pem});
+    schemas().validate(Kind::Cmd, &cmd).expect("cert_install");
+    rejected(
+        Kind::Cmd,
+        &json!({"id":"c","op":"cert_install"}),
+        "cert_install without cert",
+    );
+    rejected(
+        Kind::Cmd,
+        &json!({"id":"c","op":"ping","cert":pem}),
+        "cert on ping",
+    );
+    rejected(
+        Kind::Cmd,
+        &json!({"id":"c","op":"cert_install","cert":"-----BEGIN PRIVATE KEY-----"}),
+        "a private key as cert",
+    );
+    rejected(
+        Kind::Cmd,
+        &json!({"id":"c","op":"cert_install","cert":pem,"ts":1,"sig":"0".repeat(128)}),
+        "a v1-signed cert_install",
+    );
+    let reply = json!({"v":1,"gw":"g","seq":3,"id":"c-30","ok":true,"result":{
+        "installed":"/etc/towerlink/gw.pem.new","subject":"CN=g","not_after":"2027-03-01T20:41:07.000Z",
+        "days_left":89,"renewal":"pending"}});
+    schemas()
+        .validate(Kind::Reply, &reply)
+        .expect("cert_install reply");
+    let mut short = reply.clone();
+    short["result"]
+        .as_object_mut()
+        .map(|r| r.remove("days_left"));
+    rejected(
+        Kind::Reply,
+        &short,
+        "a cert_install result without days_left",
+    );
+    let health = |tls: Value| {
+        let mut h: Value = serde_json::from_str(HEALTH).expect("health");
+        h["tls"] = tls;
+        h
+    };
+    for renewal in ["none", "pending", "refused: alert UnknownCA"] {
+        schemas()
+            .validate(
+                Kind::Health,
+                &health(json!({"cert_days_left": 12, "renewal": renewal})),
+            )
+            .expect(renewal);
+    }
+    rejected(
+        Kind::Health,
+        &health(json!({"cert_days_left": 12, "renewal": "refused"})),
+        "a refusal without its cause",
+    );
+    rejected(
+        Kind::Health,
+        &health(json!({"renewal": "none"})),
+        "tls without days",
+    );
+}
+
+/// A full health report (the agent's own shape, trimmed).
+const HEALTH: &str = r#"{"v":1,"gw":"g","ts":"2026-12-01T11:01:25.343Z","agent":"0.1.0","uptime_s":1,
+ "queue":{"depth":0,"bytes":0,"oldest_age_s":null,"last_seq":0,"evicted":0,"corrupted":0,"memory_only":0,"store_errors":0,"error":null},
+ "messages":{"queued":0,"published":0,"dropped":0,"evicted":0},
+ "mqtt":{"connects":1,"connection_errors":0,"commands":0,"insecure":false},
+ "commands":{"accepted":0,"refused":0,"rate_limited":0},
+ "pipeline":{"late_samples":0,"unknown_channel_samples":0,"spikes":0,"out_of_range":0},
+ "sources":{},"clock":{"synced":true,"est_error_ms":0.5,"steps":0}}"#;
+
+#[test]
 fn the_schemas_reject_what_the_contract_forbids() {
     schemas()
         .validate(Kind::Data, &window())

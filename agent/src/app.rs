@@ -411,7 +411,8 @@ impl Agent {
         .with_insecure(insecure)
         .with_protocol(config.mqtt.protocol)
         .with_command_stats(shared.command_stats.clone())
-        .with_clock(clock.clone());
+        .with_clock(clock.clone())
+        .with_client_cert(tls.as_ref().is_some_and(|t| t.client_cert.is_some()));
         let (commands_tx, commands_rx) = mpsc::channel(64);
         let uplink = Uplink::start(
             UplinkConfig {
@@ -429,7 +430,7 @@ impl Agent {
                 heartbeat: heartbeats.register("mqtt publisher"),
                 replay_rate: config.store.replay_rate,
                 batch: (!config.mqtt.batch.is_zero()).then_some(config.mqtt.batch),
-                tls,
+                tls: tls.clone(),
                 credentials,
                 protocol: config.mqtt.protocol,
                 // Validated to at most MQTT's largest packet, which fits in u32.
@@ -465,6 +466,13 @@ impl Agent {
             pipeline_tx,
         )
         .with_stats(shared.command_stats.clone());
+        if let Some((cert_file, key_file)) = tls.as_ref().and_then(|t| t.client_cert.clone()) {
+            context = context.with_client_cert(crate::commands::ClientCert {
+                cert_file,
+                key_file,
+                state: uplink_stats.tls.clone(),
+            });
+        }
         if let Some(file) = file {
             context = context
                 .with_config_file(RunningFile::new(file.text.clone()), shared.apply_tx.clone());

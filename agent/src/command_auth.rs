@@ -123,6 +123,7 @@ pub fn canonical_json(cmd: &CommandRequest) -> String {
         ("expect", &cmd.expect),
         ("since", &cmd.since),
         ("level", &cmd.level),
+        ("cert", &cmd.cert),
     ];
     for (key, value) in strings {
         if let Some(v) = value {

@@ -39,10 +39,12 @@ use config::CommandsConfig;
 pub const MAX_COMMAND_BYTES: usize = 4096;
 /// Largest `config_apply` payload accepted (the configuration travels in it).
 pub const MAX_CONFIG_APPLY_BYTES: usize = 65_536;
+/// Largest `cert_install` payload accepted (a PEM certificate chain travels in it).
+pub const MAX_CERT_INSTALL_BYTES: usize = 16_384;
 /// How long a node has to answer a forwarded command.
 const NODE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The ops this agent knows.
-pub const OPS: [&str; 7] = [
+pub const OPS: [&str; 8] = [
     "ping",
     "identify",
     "zero",
@@ -50,6 +52,7 @@ pub const OPS: [&str; 7] = [
     "config_get",
     "config_apply",
     "logs",
+    "cert_install",
 ];
 /// Most bytes of log text in one `logs` reply (the oldest lines go first).
 pub const MAX_LOG_REPLY_BYTES: usize = 48 * 1024;
@@ -83,6 +86,10 @@ pub struct CommandRequest {
     /// `logs`: at most this many lines, the newest (1 to 1000, default 200).
     #[serde(default)]
     pub max_lines: Option<u32>,
+    /// `cert_install`: the PEM certificate (chain, the gateway's first) the platform's CA
+    /// issued for the gateway's pending key.
+    #[serde(default)]
+    pub cert: Option<String>,
     /// Unix milliseconds when the platform signed it (signed commands only).
     #[serde(default)]
     pub ts: Option<i64>,
@@ -246,10 +253,15 @@ pub enum CommandError {
     /// A `logs` argument refused.
     #[error(transparent)]
     Logs(#[from] LogsError),
+    /// A `cert_install` refused.
+    #[error(transparent)]
+    Cert(#[from] crate::uplink::tls::renewal::InstallError),
 }
 
-/// The `logs` answer: the agent's recent lines from the in-memory ring.
-fn logs(cmd: &CommandRequest) -> Result<Value, LogsError> {
+/// The `logs` answer: the agent's recent lines from the journal when it runs under systemd
+/// ([`crate::journal`]), else (or when `journalctl` fails) from the in-memory ring; `source`
+/// says which answered (`journal_error` why the journal did not).
+async fn logs(cmd: &CommandRequest) -> Result<Value, LogsError> {
     let since = match cmd.since.as_deref() {
         None => Duration::from_secs(600),
         Some(s) => humantime::parse_duration(s).map_err(|_| LogsError::Since(s.to_owned()))?,
@@ -268,11 +280,31 @@ fn logs(cmd: &CommandRequest) -> Result<Value, LogsError> {
     }
     let since_ms =
         now_millis().saturating_sub(i64::try_from(since.as_millis()).unwrap_or(i64::MAX));
-    let found = crate::log_ring::global().query(since_ms, level, max as usize);
-    let mut lines: Vec<String> = found
-        .iter()
-        .map(|l| format!("{} {}", rfc3339(l.ts), l.text))
-        .collect();
+    let mut source = "memory";
+    let mut journal_error = None;
+    let mut lines: Vec<String> = Vec::new();
+    if crate::journal::under_systemd(|k| std::env::var(k).ok()) {
+        match crate::journal::query(since_ms.div_euclid(1000), level, max as usize).await {
+            Ok(found) => {
+                source = "journal";
+                lines = found
+                    .iter()
+                    .map(|(ts, text)| format!("{} {text}", rfc3339(*ts)))
+                    .collect();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "logs: the journal did not answer; answering from memory");
+                journal_error = Some(e);
+            }
+        }
+    }
+    if source == "memory" {
+        let found = crate::log_ring::global().query(since_ms, level, max as usize);
+        lines = found
+            .iter()
+            .map(|l| format!("{} {}", rfc3339(l.ts), l.text))
+            .collect();
+    }
     let mut bytes: usize = lines.iter().map(String::len).sum();
     let mut cut = 0;
     while bytes > MAX_LOG_REPLY_BYTES && cut < lines.len() {
@@ -281,7 +313,11 @@ fn logs(cmd: &CommandRequest) -> Result<Value, LogsError> {
     }
     let truncated = cut > 0;
     lines.drain(..cut);
-    Ok(json!({ "source": "memory", "lines": lines, "truncated": truncated }))
+    let mut result = json!({ "source": source, "lines": lines, "truncated": truncated });
+    if let (Some(e), Some(obj)) = (journal_error, result.as_object_mut()) {
+        obj.insert("journal_error".to_owned(), Value::from(e));
+    }
+    Ok(result)
 }
 
 /// The command's id when one can be read from a payload that did not parse.
@@ -296,9 +332,18 @@ fn salvage_id(payload: &[u8]) -> String {
         .unwrap_or_default()
 }
 
+/// The largest payload of `op`.
+fn size_limit(op: Option<&str>) -> usize {
+    match op {
+        Some("config_apply") => MAX_CONFIG_APPLY_BYTES,
+        Some("cert_install") => MAX_CERT_INSTALL_BYTES,
+        _ => MAX_COMMAND_BYTES,
+    }
+}
+
 /// Parses a command payload; on failure returns the id (if one could be read) and the error.
-/// `config_apply` may be up to [`MAX_CONFIG_APPLY_BYTES`], every other op
-/// [`MAX_COMMAND_BYTES`].
+/// `config_apply` may be up to [`MAX_CONFIG_APPLY_BYTES`], `cert_install` up to
+/// [`MAX_CERT_INSTALL_BYTES`], every other op [`MAX_COMMAND_BYTES`].
 pub fn parse(payload: &[u8]) -> Result<CommandRequest, (String, ParseError)> {
     if payload.len() > MAX_CONFIG_APPLY_BYTES {
         let limit = MAX_CONFIG_APPLY_BYTES;
@@ -309,8 +354,8 @@ pub fn parse(payload: &[u8]) -> Result<CommandRequest, (String, ParseError)> {
         Ok(cmd) if cmd.id.is_empty() || cmd.id.len() > 128 => {
             Err((String::new(), ParseError::BadId))
         }
-        Ok(cmd) if cmd.op != "config_apply" && payload.len() > MAX_COMMAND_BYTES => {
-            let (size, limit) = (payload.len(), MAX_COMMAND_BYTES);
+        Ok(cmd) if payload.len() > size_limit(Some(&cmd.op)) => {
+            let (size, limit) = (payload.len(), size_limit(Some(&cmd.op)));
             Err((cmd.id, ParseError::TooLarge { size, limit }))
         }
         Ok(cmd) => Ok(cmd),
@@ -322,8 +367,8 @@ pub fn parse(payload: &[u8]) -> Result<CommandRequest, (String, ParseError)> {
                 .and_then(|v| v.get("op"))
                 .and_then(Value::as_str);
             let id = salvage_id(payload);
-            if payload.len() > MAX_COMMAND_BYTES && op != Some("config_apply") {
-                let (size, limit) = (payload.len(), MAX_COMMAND_BYTES);
+            if payload.len() > size_limit(op) {
+                let (size, limit) = (payload.len(), size_limit(op));
                 Err((id, ParseError::TooLarge { size, limit }))
             } else {
                 Err((id, ParseError::Malformed(e.to_string())))
@@ -340,6 +385,7 @@ fn op_fields(op: &str) -> Option<(&'static [&'static str], &'static [&'static st
         "zero" => (&["dev", "ch"], &[]),
         "config_apply" => (&["toml", "expect"], &[]),
         "logs" => (&[], &["since", "level", "max_lines"]),
+        "cert_install" => (&["cert"], &[]),
         _ => return None,
     })
 }
@@ -357,6 +403,7 @@ fn check_fields(cmd: &CommandRequest) -> Result<(), CommandError> {
         ("since", cmd.since.is_some()),
         ("level", cmd.level.is_some()),
         ("max_lines", cmd.max_lines.is_some()),
+        ("cert", cmd.cert.is_some()),
     ];
     if required
         .iter()
@@ -462,6 +509,18 @@ pub struct CommandContext {
     pub directory: ChannelDirectory,
     running: Option<RunningFile>,
     apply: Option<mpsc::Sender<ApplyRequest>>,
+    client_cert: Option<ClientCert>,
+}
+
+/// Where `cert_install` puts a certificate, and whom it tells.
+#[derive(Debug, Clone)]
+pub struct ClientCert {
+    /// `[mqtt] cert_file`.
+    pub cert_file: std::path::PathBuf,
+    /// `[mqtt] key_file`.
+    pub key_file: std::path::PathBuf,
+    /// The uplink's certificate state (woken to reconnect).
+    pub state: Arc<crate::uplink::tls::renewal::TlsState>,
 }
 
 impl CommandContext {
@@ -497,7 +556,14 @@ impl CommandContext {
             directory,
             running: None,
             apply: None,
+            client_cert: None,
         }
+    }
+
+    /// The gateway's client certificate, for `cert_install`.
+    pub fn with_client_cert(mut self, client_cert: ClientCert) -> CommandContext {
+        self.client_cert = Some(client_cert);
+        self
     }
 
     /// Counts into `stats` (shared with `health`).
@@ -589,7 +655,7 @@ impl CommandContext {
                 json!({ "pong": true, "ts": rfc3339(now_millis()), "agent": env!("CARGO_PKG_VERSION") }),
             ),
             "config" => done(self.config_json.clone()),
-            "logs" => done(logs(&cmd)?),
+            "logs" => done(logs(&cmd).await?),
             "config_get" => {
                 let running = self.running.as_ref().ok_or(ConfigOpError::NoFile)?;
                 done(json!({ "toml": running.text, "hash": running.hash }))
@@ -614,6 +680,7 @@ impl CommandContext {
                     .map_err(|_| ConfigOpError::Busy)?;
                 Ok(None)
             }
+            "cert_install" => done(self.cert_install(cmd.cert.unwrap_or_default()).await?),
             "identify" => {
                 let dev = cmd.dev.as_deref().unwrap_or_default();
                 let result = self.ask_node(dev, Op::Identify).await?;
@@ -636,6 +703,34 @@ impl CommandContext {
             op if is_write_op(op) => Err(CommandError::WriteOp(op.to_owned())),
             op => Err(CommandError::UnknownOp(op.to_owned())),
         }
+    }
+
+    /// `cert_install`: checks the certificate against the pending key and writes
+    /// `<cert_file>.new` (off the async threads), then wakes the uplink to try it.
+    async fn cert_install(&self, pem: String) -> Result<Value, CommandError> {
+        use crate::uplink::tls::renewal::{days_left, install_certificate, InstallError};
+        let Some(c) = self.client_cert.clone() else {
+            return Err(InstallError::NoClientCert.into());
+        };
+        let now_s = now_millis() / 1000;
+        let (cert_file, key_file) = (c.cert_file.clone(), c.key_file.clone());
+        let installed = tokio::task::spawn_blocking(move || {
+            install_certificate(&cert_file, &key_file, &pem, now_s)
+        })
+        .await
+        .map_err(|e| InstallError::Write {
+            path: c.cert_file.display().to_string(),
+            reason: e.to_string(),
+        })??;
+        tracing::info!(file = %installed.path.display(), subject = %installed.subject, "cert_install: a renewed certificate waits for its first session");
+        c.state.installed();
+        Ok(json!({
+            "installed": installed.path.display().to_string(),
+            "subject": installed.subject,
+            "not_after": rfc3339(installed.not_after.saturating_mul(1000)),
+            "days_left": days_left(installed.not_after, now_s),
+            "renewal": "pending",
+        }))
     }
 
     fn channel_id(&self, dev: &str, ch: &str) -> Result<u8, DeviceError> {

@@ -227,6 +227,7 @@ pub struct HealthReporter {
     protocol: crate::uplink::config::MqttProtocol,
     commands: Arc<crate::commands::CommandStats>,
     clock: Arc<crate::clock::ClockStatus>,
+    client_cert: bool,
 }
 
 impl HealthReporter {
@@ -253,7 +254,15 @@ impl HealthReporter {
             protocol: crate::uplink::config::MqttProtocol::default(),
             commands: Arc::default(),
             clock: Arc::default(),
+            client_cert: false,
         }
+    }
+
+    /// Reports the client certificate (`tls`: days to expiry, renewal) when the uplink uses
+    /// one (mTLS).
+    pub fn with_client_cert(mut self, client_cert: bool) -> HealthReporter {
+        self.client_cert = client_cert;
+        self
     }
 
     /// Reports this clock state (`clock`).
@@ -367,7 +376,7 @@ impl HealthReporter {
             }
             sources.insert(s.dev.clone(), entry);
         }
-        json!({
+        let mut report = json!({
             "v": FEED_VERSION,
             "gw": self.gw,
             "ts": rfc3339(now),
@@ -419,7 +428,13 @@ impl HealthReporter {
             },
             "sources": sources,
             "clock": self.clock.health_json(),
-        })
+        });
+        if self.client_cert {
+            if let Some(obj) = report.as_object_mut() {
+                obj.insert("tls".to_owned(), self.uplink.tls.health_json(now / 1000));
+            }
+        }
+        report
     }
 }
 

@@ -78,6 +78,7 @@ pub mod config;
 pub mod feed;
 pub mod feed_view;
 pub mod health;
+pub mod journal;
 pub mod log_ring;
 pub mod pipeline;
 pub mod profile;

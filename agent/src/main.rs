@@ -106,6 +106,11 @@ enum Command {
         #[command(flatten)]
         session: cli::audit::SessionArgs,
     },
+    /// The gateway's client certificate: `cert request` makes the next key and its CSR.
+    Cert {
+        #[command(subcommand)]
+        action: CertAction,
+    },
     /// Inspect the durable queue offline (records by class, seq range, acked cursor, damage).
     /// Safe while the agent runs: it only reads.
     Store {
@@ -114,6 +119,27 @@ enum Command {
         config: PathBuf,
         #[command(subcommand)]
         action: Option<StoreAction>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertAction {
+    /// Make a new key `<key_file>.new` (mode 600; it never leaves the gateway) and a CSR for
+    /// the platform's CA (`<cert_file>.csr`, also printed); the certificate comes back with
+    /// `cert_install` and the agent renews by itself.
+    Request {
+        /// The configuration file (its [mqtt] cert_file and key_file).
+        #[arg(short, long, default_value = "/etc/towerlink/towerlink.toml")]
+        config: PathBuf,
+        /// The CSR's common name (default: the gateway id).
+        #[arg(long)]
+        cn: Option<String>,
+        /// Where to write the CSR (default `<cert_file>.csr`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Replace a pending key (a certificate issued for its CSR will no longer fit).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -235,6 +261,20 @@ fn main() -> ExitCode {
                 })
                 .await,
             )
+        }),
+        Command::Cert {
+            action:
+                CertAction::Request {
+                    config,
+                    cn,
+                    out,
+                    force,
+                },
+        } => with_config(&config, |c| {
+            ExitCode::from(cli::cert::request(
+                &c,
+                &cli::cert::RequestOptions { cn, force, out },
+            ))
         }),
         Command::Store { config, action } => {
             let (dir, list) = match (action, config) {

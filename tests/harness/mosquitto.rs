@@ -221,4 +221,9 @@ impl SessionSubscriber {
     pub fn publish(&self, topic: &str, payload: &[u8]) {
         self.inner.publish_later(topic, payload);
     }
+
+    /// The schema violations received so far.
+    pub fn violations(&self) -> Vec<String> {
+        self.inner.violations()
+    }
 }

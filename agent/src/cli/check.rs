@@ -137,6 +137,11 @@ impl Report {
         println!("FAIL {item}: {reason} — {fix}");
     }
 
+    /// `WARN <item>: <reason> — <fix>`: worth acting on, not a failure (exit code unchanged).
+    pub fn warn(&mut self, item: &str, reason: &str, fix: &str) {
+        println!("WARN {item}: {reason} — {fix}");
+    }
+
     /// Failures so far.
     pub fn failures(&self) -> usize {
         self.failures
@@ -218,6 +223,10 @@ pub async fn run(path: &Path) -> usize {
         report.ok(
             "secret files: key and password files are readable by their owner (and group) only",
         );
+    }
+
+    if let (Some(cert_file), Some(key_file)) = (&config.mqtt.cert_file, &config.mqtt.key_file) {
+        check_client_cert(&mut report, cert_file, key_file);
     }
 
     let store = &config.store.path;
@@ -319,6 +328,52 @@ async fn check_session(config: &Config) -> Result<String, Failed> {
     .unwrap_or_else(|_| Err(Failed::new("no CONNACK within 5 s", "check the broker's TLS port and settings")));
     let _ = client.try_disconnect();
     outcome
+}
+
+/// Days left under which `check` warns about the client certificate.
+pub const CERT_WARN_DAYS: i64 = 30;
+
+/// The client certificate's expiry (`WARN` under [`CERT_WARN_DAYS`], `FAIL` once expired)
+/// and a renewal that waits (`<cert_file>.new` / `<key_file>.new`).
+fn check_client_cert(report: &mut Report, cert_file: &Path, key_file: &Path) {
+    use crate::uplink::tls::renewal::{days_left, not_after_of, pending_path};
+    let item = format!("client certificate {}", cert_file.display());
+    let now_s = crate::feed::now_millis() / 1000;
+    const RENEW: &str = "renew it: `towerlink cert request`, have the platform's CA sign the CSR, send it with cert_install";
+    match not_after_of(cert_file) {
+        None => report.fail(
+            &item,
+            "cannot read its expiry date",
+            "cert_file must hold the gateway's PEM certificate first",
+        ),
+        Some(not_after) => {
+            let days = days_left(not_after, now_s);
+            let until = crate::feed::rfc3339(not_after.saturating_mul(1000));
+            if days < 0 {
+                report.fail(&item, &format!("expired on {until}"), RENEW);
+            } else if days < CERT_WARN_DAYS {
+                report.warn(
+                    &item,
+                    &format!("expires in {days} day(s), on {until} (under {CERT_WARN_DAYS} days)"),
+                    RENEW,
+                );
+            } else {
+                report.ok(&format!("{item}: valid {days} more day(s), until {until}"));
+            }
+        }
+    }
+    let (cert_new, key_new) = (pending_path(cert_file), pending_path(key_file));
+    match (cert_new.exists(), key_new.exists()) {
+        (true, true) => report.ok(&format!(
+            "client certificate renewal: {} waits; the agent's next connection tries it",
+            cert_new.display()
+        )),
+        (false, true) => report.ok(&format!(
+            "client certificate renewal: key {} waits for its certificate (cert_install)",
+            key_new.display()
+        )),
+        _ => {}
+    }
 }
 
 /// An I2C device: the bus opens and the chip answers with its identity.

@@ -1,10 +1,11 @@
-//! The installer's commands: `check`, `scan`, `tail`, `zero`; and the platform's `audit`. They reach sensor nodes through
+//! The installer's commands: `check`, `scan`, `tail`, `zero`, `cert request`; and the platform's `audit`. They reach sensor nodes through
 //! the serial source's own link ([`crate::sources::node_link`]).
 //!
 //! Each prints for a person at a terminal and returns an exit code a script can test: zero
 //! when everything asked for worked, non-zero otherwise.
 
 pub mod audit;
+pub mod cert;
 pub mod check;
 pub mod scan;
 pub mod tail;

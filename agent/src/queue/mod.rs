@@ -93,6 +93,9 @@ pub struct QueueStats {
     pub store_errors: AtomicU64,
     /// Messages queued while the disk failed (held in memory only).
     pub memory_only: AtomicU64,
+    /// Syncs (`fdatasync`) of the store that succeeded: the batched ones, and one per batch of
+    /// pushes holding an event or reply (or every batch with `fsync = "always"`).
+    pub syncs: AtomicU64,
 }
 
 /// A snapshot for `health`.

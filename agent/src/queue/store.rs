@@ -323,6 +323,94 @@ impl Store {
         result
     }
 
+    /// Appends `records` in order, encoded into one buffer and written with one `write` per
+    /// segment (a batch that crosses a rotation is written in two runs). Returns where each
+    /// written record went (segment, offset, length): a prefix of `records`, all of them
+    /// unless an error stopped the rest (then the error too; nothing of the failed run is
+    /// left on disk, see [`SegmentWriter::append`]). Not synced.
+    pub fn append_all(&mut self, records: &[Record]) -> (Vec<(u64, u64, u64)>, Option<io::Error>) {
+        let mut placed = Vec::with_capacity(records.len());
+        if let Err(e) = self.write_done() {
+            return (placed, Some(e));
+        }
+        let mut buf = std::mem::take(&mut self.frame);
+        buf.clear();
+        let mut lens: Vec<u64> = Vec::with_capacity(records.len());
+        let mut error = None;
+        for record in records {
+            let needs_rotation = match &self.writer {
+                Some(w) => w.len() + buf.len() as u64 >= self.segment_bytes,
+                None => true,
+            };
+            if needs_rotation {
+                if let Err(e) = self.write_run(&buf, &lens, &mut placed) {
+                    error = Some(e);
+                    break;
+                }
+                buf.clear();
+                lens.clear();
+                let floor = self
+                    .segments
+                    .values()
+                    .map(|s| s.floor)
+                    .max()
+                    .unwrap_or(1)
+                    .max(record.seq);
+                if let Err(e) = self.start_segment(floor) {
+                    error = Some(e);
+                    break;
+                }
+            }
+            lens.push(record::encode_message(record, &mut buf) as u64);
+        }
+        if error.is_none() {
+            if let Err(e) = self.write_run(&buf, &lens, &mut placed) {
+                error = Some(e);
+            }
+        }
+        // Keep the buffer (its capacity) for the next batch, but not a huge one.
+        buf.clear();
+        if buf.capacity() > 1 << 20 {
+            buf = Vec::with_capacity(4096);
+        }
+        self.frame = buf;
+        (placed, error)
+    }
+
+    /// Writes `buf` (the frames of lengths `lens`, back to back) to the open segment with
+    /// one `write`, and notes where each frame went.
+    fn write_run(
+        &mut self,
+        buf: &[u8],
+        lens: &[u64],
+        placed: &mut Vec<(u64, u64, u64)>,
+    ) -> io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let Some(w) = self.writer.as_mut() else {
+            return Err(io::Error::other("no open segment"));
+        };
+        let mut offset = w.len();
+        w.append(buf)?;
+        let (base, new_len) = (w.id(), w.len());
+        self.unsynced = true;
+        let info = self.segments.get_mut(&base);
+        let (mut live, mut live_bytes) = (0, 0);
+        for &len in lens {
+            placed.push((base, offset, len));
+            offset += len;
+            live += 1;
+            live_bytes += len;
+        }
+        if let Some(info) = info {
+            info.len = new_len;
+            info.live += live;
+            info.live_bytes += live_bytes;
+        }
+        Ok(())
+    }
+
     /// Appends one framed message record (`seq` is the record's: a rotation names the new
     /// segment after it); returns the segment, offset and length. Not synced.
     pub fn append_frame(&mut self, frame: &[u8], seq: u64) -> io::Result<(u64, u64, u64)> {

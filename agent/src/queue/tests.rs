@@ -197,6 +197,47 @@ fn the_legacy_seq_file_is_a_floor() {
 }
 
 #[test]
+fn an_event_is_synced_before_its_push_returns_without_waiting_for_the_interval() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = Queue::open(StoreOptions {
+        // The batched sync never comes during the test.
+        fsync: FsyncPolicy::Every(Duration::from_secs(3600)),
+        ..StoreOptions::new(dir.path())
+    })
+    .expect("open");
+    let syncs = || q.stats().syncs.load(Ordering::Relaxed);
+    let before = syncs();
+    q.put(data("a"));
+    q.put(data("a"));
+    assert_eq!(syncs(), before, "telemetry waits for the batched sync");
+    // Telemetry is in the kernel when its push returns (a kill -9 keeps it), not yet synced.
+    let on_disk = store::load(dir.path()).expect("load");
+    assert_eq!(on_disk.live.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
+    let started = std::time::Instant::now();
+    let seq = q.put(event("lift-1")).expect("queued");
+    let took = started.elapsed();
+    assert_eq!(
+        syncs(),
+        before + 1,
+        "the event's push returned once the store was synced, one sync for it"
+    );
+    assert!(took < Duration::from_secs(5), "the push took {took:?}");
+    // A fresh open of the store finds it, with everything appended before it.
+    let on_disk = store::load(dir.path()).expect("load");
+    let found = on_disk.live.get(&seq).expect("the event is in the store");
+    assert_eq!(found.record.class, MessageClass::Event);
+    assert_eq!(
+        on_disk.live.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    // Durable, so released to the uplink at once (events first), telemetry with it.
+    assert_eq!(drain(&q), vec![3, 1, 2]);
+    drop(q);
+    let q = queue(dir.path(), 100);
+    assert_eq!(drain(&q), vec![3, 1, 2]);
+}
+
+#[test]
 fn batched_sync_releases_records_only_once_durable() {
     let dir = tempfile::tempdir().expect("tempdir");
     let opts = StoreOptions {

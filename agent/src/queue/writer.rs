@@ -124,7 +124,7 @@ impl Writer {
                         if n == 0 {
                             break;
                         }
-                        self.handle(std::mem::take(&mut batch));
+                        self.handle(&mut batch);
                     }
                     _ = shared.wake.notified() => self.take_acks(),
                     _ = tokio::time::sleep_until(next_sync) => {}
@@ -141,61 +141,67 @@ impl Writer {
         self.sync_now();
     }
 
-    /// Appends a batch of pushes, syncs if it must, indexes them, then answers.
-    fn handle(&mut self, batch: Vec<Request>) {
+    /// Appends a batch of pushes (one `write`), syncs at once if it must (an event or reply
+    /// in it, or `fsync = "always"`), indexes them (evicting what they push over the
+    /// bounds), releases them to the uplink and answers; only then the housekeeping
+    /// (acknowledgements, segment deletion, compaction), so none of it stands between an
+    /// event and the broker.
+    fn handle(&mut self, batch: &mut Vec<Request>) {
         if self.crashed() {
+            batch.clear();
             return; // the answers are dropped: the pushes see no seq
         }
         let shared = self.shared.clone();
         let stats = &shared.stats;
+        let mut records = Vec::with_capacity(batch.len());
         let mut answers = Vec::with_capacity(batch.len());
         let mut syncs = Vec::new();
         let mut urgent = false;
-        for request in batch {
+        let queued_at = now_millis();
+        for request in batch.drain(..) {
             match request {
                 Request::Push { rendered, answer } => {
                     let seq = self.next_seq;
                     self.next_seq += 1;
-                    let record = Record {
+                    urgent |= rendered.class == MessageClass::Event;
+                    records.push(Record {
                         seq,
                         class: rendered.class,
                         payload: rendered.payload(seq),
                         topic: rendered.topic,
-                        queued_at: now_millis(),
-                    };
-                    urgent |= record.class == MessageClass::Event;
-                    let len = record::message_frame_len(&record) as u64;
-                    let at = self.persist(&record);
-                    if at.is_none() {
-                        stats.memory_only.fetch_add(1, Ordering::Relaxed);
-                    }
-                    stats.queued.fetch_add(1, Ordering::Relaxed);
-                    let (class, queued_at) = (record.class, record.queued_at);
-                    let mut state = shared.lock();
-                    state.insert(seq, class, queued_at, at, len, Some(Arc::new(record)));
-                    state.last_seq = seq;
-                    self.peak = self.peak.max(state.live());
-                    drop(state);
+                        queued_at,
+                    });
                     answers.push((seq, answer));
                 }
                 Request::Sync { answer } => syncs.push(answer),
             }
         }
-        self.take_acks();
+        let placed = self.persist_all(&records);
         let must_sync =
-            !answers.is_empty() && (urgent || self.settings.fsync == FsyncPolicy::Always);
+            !records.is_empty() && (urgent || self.settings.fsync == FsyncPolicy::Always);
         let synced = must_sync && !self.error && self.sync_store();
         let last = self.next_seq - 1;
-        let (victims, released) = {
-            let mut state = self.shared.lock();
+        let (released, victims) = {
+            let mut state = shared.lock();
+            for (record, at) in records.into_iter().zip(placed) {
+                if at.is_none() {
+                    stats.memory_only.fetch_add(1, Ordering::Relaxed);
+                }
+                stats.queued.fetch_add(1, Ordering::Relaxed);
+                let len = record::message_frame_len(&record) as u64;
+                let (seq, class, queued_at) = (record.seq, record.class, record.queued_at);
+                state.insert(seq, class, queued_at, at, len, Some(Arc::new(record)));
+                state.last_seq = seq;
+            }
+            self.peak = self.peak.max(state.live());
             let released = (synced || self.error) && state.released_up_to < last;
             if released {
                 state.released_up_to = last;
             }
-            (
-                state.evict(self.settings.max_messages, self.settings.max_bytes),
-                released,
-            )
+            // Within the bounds again before any push returns (memory only: the done
+            // records are written later).
+            let victims = state.evict(self.settings.max_messages, self.settings.max_bytes);
+            (released, victims)
         };
         for v in victims {
             if let Some(segment) = v.segment {
@@ -204,15 +210,18 @@ impl Writer {
             stats.evicted.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(seq = v.seq, class = ?v.class, "queue full: evicted the oldest message");
         }
-        self.store.collect();
-        self.compact();
-        self.publish_status();
+        // The uplink first (an event goes out now), then the pushers. A failing disk sends
+        // everything at once (its release may have come before these were indexed).
+        if released || self.error {
+            self.shared.ready.notify_one();
+        }
         for (seq, answer) in answers {
             let _ = answer.send(seq);
         }
-        if released {
-            self.shared.ready.notify_one();
-        }
+        self.take_acks();
+        self.store.collect();
+        self.compact();
+        self.publish_status();
         if !syncs.is_empty() {
             self.sync_now();
         }
@@ -221,25 +230,31 @@ impl Writer {
         }
     }
 
-    /// Appends `record`; its segment and offset, `None` when the disk failed (the record
-    /// stays in memory).
-    fn persist(&mut self, record: &Record) -> Option<(u64, u64)> {
-        if self.error && !self.recover() {
-            return None;
+    /// Appends `records` with one write; where each went (segment, offset), `None` for those
+    /// the disk did not take (they stay in memory).
+    fn persist_all(&mut self, records: &[Record]) -> Vec<Option<(u64, u64)>> {
+        if records.is_empty() || (self.error && !self.recover()) {
+            return vec![None; records.len()];
         }
-        match self.store.append(record) {
-            Ok((segment, offset, _)) => Some((segment, offset)),
-            Err(e) => {
-                self.fail(e);
-                None
-            }
+        let (placed, error) = self.store.append_all(records);
+        if let Some(e) = error {
+            self.fail(e);
         }
+        let mut out: Vec<Option<(u64, u64)>> = placed
+            .into_iter()
+            .map(|(segment, offset, _)| Some((segment, offset)))
+            .collect();
+        out.resize(records.len(), None);
+        out
     }
 
     /// Syncs what was appended; `true` if it is durable now.
     fn sync_store(&mut self) -> bool {
         match self.store.sync(self.next_seq - 1) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.shared.stats.syncs.fetch_add(1, Ordering::Relaxed);
+                true
+            }
             Err(e) => {
                 self.fail(e);
                 false

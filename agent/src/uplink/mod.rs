@@ -26,6 +26,9 @@
 //! With `mqtts://` every connection is TLS ([`tls`]): the client configuration is built when
 //! the uplink starts (bad files stop the agent) and rebuilt before each attempt, so renewed
 //! certificates are picked up; a TLS failure is retried with the same back-off as any other.
+//! A renewed pair (`<cert_file>.new` / `<key_file>.new`, [`tls::renewal`]) is tried first;
+//! if that attempt fails before CONNACK the current pair is tried at once, in the same
+//! back-off step, and the new pair is refused only if the current one gets the session.
 
 pub mod config;
 pub mod ledger;
@@ -180,6 +183,8 @@ pub struct UplinkStats {
     pub handed: AtomicU64,
     /// Their topic plus payload bytes.
     pub handed_bytes: AtomicU64,
+    /// The client certificate in use and its renewal (`health` `tls`).
+    pub tls: Arc<tls::renewal::TlsState>,
 }
 
 /// What the connection task tells the publisher.
@@ -240,6 +245,14 @@ impl Uplink {
         commands: mpsc::Sender<Vec<u8>>,
         health: Box<dyn Fn() -> Vec<u8> + Send>,
     ) -> Result<Uplink, SetupError> {
+        let renewal = config
+            .tls
+            .as_ref()
+            .filter(|_| config.broker.tls)
+            .and_then(|files| tls::renewal::Renewal::new(files, stats.tls.clone()));
+        if let Some(r) = &renewal {
+            r.recover();
+        }
         let tls = match (&config.tls, config.broker.tls) {
             (Some(files), true) => Some(tls::client_config(files)?),
             (None, true) => return Err(SetupError::NoCa(config.broker.clone())),
@@ -251,6 +264,7 @@ impl Uplink {
         tokio::spawn(connection_task(
             config.clone(),
             tls,
+            renewal,
             net_tx,
             conn_stop_rx,
             stats.clone(),
@@ -280,9 +294,18 @@ impl Uplink {
     }
 }
 
+/// How one connection ended.
+enum Ended {
+    /// With this error.
+    Error(SessionError),
+    /// Cleanly, to try a certificate `cert_install` just wrote.
+    Renew,
+}
+
 async fn connection_task(
     config: UplinkConfig,
     mut tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    mut renewal: Option<tls::renewal::Renewal>,
     events: mpsc::UnboundedSender<NetEvent>,
     mut stop: oneshot::Receiver<()>,
     stats: Arc<UplinkStats>,
@@ -291,37 +314,81 @@ async fn connection_task(
     let cmd_topic = config.topics.cmd();
     let mut first_attempt = true;
     let mut last_oversize: Option<Instant> = None;
+    // Why the last attempt, on the renewed pair, got no session: the current pair is being
+    // tried at once; if it gets one, the renewed pair was refused.
+    let mut new_pair_failed: Option<String> = None;
+    let state = stats.tls.clone();
     loop {
         // Re-read the TLS files (a renewed certificate counts from the next attempt); the
         // first attempt uses what `start` just read.
         if let (Some(files), false) = (&config.tls, first_attempt) {
             match tls::client_config(files) {
-                Ok(fresh) => tls = Some(fresh),
+                Ok(fresh) => {
+                    tls = Some(fresh);
+                    if let Some(r) = &renewal {
+                        r.reloaded();
+                    }
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot reload the TLS files; using the last good ones")
                 }
             }
         }
         first_attempt = false;
-        let (client, mut eventloop) = session_spec(&config, tls.as_ref()).connect();
+        // A renewed pair goes first, except on the current pair's attempt right after it
+        // failed.
+        let candidate = match (&mut renewal, &new_pair_failed) {
+            (Some(r), None) => r.candidate(),
+            _ => None,
+        };
+        let on_new_pair = candidate.is_some();
+        let installs = state.installs();
+        let attempt_tls = candidate.clone().or_else(|| tls.clone());
+        let (client, mut eventloop) = session_spec(&config, attempt_tls.as_ref()).connect();
+        let own_client = client.clone();
         if events.send(NetEvent::NewClient(client)).is_err() {
             return;
         }
         let mut session_started: Option<Instant> = None;
-        let reason = loop {
+        let mut renewing = false;
+        let ended = loop {
             let polled = tokio::select! {
                 polled = eventloop.poll() => polled,
+                _ = state.renew_now.notified(), if session_started.is_some() && !renewing => {
+                    if state.installs() != installs {
+                        tracing::info!("a renewed client certificate was installed; reconnecting to use it");
+                        renewing = own_client.try_disconnect().is_ok();
+                    }
+                    continue;
+                }
                 _ = &mut stop => return,
             };
             let forward = match polled {
                 Ok(Event::ConnAck) => {
                     session_started = Some(Instant::now());
+                    if let Some(r) = renewal.as_mut() {
+                        if on_new_pair {
+                            match r.accepted() {
+                                Ok(()) => tls = candidate.clone(),
+                                Err(e) => {
+                                    tracing::error!(error = %e, "the broker accepted the renewed certificate pair but it cannot replace the old one; it stays pending")
+                                }
+                            }
+                        } else if let Some(cause) = new_pair_failed.take() {
+                            r.refused(&cause);
+                        }
+                    }
                     Some(NetEvent::ConnAck)
                 }
                 Ok(Event::Published(pkid)) => Some(NetEvent::Outgoing(pkid)),
                 Ok(Event::PubAck { pkid, code }) => Some(NetEvent::PubAck(pkid, code)),
                 Ok(Event::Message { topic, payload }) if topic == cmd_topic => {
                     Some(NetEvent::Command(payload))
+                }
+                Ok(Event::Disconnecting) if renewing => {
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+                    break Ended::Renew;
                 }
                 Ok(Event::Disconnecting) => {
                     let _ = events.send(NetEvent::Disconnected("clean stop".into()));
@@ -331,7 +398,7 @@ async fn connection_task(
                     return;
                 }
                 Ok(_) => None,
-                Err(e) => break e,
+                Err(e) => break Ended::Error(e),
             };
             if let Some(ev) = forward {
                 if events.send(ev).is_err() {
@@ -340,6 +407,22 @@ async fn connection_task(
             }
         };
         stats.connected.store(false, Ordering::Relaxed);
+        let reason = match ended {
+            Ended::Renew => {
+                if events
+                    .send(NetEvent::Disconnected(
+                        "reconnecting with the renewed client certificate".into(),
+                    ))
+                    .is_err()
+                {
+                    return;
+                }
+                backoff.reset();
+                drop(eventloop);
+                continue;
+            }
+            Ended::Error(e) => e,
+        };
         stats.connection_errors.fetch_add(1, Ordering::Relaxed);
         if events
             .send(NetEvent::Disconnected(reason.to_string()))
@@ -347,6 +430,16 @@ async fn connection_task(
         {
             return;
         }
+        if on_new_pair && session_started.is_none() {
+            // Not the back-off's business yet: the current pair goes at once.
+            let cause = reason.to_string();
+            tracing::warn!(broker = %config.broker, error = %cause, "no session on the renewed certificate pair; trying the current pair at once");
+            new_pair_failed = Some(cause);
+            drop(eventloop);
+            continue;
+        }
+        // The current pair failed too: nothing learnt about the renewed one.
+        new_pair_failed = None;
         if session_started.is_some_and(|t| t.elapsed() > Duration::from_secs(60)) {
             backoff.reset();
         }

@@ -14,6 +14,8 @@
 //! with an error naming the file, and again before every connection attempt, so a renewed
 //! certificate is picked up by the next reconnect; if a re-read fails, the last good
 //! configuration is kept and the failure is logged. Errors name files, never their content.
+//! A renewed pair waiting as `<cert_file>.new` / `<key_file>.new` is tried first and replaces
+//! the old one once the broker accepts it ([`renewal`]).
 //!
 //! Every failure names its cause and its fix, decided in one place each: [`TlsProblem`]
 //! (files, at start-up; [`TlsError`] adds the fix), [`BrokerCertError`] (the broker's
@@ -21,6 +23,7 @@
 //! carries it) and [`Cause`] (the fix for a connection error's text, through [`hint`]).
 
 mod broker_cert;
+pub mod renewal;
 pub mod x509;
 
 use broker_cert::BrokerVerifier;
