@@ -5,7 +5,7 @@
 //! then the uplink drains the queue (bounded), publishes `offline` and disconnects. What is
 //! not acknowledged by then stays counted in the queue.
 //!
-//! `config_apply` (see [`apply`]): the tasks are stopped and started again in this process on
+//! `config_apply` (see `apply`): the tasks are stopped and started again in this process on
 //! the new configuration, over the same open queue. In process rather than a re-exec: the
 //! queue stays open (no second scan, seq continues with nothing in between), the process
 //! keeps its identity under systemd (PID, watchdog, notify socket), and a rollback needs
@@ -14,14 +14,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::clock::ClockStatus;
-use crate::commands::{refusal, ApplyRequest, ConfigOpError, RunningFile};
+use crate::commands::{ApplyRequest, RunningFile};
 use crate::config::Config;
 use crate::feed::{now_millis, BirthInfo, LastStop, Message, Renderer, Reply, Topics};
 use crate::health::{HealthReporter, SourceEntry};
@@ -34,6 +32,10 @@ use crate::shutdown;
 use crate::sources::serial_node::{self, SerialNodeSource};
 use crate::sources::{DeviceKey, NodeRequest, SourceStats};
 use crate::uplink::{Uplink, UplinkConfig, UplinkStats};
+
+mod apply;
+use apply::{apply, Applying};
+pub use apply::{staged_path, ApplyError, RollbackCause};
 
 /// In the store directory: the seqs handed to the broker and not acknowledged yet, so they
 /// go out again marked `"replay": true` after a restart.
@@ -274,17 +276,11 @@ impl Agent {
     ) -> anyhow::Result<Agent> {
         let gw = config.gateway.id.to_string();
         let topics = Topics::new(&config.mqtt.topic_root, &gw);
-        let broker = config
-            .broker()
-            .map_err(anyhow::Error::msg)
-            .context("[mqtt] url")?;
+        let broker = config.broker().context("[mqtt] url")?;
         let clock = shared.clock.clone();
         let renderer = Renderer::new(&gw, topics.clone()).with_clock(clock.clone());
         let queue = shared.queue.clone();
-        let (credentials, insecure) = config
-            .mqtt
-            .uplink_security(&broker)
-            .map_err(anyhow::Error::msg)?;
+        let (credentials, insecure) = config.mqtt.uplink_security(&broker)?;
         let tls = crate::uplink::tls::TlsFiles::from_config(&config.mqtt, &broker);
         let depth = queue.depth(now_millis());
         tracing::info!(gw = %gw, broker = %broker, store = %config.store.path.display(), last_seq = queue.last_seq(), unacknowledged = depth.messages, "towerlink agent starting");
@@ -556,298 +552,6 @@ impl Agent {
             .push(self.renderer.render(&Message::Reply(reply)))
             .await;
     }
-}
-
-/// The state an apply starts from and ends with.
-struct Applying {
-    agent: Agent,
-    config: Config,
-    file: ConfigFile,
-}
-
-/// How an apply ended: what runs now, and whether `stop` fired meanwhile.
-struct Applied {
-    agent: Agent,
-    config: Config,
-    file: ConfigFile,
-    stopped: bool,
-}
-
-/// How often the supervisor looks at the critical events and the verification.
-const APPLY_POLL: Duration = Duration::from_millis(100);
-
-/// Carries out one `config_apply` (its `expect` was checked by the command handler).
-///
-/// The new text is validated as `towerlink check` validates a file offline (parse, every
-/// rule, lift profiles resolved next to the running file); the gateway id and the store
-/// path cannot change this way (the topics and the queue would). While a critical event is
-/// active it waits, at most `[commands] defer_max`. Then the text is written next to the
-/// running file (`<file>.new`: write, fsync), the running tasks are stopped (windows
-/// flushed, queue drained, `offline`) and started again in this process on the new
-/// configuration over the same queue, so seq continues. Verified when the MQTT session is
-/// up and every configured source's port is open within `[commands] verify_timeout`: only
-/// then is `<file>.new` renamed over the file (and the directory synced). Otherwise the
-/// previous configuration (still the file on disk) is started again and the reply, `ok:
-/// false` with the reason, is queued once its session is back. A crash meanwhile leaves
-/// the previous file in place.
-async fn apply<F: std::future::Future<Output = ()>>(
-    request: ApplyRequest,
-    state: Applying,
-    shared: &Shared,
-    others: &mut mpsc::Receiver<ApplyRequest>,
-    mut stop: std::pin::Pin<&mut F>,
-) -> anyhow::Result<Applied> {
-    let Applying {
-        agent,
-        config,
-        file,
-    } = state;
-    let id = request.id.clone();
-    let unchanged = |agent: Agent, stopped: bool| Applied {
-        agent,
-        config: config.clone(),
-        file: file.clone(),
-        stopped,
-    };
-    let new = match validate(&request.toml, &file.path, &config) {
-        Ok(new) => new,
-        Err(reason) => {
-            agent.reply(shared, refusal(id, reason)).await;
-            return Ok(unchanged(agent, false));
-        }
-    };
-    let settings = config.commands.clone();
-
-    // Deferred while a critical event is active.
-    let received = Instant::now();
-    let mut deferred = false;
-    loop {
-        let critical = agent.pipeline_stats.critical_active();
-        if critical.is_empty() {
-            break;
-        }
-        if !deferred {
-            tracing::warn!(id = %id, critical = ?critical, defer_max_ms = settings.defer_max.as_millis() as u64, "config_apply deferred: a critical event is active");
-            deferred = true;
-        }
-        if received.elapsed() >= settings.defer_max {
-            let reason = format!(
-                "refused: deferred {} while a critical event was active ({}), which still is; nothing changed (commands.defer_max); send it again once it has cleared",
-                humantime::format_duration(Duration::from_secs(received.elapsed().as_secs())),
-                critical.join(", ")
-            );
-            agent.reply(shared, refusal(id, reason)).await;
-            return Ok(unchanged(agent, false));
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(APPLY_POLL) => {}
-            _ = stop.as_mut() => {
-                agent.reply(shared, refusal(id, "refused: the agent is stopping; nothing changed".into())).await;
-                return Ok(unchanged(agent, true));
-            }
-            Some(other) = others.recv() => busy(&agent, shared, other).await,
-        }
-    }
-    let deferred_ms = if deferred {
-        Some(received.elapsed().as_millis() as u64)
-    } else {
-        None
-    };
-
-    let staged = staged_path(&file.path);
-    let text = request.toml.clone();
-    let target = staged.clone();
-    let written = tokio::task::spawn_blocking(move || write_synced(&target, &text)).await;
-    if let Err(e) = written
-        .map_err(|e| std::io::Error::other(e.to_string()))
-        .and_then(|r| r)
-    {
-        let reason = format!(
-            "refused: cannot write {}: {e}; nothing changed",
-            staged.display()
-        );
-        agent.reply(shared, refusal(id, reason)).await;
-        return Ok(unchanged(agent, false));
-    }
-    let old_hash = crate::commands::config_hash(&file.text);
-    let new_file = ConfigFile {
-        path: file.path.clone(),
-        text: request.toml.clone(),
-    };
-    tracing::info!(id = %id, file = %file.path.display(), "config_apply: restarting the tasks on the new configuration");
-    agent.stop().await;
-
-    // Started and verified, or the reason it was not.
-    let mut stopped = false;
-    let verdict = match Agent::start(&new, Some(&new_file), shared, None) {
-        Err(e) => Err((None, format!("the new configuration did not start: {e:#}"))),
-        Ok(candidate) => {
-            let deadline = Instant::now() + settings.verify_timeout;
-            loop {
-                let down = candidate.not_up();
-                if down.is_empty() {
-                    break Ok(candidate);
-                }
-                if Instant::now() >= deadline {
-                    let reason = format!(
-                        "not up within {} (commands.verify_timeout): {}",
-                        humantime::format_duration(settings.verify_timeout),
-                        down.join(", ")
-                    );
-                    break Err((Some(candidate), reason));
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(APPLY_POLL) => {}
-                    _ = stop.as_mut(), if !stopped => {
-                        stopped = true;
-                        break Err((Some(candidate), "the agent was stopped during verification".into()));
-                    }
-                    Some(other) = others.recv() => busy(&candidate, shared, other).await,
-                }
-            }
-        }
-    };
-    match verdict {
-        Ok(candidate) => {
-            let path = file.path.clone();
-            let kept = tokio::task::spawn_blocking(move || keep_staged(&staged, &path)).await;
-            match kept
-                .map_err(|e| std::io::Error::other(e.to_string()))
-                .and_then(|r| r)
-            {
-                Ok(()) => {
-                    let hash = crate::commands::config_hash(&new_file.text);
-                    tracing::info!(id = %id, hash = %hash, "config_apply: verified and kept");
-                    let mut result = json!({
-                        "hash": hash,
-                        "previous": old_hash,
-                        "applied": "restart",
-                        "deferred": deferred,
-                    });
-                    if let Some(ms) = deferred_ms {
-                        result["deferred_ms"] = json!(ms);
-                    }
-                    let reply = Reply {
-                        id,
-                        ok: true,
-                        error: None,
-                        result: Some(result),
-                    };
-                    candidate.reply(shared, reply).await;
-                    Ok(Applied {
-                        agent: candidate,
-                        config: new,
-                        file: new_file,
-                        stopped,
-                    })
-                }
-                Err(e) => {
-                    let reason = format!("cannot keep the new file: {e}");
-                    roll_back(candidate, (id, reason), &config, &file, shared, stopped).await
-                }
-            }
-        }
-        Err((candidate, reason)) => {
-            let _ = std::fs::remove_file(&staged);
-            match candidate {
-                Some(candidate) => {
-                    roll_back(candidate, (id, reason), &config, &file, shared, stopped).await
-                }
-                None => start_previous((id, reason), &config, &file, shared, stopped).await,
-            }
-        }
-    }
-}
-
-/// Stops the candidate and starts the previous configuration again.
-async fn roll_back(
-    candidate: Agent,
-    why: (String, String),
-    config: &Config,
-    file: &ConfigFile,
-    shared: &Shared,
-    stopped: bool,
-) -> anyhow::Result<Applied> {
-    candidate.stop().await;
-    start_previous(why, config, file, shared, stopped).await
-}
-
-/// Starts the previous configuration again and replies `ok: false` once its session is back
-/// (or after its own `verify_timeout`, then the reply waits in the queue).
-async fn start_previous(
-    (id, reason): (String, String),
-    config: &Config,
-    file: &ConfigFile,
-    shared: &Shared,
-    stopped: bool,
-) -> anyhow::Result<Applied> {
-    let _ = std::fs::remove_file(staged_path(&file.path));
-    tracing::warn!(id = %id, reason = %reason, "config_apply rolled back to the previous configuration");
-    let agent = Agent::start(config, Some(file), shared, None)
-        .context("config_apply: the previous configuration did not start again")?;
-    let deadline = Instant::now() + config.commands.verify_timeout;
-    while !agent.uplink_stats.connected.load(Ordering::Relaxed) && Instant::now() < deadline {
-        tokio::time::sleep(APPLY_POLL).await;
-    }
-    let reason = format!("rolled back: {reason}; the previous configuration runs again");
-    agent.reply(shared, refusal(id, reason)).await;
-    Ok(Applied {
-        agent,
-        config: config.clone(),
-        file: file.clone(),
-        stopped,
-    })
-}
-
-/// Refuses a second `config_apply` while one is in progress.
-async fn busy(agent: &Agent, shared: &Shared, other: ApplyRequest) {
-    let reply = crate::commands::refuse(other.id, ConfigOpError::Busy.into());
-    agent.reply(shared, reply).await;
-}
-
-/// The new configuration, checked as `towerlink check` checks a file offline, or why not.
-fn validate(text: &str, path: &Path, running: &Config) -> Result<Config, String> {
-    let new = Config::parse_in(text, "config_apply toml", path.parent()).map_err(|e| {
-        format!("refused: the configuration does not pass the checks of `towerlink check`: {e}")
-    })?;
-    if new.gateway.id != running.gateway.id {
-        return Err(format!(
-            "refused: config_apply cannot change gateway.id ({} to {}): the topics would change",
-            running.gateway.id, new.gateway.id
-        ));
-    }
-    if new.store.path != running.store.path {
-        return Err(format!(
-            "refused: config_apply cannot change store.path ({} to {}): the queue stays where it is",
-            running.store.path.display(),
-            new.store.path.display()
-        ));
-    }
-    Ok(new)
-}
-
-/// Where a `config_apply` stages the new file: next to the running one, `<file>.new`.
-pub fn staged_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".new");
-    PathBuf::from(name)
-}
-
-/// Writes `text` to `path` and syncs it.
-fn write_synced(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()
-}
-
-/// Renames the staged file over the running one and syncs the directory.
-fn keep_staged(staged: &Path, path: &Path) -> std::io::Result<()> {
-    std::fs::rename(staged, path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// Starts one Modbus task per RS-485 bus (lifts grouped by port, in config order).

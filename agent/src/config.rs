@@ -280,7 +280,7 @@ impl Config {
     }
 
     /// The broker address of `[mqtt] url` (validated at load, so this cannot fail after it).
-    pub fn broker(&self) -> Result<BrokerAddress, String> {
+    pub fn broker(&self) -> Result<BrokerAddress, crate::uplink::config::UrlError> {
         self.mqtt.broker()
     }
 
@@ -362,8 +362,8 @@ fn check_channels(
     v: &mut Violations,
 ) {
     for (name, settings) in channels {
-        if let Err((sub, message)) = settings.validate() {
-            v.add(&format!("channels.{name}.{sub}"), message);
+        if let Err(e) = settings.validate() {
+            v.add(&format!("channels.{name}.{}", e.key()), e.to_string());
         }
     }
 }

@@ -13,7 +13,8 @@
 //! Imports go one way; `tests/import_layers.rs` fails on any other edge and on any circle.
 //!
 //! ```text
-//! bottom    values, feed, feed_view, secrets, backoff, shutdown, rate_limit, service, clock
+//! bottom    values, feed, feed_view, secrets, backoff, shutdown, rate_limit, service, clock,
+//!           log_ring
 //!           (import only each other)
 //! sources   (with profile)       -> bottom
 //! queue                          -> bottom
@@ -32,8 +33,18 @@
 //! `[health]` in `health`), built from the checked values of `values`. `config` only
 //! composes them: nothing but `app`, `cli` and `main` imports it. `service` (the watchdog's
 //! heartbeats) sits at the bottom because every loop beats. Test modules may use any
-//! module. One edge still breaks the rule and is being removed (issue 14): the pipeline
-//! fills `commands::ChannelDirectory`; the test lists it as known, and only it.
+//! module. No edge breaks the rule (the last, the pipeline filling the commands' channel
+//! directory, went when the pipeline came to own `pipeline::ChannelDirectory`).
+//!
+//! ## Errors at the seams
+//!
+//! A module reports failure with its own `thiserror` type that a caller can match
+//! (`values::ValueError`, `uplink::config::UrlError`, `secrets::PasswordFileError`,
+//! `pipeline::settings::SettingsError`, `app::ApplyError`, ...); a module's error wraps the
+//! lower one's where it passes it on (`uplink::session::SetupError::Password`). The
+//! `Display` of each is the text the installer reads, and serde validators report it
+//! through serde's message. `agent/tests/file_size.rs` keeps every file under 650 lines of
+//! code (tests beside it in a `tests.rs`).
 //!
 //! ## Modules
 //!

@@ -7,7 +7,7 @@
 //! (and the start-up log) when a key or password file can be read by group or others.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A secret string; formatting it never shows it.
 #[derive(Clone, PartialEq, Eq)]
@@ -40,30 +40,64 @@ impl fmt::Display for Secret {
 /// The largest password file read (a password, not a database).
 const MAX_PASSWORD_BYTES: u64 = 4096;
 
+/// What is wrong with `[mqtt] password_file`.
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordProblem {
+    /// It cannot be read (missing, no permission, ...).
+    #[error("cannot read it: {0}")]
+    Unreadable(std::io::Error),
+    /// It is a directory or a device.
+    #[error("is not a regular file")]
+    NotAFile,
+    /// It is longer than 4096 bytes.
+    #[error("is larger than {MAX_PASSWORD_BYTES} bytes; it must hold only the password")]
+    TooLarge,
+    /// It is not UTF-8.
+    #[error("is not UTF-8 text")]
+    NotUtf8,
+    /// It holds nothing (or only a newline).
+    #[error("is empty")]
+    Empty,
+    /// It holds more than one line.
+    #[error("holds more than one line")]
+    MultiLine,
+}
+
+/// `[mqtt] password_file` could not give a password; names the file, never its content.
+#[derive(Debug, thiserror::Error)]
+#[error("mqtt.password_file {}: {problem}", path.display())]
+pub struct PasswordFileError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub problem: PasswordProblem,
+}
+
 /// Reads `[mqtt] password_file`: its content without one trailing newline (`\n` or `\r\n`).
 /// Errors name the file, never its content.
-pub fn read_password_file(path: &Path) -> Result<Secret, String> {
-    let named = |problem: &str| format!("mqtt.password_file {}: {problem}", path.display());
-    let meta = std::fs::metadata(path).map_err(|e| named(&format!("cannot read it: {e}")))?;
+pub fn read_password_file(path: &Path) -> Result<Secret, PasswordFileError> {
+    let named = |problem: PasswordProblem| PasswordFileError {
+        path: path.to_owned(),
+        problem,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| named(PasswordProblem::Unreadable(e)))?;
     if !meta.is_file() {
-        return Err(named("is not a regular file"));
+        return Err(named(PasswordProblem::NotAFile));
     }
     if meta.len() > MAX_PASSWORD_BYTES {
-        return Err(named(&format!(
-            "is larger than {MAX_PASSWORD_BYTES} bytes; it must hold only the password"
-        )));
+        return Err(named(PasswordProblem::TooLarge));
     }
-    let bytes = std::fs::read(path).map_err(|e| named(&format!("cannot read it: {e}")))?;
-    let text = String::from_utf8(bytes).map_err(|_| named("is not UTF-8 text"))?;
+    let bytes = std::fs::read(path).map_err(|e| named(PasswordProblem::Unreadable(e)))?;
+    let text = String::from_utf8(bytes).map_err(|_| named(PasswordProblem::NotUtf8))?;
     let password = text
         .strip_suffix("\r\n")
         .or_else(|| text.strip_suffix('\n'))
         .unwrap_or(&text);
     if password.is_empty() {
-        return Err(named("is empty"));
+        return Err(named(PasswordProblem::Empty));
     }
     if password.contains(['\n', '\r']) {
-        return Err(named("holds more than one line"));
+        return Err(named(PasswordProblem::MultiLine));
     }
     Ok(Secret(password.to_owned()))
 }
@@ -120,17 +154,36 @@ mod tests {
             ("a\nb\n", "more than one line"),
         ] {
             std::fs::write(&p, content).expect("write");
-            let e = read_password_file(&p).expect_err("refused");
+            let e = read_password_file(&p).expect_err("refused").to_string();
             assert!(e.contains(needle) && e.contains("password_file"), "{e}");
         }
+        let problem = |p: &Path| read_password_file(p).expect_err("refused").problem;
+        std::fs::write(&p, "").expect("write");
+        assert!(matches!(problem(&p), PasswordProblem::Empty));
+        std::fs::write(&p, "a\nb").expect("write");
+        assert!(matches!(problem(&p), PasswordProblem::MultiLine));
         std::fs::write(&p, "x".repeat(5000)).expect("write");
-        assert!(read_password_file(&p).expect_err("big").contains("larger"));
+        assert!(matches!(problem(&p), PasswordProblem::TooLarge));
+        let e = read_password_file(&p).expect_err("big").to_string();
+        assert!(e.contains("larger than 4096 bytes"), "{e}");
         std::fs::write(&p, [0xff, 0xfe, b's']).expect("write");
-        assert!(read_password_file(&p).expect_err("utf8").contains("UTF-8"));
-        let e = read_password_file(&dir.path().join("missing")).expect_err("missing");
+        assert!(matches!(problem(&p), PasswordProblem::NotUtf8));
+        assert!(read_password_file(&p)
+            .expect_err("utf8")
+            .to_string()
+            .contains("UTF-8"));
+        let missing = dir.path().join("missing");
+        let e = read_password_file(&missing).expect_err("missing");
+        assert_eq!(e.path, missing);
+        assert!(
+            matches!(&e.problem, PasswordProblem::Unreadable(io) if io.kind() == std::io::ErrorKind::NotFound)
+        );
+        let e = e.to_string();
         assert!(e.contains("missing") && e.contains("cannot read"), "{e}");
+        assert!(matches!(problem(dir.path()), PasswordProblem::NotAFile));
         assert!(read_password_file(dir.path())
             .expect_err("dir")
+            .to_string()
             .contains("regular file"));
     }
 

@@ -11,6 +11,127 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+/// A configuration value that is refused, with the installer-facing text as its `Display`
+/// (serde carries that text; the loader adds the line, column and key path).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// An id that does not match [`ID_PATTERN`].
+    #[error("{value:?} is not a valid {what}: it must match {ID_PATTERN}")]
+    Id {
+        /// What the id names (`gateway id`, `device id`).
+        what: &'static str,
+        /// The id as written.
+        value: String,
+    },
+    /// A size whose number does not parse.
+    #[error("invalid size {text:?}; write e.g. \"512MiB\"")]
+    SizeNumber {
+        /// The size as written.
+        text: String,
+    },
+    /// A size with a unit the agent does not know.
+    #[error("invalid size unit {unit:?} in {text:?}; use B, KiB, MiB, GiB (or kB, MB, GB)")]
+    SizeUnit {
+        /// The unit as written.
+        unit: String,
+        /// The size as written.
+        text: String,
+    },
+    /// A size beyond what a `u64` holds (or negative).
+    #[error("size {text:?} is out of range")]
+    SizeOverflow {
+        /// The size as written.
+        text: String,
+    },
+    /// A size that is neither a number of bytes nor text.
+    #[error("invalid size: write a number of bytes or e.g. \"512MiB\"")]
+    SizeForm,
+    /// A size outside the range its key allows.
+    #[error("{}", range_text(&format!("{bytes} bytes"), &show_size(*min), max.map(show_size)))]
+    SizeRange {
+        /// The size read, in bytes.
+        bytes: u64,
+        /// The least allowed.
+        min: u64,
+        /// The most allowed (`None`: no upper bound).
+        max: Option<u64>,
+    },
+    /// A duration that does not parse.
+    #[error("invalid duration {text:?} ({reason}); write e.g. \"10s\", \"250ms\", \"5m\"")]
+    Duration {
+        /// The duration as written.
+        text: String,
+        /// Why humantime refused it.
+        reason: String,
+    },
+    /// A duration outside the range its key allows.
+    #[error("{}", duration_range_text(*value, *min, *max))]
+    DurationRange {
+        /// The duration read.
+        value: Duration,
+        /// The least allowed (zero: no lower bound).
+        min: Duration,
+        /// The most allowed (`None`: no upper bound).
+        max: Option<Duration>,
+    },
+    /// A baud rate that is not one of [`STANDARD_BAUDS`].
+    #[error("{baud} is not a standard baud rate ({:?})", STANDARD_BAUDS.iter().filter(|b| **b <= *max).collect::<Vec<_>>())]
+    NonStandardBaud {
+        /// The rate read.
+        baud: u32,
+        /// The fastest rate of the line.
+        max: u32,
+    },
+    /// A standard baud rate above the line's fastest.
+    #[error("{baud} is above {max}, the fastest rate of this line")]
+    BaudTooFast {
+        /// The rate read.
+        baud: u32,
+        /// The fastest rate of the line.
+        max: u32,
+    },
+    /// An integer outside the range its key allows.
+    #[error("{}", int_range_text(*value, *min, *max))]
+    IntRange {
+        /// The integer read.
+        value: i64,
+        /// The least allowed.
+        min: i64,
+        /// The most allowed.
+        max: i64,
+    },
+    /// An integer in range that the target type still cannot hold.
+    #[error("{value} is out of range")]
+    IntType {
+        /// The integer read.
+        value: i64,
+    },
+}
+
+/// `"{value}: must be at least {min}"` or `"... between {min} and {max}"`.
+fn range_text(value: &str, min: &str, max: Option<String>) -> String {
+    match max {
+        None => format!("{value}: must be at least {min}"),
+        Some(max) => format!("{value}: must be between {min} and {max}"),
+    }
+}
+
+fn duration_range_text(value: Duration, min: Duration, max: Option<Duration>) -> String {
+    let show = |d: Duration| humantime::format_duration(d).to_string();
+    match max {
+        Some(max) if min.is_zero() => format!("{}: must be at most {}", show(value), show(max)),
+        max => range_text(&show(value), &show(min), max.map(show)),
+    }
+}
+
+fn int_range_text(value: i64, min: i64, max: i64) -> String {
+    if max >= i64::from(u32::MAX) {
+        format!("{value}: must be at least {min}")
+    } else {
+        format!("{value}: must be in {min}..={max}")
+    }
+}
+
 /// The pattern every gateway, device id and channel name must match (feed contract, "Names").
 pub const ID_PATTERN: &str = "^[a-z0-9][a-z0-9._-]{0,63}$";
 
@@ -48,22 +169,19 @@ macro_rules! id_type {
         }
 
         impl TryFrom<String> for $name {
-            type Error = String;
-            fn try_from(id: String) -> Result<Self, String> {
+            type Error = ValueError;
+            fn try_from(id: String) -> Result<Self, ValueError> {
                 if is_valid_id(&id) {
                     Ok($name(id))
                 } else {
-                    Err(format!(
-                        concat!("{:?} is not a valid ", $what, ": it must match {}"),
-                        id, ID_PATTERN
-                    ))
+                    Err(ValueError::Id { what: $what, value: id })
                 }
             }
         }
 
         impl TryFrom<&str> for $name {
-            type Error = String;
-            fn try_from(id: &str) -> Result<Self, String> {
+            type Error = ValueError;
+            fn try_from(id: &str) -> Result<Self, ValueError> {
                 $name::try_from(id.to_owned())
             }
         }
@@ -132,15 +250,15 @@ id_type!(
 
 /// Parses a size: `"512MiB"`, `"1GiB"`, `"64KiB"`, `"1000000"` (bytes); `k`/`KB`/`MB`/`GB`
 /// are decimal, `KiB`/`MiB`/`GiB` binary.
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, ValueError> {
     let t = text.trim();
     let split = t
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid size {text:?}; write e.g. \"512MiB\""))?;
+    let number: f64 = number.parse().map_err(|_| ValueError::SizeNumber {
+        text: text.to_owned(),
+    })?;
     let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
@@ -152,14 +270,17 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "t" | "tb" => 1_000_000_000_000,
         "tib" => 1 << 40,
         other => {
-            return Err(format!(
-                "invalid size unit {other:?} in {text:?}; use B, KiB, MiB, GiB (or kB, MB, GB)"
-            ))
+            return Err(ValueError::SizeUnit {
+                unit: other.to_owned(),
+                text: text.to_owned(),
+            })
         }
     };
     let bytes = number * factor as f64;
     if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
-        return Err(format!("size {text:?} is out of range"));
+        return Err(ValueError::SizeOverflow {
+            text: text.to_owned(),
+        });
     }
     Ok(bytes as u64)
 }
@@ -181,9 +302,7 @@ impl<'de> Deserialize<'de> for ByteSize {
             Ok(Size::Text(t)) => parse_size(&t)
                 .map(ByteSize)
                 .map_err(serde::de::Error::custom),
-            Err(_) => Err(serde::de::Error::custom(
-                "invalid size: write a number of bytes or e.g. \"512MiB\"",
-            )),
+            Err(_) => Err(serde::de::Error::custom(ValueError::SizeForm)),
         }
     }
 }
@@ -205,17 +324,12 @@ pub fn de_size_in<'de, D: Deserializer<'de>, const MIN: u64, const MAX: u64>(
     let ByteSize(bytes) = ByteSize::deserialize(d)?;
     if (MIN..=MAX).contains(&bytes) {
         Ok(bytes)
-    } else if MAX == u64::MAX {
-        Err(serde::de::Error::custom(format!(
-            "{bytes} bytes: must be at least {}",
-            show_size(MIN)
-        )))
     } else {
-        Err(serde::de::Error::custom(format!(
-            "{bytes} bytes: must be between {} and {}",
-            show_size(MIN),
-            show_size(MAX)
-        )))
+        Err(serde::de::Error::custom(ValueError::SizeRange {
+            bytes,
+            min: MIN,
+            max: (MAX != u64::MAX).then_some(MAX),
+        }))
     }
 }
 
@@ -229,9 +343,10 @@ impl<'de> Deserialize<'de> for HumanDuration {
         humantime::parse_duration(&text)
             .map(HumanDuration)
             .map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "invalid duration {text:?} ({e}); write e.g. \"10s\", \"250ms\", \"5m\""
-                ))
+                serde::de::Error::custom(ValueError::Duration {
+                    reason: e.to_string(),
+                    text,
+                })
             })
     }
 }
@@ -258,23 +373,15 @@ pub fn de_opt_duration_in<'de, D: Deserializer<'de>, const MIN_MS: u64, const MA
 
 fn check_duration<const MIN_MS: u64, const MAX_MS: u64>(
     value: Duration,
-) -> Result<Duration, String> {
+) -> Result<Duration, ValueError> {
     let (min, max) = (Duration::from_millis(MIN_MS), Duration::from_millis(MAX_MS));
     if (min..=max).contains(&value) {
         return Ok(value);
     }
-    let show = |d: Duration| humantime::format_duration(d).to_string();
-    Err(if MAX_MS == u64::MAX {
-        format!("{}: must be at least {}", show(value), show(min))
-    } else if MIN_MS == 0 {
-        format!("{}: must be at most {}", show(value), show(max))
-    } else {
-        format!(
-            "{}: must be between {} and {}",
-            show(value),
-            show(min),
-            show(max)
-        )
+    Err(ValueError::DurationRange {
+        value,
+        min,
+        max: (MAX_MS != u64::MAX).then_some(max),
     })
 }
 
@@ -282,18 +389,16 @@ fn check_duration<const MIN_MS: u64, const MAX_MS: u64>(
 pub fn de_baud<'de, D: Deserializer<'de>, const MAX: u32>(d: D) -> Result<u32, D::Error> {
     let baud = u32::deserialize(d)?;
     if !STANDARD_BAUDS.contains(&baud) {
-        return Err(serde::de::Error::custom(format!(
-            "{baud} is not a standard baud rate ({:?})",
-            STANDARD_BAUDS
-                .iter()
-                .filter(|b| **b <= MAX)
-                .collect::<Vec<_>>()
-        )));
+        return Err(serde::de::Error::custom(ValueError::NonStandardBaud {
+            baud,
+            max: MAX,
+        }));
     }
     if baud > MAX {
-        return Err(serde::de::Error::custom(format!(
-            "{baud} is above {MAX}, the fastest rate of this line"
-        )));
+        return Err(serde::de::Error::custom(ValueError::BaudTooFast {
+            baud,
+            max: MAX,
+        }));
     }
     Ok(baud)
 }
@@ -306,13 +411,13 @@ where
 {
     let value = i64::deserialize(d)?;
     if !(MIN..=MAX).contains(&value) {
-        return Err(serde::de::Error::custom(if MAX >= i64::from(u32::MAX) {
-            format!("{value}: must be at least {MIN}")
-        } else {
-            format!("{value}: must be in {MIN}..={MAX}")
+        return Err(serde::de::Error::custom(ValueError::IntRange {
+            value,
+            min: MIN,
+            max: MAX,
         }));
     }
-    T::try_from(value).map_err(|_| serde::de::Error::custom(format!("{value} is out of range")))
+    T::try_from(value).map_err(|_| serde::de::Error::custom(ValueError::IntType { value }))
 }
 
 /// One rule broken by a value that did parse, found by a section's own checks.
@@ -354,10 +459,11 @@ impl Violations {
         });
     }
 
-    /// Adds `result`'s error, if any, as a broken rule of `key`.
-    pub fn check(&mut self, key: &str, result: Result<(), String>) {
-        if let Err(message) = result {
-            self.add(key, message);
+    /// Adds `result`'s error, if any, as a broken rule of `key` (its `Display` is the
+    /// message).
+    pub fn check<E: fmt::Display>(&mut self, key: &str, result: Result<(), E>) {
+        if let Err(e) = result {
+            self.add(key, e.to_string());
         }
     }
 
@@ -407,6 +513,55 @@ mod tests {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("12 parsecs").is_err());
         assert!(parse_size("MiB").is_err());
+    }
+
+    #[test]
+    fn refusals_are_variants_a_caller_can_match() {
+        assert!(matches!(
+            parse_size("12 parsecs"),
+            Err(ValueError::SizeUnit { ref unit, .. }) if unit == "parsecs"
+        ));
+        assert!(matches!(
+            parse_size("MiB"),
+            Err(ValueError::SizeNumber { .. })
+        ));
+        assert!(matches!(
+            parse_size("99999999999TiB"),
+            Err(ValueError::SizeOverflow { .. })
+        ));
+        let e = DeviceId::try_from("Lift/2").expect_err("upper case and a slash");
+        assert_eq!(
+            e,
+            ValueError::Id {
+                what: "device id",
+                value: "Lift/2".into()
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "\"Lift/2\" is not a valid device id: it must match ^[a-z0-9][a-z0-9._-]{0,63}$"
+        );
+        assert!(matches!(
+            GatewayId::try_from(""),
+            Err(ValueError::Id {
+                what: "gateway id",
+                ..
+            })
+        ));
+        let e = check_duration::<0, 5_000>(Duration::from_secs(9)).expect_err("above");
+        assert!(matches!(e, ValueError::DurationRange { min, .. } if min.is_zero()));
+        assert_eq!(e.to_string(), "9s: must be at most 5s");
+        let e = check_duration::<1_000, { u64::MAX }>(Duration::from_millis(5)).expect_err("below");
+        assert_eq!(e.to_string(), "5ms: must be at least 1s");
+        assert_eq!(
+            ValueError::SizeRange {
+                bytes: 10,
+                min: 1 << 14,
+                max: None
+            }
+            .to_string(),
+            "10 bytes: must be at least 16KiB"
+        );
     }
 
     #[test]
@@ -463,8 +618,8 @@ mod tests {
     fn violations_carry_their_full_key() {
         let mut v = Violations::new("lift[1]");
         v.add("unit", "taken");
-        v.check("poll", Ok(()));
-        v.check("top_floor", Err("low".into()));
+        v.check("poll", Ok::<(), String>(()));
+        v.check("top_floor", Err::<(), _>("low"));
         let keys: Vec<String> = v.into_vec().into_iter().map(|v| v.key).collect();
         assert_eq!(keys, ["lift[1].unit", "lift[1].top_floor"]);
     }

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use crate::feed::now_millis;
 use crate::uplink::config::{MqttConfig, MqttProtocol};
 use crate::uplink::session::{Event, SessionSpec};
-use crate::values::Violations;
+use crate::values::{Violation, Violations};
 use state::Audit;
 
 /// The session options `towerlink audit` shares with the agent's `[mqtt]` section.
@@ -56,13 +56,24 @@ pub struct SessionArgs {
     pub protocol: MqttProtocol,
 }
 
-fn parse_protocol(s: &str) -> Result<MqttProtocol, String> {
+/// `--protocol` that is neither `5` nor `3.1.1`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?}: the protocol is 5 or 3.1.1")]
+pub struct UnknownProtocol(pub String);
+
+fn parse_protocol(s: &str) -> Result<MqttProtocol, UnknownProtocol> {
     match s {
         "5" => Ok(MqttProtocol::V5),
         "3.1.1" => Ok(MqttProtocol::V311),
-        _ => Err(format!("{s:?}: the protocol is 5 or 3.1.1")),
+        _ => Err(UnknownProtocol(s.to_owned())),
     }
 }
+
+/// Options of `towerlink audit` that the agent's `[mqtt]` rules refuse, each named by its
+/// option (`--broker: ...; --root: ...`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(|p| format!("{}: {}", p.key, p.message)).collect::<Vec<_>>().join("; "))]
+pub struct OptionsError(pub Vec<Violation>);
 
 /// What `towerlink audit` was asked to do.
 #[derive(Debug, Clone)]
@@ -86,7 +97,7 @@ pub struct AuditOptions {
 }
 
 /// The `[mqtt]` section the agent would have for these options (checked like the agent's).
-fn mqtt_config(o: &AuditOptions) -> Result<MqttConfig, String> {
+fn mqtt_config(o: &AuditOptions) -> Result<MqttConfig, OptionsError> {
     let s = &o.session;
     let mqtt = MqttConfig {
         url: o.broker.clone(),
@@ -115,7 +126,7 @@ fn mqtt_config(o: &AuditOptions) -> Result<MqttConfig, String> {
             );
         }
     }
-    let problems: Vec<String> = v
+    let problems: Vec<Violation> = v
         .into_vec()
         .into_iter()
         .map(|p| {
@@ -125,13 +136,16 @@ fn mqtt_config(o: &AuditOptions) -> Result<MqttConfig, String> {
                 "share" => "--share",
                 other => other,
             };
-            format!("{key}: {}", p.message)
+            Violation {
+                key: key.to_owned(),
+                message: p.message,
+            }
         })
         .collect();
     if problems.is_empty() {
         Ok(mqtt)
     } else {
-        Err(problems.join("; "))
+        Err(OptionsError(problems))
     }
 }
 
@@ -429,20 +443,35 @@ mod tests {
         o.broker = "mqtt://broker.example:1883".to_owned();
         let e = mqtt_config(&o).expect_err("plain to a remote host");
         assert!(
+            matches!(&e, OptionsError(v) if v.len() == 1 && v[0].key == "--broker"),
+            "{e}"
+        );
+        let e = e.to_string();
+        assert!(
             e.starts_with("--broker:") && e.contains("allow_insecure"),
             "{e}"
         );
+        assert_eq!(parse_protocol("4"), Err(UnknownProtocol("4".into())));
         o.session.allow_insecure = true;
         assert!(mqtt_config(&o).is_ok());
         let mut o = options();
         o.broker = "mqtts://127.0.0.1:8883".to_owned();
-        assert!(mqtt_config(&o).expect_err("no CA").contains("ca_file"));
+        assert!(mqtt_config(&o)
+            .expect_err("no CA")
+            .to_string()
+            .contains("ca_file"));
         let mut o = options();
         o.root = "a/+/b".to_owned();
-        assert!(mqtt_config(&o).expect_err("root").starts_with("--root"));
+        assert!(mqtt_config(&o)
+            .expect_err("root")
+            .to_string()
+            .starts_with("--root"));
         let mut o = options();
         o.share = Some("g/1".to_owned());
-        assert!(mqtt_config(&o).expect_err("group").starts_with("--share"));
+        assert!(mqtt_config(&o)
+            .expect_err("group")
+            .to_string()
+            .starts_with("--share"));
     }
 
     #[test]

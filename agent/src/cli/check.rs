@@ -24,6 +24,101 @@ pub const NODE_LISTEN: Duration = Duration::from_secs(4);
 /// How long the broker has to accept a connection and answer CONNECT.
 pub const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A check that failed: the reason the installer reads and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason} — {fix}")]
+pub struct Failed {
+    /// What is wrong.
+    pub reason: String,
+    /// What the installer should do.
+    pub fix: String,
+}
+
+impl Failed {
+    /// A failure with its reason and fix.
+    pub fn new(reason: impl Into<String>, fix: impl Into<String>) -> Failed {
+        Failed {
+            reason: reason.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+/// Why the broker probe ([`check_broker`]) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerProbeError {
+    /// The host name does not resolve.
+    #[error("cannot resolve {host}: {error}")]
+    Resolve {
+        /// The host.
+        host: String,
+        /// The resolver's error.
+        error: std::io::Error,
+    },
+    /// No address of the host accepted a TCP connection.
+    #[error("TCP connection to {host}:{port} failed: {why}")]
+    Tcp {
+        /// The host.
+        host: String,
+        /// The port.
+        port: u16,
+        /// The last connection error.
+        why: String,
+    },
+    /// The CONNECT could not be written.
+    #[error("cannot send MQTT CONNECT: {0}")]
+    Send(std::io::Error),
+    /// No CONNACK came.
+    #[error("no CONNACK within {BROKER_TIMEOUT:?}: {0}")]
+    NoConnack(std::io::Error),
+    /// Something else than a CONNACK came.
+    #[error("unexpected answer {0:02x?} to CONNECT")]
+    NotMqtt([u8; 4]),
+    /// The CONNACK refused the connection, with its return code.
+    #[error("{}", match .0 {
+        1 => "the broker refused MQTT 3.1.1".to_owned(),
+        2 => "the broker refused the client id".to_owned(),
+        3 => "the broker is unavailable".to_owned(),
+        4 | 5 => "the broker refused the connection (not authorised)".to_owned(),
+        code => format!("CONNACK return code {code}"),
+    })]
+    Refused(u8),
+}
+
+impl BrokerProbeError {
+    /// The installer's fix.
+    pub fn fix(&self) -> &'static str {
+        match self {
+            BrokerProbeError::Resolve { .. } => {
+                "check the host name and the gateway's DNS (resolv.conf)"
+            }
+            BrokerProbeError::Tcp { .. } => {
+                "check that the broker runs and listens there, and the firewall / network route"
+            }
+            BrokerProbeError::Send(_) => "the port may not be an MQTT listener; check [mqtt] url",
+            BrokerProbeError::NoConnack(_) => {
+                "the port is open but does not speak MQTT; check the port in [mqtt] url"
+            }
+            BrokerProbeError::NotMqtt(_) => "the port does not speak MQTT 3.1.1; check [mqtt] url",
+            BrokerProbeError::Refused(1) => "enable MQTT 3.1.1 on the broker",
+            BrokerProbeError::Refused(2) => {
+                "the gateway id must be accepted as a client id by the broker"
+            }
+            BrokerProbeError::Refused(3) => "try again later or ask the platform team",
+            BrokerProbeError::Refused(4 | 5) => {
+                "ask the platform team for this gateway's credentials"
+            }
+            BrokerProbeError::Refused(_) => "ask the platform team",
+        }
+    }
+}
+
+impl From<BrokerProbeError> for Failed {
+    fn from(e: BrokerProbeError) -> Failed {
+        Failed::new(e.to_string(), e.fix())
+    }
+}
+
 /// Prints result lines as they are decided and counts the failures.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -59,7 +154,7 @@ pub async fn run(path: &Path) -> usize {
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(e) => {
-            for (reason, fix) in explain_config_error(&e) {
+            for Failed { reason, fix } in explain_config_error(&e) {
                 report.fail(&format!("config {}", path.display()), &reason, &fix);
             }
             return report.failures();
@@ -86,7 +181,7 @@ pub async fn run(path: &Path) -> usize {
         );
         match outcome {
             Ok(line) => report.ok(&format!("{item}: {line}")),
-            Err((reason, fix)) => report.fail(&item, &reason, &fix),
+            Err(Failed { reason, fix }) => report.fail(&item, &reason, &fix),
         }
     }
 
@@ -95,10 +190,10 @@ pub async fn run(path: &Path) -> usize {
         let d = dev.clone();
         let outcome = tokio::task::spawn_blocking(move || check_i2c(&d.map_channels(|_| ())))
             .await
-            .unwrap_or_else(|e| Err((format!("check aborted: {e}"), String::new())));
+            .unwrap_or_else(|e| Err(Failed::new(format!("check aborted: {e}"), "")));
         match outcome {
             Ok(line) => report.ok(&format!("{item}: {line}")),
-            Err((reason, fix)) => report.fail(&item, &reason, &fix),
+            Err(Failed { reason, fix }) => report.fail(&item, &reason, &fix),
         }
     }
     for lift in &config.lifts {
@@ -111,7 +206,7 @@ pub async fn run(path: &Path) -> usize {
         );
         match check_lift(lift).await {
             Ok(line) => report.ok(&format!("{item}: {line}")),
-            Err((reason, fix)) => report.fail(&item, &reason, &fix),
+            Err(Failed { reason, fix }) => report.fail(&item, &reason, &fix),
         }
     }
 
@@ -137,7 +232,9 @@ pub async fn run(path: &Path) -> usize {
     let store = &config.store.path;
     match check_store(store) {
         Ok(what) => report.ok(&format!("store {}: {what}", store.display())),
-        Err((reason, fix)) => report.fail(&format!("store {}", store.display()), &reason, &fix),
+        Err(Failed { reason, fix }) => {
+            report.fail(&format!("store {}", store.display()), &reason, &fix)
+        }
     }
 
     match config.broker() {
@@ -146,25 +243,25 @@ pub async fn run(path: &Path) -> usize {
             let client_id = format!("{}-check-{}", config.gateway.id, std::process::id());
             let host = broker.host.clone();
             let outcome = tokio::task::spawn_blocking(move || {
-                check_broker(&host, broker.port, broker.tls, &client_id)
+                check_broker(&host, broker.port, broker.tls, &client_id).map_err(Failed::from)
             })
             .await
-            .unwrap_or_else(|e| Err((format!("check aborted: {e}"), String::new())));
+            .unwrap_or_else(|e| Err(Failed::new(format!("check aborted: {e}"), "")));
             let reachable = outcome.is_ok();
             match outcome {
                 Ok(what) => report.ok(&format!("{item}: {what}")),
-                Err((reason, fix)) => report.fail(&item, &reason, &fix),
+                Err(Failed { reason, fix }) => report.fail(&item, &reason, &fix),
             }
             // With TLS or credentials, the agent's own session setup must be accepted too.
             if reachable && (broker.tls || config.mqtt.username.is_some()) {
                 let item = format!("broker {broker} session (TLS and credentials as configured)");
                 match check_session(&config).await {
                     Ok(what) => report.ok(&format!("{item}: {what}")),
-                    Err((reason, fix)) => report.fail(&item, &reason, &fix),
+                    Err(Failed { reason, fix }) => report.fail(&item, &reason, &fix),
                 }
             }
         }
-        Err(e) => report.fail("broker", &e, "correct [mqtt] url"),
+        Err(e) => report.fail("broker", &e.to_string(), "correct [mqtt] url"),
     }
     report.failures()
 }
@@ -190,7 +287,7 @@ fn ids_line(config: &Config) -> String {
     )
 }
 
-async fn check_session(config: &Config) -> Result<String, (String, String)> {
+async fn check_session(config: &Config) -> Result<String, Failed> {
     use crate::uplink::session::{Event, SessionError, SessionSpec, SetupError};
     use crate::uplink::tls::hint;
     let spec = SessionSpec::for_tool(&config.gateway.id, &config.mqtt, "check").map_err(|e| {
@@ -199,10 +296,10 @@ async fn check_session(config: &Config) -> Result<String, (String, String)> {
             SetupError::NoCa(_) => "set [mqtt] ca_file",
             // A TLS error's text already ends with its fix: report the problem and the fix
             // once each.
-            SetupError::Tls(t) => return (t.problem.to_string(), t.fix().to_owned()),
+            SetupError::Tls(t) => return Failed::new(t.problem.to_string(), t.fix()),
             SetupError::Password(_) => "make mqtt.password_file readable by the agent",
         };
-        (e.to_string(), fix.to_owned())
+        Failed::new(e.to_string(), fix)
     })?;
     let protocol = spec.protocol;
     let (client, mut eventloop) = spec.connect();
@@ -214,21 +311,21 @@ async fn check_session(config: &Config) -> Result<String, (String, String)> {
                 }
                 Ok(_) => {}
                 Err(SessionError::Refused(code)) => {
-                    return Err((
+                    return Err(Failed::new(
                         format!("the broker refused the session: {code}"),
-                        "check mqtt.username, mqtt.password_file, the broker's ACL for this gateway and [mqtt] protocol".to_owned(),
+                        "check mqtt.username, mqtt.password_file, the broker's ACL for this gateway and [mqtt] protocol",
                     ));
                 }
                 Err(e) => {
                     let text = e.to_string();
                     let fix = hint(&text).unwrap_or("check the TLS files, the broker's TLS settings and [mqtt] protocol").to_owned();
-                    return Err((format!("session failed: {text}"), fix));
+                    return Err(Failed::new(format!("session failed: {text}"), fix));
                 }
             }
         }
     })
     .await
-    .unwrap_or_else(|_| Err(("no CONNACK within 5 s".to_owned(), "check the broker's TLS port and settings".to_owned())));
+    .unwrap_or_else(|_| Err(Failed::new("no CONNACK within 5 s", "check the broker's TLS port and settings")));
     let _ = client.try_disconnect();
     outcome
 }
@@ -280,23 +377,23 @@ fn check_client_cert(report: &mut Report, cert_file: &Path, key_file: &Path) {
 }
 
 /// An I2C device: the bus opens and the chip answers with its identity.
-fn check_i2c(dev: &crate::sources::i2c_device::I2cConfig) -> Result<String, (String, String)> {
+fn check_i2c(dev: &crate::sources::i2c_device::I2cConfig) -> Result<String, Failed> {
     use crate::sources::i2c_device::Chip;
     use embedded_hal::i2c::I2c;
     if dev.bus == "sim" {
         return if cfg!(feature = "sim") {
             Ok("simulated bus (this build has the sim feature)".into())
         } else {
-            Err((
-                "this build has no simulated I2C bus".into(),
-                "use a /dev/i2c-N bus, or an agent built with --features sim".into(),
+            Err(Failed::new(
+                "this build has no simulated I2C bus",
+                "use a /dev/i2c-N bus, or an agent built with --features sim",
             ))
         };
     }
     let mut bus = linux_embedded_hal::I2cdev::new(&dev.bus).map_err(|e| {
-        (
+        Failed::new(
             format!("cannot open {}: {e}", dev.bus),
-            "check the bus number (ls /dev/i2c-*), that i2c-dev is loaded, and that the user is in group i2c".into(),
+            "check the bus number (ls /dev/i2c-*), that i2c-dev is loaded, and that the user is in group i2c",
         )
     })?;
     // (address, identity register, expected value, mask) per the datasheets.
@@ -306,9 +403,9 @@ fn check_i2c(dev: &crate::sources::i2c_device::I2cConfig) -> Result<String, (Str
     };
     let mut id = [0u8; 1];
     bus.write_read(address, &[register], &mut id).map_err(|e| {
-        (
+        Failed::new(
             format!("no answer at address {address:#04x}: {e:?}"),
-            "check the wiring, the chip's power and the address (i2cdetect -y N)".into(),
+            "check the wiring, the chip's power and the address (i2cdetect -y N)",
         )
     })?;
     if id[0] & mask == expected {
@@ -317,25 +414,25 @@ fn check_i2c(dev: &crate::sources::i2c_device::I2cConfig) -> Result<String, (Str
             dev.chip, id[0]
         ))
     } else {
-        Err((
+        Err(Failed::new(
             format!(
                 "the chip at {address:#04x} answered id {:#04x}, not a {:?}",
                 id[0], dev.chip
             ),
-            "check `chip` and `address` in the configuration".into(),
+            "check `chip` and `address` in the configuration",
         ))
     }
 }
 
 /// A lift: the bus opens and the unit answers one read (function 0x04 only).
-async fn check_lift(lift: &crate::sources::config::LiftConfig) -> Result<String, (String, String)> {
+async fn check_lift(lift: &crate::sources::config::LiftConfig) -> Result<String, Failed> {
     use crate::sources::modbus_lift::BusMaster;
     use crate::sources::modbus_rtu::{Answer, ReadInputRegisters};
     let path = lift.port.display().to_string();
     let mut master = BusMaster::open(&path, lift.baud, lift.parity, lift.stop_bits).map_err(|e| {
-        (
+        Failed::new(
             format!("cannot open {path}: {e}"),
-            "check the adapter is plugged in, the path (a udev link?) and that the user is in group dialout".into(),
+            "check the adapter is plugged in, the path (a udev link?) and that the user is in group dialout",
         )
     })?;
     let req = ReadInputRegisters {
@@ -349,42 +446,43 @@ async fn check_lift(lift: &crate::sources::config::LiftConfig) -> Result<String,
     match answer {
         Ok(Answer::Registers(_)) => Ok("the controller answers".into()),
         Ok(Answer::Exception(code)) => Ok(format!("the controller answers (exception {code} to a one-register read)")),
-        Err(e) => Err((
+        Err(e) => Err(Failed::new(
             format!("unit {} did not answer: {e:?}", lift.unit),
-            "check the A/B wiring, baud, parity and unit id; `towerlink scan PORT --modbus BAUD` lists the units that answer".into(),
+            "check the A/B wiring, baud, parity and unit id; `towerlink scan PORT --modbus BAUD` lists the units that answer",
         )),
     }
 }
 
 /// Awaits probes concurrently, keeping their order.
-async fn join_probes<F>(futures: Vec<F>) -> Vec<Result<String, (String, String)>>
+async fn join_probes<F>(futures: Vec<F>) -> Vec<Result<String, Failed>>
 where
-    F: std::future::Future<Output = Result<String, (String, String)>> + Send + 'static,
+    F: std::future::Future<Output = Result<String, Failed>> + Send + 'static,
 {
     let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
     let mut out = Vec::with_capacity(handles.len());
     for handle in handles {
         out.push(handle.await.unwrap_or_else(|e| {
-            Err((
+            Err(Failed::new(
                 format!("the probe stopped: {e}"),
-                "run check again".to_owned(),
+                "run check again",
             ))
         }));
     }
     out
 }
 
-async fn check_node(node: NodeConfig) -> Result<String, (String, String)> {
-    let mut port = NodePort::open(&node.port, node.baud).map_err(|e| (e.to_string(), e.fix()))?;
+async fn check_node(node: NodeConfig) -> Result<String, Failed> {
+    let mut port =
+        NodePort::open(&node.port, node.baud).map_err(|e| Failed::new(e.to_string(), e.fix()))?;
     let hello = port
         .hello(node.node_id, Instant::now() + NODE_LISTEN, |_| {})
         .await
-        .map_err(|f| f.explain(node.baud))?;
+        .map_err(|f| Failed::new(f.to_string(), f.fix(node.baud)))?;
     Ok(format!("opens; {}", describe_hello(&hello, &node.names)))
 }
 
 /// The store directory must exist and be writable, or be creatable.
-fn check_store(path: &Path) -> Result<String, (String, String)> {
+fn check_store(path: &Path) -> Result<String, Failed> {
     if path.is_dir() {
         let probe = path.join(format!(".towerlink-check-{}", std::process::id()));
         return match std::fs::write(&probe, b"check") {
@@ -392,7 +490,7 @@ fn check_store(path: &Path) -> Result<String, (String, String)> {
                 let _ = std::fs::remove_file(&probe);
                 Ok("writable".into())
             }
-            Err(e) => Err((
+            Err(e) => Err(Failed::new(
                 format!("not writable: {e}"),
                 format!(
                     "give the agent's user the directory (chown towerlink {})",
@@ -402,9 +500,9 @@ fn check_store(path: &Path) -> Result<String, (String, String)> {
         };
     }
     if path.exists() {
-        return Err((
-            "is not a directory".into(),
-            "point [store] path at a directory".into(),
+        return Err(Failed::new(
+            "is not a directory",
+            "point [store] path at a directory",
         ));
     }
     let mut parent: Option<PathBuf> = path.parent().map(Path::to_owned);
@@ -422,7 +520,7 @@ fn check_store(path: &Path) -> Result<String, (String, String)> {
                     dir.display()
                 ))
             } else {
-                Err((
+                Err(Failed::new(
                     format!("does not exist and {} is not writable", dir.display()),
                     format!(
                         "create it for the agent's user (install -d -o towerlink {})",
@@ -433,9 +531,9 @@ fn check_store(path: &Path) -> Result<String, (String, String)> {
         }
         parent = dir.parent().map(Path::to_owned);
     }
-    Err((
-        "has no existing parent directory".into(),
-        "use an absolute path such as /var/lib/towerlink".into(),
+    Err(Failed::new(
+        "has no existing parent directory",
+        "use an absolute path such as /var/lib/towerlink",
     ))
 }
 
@@ -445,14 +543,12 @@ pub fn check_broker(
     port: u16,
     tls: bool,
     client_id: &str,
-) -> Result<String, (String, String)> {
+) -> Result<String, BrokerProbeError> {
     let addrs: Vec<_> = (host, port)
         .to_socket_addrs()
-        .map_err(|e| {
-            (
-                format!("cannot resolve {host}: {e}"),
-                "check the host name and the gateway's DNS (resolv.conf)".to_owned(),
-            )
+        .map_err(|error| BrokerProbeError::Resolve {
+            host: host.to_owned(),
+            error,
         })?
         .collect();
     let mut last_error = None;
@@ -470,10 +566,11 @@ pub fn check_broker(
         let why = last_error
             .map(|e| e.to_string())
             .unwrap_or_else(|| "no address".into());
-        return Err((
-            format!("TCP connection to {host}:{port} failed: {why}"),
-            "check that the broker runs and listens there, and the firewall / network route".into(),
-        ));
+        return Err(BrokerProbeError::Tcp {
+            host: host.to_owned(),
+            port,
+            why,
+        });
     };
     if tls {
         return Ok("reachable over TCP (the TLS handshake is not checked by this build)".into());
@@ -482,49 +579,19 @@ pub fn check_broker(
     let _ = stream.set_write_timeout(Some(BROKER_TIMEOUT));
     stream
         .write_all(&connect_packet(client_id, 10))
-        .map_err(|e| {
-            (
-                format!("cannot send MQTT CONNECT: {e}"),
-                "the port may not be an MQTT listener; check [mqtt] url".to_owned(),
-            )
-        })?;
+        .map_err(BrokerProbeError::Send)?;
     let mut connack = [0u8; 4];
-    if let Err(e) = stream.read_exact(&mut connack) {
-        return Err((
-            format!("no CONNACK within {BROKER_TIMEOUT:?}: {e}"),
-            "the port is open but does not speak MQTT; check the port in [mqtt] url".into(),
-        ));
-    }
+    stream
+        .read_exact(&mut connack)
+        .map_err(BrokerProbeError::NoConnack)?;
     if connack[0] != 0x20 || connack[1] != 0x02 {
-        return Err((
-            format!("unexpected answer {connack:02x?} to CONNECT"),
-            "the port does not speak MQTT 3.1.1; check [mqtt] url".into(),
-        ));
+        return Err(BrokerProbeError::NotMqtt(connack));
     }
     // A clean goodbye, so the broker does not log a lost client.
     let _ = stream.write_all(&[0xe0, 0x00]);
     match connack[3] {
         0 => Ok("reachable, MQTT CONNECT accepted".into()),
-        1 => Err((
-            "the broker refused MQTT 3.1.1".into(),
-            "enable MQTT 3.1.1 on the broker".into(),
-        )),
-        2 => Err((
-            "the broker refused the client id".into(),
-            "the gateway id must be accepted as a client id by the broker".into(),
-        )),
-        3 => Err((
-            "the broker is unavailable".into(),
-            "try again later or ask the platform team".into(),
-        )),
-        4 | 5 => Err((
-            "the broker refused the connection (not authorised)".into(),
-            "ask the platform team for this gateway's credentials".into(),
-        )),
-        code => Err((
-            format!("CONNACK return code {code}"),
-            "ask the platform team".into(),
-        )),
+        code => Err(BrokerProbeError::Refused(code)),
     }
 }
 
@@ -554,7 +621,7 @@ fn connect_packet(client_id: &str, keep_alive_s: u16) -> Vec<u8> {
 
 /// The reasons (each with its line and key) and fixes for a configuration that did not
 /// load: one per problem in the file.
-pub fn explain_config_error(e: &ConfigError) -> Vec<(String, String)> {
+pub fn explain_config_error(e: &ConfigError) -> Vec<Failed> {
     match e {
         ConfigError::Read { source, .. } => {
             let fix = if source.kind() == std::io::ErrorKind::PermissionDenied {
@@ -562,14 +629,14 @@ pub fn explain_config_error(e: &ConfigError) -> Vec<(String, String)> {
             } else {
                 "give the right path with --config (the package installs /etc/towerlink/towerlink.toml)"
             };
-            vec![(format!("cannot read: {source}"), fix.to_owned())]
+            vec![Failed::new(format!("cannot read: {source}"), fix)]
         }
         ConfigError::Invalid { problems, .. } => problems.iter().map(explain_problem).collect(),
     }
 }
 
 /// One problem as `line L, key K: message` and its fix.
-fn explain_problem(p: &Problem) -> (String, String) {
+fn explain_problem(p: &Problem) -> Failed {
     let place = match (p.line, p.key.is_empty()) {
         (Some(l), false) => format!("line {l}, key {}: ", p.key),
         (Some(l), true) => format!("line {l}: "),
@@ -592,7 +659,7 @@ fn explain_problem(p: &Problem) -> (String, String) {
         }
         ProblemKind::Rule => fix_for_key(&p.key),
     };
-    (format!("{place}{}", p.message), fix)
+    Failed::new(format!("{place}{}", p.message), fix)
 }
 
 /// The installer's fix for a value that parses but breaks a rule.
@@ -634,14 +701,71 @@ mod tests {
         )
         .expect_err("broken");
         let explained = explain_config_error(&e);
-        let reasons: Vec<&str> = explained.iter().map(|(r, _)| r.as_str()).collect();
+        let reasons: Vec<&str> = explained.iter().map(|f| f.reason.as_str()).collect();
         assert_eq!(reasons.len(), 4, "{explained:#?}");
         assert!(reasons[0].starts_with("line 2, key gateway.id: \"GW\" is not a valid gateway id"));
         assert!(reasons[1].starts_with("line 5, key mqtt.window: unknown field `window`"));
         assert!(reasons[2].starts_with("line 11, key node[0].baud: invalid type"));
         assert!(reasons[3].starts_with("line 12, key node[0].window: invalid duration"));
-        assert!(explained[1].1.contains("remove or correct"));
-        assert!(explained[3].1.contains("durations like"));
+        assert!(explained[1].fix.contains("remove or correct"));
+        assert!(explained[3].fix.contains("durations like"));
+    }
+
+    #[test]
+    fn broker_probe_failures_are_variants_with_their_fix() {
+        // A port nothing listens on (bound, then closed).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let e = check_broker("127.0.0.1", port, false, "gw-check").expect_err("closed port");
+        assert!(
+            matches!(e, BrokerProbeError::Tcp { port: p, .. } if p == port),
+            "{e}"
+        );
+        assert!(e
+            .to_string()
+            .starts_with(&format!("TCP connection to 127.0.0.1:{port} failed: ")));
+        // A listener that closes at once does not speak MQTT.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let closer = std::thread::spawn(move || drop(listener.accept()));
+        let e = check_broker("127.0.0.1", port, false, "gw-check").expect_err("not MQTT");
+        closer.join().expect("closer");
+        assert!(
+            matches!(
+                e,
+                BrokerProbeError::NoConnack(_) | BrokerProbeError::Send(_)
+            ),
+            "{e}"
+        );
+        let refused = Failed::from(BrokerProbeError::Refused(5));
+        assert_eq!(
+            refused,
+            Failed::new(
+                "the broker refused the connection (not authorised)",
+                "ask the platform team for this gateway's credentials"
+            )
+        );
+        assert_eq!(
+            BrokerProbeError::Refused(9).to_string(),
+            "CONNACK return code 9"
+        );
+    }
+
+    #[test]
+    fn a_store_that_is_a_file_fails_with_its_fix() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("f");
+        std::fs::write(&file, "x").expect("write");
+        assert_eq!(
+            check_store(&file),
+            Err(Failed::new(
+                "is not a directory",
+                "point [store] path at a directory"
+            ))
+        );
+        assert_eq!(check_store(dir.path()), Ok("writable".into()));
     }
 
     #[test]

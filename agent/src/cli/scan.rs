@@ -82,16 +82,27 @@ fn probe_i2c<I: embedded_hal::i2c::I2c>(bus: &mut I) -> Vec<String> {
     found
 }
 
+/// Why an I2C bus could not be scanned (printed after the bus's name).
+#[derive(Debug, thiserror::Error)]
+pub enum I2cScanError {
+    /// `sim` in a build without the simulated bus.
+    #[error("this build has no simulated I2C bus (feature sim)")]
+    NoSimBus,
+    /// The bus device did not open.
+    #[error("cannot open: {0}")]
+    Open(linux_embedded_hal::i2cdev::linux::LinuxI2CError),
+}
+
 #[cfg(feature = "sim")]
-fn probe_sim_bus() -> Result<Vec<String>, String> {
+fn probe_sim_bus() -> Result<Vec<String>, I2cScanError> {
     use towerlink_sim_chips::{PanelModel, PanelParams, SimBus, SimClock};
     let model = std::sync::Arc::new(PanelModel::new(1, PanelParams::default(), Vec::new()));
     Ok(probe_i2c(&mut SimBus::panel_node(model, SimClock::new())))
 }
 
 #[cfg(not(feature = "sim"))]
-fn probe_sim_bus() -> Result<Vec<String>, String> {
-    Err("this build has no simulated I2C bus (feature sim)".into())
+fn probe_sim_bus() -> Result<Vec<String>, I2cScanError> {
+    Err(I2cScanError::NoSimBus)
 }
 
 fn scan_i2c_bus(bus: &str) -> String {
@@ -100,7 +111,7 @@ fn scan_i2c_bus(bus: &str) -> String {
     } else {
         linux_embedded_hal::I2cdev::new(bus)
             .map(|mut dev| probe_i2c(&mut dev))
-            .map_err(|e| format!("cannot open: {e}"))
+            .map_err(I2cScanError::Open)
     };
     match found {
         Err(e) => format!("{bus:<40} {e}"),
@@ -138,10 +149,7 @@ async fn probe_node(path: PathBuf, baud: u32, listen: Duration) -> String {
             "{shown:<40} sensor node: {}",
             describe_hello(&hello, &BTreeMap::new())
         ),
-        Err(failure) => {
-            let (reason, _fix) = failure.explain(baud);
-            format!("{shown:<40} no sensor node at {baud} baud: {reason}")
-        }
+        Err(failure) => format!("{shown:<40} no sensor node at {baud} baud: {failure}"),
     }
 }
 
@@ -246,8 +254,13 @@ pub async fn run(options: ScanOptions) -> ExitCode {
     }
 }
 
+/// `--units` that is not `N` or `N-M` within 1..=247.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?}: give unit ids as N or N-M within 1..=247")]
+pub struct UnitsError(pub String);
+
 /// Parses `--units 1-16` (or a single id).
-pub fn parse_units(text: &str) -> Result<std::ops::RangeInclusive<u8>, String> {
+pub fn parse_units(text: &str) -> Result<std::ops::RangeInclusive<u8>, UnitsError> {
     let parse = |s: &str| {
         s.trim()
             .parse::<u8>()
@@ -260,9 +273,7 @@ pub fn parse_units(text: &str) -> Result<std::ops::RangeInclusive<u8>, String> {
     };
     match (lo, hi) {
         (Some(lo), Some(hi)) if lo <= hi => Ok(lo..=hi),
-        _ => Err(format!(
-            "{text:?}: give unit ids as N or N-M within 1..=247"
-        )),
+        _ => Err(UnitsError(text.to_owned())),
     }
 }
 
@@ -278,5 +289,10 @@ mod tests {
         assert!(parse_units("9-3").is_err());
         assert!(parse_units("1-248").is_err());
         assert!(parse_units("x").is_err());
+        assert_eq!(parse_units("9-3"), Err(UnitsError("9-3".into())));
+        assert_eq!(
+            UnitsError("x".into()).to_string(),
+            "\"x\": give unit ids as N or N-M within 1..=247"
+        );
     }
 }

@@ -175,8 +175,8 @@ pub async fn direct(config: &Config, dev: &str, ch: &str) -> u8 {
     {
         Ok(h) => h,
         Err(f) => {
-            let (reason, fix) = f.explain(node.baud);
-            println!("FAIL zero {dev} {ch}: {reason} — {fix}");
+            let fix = f.fix(node.baud);
+            println!("FAIL zero {dev} {ch}: {f} — {fix}");
             return 1;
         }
     };

@@ -62,20 +62,36 @@ struct RawCapture {
     max: Option<Duration>,
 }
 
+/// A `[capture]` section whose durations do not fit together (serde reports its `Display`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CaptureSettingsError {
+    /// The samples before and after the trigger would not fit in the longest capture.
+    #[error(
+        "before + after ({}) must not exceed max ({})",
+        humantime::format_duration(*.span),
+        humantime::format_duration(*.max)
+    )]
+    SpanOverMax {
+        /// `before + after`.
+        span: Duration,
+        /// `max`.
+        max: Duration,
+    },
+}
+
 impl TryFrom<RawCapture> for CaptureSettings {
-    type Error = String;
-    fn try_from(raw: RawCapture) -> Result<CaptureSettings, String> {
+    type Error = CaptureSettingsError;
+    fn try_from(raw: RawCapture) -> Result<CaptureSettings, CaptureSettingsError> {
         let s = CaptureSettings {
             before: raw.before.unwrap_or(CaptureSettings::DEFAULT.before),
             after: raw.after.unwrap_or(CaptureSettings::DEFAULT.after),
             max: raw.max.unwrap_or(CaptureSettings::DEFAULT.max),
         };
         if s.before + s.after > s.max {
-            return Err(format!(
-                "before + after ({}) must not exceed max ({})",
-                humantime::format_duration(s.before + s.after),
-                humantime::format_duration(s.max)
-            ));
+            return Err(CaptureSettingsError::SpanOverMax {
+                span: s.before + s.after,
+                max: s.max,
+            });
         }
         Ok(s)
     }
@@ -306,6 +322,27 @@ mod tests {
         ] {
             assert!(settings(bad).is_err(), "{bad}");
         }
+        let raw = RawCapture {
+            before: Some(Duration::from_secs(100)),
+            after: Some(Duration::from_secs(30)),
+            max: None,
+        };
+        let e = CaptureSettings::try_from(raw).expect_err("130 s in a 120 s capture");
+        assert_eq!(
+            e,
+            CaptureSettingsError::SpanOverMax {
+                span: Duration::from_secs(130),
+                max: Duration::from_secs(120)
+            }
+        );
+        let said = settings(r#"capture = { before = "100s", after = "30s" }"#)
+            .expect_err("too long")
+            .to_string();
+        assert!(said.contains(&e.to_string()), "{said}");
+        assert!(
+            said.contains("before + after (2m 10s) must not exceed max (2m)"),
+            "{said}"
+        );
         let s = CaptureSettings::DEFAULT;
         assert_eq!(s.ring_len(50), 50 * 121);
         assert_eq!(s.ring_len(10_000), MAX_RING, "bounded whatever the rate");

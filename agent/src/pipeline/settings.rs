@@ -245,81 +245,146 @@ pub const DEFAULT_STUCK_WINDOW: Duration = Duration::from_secs(600);
 /// Default span of the rate-of-change measurement.
 pub const DEFAULT_RATE_SPAN: Duration = Duration::from_secs(60);
 
+/// A channel setting that parses but makes no sense; [`SettingsError::key`] is its sub-key
+/// (`alarm.hysteresis`), the `Display` what is wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    /// `range`.
+    #[error("must be [low, high] with low < high")]
+    Range,
+    /// `spike.window`.
+    #[error("must be odd, 3..=31")]
+    SpikeWindow,
+    /// `spike.k`.
+    #[error("must be > 0")]
+    SpikeK,
+    /// `lowpass.ema`.
+    #[error("must be in (0, 1]")]
+    Ema,
+    /// `lowpass.median`.
+    #[error("must be odd, 3..=31")]
+    Median,
+    /// `deadband`.
+    #[error("must be >= 0")]
+    Deadband,
+    /// `heartbeat`.
+    #[error("only applies with a deadband")]
+    HeartbeatWithoutDeadband,
+    /// `min_interval`.
+    #[error("only applies with a deadband")]
+    MinIntervalWithoutDeadband,
+    /// `min_interval`.
+    #[error("must not exceed the heartbeat")]
+    MinIntervalOverHeartbeat,
+    /// `alarm`.
+    #[error("needs at least one of minor, major, critical")]
+    AlarmWithoutLimits,
+    /// `alarm`.
+    #[error("limits must be > 0 and increase from minor to critical")]
+    AlarmLimits,
+    /// `alarm.hysteresis`.
+    #[error("must be >= 0 and below the lowest limit")]
+    AlarmHysteresis,
+    /// `rate.max_per_hour`.
+    #[error("must be > 0")]
+    RateMax,
+    /// `rate.over`.
+    #[error("must be at least 1s")]
+    RateOver,
+    /// `stuck.window`.
+    #[error("must be at least 1s")]
+    StuckWindow,
+}
+
+impl SettingsError {
+    /// The sub-key of the channel's table the rule is about.
+    pub fn key(self) -> &'static str {
+        match self {
+            SettingsError::Range => "range",
+            SettingsError::SpikeWindow => "spike.window",
+            SettingsError::SpikeK => "spike.k",
+            SettingsError::Ema => "lowpass.ema",
+            SettingsError::Median => "lowpass.median",
+            SettingsError::Deadband => "deadband",
+            SettingsError::HeartbeatWithoutDeadband => "heartbeat",
+            SettingsError::MinIntervalWithoutDeadband => "min_interval",
+            SettingsError::MinIntervalOverHeartbeat => "min_interval",
+            SettingsError::AlarmWithoutLimits => "alarm",
+            SettingsError::AlarmLimits => "alarm",
+            SettingsError::AlarmHysteresis => "alarm.hysteresis",
+            SettingsError::RateMax => "rate.max_per_hour",
+            SettingsError::RateOver => "rate.over",
+            SettingsError::StuckWindow => "stuck.window",
+        }
+    }
+}
+
 impl ChannelSettings {
-    /// Checks values that parse but make no sense; returns (sub-key, message).
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let bad = |k: &str, m: &str| Err((k.to_owned(), m.to_owned()));
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), SettingsError> {
         if let Some([lo, hi]) = self.range {
             if !is_below(lo, hi) || !lo.is_finite() || !hi.is_finite() {
-                return bad("range", "must be [low, high] with low < high");
+                return Err(SettingsError::Range);
             }
         }
         if let Some(SpikeSetting::Hampel(h)) = self.spike {
             if !(3..=31).contains(&h.window) || h.window % 2 == 0 {
-                return bad("spike.window", "must be odd, 3..=31");
+                return Err(SettingsError::SpikeWindow);
             }
             if !is_positive(h.k) {
-                return bad("spike.k", "must be > 0");
+                return Err(SettingsError::SpikeK);
             }
         }
         match self.lowpass {
-            Some(LowPass::Ema(a)) if !is_positive(a) || a > 1.0 => {
-                return bad("lowpass.ema", "must be in (0, 1]")
-            }
+            Some(LowPass::Ema(a)) if !is_positive(a) || a > 1.0 => return Err(SettingsError::Ema),
             Some(LowPass::Median(n)) if !(3..=31).contains(&n) || n % 2 == 0 => {
-                return bad("lowpass.median", "must be odd, 3..=31")
+                return Err(SettingsError::Median)
             }
             _ => {}
         }
         if let Some(d) = self.deadband {
             if !is_non_negative(d) {
-                return bad("deadband", "must be >= 0");
+                return Err(SettingsError::Deadband);
             }
         }
         if self.heartbeat.is_some() && self.deadband.is_none() {
-            return bad("heartbeat", "only applies with a deadband");
+            return Err(SettingsError::HeartbeatWithoutDeadband);
         }
         if let Some(min) = self.min_interval {
             if self.deadband.is_none() {
-                return bad("min_interval", "only applies with a deadband");
+                return Err(SettingsError::MinIntervalWithoutDeadband);
             }
             if min > self.heartbeat.unwrap_or(DEFAULT_HEARTBEAT) {
-                return bad("min_interval", "must not exceed the heartbeat");
+                return Err(SettingsError::MinIntervalOverHeartbeat);
             }
         }
         if let Some(a) = self.alarm {
             let levels = [a.minor, a.major, a.critical];
             if levels.iter().all(Option::is_none) {
-                return bad("alarm", "needs at least one of minor, major, critical");
+                return Err(SettingsError::AlarmWithoutLimits);
             }
             let set: Vec<f64> = levels.iter().flatten().copied().collect();
             if set.iter().any(|l| !is_positive(*l)) || set.windows(2).any(|w| !is_below(w[0], w[1]))
             {
-                return bad(
-                    "alarm",
-                    "limits must be > 0 and increase from minor to critical",
-                );
+                return Err(SettingsError::AlarmLimits);
             }
             if !is_non_negative(a.hysteresis)
                 || set.first().is_some_and(|first| a.hysteresis >= *first)
             {
-                return bad(
-                    "alarm.hysteresis",
-                    "must be >= 0 and below the lowest limit",
-                );
+                return Err(SettingsError::AlarmHysteresis);
             }
         }
         if let Some(r) = self.rate {
             if !is_positive(r.max_per_hour) {
-                return bad("rate.max_per_hour", "must be > 0");
+                return Err(SettingsError::RateMax);
             }
             if r.over.is_some_and(|o| o < Duration::from_secs(1)) {
-                return bad("rate.over", "must be at least 1s");
+                return Err(SettingsError::RateOver);
             }
         }
         if let Some(StuckSetting::Check(s)) = self.stuck {
             if s.window < Duration::from_secs(1) {
-                return bad("stuck.window", "must be at least 1s");
+                return Err(SettingsError::StuckWindow);
             }
         }
         Ok(())
@@ -442,8 +507,20 @@ rate = { max_per_hour = 0.1 }"#,
             ),
         ] {
             let err = parse(text).validate().expect_err(text);
-            assert_eq!(err.0, key, "{text}");
+            assert_eq!(err.key(), key, "{text}");
         }
+        assert_eq!(
+            parse("alarm = { minor = 0.2, hysteresis = 0.3 }").validate(),
+            Err(SettingsError::AlarmHysteresis)
+        );
+        assert_eq!(
+            parse("min_interval = \"5s\"").validate(),
+            Err(SettingsError::MinIntervalWithoutDeadband)
+        );
+        assert_eq!(
+            SettingsError::Range.to_string(),
+            "must be [low, high] with low < high"
+        );
         assert!(toml::from_str::<ChannelSettings>("spikes = false").is_err());
         assert!(
             toml::from_str::<ChannelSettings>("capture = { before = \"200s\" }").is_err(),

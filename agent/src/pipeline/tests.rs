@@ -1,7 +1,7 @@
 //! Tests of [`Pipeline`] driven by source events, as the sources deliver them.
 
 use super::*;
-use crate::feed::{EventState, LiftDirection, LiftDoor, LiftMode};
+use crate::feed::{CapturePart, EventState, LiftDirection, LiftDoor, LiftMode};
 use crate::sources::{CarStatus, LiftReading};
 use std::sync::atomic::Ordering;
 use towerlink_firmware::protocol::{ChannelInfo, FaultCode, Quantity};

@@ -132,22 +132,45 @@ fn default_keep_acked_bytes() -> u64 {
     64 << 20
 }
 
+/// A `[store] fsync` value that is refused (serde reports its `Display`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FsyncError {
+    /// Neither `"always"` nor a duration.
+    #[error(
+        "invalid fsync policy {text:?} ({reason}); write \"always\" or an interval such as \"100ms\""
+    )]
+    Unreadable {
+        /// The value as written.
+        text: String,
+        /// Why it is not a duration.
+        reason: String,
+    },
+    /// An interval outside 1 ms ..= 60 s.
+    #[error("an interval must be between 1ms and 60s (or \"always\")")]
+    OutOfRange(Duration),
+}
+
+impl std::str::FromStr for FsyncPolicy {
+    type Err = FsyncError;
+    fn from_str(text: &str) -> Result<FsyncPolicy, FsyncError> {
+        if text == "always" {
+            return Ok(FsyncPolicy::Always);
+        }
+        let every = humantime::parse_duration(text).map_err(|e| FsyncError::Unreadable {
+            text: text.to_owned(),
+            reason: e.to_string(),
+        })?;
+        if every < Duration::from_millis(1) || every > Duration::from_secs(60) {
+            return Err(FsyncError::OutOfRange(every));
+        }
+        Ok(FsyncPolicy::Every(every))
+    }
+}
+
 fn de_fsync<'de, D: Deserializer<'de>>(d: D) -> Result<FsyncPolicy, D::Error> {
-    let text = String::deserialize(d)?;
-    if text == "always" {
-        return Ok(FsyncPolicy::Always);
-    }
-    let every = humantime::parse_duration(&text).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "invalid fsync policy {text:?} ({e}); write \"always\" or an interval such as \"100ms\""
-        ))
-    })?;
-    if every < Duration::from_millis(1) || every > Duration::from_secs(60) {
-        return Err(serde::de::Error::custom(
-            "an interval must be between 1ms and 60s (or \"always\")",
-        ));
-    }
-    Ok(FsyncPolicy::Every(every))
+    String::deserialize(d)?
+        .parse()
+        .map_err(serde::de::Error::custom)
 }
 
 #[cfg(test)]
@@ -217,5 +240,18 @@ mod tests {
             let e = read(bad).expect_err(bad);
             assert!(e.contains(says), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn fsync_refusals_are_variants() {
+        assert_eq!("always".parse(), Ok(FsyncPolicy::Always));
+        assert_eq!(
+            "2m".parse::<FsyncPolicy>(),
+            Err(FsyncError::OutOfRange(Duration::from_secs(120)))
+        );
+        assert!(matches!(
+            "sometimes".parse::<FsyncPolicy>(),
+            Err(FsyncError::Unreadable { ref text, .. }) if text == "sometimes"
+        ));
     }
 }

@@ -429,6 +429,11 @@ impl<C> I2cConfig<C> {
     }
 }
 
+/// A key of `names` that is not a channel number (serde reports its `Display`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a channel id: the keys of names are channel numbers 0..=255")]
+pub struct ChannelKeyError(pub String);
+
 /// `names = { 0 = "strain_top" }`: TOML keys are always text, so a channel id key is
 /// read as text and then as a number 0..=255.
 fn de_channel_names<'de, D: serde::Deserializer<'de>>(
@@ -438,9 +443,7 @@ fn de_channel_names<'de, D: serde::Deserializer<'de>>(
         .into_iter()
         .map(|(id, name)| match id.trim().parse::<u8>() {
             Ok(ch) => Ok((ch, name)),
-            Err(_) => Err(serde::de::Error::custom(format!(
-                "{id:?} is not a channel id: the keys of names are channel numbers 0..=255"
-            ))),
+            Err(_) => Err(serde::de::Error::custom(ChannelKeyError(id))),
         })
         .collect()
 }

@@ -73,6 +73,52 @@ pub struct I2cSource {
     pub heartbeat: Heartbeat,
 }
 
+/// Why an I2C device stopped sampling (it is retried with back-off).
+#[derive(Debug, thiserror::Error)]
+pub enum I2cDeviceError {
+    /// The bus device did not open.
+    #[error("cannot open {bus}: {error}")]
+    Open {
+        /// The bus (`/dev/i2c-N`).
+        bus: String,
+        /// The kernel's error.
+        error: linux_embedded_hal::i2cdev::linux::LinuxI2CError,
+    },
+    /// `bus = "sim"` in a build without the simulated bus.
+    #[error("bus = \"sim\" needs an agent built with the `sim` feature")]
+    NoSimBus,
+    /// The chip did not take its configuration.
+    #[error("{chip} init: {detail}")]
+    Init {
+        /// `NAU7802` or `ADXL355`.
+        chip: &'static str,
+        /// The driver's error.
+        detail: String,
+    },
+    /// A reading failed.
+    #[error("{chip} read: {detail}")]
+    Read {
+        /// `NAU7802` or `ADXL355`.
+        chip: &'static str,
+        /// The driver's error.
+        detail: String,
+    },
+}
+
+fn init_error<E: std::fmt::Debug>(chip: &'static str) -> impl FnOnce(E) -> I2cDeviceError {
+    move |e| I2cDeviceError::Init {
+        chip,
+        detail: format!("{e:?}"),
+    }
+}
+
+fn read_error<E: std::fmt::Debug>(chip: &'static str) -> impl FnOnce(E) -> I2cDeviceError {
+    move |e| I2cDeviceError::Read {
+        chip,
+        detail: format!("{e:?}"),
+    }
+}
+
 /// The most values in one batch, and the longest a batch waits.
 const BATCH_MAX: usize = 32;
 const BATCH_AGE: Duration = Duration::from_millis(500);
@@ -95,7 +141,10 @@ fn run(source: I2cSource, shutdown: Shutdown) {
         } else {
             match linux_embedded_hal::I2cdev::new(&source.config.bus) {
                 Ok(bus) => sample(&source, bus, linux_embedded_hal::Delay, &shutdown, || {}),
-                Err(e) => Err(format!("cannot open {}: {e}", source.config.bus)),
+                Err(error) => Err(I2cDeviceError::Open {
+                    bus: source.config.bus.clone(),
+                    error,
+                }),
             }
         };
         if shutdown.is_shutdown() {
@@ -117,7 +166,7 @@ fn run(source: I2cSource, shutdown: Shutdown) {
 }
 
 #[cfg(feature = "sim")]
-fn run_sim(source: &I2cSource, shutdown: &Shutdown) -> Result<(), String> {
+fn run_sim(source: &I2cSource, shutdown: &Shutdown) -> Result<(), I2cDeviceError> {
     use towerlink_sim_chips::{PanelModel, PanelParams, SimBus, SimClock, SimDelay};
     let clock = SimClock::new();
     let seed = source
@@ -136,8 +185,8 @@ fn run_sim(source: &I2cSource, shutdown: &Shutdown) -> Result<(), String> {
 }
 
 #[cfg(not(feature = "sim"))]
-fn run_sim(_source: &I2cSource, _shutdown: &Shutdown) -> Result<(), String> {
-    Err("bus = \"sim\" needs an agent built with the `sim` feature".into())
+fn run_sim(_source: &I2cSource, _shutdown: &Shutdown) -> Result<(), I2cDeviceError> {
+    Err(I2cDeviceError::NoSimBus)
 }
 
 fn emit_faults(source: &I2cSource, code: FaultCode) {
@@ -158,7 +207,7 @@ fn sample<I: I2c, D: DelayNs>(
     mut delay: D,
     shutdown: &Shutdown,
     mut before_read: impl FnMut(),
-) -> Result<(), String> {
+) -> Result<(), I2cDeviceError> {
     let cfg = &source.config;
     let channels = cfg.channel_infos();
     enum Driver<I: I2c> {
@@ -170,7 +219,7 @@ fn sample<I: I2c, D: DelayNs>(
         Chip::Nau7802 => {
             let mut d = nau7802::Nau7802::new(bus);
             d.init(&mut delay, nau7802::Config::default())
-                .map_err(|e| format!("NAU7802 init: {e:?}"))?;
+                .map_err(init_error("NAU7802"))?;
             Driver::Adc(d)
         }
         Chip::Adxl355 => {
@@ -180,7 +229,7 @@ fn sample<I: I2c, D: DelayNs>(
             };
             let mut d = adxl355::Adxl355::new(bus, address);
             d.init(&mut delay, adxl355::Config::default())
-                .map_err(|e| format!("ADXL355 init: {e:?}"))?;
+                .map_err(init_error("ADXL355"))?;
             Driver::Accel(d)
         }
     };
@@ -209,16 +258,10 @@ fn sample<I: I2c, D: DelayNs>(
         before_read();
         let t = now_millis() as f64;
         let values: Vec<f32> = match &mut driver {
-            Driver::Adc(d) => vec![d
-                .read_microstrain()
-                .map_err(|e| format!("NAU7802 read: {e:?}"))?],
+            Driver::Adc(d) => vec![d.read_microstrain().map_err(read_error("NAU7802"))?],
             Driver::Accel(d) => {
-                let (x, y) = d
-                    .read_tilt_deg()
-                    .map_err(|e| format!("ADXL355 read: {e:?}"))?;
-                let temp = d
-                    .read_temperature_c()
-                    .map_err(|e| format!("ADXL355 read: {e:?}"))?;
+                let (x, y) = d.read_tilt_deg().map_err(read_error("ADXL355"))?;
+                let temp = d.read_temperature_c().map_err(read_error("ADXL355"))?;
                 vec![x, y, temp]
             }
         };

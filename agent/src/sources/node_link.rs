@@ -259,12 +259,15 @@ pub struct NodeHello {
     pub channels: Vec<ChannelInfo>,
 }
 
-/// Why a node did not introduce itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a node did not introduce itself; the `Display` is the reason, [`ProbeFailure::fix`]
+/// the installer's fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProbeFailure {
     /// Not a byte arrived.
+    #[error("the port opens but no byte arrived")]
     Silent,
     /// Bytes arrived, but not one valid frame.
+    #[error("{bytes} bytes arrived but no valid frame ({bad_frames} dropped)")]
     Garbage {
         /// Bytes read.
         bytes: u64,
@@ -272,43 +275,31 @@ pub enum ProbeFailure {
         bad_frames: u64,
     },
     /// Only frames of another node than the configured one.
+    #[error("node {heard} answers on this port")]
     Foreign {
         /// The node that did answer.
         heard: u32,
     },
     /// Valid frames, but no Hello even after an Identify.
+    #[error("node {node} sends frames but answered none of the Identify commands sent to it")]
     NoHello {
         /// The node heard.
         node: u32,
     },
     /// The port failed while reading or writing.
+    #[error("the port failed: {0}")]
     Io(String),
 }
 
 impl ProbeFailure {
-    /// The reason and the installer's fix, at `baud`.
-    pub fn explain(&self, baud: u32) -> (String, String) {
+    /// The installer's fix, for a port configured at `baud`.
+    pub fn fix(&self, baud: u32) -> String {
         match self {
-            ProbeFailure::Silent => (
-                "the port opens but no byte arrived".into(),
-                format!("check the node's power and the wiring (TX/RX crossed, RS-485 A/B); the node must send at {baud} baud 8N1"),
-            ),
-            ProbeFailure::Garbage { bytes, bad_frames } => (
-                format!("{bytes} bytes arrived but no valid frame ({bad_frames} dropped)"),
-                format!("the baud rate is probably wrong (configured {baud}); check the node's setting, or noise on the line"),
-            ),
-            ProbeFailure::Foreign { heard } => (
-                format!("node {heard} answers on this port"),
-                "set node_id to the node that is really wired here, or move the cable".into(),
-            ),
-            ProbeFailure::NoHello { node } => (
-                format!("node {node} sends frames but answered none of the Identify commands sent to it"),
-                "the node is heard but does not hear the gateway: check the gateway-to-node wire (TX to the node's RX; on RS-485 the A/B pair and the adapter's direction control), else update the node's firmware to wire protocol v1 (Identify -> Hello)".into(),
-            ),
-            ProbeFailure::Io(e) => (
-                format!("the port failed: {e}"),
-                "the adapter was unplugged or is faulty; replug it and run check again".into(),
-            ),
+            ProbeFailure::Silent => format!("check the node's power and the wiring (TX/RX crossed, RS-485 A/B); the node must send at {baud} baud 8N1"),
+            ProbeFailure::Garbage { .. } => format!("the baud rate is probably wrong (configured {baud}); check the node's setting, or noise on the line"),
+            ProbeFailure::Foreign { .. } => "set node_id to the node that is really wired here, or move the cable".into(),
+            ProbeFailure::NoHello { .. } => "the node is heard but does not hear the gateway: check the gateway-to-node wire (TX to the node's RX; on RS-485 the A/B pair and the adapter's direction control), else update the node's firmware to wire protocol v1 (Identify -> Hello)".into(),
+            ProbeFailure::Io(_) => "the adapter was unplugged or is faulty; replug it and run check again".into(),
         }
     }
 }

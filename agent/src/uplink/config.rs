@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::secrets::Secret;
+use crate::secrets::{PasswordFileError, Secret};
 use crate::values::{self, Violations};
 
 /// `[mqtt]`: the uplink to the city platform.
@@ -148,14 +148,14 @@ fn default_max_packet() -> u64 {
 impl MqttConfig {
     /// The broker address of `url` (checked at load, so this fails only on an unchecked
     /// section).
-    pub fn broker(&self) -> Result<BrokerAddress, String> {
+    pub fn broker(&self) -> Result<BrokerAddress, UrlError> {
         BrokerAddress::parse(&self.url)
     }
 
     /// The section's rules between its keys; keys are relative to `[mqtt]`.
     pub fn check(&self, v: &mut Violations) {
         match BrokerAddress::parse(&self.url) {
-            Err(e) => v.add("url", e),
+            Err(e) => v.add("url", e.to_string()),
             Ok(broker) => {
                 if !broker.tls && !broker.is_loopback() && !self.allow_insecure {
                     v.add(
@@ -166,8 +166,9 @@ impl MqttConfig {
                         ),
                     );
                 }
-                if let Err((key, message)) = super::tls::validate_config(self, &broker) {
-                    v.add(key.strip_prefix("mqtt.").unwrap_or(&key), message);
+                if let Err(rule) = super::tls::validate_config(self, &broker) {
+                    let key = rule.key();
+                    v.add(key.strip_prefix("mqtt.").unwrap_or(key), rule.to_string());
                 }
             }
         }
@@ -197,7 +198,7 @@ impl MqttConfig {
     }
 
     /// The MQTT user name and the password read from `password_file` (empty without one).
-    pub fn credentials(&self) -> Result<Option<(String, Secret)>, String> {
+    pub fn credentials(&self) -> Result<Option<(String, Secret)>, PasswordFileError> {
         Ok(match (&self.username, &self.password_file) {
             (Some(user), Some(file)) => {
                 Some((user.clone(), crate::secrets::read_password_file(file)?))
@@ -213,7 +214,7 @@ impl MqttConfig {
     pub fn uplink_security(
         &self,
         broker: &BrokerAddress,
-    ) -> Result<(Option<(String, Secret)>, bool), String> {
+    ) -> Result<(Option<(String, Secret)>, bool), PasswordFileError> {
         let credentials = self.credentials()?;
         let insecure = !broker.tls && !broker.is_loopback();
         if insecure {
@@ -224,6 +225,39 @@ impl MqttConfig {
         }
         Ok((credentials, insecure))
     }
+}
+
+/// Why an `[mqtt] url` is refused (the text names the URL as written).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    /// Neither `mqtt://` nor `mqtts://`.
+    #[error("{0:?} must start with mqtt:// or mqtts://")]
+    Scheme(String),
+    /// A path, user info or nothing after the scheme.
+    #[error("{0:?} must be scheme://host[:port] with no path or credentials (use username / password_file)")]
+    Form(String),
+    /// `[` without `]`.
+    #[error("{0:?}: unclosed [ in IPv6 address")]
+    UnclosedBracket(String),
+    /// Something other than `:port` after `[address]`.
+    #[error("{url:?}: unexpected {after:?} after the address")]
+    AfterAddress {
+        /// The URL.
+        url: String,
+        /// What follows the `]`.
+        after: String,
+    },
+    /// A port that is not 1..=65535.
+    #[error("{url:?}: {port:?} is not a port number (1..=65535)")]
+    Port {
+        /// The URL.
+        url: String,
+        /// The port as written.
+        port: String,
+    },
+    /// No host before the port.
+    #[error("{0:?} has no host")]
+    NoHost(String),
 }
 
 /// A parsed `[mqtt] url`.
@@ -239,29 +273,32 @@ pub struct BrokerAddress {
 
 impl BrokerAddress {
     /// Parses `mqtt://host[:port]` or `mqtts://host[:port]` (IPv6 in brackets).
-    pub fn parse(url: &str) -> Result<BrokerAddress, String> {
+    pub fn parse(url: &str) -> Result<BrokerAddress, UrlError> {
         let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
             (true, rest)
         } else if let Some(rest) = url.strip_prefix("mqtt://") {
             (false, rest)
         } else {
-            return Err(format!("{url:?} must start with mqtt:// or mqtts://"));
+            return Err(UrlError::Scheme(url.to_owned()));
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.is_empty() || rest.contains('/') || rest.contains('@') {
-            return Err(format!(
-                "{url:?} must be scheme://host[:port] with no path or credentials (use username / password_file)"
-            ));
+            return Err(UrlError::Form(url.to_owned()));
         }
         let default_port = if tls { 8883 } else { 1883 };
         let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
             let (host, after) = v6
                 .split_once(']')
-                .ok_or_else(|| format!("{url:?}: unclosed [ in IPv6 address"))?;
+                .ok_or_else(|| UrlError::UnclosedBracket(url.to_owned()))?;
             match after.strip_prefix(':') {
                 Some(p) => (host.to_owned(), parse_port(url, p)?),
                 None if after.is_empty() => (host.to_owned(), default_port),
-                None => return Err(format!("{url:?}: unexpected {after:?} after the address")),
+                None => {
+                    return Err(UrlError::AfterAddress {
+                        url: url.to_owned(),
+                        after: after.to_owned(),
+                    })
+                }
             }
         } else {
             match rest.rsplit_once(':') {
@@ -270,7 +307,7 @@ impl BrokerAddress {
             }
         };
         if host.is_empty() {
-            return Err(format!("{url:?} has no host"));
+            return Err(UrlError::NoHost(url.to_owned()));
         }
         Ok(BrokerAddress { tls, host, port })
     }
@@ -286,10 +323,13 @@ impl BrokerAddress {
     }
 }
 
-fn parse_port(url: &str, p: &str) -> Result<u16, String> {
+fn parse_port(url: &str, p: &str) -> Result<u16, UrlError> {
     match p.parse::<u16>() {
         Ok(port) if port > 0 => Ok(port),
-        _ => Err(format!("{url:?}: {p:?} is not a port number (1..=65535)")),
+        _ => Err(UrlError::Port {
+            url: url.to_owned(),
+            port: p.to_owned(),
+        }),
     }
 }
 
@@ -337,6 +377,39 @@ mod tests {
     }
 
     #[test]
+    fn url_refusals_are_variants_with_the_installers_text() {
+        let e = BrokerAddress::parse("http://x").expect_err("scheme");
+        assert_eq!(e, UrlError::Scheme("http://x".into()));
+        assert_eq!(
+            e.to_string(),
+            "\"http://x\" must start with mqtt:// or mqtts://"
+        );
+        assert_eq!(
+            BrokerAddress::parse("mqtt://h:99999"),
+            Err(UrlError::Port {
+                url: "mqtt://h:99999".into(),
+                port: "99999".into()
+            })
+        );
+        assert!(matches!(
+            BrokerAddress::parse("mqtt://u:p@h"),
+            Err(UrlError::Form(_))
+        ));
+        assert!(matches!(
+            BrokerAddress::parse("mqtt://[::1"),
+            Err(UrlError::UnclosedBracket(_))
+        ));
+        assert!(matches!(
+            BrokerAddress::parse("mqtt://[::1]x"),
+            Err(UrlError::AfterAddress { ref after, .. }) if after == "x"
+        ));
+        assert!(matches!(
+            BrokerAddress::parse("mqtt://:1883"),
+            Err(UrlError::NoHost(_))
+        ));
+    }
+
+    #[test]
     fn the_section_reads_alone_with_its_rules() {
         let read = |text: &str| -> MqttConfig { toml::from_str(text).expect("section") };
         let c = read("url = \"mqtt://10.0.0.1\"\ntopic_root = \"a//b\"\nprotocol = \"3.1.1\"");
@@ -346,6 +419,28 @@ mod tests {
         c.check(&mut v);
         let keys: Vec<String> = v.into_vec().into_iter().map(|v| v.key).collect();
         assert_eq!(keys, ["mqtt.url", "mqtt.topic_root"]);
+        let c = read("url = \"mqtts://10.0.0.1\"\ncert_file = \"/c.pem\"");
+        let broker = c.broker().expect("url");
+        let rule = crate::uplink::tls::validate_config(&c, &broker).expect_err("no key");
+        assert_eq!(
+            rule,
+            crate::uplink::tls::SecurityRule::HalfClientCert { missing_key: true }
+        );
+        assert_eq!(rule.key(), "mqtt.key_file");
+        let mut v = Violations::new("mqtt");
+        c.check(&mut v);
+        let found: Vec<(String, String)> = v
+            .into_vec()
+            .into_iter()
+            .map(|v| (v.key, v.message))
+            .collect();
+        assert_eq!(
+            found,
+            [(
+                "mqtt.key_file".to_owned(),
+                "a client certificate needs both cert_file and key_file".to_owned()
+            )]
+        );
         let e = toml::from_str::<MqttConfig>("url = \"mqtt://h\"\nprotocol = \"4\"")
             .expect_err("protocol 4");
         assert!(e.to_string().contains("3.1.1"), "{e}");
@@ -381,6 +476,10 @@ mod tests {
         let e = c
             .uplink_security(&c.broker().expect("url"))
             .expect_err("missing file");
-        assert!(e.contains("absent"), "{e}");
+        assert!(matches!(
+            e.problem,
+            crate::secrets::PasswordProblem::Unreadable(_)
+        ));
+        assert!(e.to_string().contains("absent"), "{e}");
     }
 }

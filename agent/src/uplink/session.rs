@@ -70,7 +70,7 @@ pub struct SessionSpec {
 pub enum SetupError {
     /// `[mqtt] url` does not parse.
     #[error("[mqtt] url: {0}")]
-    Url(String),
+    Url(super::config::UrlError),
     /// `mqtts://` without `ca_file`.
     #[error("{0}: mqtts:// needs [mqtt] ca_file")]
     NoCa(BrokerAddress),
@@ -78,8 +78,8 @@ pub enum SetupError {
     #[error(transparent)]
     Tls(#[from] super::tls::TlsError),
     /// The password file could not be read.
-    #[error("{0}")]
-    Password(String),
+    #[error(transparent)]
+    Password(#[from] crate::secrets::PasswordFileError),
 }
 
 /// Why a session ended or a request could not be made.
@@ -232,7 +232,7 @@ impl SessionSpec {
             None if broker.tls => return Err(SetupError::NoCa(broker)),
             None => None,
         };
-        let credentials = mqtt.credentials().map_err(SetupError::Password)?;
+        let credentials = mqtt.credentials()?;
         let client_id = format!("{gw}-{tool}-{}", std::process::id());
         let max_packet = u32::try_from(mqtt.max_packet).unwrap_or(u32::MAX);
         let mut spec = SessionSpec::new(broker, client_id, mqtt.protocol, max_packet);

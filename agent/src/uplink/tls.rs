@@ -321,51 +321,76 @@ impl TlsFiles {
     }
 }
 
+/// An `[mqtt]` security rule broken; [`SecurityRule::key`] names the key, the `Display`
+/// says what is wrong and what to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SecurityRule {
+    /// `password` in the configuration.
+    #[error("a password never goes into the configuration: write it to a file only the agent can read (chmod 600) and set password_file = \"/etc/towerlink/password\"")]
+    PasswordInConfig,
+    /// `password_file` without `username`.
+    #[error("needs username")]
+    PasswordFileWithoutUser,
+    /// An empty, overlong or control-character user name.
+    #[error("must be 1..=256 characters without control characters")]
+    Username,
+    /// A certificate without its key (`missing_key`) or a key without its certificate.
+    #[error("a client certificate needs both cert_file and key_file")]
+    HalfClientCert {
+        /// Is it the key that is missing?
+        missing_key: bool,
+    },
+    /// `mqtts://` without `ca_file`.
+    #[error("mqtts:// needs ca_file, the PEM file of the CA that signed the broker's certificate")]
+    NoCaFile,
+    /// TLS files with a plain `mqtt://` URL.
+    #[error(
+        "ca_file, cert_file and key_file are used only with mqtts://; change the URL to mqtts://"
+    )]
+    TlsFilesWithoutTls,
+}
+
+impl SecurityRule {
+    /// The key the rule is about (`mqtt.ca_file`).
+    pub fn key(self) -> &'static str {
+        match self {
+            SecurityRule::PasswordInConfig => "mqtt.password",
+            SecurityRule::PasswordFileWithoutUser => "mqtt.password_file",
+            SecurityRule::Username => "mqtt.username",
+            SecurityRule::HalfClientCert { missing_key: true } => "mqtt.key_file",
+            SecurityRule::HalfClientCert { missing_key: false } => "mqtt.cert_file",
+            SecurityRule::NoCaFile => "mqtt.ca_file",
+            SecurityRule::TlsFilesWithoutTls => "mqtt.url",
+        }
+    }
+}
+
 /// The `[mqtt]` security rules, checked when the configuration loads: a password never in
 /// the configuration, the TLS keys only with `mqtts://` (where `ca_file` is required), a
 /// certificate only with its key, `password_file` only with `username`.
-pub fn validate_config(mqtt: &MqttConfig, broker: &BrokerAddress) -> Result<(), (String, String)> {
-    let bad = |key: &str, message: &str| Err((key.to_owned(), message.to_owned()));
+pub fn validate_config(mqtt: &MqttConfig, broker: &BrokerAddress) -> Result<(), SecurityRule> {
     if mqtt.password.is_some() {
-        return bad(
-            "mqtt.password",
-            "a password never goes into the configuration: write it to a file only the agent \
-             can read (chmod 600) and set password_file = \"/etc/towerlink/password\"",
-        );
+        return Err(SecurityRule::PasswordInConfig);
     }
     if mqtt.password_file.is_some() && mqtt.username.is_none() {
-        return bad("mqtt.password_file", "needs username");
+        return Err(SecurityRule::PasswordFileWithoutUser);
     }
     if let Some(user) = &mqtt.username {
         if user.is_empty() || user.len() > 256 || user.chars().any(char::is_control) {
-            return bad(
-                "mqtt.username",
-                "must be 1..=256 characters without control characters",
-            );
+            return Err(SecurityRule::Username);
         }
     }
     if mqtt.cert_file.is_some() != mqtt.key_file.is_some() {
-        return bad(
-            if mqtt.cert_file.is_some() {
-                "mqtt.key_file"
-            } else {
-                "mqtt.cert_file"
-            },
-            "a client certificate needs both cert_file and key_file",
-        );
+        return Err(SecurityRule::HalfClientCert {
+            missing_key: mqtt.cert_file.is_some(),
+        });
     }
     if broker.tls {
         if mqtt.ca_file.is_none() {
-            return bad(
-                "mqtt.ca_file",
-                "mqtts:// needs ca_file, the PEM file of the CA that signed the broker's certificate",
-            );
+            return Err(SecurityRule::NoCaFile);
         }
     } else if mqtt.ca_file.is_some() || mqtt.cert_file.is_some() {
-        return bad(
-            "mqtt.url",
-            "ca_file, cert_file and key_file are used only with mqtts://; change the URL to mqtts://",
-        );
+        return Err(SecurityRule::TlsFilesWithoutTls);
     }
     Ok(())
 }

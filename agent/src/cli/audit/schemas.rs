@@ -86,6 +86,17 @@ pub struct SchemaError {
     pub reason: String,
 }
 
+/// Why a payload does not pass its schema.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadInvalid {
+    /// No schema was compiled for the kind.
+    #[error("no schema for {0}")]
+    NoSchema(&'static str),
+    /// Every violation, `at "<JSON pointer>": <what>`.
+    #[error("{}", .0.join("; "))]
+    Violations(Vec<String>),
+}
+
 /// One compiled validator per payload kind.
 pub struct FeedSchemas {
     validators: Vec<(Kind, Validator)>,
@@ -140,9 +151,9 @@ impl FeedSchemas {
 
     /// Checks `payload` against the schema of `kind`; the error names every violation with
     /// its JSON pointer.
-    pub fn validate(&self, kind: Kind, payload: &Value) -> Result<(), String> {
+    pub fn validate(&self, kind: Kind, payload: &Value) -> Result<(), PayloadInvalid> {
         let Some((_, validator)) = self.validators.iter().find(|(k, _)| *k == kind) else {
-            return Err(format!("no schema for {}", kind.name()));
+            return Err(PayloadInvalid::NoSchema(kind.name()));
         };
         let errors: Vec<String> = validator
             .iter_errors(payload)
@@ -151,7 +162,7 @@ impl FeedSchemas {
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(errors.join("; "))
+            Err(PayloadInvalid::Violations(errors))
         }
     }
 }
@@ -174,7 +185,11 @@ mod tests {
         let mut bad = ok;
         bad["seq"] = json!("3");
         let e = s.validate(Kind::Event, &bad).expect_err("string seq");
-        assert!(e.contains("/seq"), "{e}");
+        assert!(
+            matches!(&e, PayloadInvalid::Violations(v) if v.len() == 1 && v[0].starts_with("at \"/seq\": ")),
+            "{e}"
+        );
+        assert!(e.to_string().contains("/seq"), "{e}");
         s.validate(Kind::State, &json!({"v":1,"gw":"gw-1","state":"offline"}))
             .expect("offline");
     }

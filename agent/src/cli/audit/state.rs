@@ -579,7 +579,11 @@ impl Audit {
                 return Outcome::Duplicate;
             }
         }
-        let mut problem = self.schemas.validate(feed.kind, &json).err();
+        let mut problem = self
+            .schemas
+            .validate(feed.kind, &json)
+            .err()
+            .map(|e| e.to_string());
         if problem.is_none() && feed.kind != Kind::Cmd {
             if json["gw"] != feed.gw {
                 problem = Some(format!(
