@@ -13,10 +13,19 @@
 //! writer thread ([`super::writer`]) inserts what it appended and takes the acknowledgements
 //! to write, the reader thread ([`super::reader`]) fills the cache. No disk I/O ever happens
 //! while this state is locked.
+//!
+//! Beside it: [`chunk`] (the packed [`Entry`] and [`Chunk`]), [`merge`] (which records a
+//! window merge may take, and putting the merged records in place), [`resend_lane`] (the
+//! acknowledged records a `resend` read back).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
+mod chunk;
+mod merge;
+mod resend_lane;
+
+use self::chunk::{Chunk, Entry};
 use super::record::DoneKind;
 use super::Record;
 use crate::feed::MessageClass;
@@ -38,110 +47,9 @@ pub(super) const CAPTURE_CACHE_RECORDS: usize = 256;
 pub(super) const CACHE_OVERHEAD: u64 = 128;
 /// Most records one read-ahead asks the reader for.
 pub(super) const READ_BATCH: usize = 1024;
-/// Entries per `queued_at` sample.
-const TIME_STEP: usize = 64;
 /// A gap of at most this many seqs inside a segment is filled with dead entries rather than
 /// starting a new chunk.
 const GAP_FILL: u64 = 64;
-
-const OFFSET_BITS: u32 = 32;
-const LEN_BITS: u32 = 24;
-const LEN_MAX: u64 = (1 << LEN_BITS) - 1;
-const CLASS_SHIFT: u32 = OFFSET_BITS + LEN_BITS;
-const LIVE_BIT: u64 = 1 << 58;
-
-/// One record in the index, packed in 8 bytes: offset in its segment (32 bits), frame length
-/// (24 bits), class (2 bits), live (1 bit). A dead entry (acknowledged, evicted, or a gap
-/// filler) is 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Entry(u64);
-
-impl Entry {
-    const DEAD: Entry = Entry(0);
-
-    fn new(class: MessageClass, offset: u64, len: u64) -> Entry {
-        let class = match class {
-            MessageClass::Telemetry => 0,
-            MessageClass::Event => 1,
-            MessageClass::Capture => 2,
-        };
-        Entry(
-            (offset & 0xffff_ffff)
-                | (len.min(LEN_MAX) << OFFSET_BITS)
-                | (class << CLASS_SHIFT)
-                | LIVE_BIT,
-        )
-    }
-
-    fn live(self) -> bool {
-        self.0 & LIVE_BIT != 0
-    }
-
-    fn offset(self) -> u64 {
-        self.0 & 0xffff_ffff
-    }
-
-    fn len(self) -> u64 {
-        (self.0 >> OFFSET_BITS) & LEN_MAX
-    }
-
-    fn class(self) -> MessageClass {
-        match (self.0 >> CLASS_SHIFT) & 3 {
-            0 => MessageClass::Telemetry,
-            2 => MessageClass::Capture,
-            _ => MessageClass::Event,
-        }
-    }
-
-    /// The same record at another offset with another frame length (a merged record).
-    fn with_place(self, offset: u64, len: u64) -> Entry {
-        let mask = 0xffff_ffff | (LEN_MAX << OFFSET_BITS);
-        Entry((self.0 & !mask) | (offset & 0xffff_ffff) | (len.min(LEN_MAX) << OFFSET_BITS))
-    }
-}
-
-/// Records of consecutive seqs in one segment (or in memory only, `segment` `None`).
-#[derive(Debug, Clone)]
-struct Chunk {
-    segment: Option<u64>,
-    /// The seq of `entries[0]`.
-    origin: u64,
-    entries: Vec<Entry>,
-    /// Live entries.
-    live: usize,
-    /// `times[k]`: the `queued_at` of `entries[k * TIME_STEP]`, a floor for its block.
-    times: Vec<i64>,
-}
-
-impl Chunk {
-    fn new(segment: Option<u64>, origin: u64) -> Chunk {
-        Chunk {
-            segment,
-            origin,
-            entries: Vec::new(),
-            live: 0,
-            times: Vec::new(),
-        }
-    }
-
-    fn end(&self) -> u64 {
-        self.origin + self.entries.len() as u64
-    }
-
-    fn push(&mut self, entry: Entry, queued_at: i64) {
-        if self.entries.len() % TIME_STEP == 0 {
-            self.times.push(queued_at);
-        }
-        self.entries.push(entry);
-        if entry.live() {
-            self.live += 1;
-        }
-    }
-
-    fn time_at(&self, index: usize) -> i64 {
-        self.times.get(index / TIME_STEP).copied().unwrap_or(0)
-    }
-}
 
 /// A record that is no longer live, for the writer to note in the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,35 +205,6 @@ impl State {
     /// Is `seq` queued (unacknowledged)?
     pub(super) fn is_live(&self, seq: u64) -> bool {
         self.entry(seq).is_some_and(|(_, e)| e.live())
-    }
-
-    /// Puts a resent record in the resend lane (at its front if `front`: it was handed out
-    /// and refused); `false` when the lane is full. One given back always fits.
-    pub(super) fn push_resend(&mut self, record: Arc<Record>, front: bool) -> bool {
-        let need = record.payload.len() as u64 + super::resend::LANE_OVERHEAD;
-        if !front && self.resend_bytes + need > super::resend::RESEND_BYTES {
-            return false;
-        }
-        self.resend_bytes += need;
-        if front {
-            self.resend.push_front(record);
-        } else {
-            self.resend.push_back(record);
-        }
-        true
-    }
-
-    /// The next resent record to go out.
-    pub(super) fn pop_resend(&mut self) -> Option<Arc<Record>> {
-        let record = self.resend.pop_front()?;
-        let need = record.payload.len() as u64 + super::resend::LANE_OVERHEAD;
-        self.resend_bytes = self.resend_bytes.saturating_sub(need);
-        Some(record)
-    }
-
-    /// Is a resent record waiting?
-    pub(super) fn resend_waiting(&self) -> bool {
-        !self.resend.is_empty()
     }
 
     /// The chunk holding `seq` and the entry's index in it.
@@ -719,91 +598,6 @@ impl State {
             }
         }
         gone
-    }
-
-    /// The oldest live telemetry records on disk that may be merged at `tier` (above the
-    /// tier's cursor, never handed to the uplink, released), at most a read batch of them;
-    /// `true` when the batch was cut (more are waiting). Marks the merge as under way (the
-    /// uplink waits for those seqs until [`State::merge_done`]).
-    pub(super) fn merge_candidates(&mut self, tier: usize) -> (Vec<Wanted>, bool) {
-        let from = self.merge_from[tier]
-            .max(self.handed_max)
-            .max(self.merge_floor)
-            .max(self.telemetry_sent_up_to)
-            + 1;
-        let released = self.released_up_to;
-        let start = self.chunks.partition_point(|c| c.end() <= from);
-        let (mut out, mut bytes) = (Vec::new(), 0);
-        'chunks: for c in self.chunks.iter().skip(start) {
-            let Some(segment) = c.segment else { continue };
-            for seq in from.max(c.origin)..c.end() {
-                if seq > released {
-                    break 'chunks;
-                }
-                let e = c.entries[(seq - c.origin) as usize];
-                if e.live() && e.class() == MessageClass::Telemetry {
-                    out.push(Wanted {
-                        seq,
-                        segment,
-                        offset: e.offset(),
-                        len: e.len(),
-                    });
-                    bytes += e.len();
-                    if out.len() >= READ_BATCH || bytes >= CACHE_BYTES / 2 {
-                        self.merging = out.first().map(|w| w.seq);
-                        return (out, true);
-                    }
-                }
-            }
-        }
-        self.merging = out.first().map(|w| w.seq);
-        (out, false)
-    }
-
-    /// The merge is written (or given up): the uplink may take telemetry again.
-    pub(super) fn merge_done(&mut self) {
-        self.merging = None;
-    }
-
-    /// Each merged record (its own seq, written at its new place) replaces the queued
-    /// records it names and its own older copy. Returns the segment and frame length of
-    /// every record taken out (for the store's accounting: the merged frame names them, no
-    /// done record is needed), and the merged records that could not be placed because their
-    /// seq was no longer live (their frames are dead on disk and must be marked so).
-    pub(super) fn apply_merges(
-        &mut self,
-        merges: Vec<MergedRecord>,
-    ) -> (Vec<(u64, u64)>, Vec<Moved>) {
-        let mut freed = Vec::new();
-        let mut unplaced = Vec::new();
-        let mut by_segment: BTreeMap<u64, Vec<Moved>> = BTreeMap::new();
-        let mut records = Vec::new();
-        for (moved, record, replaced) in merges {
-            match self.entry(moved.seq) {
-                Some((Some(segment), e)) if e.live() => {
-                    freed.push((segment, e.len()));
-                    by_segment.entry(segment).or_default().push(moved);
-                    records.push((moved.len, record));
-                }
-                _ => unplaced.push(moved),
-            }
-            for seq in replaced {
-                if let Some(v) = self.drop_record(seq) {
-                    if let Some(segment) = v.segment {
-                        freed.push((segment, v.len));
-                    }
-                }
-            }
-        }
-        for (segment, mut moved) in by_segment {
-            moved.sort_by_key(|m| m.seq);
-            self.relocate(Some(segment), &moved);
-        }
-        for (len, record) in records {
-            self.cache.remove(record.seq);
-            self.cache_put(record, len, false);
-        }
-        (freed, unplaced)
     }
 
     fn push_piece(&mut self, p: Chunk) {
