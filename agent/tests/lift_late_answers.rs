@@ -284,11 +284,14 @@ fn check(run: &Run, what: &str) {
         run.log.bad_requests, 0,
         "{what}: only function 4 is ever sent"
     );
-    // Every late answer was counted as one, none as a reading.
-    assert_eq!(
-        get(&run.stats.late_answers),
-        run.log.poisoned.len() as u64,
-        "{what}: late answers counted vs poisoned answers sent"
+    // Every late answer was counted as one, none as a reading. On a loaded machine a good
+    // answer can also be scheduled past the timeout: that one is late too, and counted so
+    // (it never became a reading either: polls_ok below), hence at least, not exactly.
+    let late = get(&run.stats.late_answers);
+    assert!(
+        late >= run.log.poisoned.len() as u64,
+        "{what}: {late} late answers counted, {} poisoned answers sent",
+        run.log.poisoned.len()
     );
     assert_eq!(get(&run.stats.polls_ok), all.len() as u64, "{what}");
     // The unit was sent nothing between a late request and its (late) answer: the last
