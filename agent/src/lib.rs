@@ -14,13 +14,13 @@
 //!
 //! ```text
 //! bottom    values, feed, feed_view, secrets, backoff, shutdown, rate_limit, service, clock,
-//!           log_ring
+//!           log_ring, journal
 //!           (import only each other)
 //! sources   (with profile)       -> bottom
 //! queue                          -> bottom
 //! pipeline                       -> sources, queue, bottom
 //! uplink                         -> queue, bottom
-//! commands  (with command_auth)  -> pipeline, sources, queue, bottom
+//! commands  (with command_auth)  -> pipeline, sources, queue, uplink, bottom
 //! health                         -> the stages above, bottom
 //! config                         -> the stages' config sections, health, bottom
 //! app, cli                       -> everything above; main -> everything

@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 const GROUPS: [(&str, &str); 2] = [("profile", "sources"), ("command_auth", "commands")];
 
 /// The bottom: small modules every stage may use; they import only each other.
-const BOTTOM: [&str; 10] = [
+const BOTTOM: [&str; 11] = [
     "values",
     "log_ring",
+    "journal",
     "clock",
     "feed",
     "feed_view",
@@ -33,7 +34,7 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
         "queue" => &[],
         "pipeline" => &["sources", "queue"],
         "uplink" => &["queue"],
-        "commands" => &["pipeline", "sources", "queue"],
+        "commands" => &["pipeline", "sources", "queue", "uplink"],
         "health" => &["sources", "pipeline", "queue", "uplink", "commands"],
         "config" => &[
             "sources", "pipeline", "queue", "uplink", "commands", "health",

@@ -732,6 +732,34 @@ fn ser_opt_time<S: serde::Serializer>(ms: &Option<UnixMillis>, s: S) -> Result<S
     }
 }
 
+/// `payload` (a JSON object) with `"replay":true` added as its last member (unchanged if
+/// it ends with that member already: a record `resend` marked).
+pub fn mark_replay(payload: &[u8]) -> Vec<u8> {
+    let trimmed = payload.trim_ascii_end();
+    if trimmed.ends_with(b"\"replay\":true}") {
+        return payload.to_vec();
+    }
+    let end = payload
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .filter(|&i| payload[i] == b'}');
+    let Some(end) = end else {
+        return payload.to_vec();
+    };
+    let empty = payload[..end]
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .is_some_and(|i| payload[i] == b'{');
+    let mut out = Vec::with_capacity(payload.len() + 16);
+    out.extend_from_slice(&payload[..end]);
+    out.extend_from_slice(if empty {
+        b"\"replay\":true}"
+    } else {
+        b",\"replay\":true}"
+    });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -468,7 +468,7 @@ fn read_back(
             }
             let seq = r.seq;
             let record = Arc::new(Record {
-                payload: crate::uplink::publisher::mark_replay(&r.payload),
+                payload: crate::feed::mark_replay(&r.payload),
                 // Sent as telemetry is: paced, after everything queued.
                 class: crate::feed::MessageClass::Telemetry,
                 ..r

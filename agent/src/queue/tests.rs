@@ -519,7 +519,7 @@ fn acknowledged_records_are_kept_and_resent_marked_replay_after_everything_queue
     let expected: Vec<u64> = (201..=203).chain(150..=200).collect();
     assert_eq!(seqs, expected);
     for r in &out[3..] {
-        let again = crate::uplink::publisher::mark_replay(&first[&r.seq]);
+        let again = crate::feed::mark_replay(&first[&r.seq]);
         assert_eq!(r.payload, again, "seq {}", r.seq);
         assert!(r.payload.ends_with(b",\"replay\":true}"));
     }

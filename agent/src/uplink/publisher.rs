@@ -113,33 +113,8 @@ pub struct Publish {
     pub compress: bool,
 }
 
-/// `payload` (a JSON object) with `"replay":true` added as its last member (unchanged if
-/// it ends with that member already: a record `resend` marked).
-pub fn mark_replay(payload: &[u8]) -> Vec<u8> {
-    let trimmed = payload.trim_ascii_end();
-    if trimmed.ends_with(b"\"replay\":true}") {
-        return payload.to_vec();
-    }
-    let end = payload
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .filter(|&i| payload[i] == b'}');
-    let Some(end) = end else {
-        return payload.to_vec();
-    };
-    let empty = payload[..end]
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .is_some_and(|i| payload[i] == b'{');
-    let mut out = Vec::with_capacity(payload.len() + 16);
-    out.extend_from_slice(&payload[..end]);
-    out.extend_from_slice(if empty {
-        b"\"replay\":true}"
-    } else {
-        b",\"replay\":true}"
-    });
-    out
-}
+/// Re-exported from the feed, which owns the payloads' members.
+pub use crate::feed::mark_replay;
 
 /// What the task must do.
 #[derive(Debug, Clone, PartialEq)]
