@@ -19,10 +19,22 @@ pub(super) fn build_chains(device: &mut Device, channels: &[Channel], zeros: &Ze
         }
     }
     let default = settings::ChannelSettings::default();
-    device.chains = channels
+    // Each channel's effective settings, resolved once for its chain, deadband and capture.
+    let effective: Vec<_> = channels
         .iter()
         .map(|c| {
-            let eff = device.config.channels.get(&c.name).unwrap_or(&default).effective(c.quantity);
+            device
+                .config
+                .channels
+                .get(&c.name)
+                .unwrap_or(&default)
+                .effective(c.quantity)
+        })
+        .collect();
+    device.chains = channels
+        .iter()
+        .zip(&effective)
+        .map(|(c, eff)| {
             let temp_slot = eff.temp_comp.as_ref().and_then(|tc| {
                 let slot = channels.iter().position(|o| o.name == tc.channel);
                 if slot.is_none() {
@@ -30,18 +42,12 @@ pub(super) fn build_chains(device: &mut Device, channels: &[Channel], zeros: &Ze
                 }
                 slot
             });
-            ChannelChain::new(&eff, temp_slot, zeros.get(&device.id, &c.name))
+            ChannelChain::new(eff, temp_slot, zeros.get(&device.id, &c.name))
         })
         .collect();
-    device.deadbands = channels
+    device.deadbands = effective
         .iter()
-        .map(|c| {
-            let eff = device
-                .config
-                .channels
-                .get(&c.name)
-                .unwrap_or(&default)
-                .effective(c.quantity);
+        .map(|eff| {
             let min_interval = eff.min_interval.unwrap_or(device.config.window);
             eff.deadband.map(|(band, hb)| {
                 Deadband::new(
@@ -54,15 +60,8 @@ pub(super) fn build_chains(device: &mut Device, channels: &[Channel], zeros: &Ze
         .collect();
     device.captures = channels
         .iter()
-        .map(|c| {
-            let eff = device
-                .config
-                .channels
-                .get(&c.name)
-                .unwrap_or(&default)
-                .effective(c.quantity);
-            eff.capture.map(|s| Recorder::new(s, c.rate_hz))
-        })
+        .zip(effective)
+        .map(|(c, eff)| eff.capture.map(|s| Recorder::new(s, c.rate_hz)))
         .collect();
 }
 
