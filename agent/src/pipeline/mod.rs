@@ -568,8 +568,10 @@ impl Pipeline {
     }
 }
 
-/// Queues the pipeline's messages in order; each event's `seq` goes back to the pipeline
-/// (a capture names its trigger event's `seq`).
+/// Queues the pipeline's messages in order, with one hand-off to the queue's writer per run
+/// of messages ([`Queue::push_many`]: one append, one sync, not a thread round trip each);
+/// each event's `seq` goes back to the pipeline (a capture names its trigger event's `seq`,
+/// so a capture part whose trigger was in the same run waits for that run to be queued).
 async fn push_all(
     pipeline: &mut Pipeline,
     stats: &PipelineStats,
@@ -577,12 +579,38 @@ async fn push_all(
     queue: &Queue,
     renderer: &Renderer,
 ) {
+    let mut run: Vec<Message> = Vec::with_capacity(out.len());
     for mut m in out.drain(..) {
+        if needs_trigger_seq(&m) && !run.is_empty() {
+            queue_run(pipeline, &mut run, queue, renderer).await;
+        }
         if !pipeline.prepare(&mut m) {
             continue;
         }
         stats.note(&m);
-        let seq = queue.push(renderer.render(&m)).await;
+        run.push(m);
+    }
+    queue_run(pipeline, &mut run, queue, renderer).await;
+}
+
+/// Does `m` still wait for its trigger event's `seq` ([`Pipeline::prepare`] fills it in)?
+fn needs_trigger_seq(m: &Message) -> bool {
+    matches!(m, Message::Capture { part, .. } if part.trigger.seq.is_none())
+}
+
+/// Queues `run` with one hand-off and tells the pipeline each message's `seq`.
+async fn queue_run(
+    pipeline: &mut Pipeline,
+    run: &mut Vec<Message>,
+    queue: &Queue,
+    renderer: &Renderer,
+) {
+    if run.is_empty() {
+        return;
+    }
+    let rendered = run.iter().map(|m| renderer.render(m)).collect();
+    let seqs = queue.push_many(rendered).await;
+    for (m, seq) in run.drain(..).zip(seqs) {
         pipeline.queued(&m, seq);
     }
 }

@@ -255,6 +255,56 @@ impl Queue {
         seq.await.ok()
     }
 
+    /// Queues `rendered` in order with one hand-off to the writer (one append, one sync if
+    /// an event is among them) and answers each `seq` in the same order; `None` for every
+    /// one if the queue is closed or its writer crashed. As durable as [`Queue::push`] one
+    /// by one, without a thread round trip per message: the pipeline hands over what one
+    /// step produced (a window close of every panel at once) this way.
+    pub async fn push_many(&self, rendered: Vec<Rendered>) -> Vec<Option<u64>> {
+        let n = rendered.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let (answer, seqs) = oneshot::channel();
+        let Some(requests) = self.requests.as_ref() else {
+            return vec![None; n];
+        };
+        if requests
+            .send(Request::PushMany { rendered, answer })
+            .await
+            .is_err()
+        {
+            return vec![None; n];
+        }
+        match seqs.await {
+            Ok(seqs) => seqs.into_iter().map(Some).collect(),
+            Err(_) => vec![None; n],
+        }
+    }
+
+    /// [`Queue::push_many`] for plain threads (tests, benches, tools); never call it from
+    /// async code.
+    pub fn push_many_blocking(&self, rendered: Vec<Rendered>) -> Vec<Option<u64>> {
+        let n = rendered.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let (answer, seqs) = oneshot::channel();
+        let Some(requests) = self.requests.as_ref() else {
+            return vec![None; n];
+        };
+        if requests
+            .blocking_send(Request::PushMany { rendered, answer })
+            .is_err()
+        {
+            return vec![None; n];
+        }
+        match seqs.blocking_recv() {
+            Ok(seqs) => seqs.into_iter().map(Some).collect(),
+            Err(_) => vec![None; n],
+        }
+    }
+
     /// [`Queue::push`] for plain threads (tests, benches, tools); never call it from async
     /// code (it blocks, and panics inside a runtime).
     pub fn push_blocking(&self, rendered: Rendered) -> Option<u64> {

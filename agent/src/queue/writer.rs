@@ -44,6 +44,11 @@ pub(super) enum Request {
         rendered: Rendered,
         answer: oneshot::Sender<u64>,
     },
+    /// Queue these records in order; answer with their `seq`s, in the same order.
+    PushMany {
+        rendered: Vec<Rendered>,
+        answer: oneshot::Sender<Vec<u64>>,
+    },
     /// Sync now; answer when done.
     Sync { answer: oneshot::Sender<()> },
     /// Which segments hold records of `from..=to` (for `resend`).
@@ -173,6 +178,7 @@ impl Writer {
         let stats = &shared.stats;
         let mut records = Vec::with_capacity(batch.len());
         let mut answers = Vec::with_capacity(batch.len());
+        let mut many_answers = Vec::new();
         let mut syncs = Vec::new();
         let mut urgent = false;
         let queued_at = now_millis();
@@ -190,6 +196,23 @@ impl Writer {
                         queued_at,
                     });
                     answers.push((seq, answer));
+                }
+                Request::PushMany { rendered, answer } => {
+                    let mut seqs = Vec::with_capacity(rendered.len());
+                    for rendered in rendered {
+                        let seq = self.next_seq;
+                        self.next_seq += 1;
+                        urgent |= rendered.class == MessageClass::Event;
+                        records.push(Record {
+                            seq,
+                            class: rendered.class,
+                            payload: rendered.payload(seq),
+                            topic: rendered.topic,
+                            queued_at,
+                        });
+                        seqs.push(seq);
+                    }
+                    many_answers.push((seqs, answer));
                 }
                 Request::Sync { answer } => syncs.push(answer),
                 Request::Segments { from, to, answer } => {
@@ -241,6 +264,9 @@ impl Writer {
         }
         for (seq, answer) in answers {
             let _ = answer.send(seq);
+        }
+        for (seqs, answer) in many_answers {
+            let _ = answer.send(seqs);
         }
         self.take_acks();
         self.store.collect();
