@@ -13,7 +13,8 @@
 //!   stop drains the queue, publishes `offline` and disconnects. Telemetry goes out at most
 //!   at `replay_rate` messages and `replay_bytes_rate` bytes per second ([`pacer::Pacer`]),
 //!   so a backlog replays steadily; events are not paced. A batch is compressed on a
-//!   blocking thread (`spawn_blocking`), never on the async workers that run the pipeline.
+//!   blocking thread (`spawn_blocking`), never on the async workers that run the pipeline,
+//!   and the task does not wait for it ([`compressing`]): events go out meanwhile.
 //!
 //! Sessions are opened through [`session::SessionSpec`], the builder `check`, `tail` and
 //! `zero` use too: MQTT 5 by default, announcing `[mqtt] max_packet` as Maximum Packet Size
@@ -32,6 +33,7 @@
 //! if that attempt fails before CONNACK the current pair is tried at once, in the same
 //! back-off step, and the new pair is refused only if the current one gets the session.
 
+mod compressing;
 pub mod config;
 pub mod ledger;
 pub mod pacer;
@@ -47,6 +49,7 @@ use rumqttc::QoS;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use self::compressing::{Compressing, Finished};
 use self::config::{BrokerAddress, MqttProtocol};
 use self::publisher::{Action, Publisher};
 use self::session::{Client, Event, SessionError, SessionSpec, SetupError, Will};
@@ -522,6 +525,7 @@ async fn publisher_task(
         publisher = publisher.with_attempted(earlier);
     }
     let mut client: Option<Client> = None;
+    let mut compressing = Compressing::default();
     let mut heartbeat_tick = tokio::time::interval(Duration::from_secs(1));
     while !publisher.is_finished() {
         let wake = publisher.next_wake(Instant::now(), &*queue);
@@ -530,6 +534,7 @@ async fn publisher_task(
                 let Some(ev) = ev else { break };
                 match ev {
                     NetEvent::NewClient(c) => {
+                        compressing.session_ended();
                         client = Some(c);
                         publisher.new_session();
                         Vec::new()
@@ -541,9 +546,27 @@ async fn publisher_task(
                     NetEvent::Outgoing(pkid) => publisher.outgoing(pkid),
                     NetEvent::PubAck(pkid, code) => publisher.puback(pkid, code),
                     NetEvent::Command(payload) => publisher.command(payload),
-                    NetEvent::Disconnected(reason) => publisher.disconnected(&reason),
+                    NetEvent::Disconnected(reason) => {
+                        compressing.session_ended();
+                        publisher.disconnected(&reason)
+                    }
                 }
             }
+            done = compressing.next(), if compressing.is_busy() => match done {
+                Finished::Ready(mut p, z) => {
+                    publisher.batch_compressed(&mut p, z);
+                    vec![Action::Publish(p)]
+                }
+                Finished::Failed(p, e) => {
+                    // Not sent: its records are due again (counted as a submit error).
+                    tracing::error!(error = %e, "compressing a batch failed; its windows stay queued");
+                    publisher.client_refused(&p)
+                }
+                Finished::Stale(p) => {
+                    publisher.batch_dropped(&p);
+                    Vec::new()
+                }
+            },
             _ = queue.wait_ready(), if publisher.wants_records() => Vec::new(),
             _ = tokio::time::sleep_until(wake) => Vec::new(),
             _ = heartbeat_tick.tick() => {
@@ -559,10 +582,25 @@ async fn publisher_task(
                 Vec::new()
             }
         };
-        perform(actions, &mut publisher, client.as_ref(), &queue, &commands).await;
+        let (client, queue, commands) = (client.as_ref(), &*queue, &commands);
+        perform(
+            actions,
+            &mut publisher,
+            client,
+            queue,
+            commands,
+            &mut compressing,
+        );
         if !publisher.is_finished() {
-            let actions = publisher.tick(Instant::now(), &*queue);
-            perform(actions, &mut publisher, client.as_ref(), &queue, &commands).await;
+            let actions = publisher.tick(Instant::now(), queue);
+            perform(
+                actions,
+                &mut publisher,
+                client,
+                queue,
+                commands,
+                &mut compressing,
+            );
         }
     }
     let _ = conn_stop.send(());
@@ -573,34 +611,24 @@ async fn publisher_task(
 
 /// Performs the publisher's actions in order. Once the client refuses a record, the later
 /// records of the same batch are not tried (they would go out of order): they are given
-/// back to the queue too. A batch's JSON is compressed on a blocking thread first.
-async fn perform(
+/// back to the queue too. A batch's JSON goes to [`Compressing`] first; it is submitted
+/// when it is compressed, and the actions after it are performed meanwhile.
+fn perform(
     actions: Vec<Action>,
     publisher: &mut Publisher,
     client: Option<&Client>,
     queue: &Queue,
     commands: &mpsc::Sender<Vec<u8>>,
+    compressing: &mut Compressing,
 ) {
     let mut work: std::collections::VecDeque<Action> = actions.into();
     let mut client_full = false;
     while let Some(action) = work.pop_front() {
         match action {
-            Action::Publish(mut p) => {
+            Action::Publish(p) => {
                 if p.compress {
-                    let json = std::mem::take(&mut p.payload);
-                    match tokio::task::spawn_blocking(move || crate::feed::batch::compress(&json))
-                        .await
-                    {
-                        Ok(z) => publisher.batch_compressed(&mut p, z),
-                        Err(e) => {
-                            // Not sent: its records are due again (counted as a submit error).
-                            tracing::error!(error = %e, "compressing a batch failed; its windows stay queued");
-                            for a in publisher.client_refused(&p).into_iter().rev() {
-                                work.push_front(a);
-                            }
-                            continue;
-                        }
-                    }
+                    compressing.start(p);
+                    continue;
                 }
                 let sent = match client {
                     Some(c) if !client_full || p.records.is_empty() => c

@@ -600,6 +600,16 @@ impl Publisher {
             .take_n((publish.topic.len() + publish.payload.len()) as u64);
     }
 
+    /// A batch's session ended while the task compressed it: it is dropped unsent (the end
+    /// of the session cleared the ledger and rewound its records into the queue). Its
+    /// seqs stay in the attempted set: marking a record replay once too often is harmless,
+    /// forgetting one that a new session already handed over is not.
+    pub fn batch_dropped(&mut self, publish: &Publish) {
+        if publish.compress {
+            self.uncharged = self.uncharged.saturating_sub(1);
+        }
+    }
+
     fn count_bytes(&self, n: usize) {
         let n = u64::try_from(n).unwrap_or(u64::MAX);
         self.stats.sent_bytes.fetch_add(n, Ordering::Relaxed);

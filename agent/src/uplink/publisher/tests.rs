@@ -783,3 +783,41 @@ fn a_backlog_replays_in_batches_under_the_message_limit() {
         "{windows} windows in 20 s: far below 200/s"
     );
 }
+
+#[test]
+fn a_batch_dropped_with_its_session_does_not_stall_the_byte_limit() {
+    // The task was compressing a batch when the session ended ([`super::super::compressing`]):
+    // it drops it; under a byte limit the next session's telemetry must still go.
+    let t0 = Instant::now();
+    let mut s = settings(10, 0);
+    s.replay_bytes_rate = 64 * 1024;
+    s.batch = Some(Duration::from_secs(5));
+    s.health_interval = Duration::from_secs(3600);
+    let stats = Arc::new(UplinkStats::default());
+    let mut p = Publisher::new(s, stats, Box::new(|| b"{}".to_vec()), t0);
+    p.new_session();
+    p.connected();
+    p.outgoing(1);
+    p.puback(1, 0);
+    let q = Fake::default();
+    q.add_window(1, 0);
+    q.add_window(2, 0);
+    q.apply(&p.tick(t0, &q));
+    let out = q.apply(&p.tick(t0 + Duration::from_secs(5), &q));
+    assert_eq!(seqs(&out), vec![1, 2]);
+    assert!(out[0].compress, "being compressed when the session ends");
+    q.apply(&p.disconnected("test"));
+    p.batch_dropped(&out[0]);
+    p.new_session();
+    p.connected();
+    p.outgoing(1);
+    p.puback(1, 0);
+    let t1 = t0 + Duration::from_secs(6);
+    q.apply(&p.tick(t1, &q));
+    let again = q.apply(&p.tick(t1 + Duration::from_secs(5), &q));
+    assert_eq!(
+        seqs(&again),
+        vec![1, 2],
+        "sent again in the new session, once"
+    );
+}
