@@ -582,10 +582,16 @@ fn zero_falls_back_to_the_gateway_when_the_node_cannot_tare() -> anyhow::Result<
         out.status.success() && said.starts_with("OK  zero p strain:"),
         "towerlink zero: {out:?}"
     );
+    // The CLI saw the reply on its own session; the platform's subscriber gets it too, but
+    // not necessarily first.
+    let is_reply = |m: &Received| m.topic.ends_with("/reply") && m.json["result"]["at"].is_string();
+    sub.wait(Duration::from_secs(10), "the zero reply", |m| {
+        m.iter().any(is_reply)
+    })?;
     let all = sub.all();
     let r = all
         .iter()
-        .find(|m| m.topic.ends_with("/reply") && m.json["result"]["at"].is_string())
+        .find(|m| is_reply(m))
         .context("no zero reply seen by the platform")?;
     ensure!(
         r.json["ok"] == true && r.json["result"]["at"] == "gateway",
