@@ -453,6 +453,28 @@ fn batch_cbor(pending: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
+/// `FEED_BYTES_DUMP=<dir>`: each batch as the agent makes it (`batch-NNNN.json`) and as CBOR
+/// (`batch-NNNN.cbor`) written there, the input of the `batch_codecs` bench (which also runs
+/// cross-built under qemu-aarch64: what the codecs cost on an ARM gateway).
+fn dump(codec: Codec, input: &[u8]) {
+    use std::sync::atomic::AtomicU32;
+    static JSON: AtomicU32 = AtomicU32::new(0);
+    static CBOR: AtomicU32 = AtomicU32::new(0);
+    let Some(dir) = std::env::var_os("FEED_BYTES_DUMP") else {
+        return;
+    };
+    let (counter, ext) = match codec {
+        Codec::Agent => (&JSON, "json"),
+        Codec::CborZstd(19) => (&CBOR, "cbor"),
+        _ => return,
+    };
+    let n = counter.fetch_add(1, Ordering::Relaxed);
+    let path = std::path::Path::new(&dir).join(format!("batch-{n:04}.{ext}"));
+    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, input)) {
+        eprintln!("feed_bytes: cannot write {}: {e}", path.display());
+    }
+}
+
 /// Telemetry (windows, lift status) in one publish per `batch_s` on `batch`, compressed by
 /// `codec`; events one by one; health by difference. Also the CPU time compression took.
 fn batched(name: &str, run: &Run, scale: f64, batch_s: i64, codec: Codec) -> (Figures, f64, u64) {
@@ -486,6 +508,7 @@ fn batched(name: &str, run: &Run, scale: f64, batch_s: i64, codec: Codec) -> (Fi
         };
         cpu += (thread_cpu() - t).as_secs_f64();
         json_bytes += input.len() as u64;
+        dump(codec, &input);
         // Split the batch's cost between the classes by their share of its JSON.
         let total = (share.0 + share.1).max(1) as f64;
         let lift = share.0 as f64 / total;
@@ -650,6 +673,7 @@ fn main() -> ExitCode {
         ("batch 60s, zstd 3", Codec::Zstd(3)),
         ("batch 60s, zstd 9", Codec::Zstd(9)),
         ("batch 60s, zstd 12", Codec::Zstd(12)),
+        ("batch 60s, zstd 15", Codec::Zstd(15)),
         ("batch 60s, zstd 19", Codec::Zstd(19)),
         ("batch 60s, lz4", Codec::Lz4),
         ("batch 60s, CBOR + zstd 3", Codec::CborZstd(3)),
