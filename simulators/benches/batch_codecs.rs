@@ -21,7 +21,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+#[path = "common/cpu.rs"]
+mod cpu;
+use cpu::thread_cpu;
 
 /// One way of compressing a batch.
 #[derive(Debug, Clone, Copy)]
@@ -87,16 +91,6 @@ const CODECS: [Codec; 10] = [
 
 /// Batches per day at the agent's default `batch = "60s"`.
 const BATCHES_PER_DAY: f64 = 1_440.0;
-
-/// CPU time of this thread so far; wall time where `/proc` does not say.
-fn thread_cpu() -> Duration {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .map(Duration::from_nanos)
-        .unwrap_or_else(|| START.get_or_init(Instant::now).elapsed())
-}
 
 fn batches(dir: &Path, ext: &str) -> Vec<Vec<u8>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)

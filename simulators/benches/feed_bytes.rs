@@ -41,6 +41,10 @@ use towerlink_firmware::protocol::{ChannelInfo, Quantity};
 use towerlink_sim::lift::{LiftModel, LiftSpec};
 use towerlink_sim_chips::Scenario;
 
+#[path = "common/cpu.rs"]
+mod cpu;
+use cpu::thread_cpu;
+
 const GW: &str = "sh-ja-0001";
 const ROOT: &str = "towerlink/v1";
 const PANELS: u32 = 40;
@@ -426,18 +430,6 @@ enum Codec {
     /// The same batch as CBOR (each item's JSON as a CBOR map; floats in their shortest
     /// exact form), then zstd at this level.
     CborZstd(i32),
-}
-
-/// CPU time of this thread so far (`/proc/thread-self/schedstat`, ns on the CPU: not the
-/// time waiting for it on a loaded machine); wall time since the first call where that is
-/// not available.
-fn thread_cpu() -> Duration {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .map(Duration::from_nanos)
-        .unwrap_or_else(|| START.get_or_init(Instant::now).elapsed())
 }
 
 /// The batch as CBOR: `{"v":1,"gw":…,"batch":[…]}` with every item a CBOR map.

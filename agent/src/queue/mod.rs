@@ -61,7 +61,17 @@ use self::store::{Store, StoreOptions};
 use self::writer::{Request, Writer};
 use crate::feed::{MessageClass, Rendered, UnixMillis};
 
-/// Pushes the writer may have waiting: a full hand-off makes pushers wait, it never grows.
+/// The answer to a [`Queue::push_many`] of `n` records: their seqs, or `None` for each when
+/// the writer never answered (it crashed or the queue closed).
+fn many_seqs(n: usize, seqs: Option<Vec<u64>>) -> Vec<Option<u64>> {
+    match seqs {
+        Some(seqs) if seqs.len() == n => seqs.into_iter().map(Some).collect(),
+        _ => vec![None; n],
+    }
+}
+
+/// Pushes (a [`Queue::push_many`] counts as one) the writer may have waiting: a full
+/// hand-off makes pushers wait, it never grows.
 pub const HANDOFF: usize = 1024;
 
 /// A message with its `seq`, rendered and ready to publish.
@@ -262,47 +272,35 @@ impl Queue {
     /// step produced (a window close of every panel at once) this way.
     pub async fn push_many(&self, rendered: Vec<Rendered>) -> Vec<Option<u64>> {
         let n = rendered.len();
-        if n == 0 {
-            return Vec::new();
-        }
         let (answer, seqs) = oneshot::channel();
-        let Some(requests) = self.requests.as_ref() else {
-            return vec![None; n];
+        let sent = match self.requests.as_ref() {
+            Some(requests) if n > 0 => requests
+                .send(Request::PushMany { rendered, answer })
+                .await
+                .is_ok(),
+            _ => false,
         };
-        if requests
-            .send(Request::PushMany { rendered, answer })
-            .await
-            .is_err()
-        {
+        if !sent {
             return vec![None; n];
         }
-        match seqs.await {
-            Ok(seqs) => seqs.into_iter().map(Some).collect(),
-            Err(_) => vec![None; n],
-        }
+        many_seqs(n, seqs.await.ok())
     }
 
     /// [`Queue::push_many`] for plain threads (tests, benches, tools); never call it from
     /// async code.
     pub fn push_many_blocking(&self, rendered: Vec<Rendered>) -> Vec<Option<u64>> {
         let n = rendered.len();
-        if n == 0 {
-            return Vec::new();
-        }
         let (answer, seqs) = oneshot::channel();
-        let Some(requests) = self.requests.as_ref() else {
-            return vec![None; n];
+        let sent = match self.requests.as_ref() {
+            Some(requests) if n > 0 => requests
+                .blocking_send(Request::PushMany { rendered, answer })
+                .is_ok(),
+            _ => false,
         };
-        if requests
-            .blocking_send(Request::PushMany { rendered, answer })
-            .is_err()
-        {
+        if !sent {
             return vec![None; n];
         }
-        match seqs.blocking_recv() {
-            Ok(seqs) => seqs.into_iter().map(Some).collect(),
-            Err(_) => vec![None; n],
-        }
+        many_seqs(n, seqs.blocking_recv().ok())
     }
 
     /// [`Queue::push`] for plain threads (tests, benches, tools); never call it from async

@@ -827,3 +827,55 @@ fn a_crash_mid_merge_neither_loses_nor_doubles_a_seq() {
     assert_eq!(drain(&q), vec![1, 4, 5]);
     assert_eq!(q.last_seq(), 5);
 }
+
+#[test]
+fn push_many_numbers_a_run_in_order_with_one_sync_for_its_event() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = Queue::open(StoreOptions {
+        // The batched sync never comes during the test.
+        fsync: FsyncPolicy::Every(Duration::from_secs(3600)),
+        ..StoreOptions::new(dir.path())
+    })
+    .expect("open");
+    let renderer = Renderer::new("gw", Topics::new("r", "gw"));
+    let syncs = || q.stats().syncs.load(Ordering::Relaxed);
+    assert_eq!(q.put(data("a")), Some(1));
+    let before = syncs();
+    let run: Vec<_> = [data("a"), event("b"), data("c"), data("d")]
+        .iter()
+        .map(|m| renderer.render(m))
+        .collect();
+    assert_eq!(
+        q.push_many_blocking(run),
+        vec![Some(2), Some(3), Some(4), Some(5)],
+        "consecutive seqs in the run's order"
+    );
+    assert_eq!(syncs(), before + 1, "one sync for the run with its event");
+    assert!(q.push_many_blocking(Vec::new()).is_empty());
+    // On the disk in order, each payload stamped with its own seq.
+    let on_disk = store::load(dir.path()).expect("load");
+    assert_eq!(
+        on_disk.live.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    for (seq, r) in &on_disk.live {
+        let v: serde_json::Value = serde_json::from_slice(&r.record.payload).expect("json");
+        assert_eq!(v["seq"], *seq);
+    }
+    assert_eq!(drain(&q), vec![3, 1, 2, 4, 5]);
+    assert_eq!(
+        q.put(data("e")),
+        Some(6),
+        "push and push_many share one sequence"
+    );
+}
+
+#[tokio::test]
+async fn push_many_on_a_closed_queue_answers_none_for_each() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = queue(dir.path(), 100);
+    let renderer = Renderer::new("gw", Topics::new("r", "gw"));
+    q.crash();
+    let run = vec![renderer.render(&data("a")), renderer.render(&event("a"))];
+    assert_eq!(q.push_many(run).await, vec![None, None]);
+}

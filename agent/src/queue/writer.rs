@@ -185,32 +185,18 @@ impl Writer {
         for request in batch.drain(..) {
             match request {
                 Request::Push { rendered, answer } => {
-                    let seq = self.next_seq;
-                    self.next_seq += 1;
                     urgent |= rendered.class == MessageClass::Event;
-                    records.push(Record {
-                        seq,
-                        class: rendered.class,
-                        payload: rendered.payload(seq),
-                        topic: rendered.topic,
-                        queued_at,
-                    });
-                    answers.push((seq, answer));
+                    let record = self.number(rendered, queued_at);
+                    answers.push((record.seq, answer));
+                    records.push(record);
                 }
                 Request::PushMany { rendered, answer } => {
                     let mut seqs = Vec::with_capacity(rendered.len());
                     for rendered in rendered {
-                        let seq = self.next_seq;
-                        self.next_seq += 1;
                         urgent |= rendered.class == MessageClass::Event;
-                        records.push(Record {
-                            seq,
-                            class: rendered.class,
-                            payload: rendered.payload(seq),
-                            topic: rendered.topic,
-                            queued_at,
-                        });
-                        seqs.push(seq);
+                        let record = self.number(rendered, queued_at);
+                        seqs.push(record.seq);
+                        records.push(record);
                     }
                     many_answers.push((seqs, answer));
                 }
@@ -277,6 +263,19 @@ impl Writer {
         }
         for answer in syncs {
             let _ = answer.send(());
+        }
+    }
+
+    /// `rendered` as the record with the next `seq`.
+    fn number(&mut self, rendered: Rendered, queued_at: i64) -> Record {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Record {
+            seq,
+            class: rendered.class,
+            payload: rendered.payload(seq),
+            topic: rendered.topic,
+            queued_at,
         }
     }
 

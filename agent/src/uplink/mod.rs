@@ -582,25 +582,16 @@ async fn publisher_task(
                 Vec::new()
             }
         };
-        let (client, queue, commands) = (client.as_ref(), &*queue, &commands);
-        perform(
-            actions,
-            &mut publisher,
-            client,
-            queue,
-            commands,
-            &mut compressing,
-        );
+        let mut io = Io {
+            client: client.as_ref(),
+            queue: &queue,
+            commands: &commands,
+            compressing: &mut compressing,
+        };
+        io.perform(actions, &mut publisher);
         if !publisher.is_finished() {
-            let actions = publisher.tick(Instant::now(), queue);
-            perform(
-                actions,
-                &mut publisher,
-                client,
-                queue,
-                commands,
-                &mut compressing,
-            );
+            let actions = publisher.tick(Instant::now(), io.queue);
+            io.perform(actions, &mut publisher);
         }
     }
     let _ = conn_stop.send(());
@@ -609,68 +600,79 @@ async fn publisher_task(
     tracing::debug!("uplink stopped");
 }
 
-/// Performs the publisher's actions in order. Once the client refuses a record, the later
-/// records of the same batch are not tried (they would go out of order): they are given
-/// back to the queue too. A batch's JSON goes to [`Compressing`] first; it is submitted
-/// when it is compressed, and the actions after it are performed meanwhile.
-fn perform(
-    actions: Vec<Action>,
-    publisher: &mut Publisher,
-    client: Option<&Client>,
-    queue: &Queue,
-    commands: &mpsc::Sender<Vec<u8>>,
-    compressing: &mut Compressing,
-) {
-    let mut work: std::collections::VecDeque<Action> = actions.into();
-    let mut client_full = false;
-    while let Some(action) = work.pop_front() {
-        match action {
-            Action::Publish(p) => {
-                if p.compress {
-                    compressing.start(p);
-                    continue;
-                }
-                let sent = match client {
-                    Some(c) if !client_full || p.records.is_empty() => c
-                        .try_publish(p.topic.clone(), p.qos, p.retain, p.payload.clone())
-                        .map_err(|e| {
-                            if !p.records.is_empty() {
-                                tracing::debug!(error = %e, "client busy; will retry");
-                            } else {
-                                tracing::warn!(topic = %p.topic, error = %e, "cannot publish");
-                            }
-                        })
-                        .is_ok(),
-                    _ => false,
-                };
-                if sent {
-                    publisher.count_sent(p.topic.len() + p.payload.len());
-                } else {
-                    client_full |= !p.records.is_empty();
-                    for a in publisher.client_refused(&p).into_iter().rev() {
-                        work.push_front(a);
+/// What the publisher task performs its actions on.
+struct Io<'a> {
+    client: Option<&'a Client>,
+    queue: &'a Queue,
+    commands: &'a mpsc::Sender<Vec<u8>>,
+    compressing: &'a mut Compressing,
+}
+
+impl Io<'_> {
+    /// Performs the publisher's actions in order. Once the client refuses a record, the later
+    /// records of the same batch are not tried (they would go out of order): they are given
+    /// back to the queue too. A batch's JSON goes to [`Compressing`] first; it is submitted
+    /// when it is compressed, and the actions after it are performed meanwhile.
+    fn perform(&mut self, actions: Vec<Action>, publisher: &mut Publisher) {
+        let Io {
+            client,
+            queue,
+            commands,
+            ..
+        } = *self;
+        let compressing = &mut *self.compressing;
+        let mut work: std::collections::VecDeque<Action> = actions.into();
+        let mut client_full = false;
+        while let Some(action) = work.pop_front() {
+            match action {
+                Action::Publish(p) => {
+                    if p.compress {
+                        compressing.start(p);
+                        continue;
+                    }
+                    let sent = match client {
+                        Some(c) if !client_full || p.records.is_empty() => c
+                            .try_publish(p.topic.clone(), p.qos, p.retain, p.payload.clone())
+                            .map_err(|e| {
+                                if !p.records.is_empty() {
+                                    tracing::debug!(error = %e, "client busy; will retry");
+                                } else {
+                                    tracing::warn!(topic = %p.topic, error = %e, "cannot publish");
+                                }
+                            })
+                            .is_ok(),
+                        _ => false,
+                    };
+                    if sent {
+                        publisher.count_sent(p.topic.len() + p.payload.len());
+                    } else {
+                        client_full |= !p.records.is_empty();
+                        for a in publisher.client_refused(&p).into_iter().rev() {
+                            work.push_front(a);
+                        }
                     }
                 }
-            }
-            Action::Subscribe(filter) => {
-                if let Some(Err(e)) = client.map(|c| c.try_subscribe(filter, QoS::AtLeastOnce)) {
-                    tracing::warn!(error = %e, "cannot subscribe to cmd");
+                Action::Subscribe(filter) => {
+                    if let Some(Err(e)) = client.map(|c| c.try_subscribe(filter, QoS::AtLeastOnce))
+                    {
+                        tracing::warn!(error = %e, "cannot subscribe to cmd");
+                    }
                 }
-            }
-            Action::Ack(seq) => queue.ack(seq),
-            Action::Unsend(record) => queue.unsend(&record),
-            Action::Rewind => queue.rewind(),
-            Action::Command(payload) => {
-                if commands.try_send(payload).is_err() {
-                    tracing::warn!("command dropped: the command handler is busy");
+                Action::Ack(seq) => queue.ack(seq),
+                Action::Unsend(record) => queue.unsend(&record),
+                Action::Rewind => queue.rewind(),
+                Action::Command(payload) => {
+                    if commands.try_send(payload).is_err() {
+                        tracing::warn!("command dropped: the command handler is busy");
+                    }
                 }
-            }
-            Action::Disconnect => {
-                if let Some(c) = client {
-                    let _ = c.try_disconnect();
+                Action::Disconnect => {
+                    if let Some(c) = client {
+                        let _ = c.try_disconnect();
+                    }
                 }
+                Action::Finish => {}
             }
-            Action::Finish => {}
         }
     }
 }

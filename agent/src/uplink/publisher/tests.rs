@@ -515,16 +515,22 @@ fn windows_wait_for_the_batch_while_events_and_lift_statuses_go_at_once() {
     assert!(p.puback(4, 0).is_empty(), "a duplicate PUBACK acks nothing");
 }
 
+/// Windows 1 and 2 queued at `t0` and sent as one batch when it is due (5 s later).
+fn two_windows_batched(p: &mut Publisher, q: &Fake, t0: Instant) -> Vec<Publish> {
+    q.add_window(1, 0);
+    q.add_window(2, 0);
+    q.apply(&p.tick(t0, q));
+    let out = q.apply(&p.tick(t0 + Duration::from_secs(5), q));
+    assert_eq!(seqs(&out), vec![1, 2]);
+    out
+}
+
 #[test]
 fn a_batch_lost_with_its_session_is_batched_again() {
     let t0 = Instant::now();
     let (mut p, _) = batching(10, t0);
     let q = Fake::default();
-    q.add_window(1, 0);
-    q.add_window(2, 0);
-    q.apply(&p.tick(t0, &q));
-    let out = q.apply(&p.tick(t0 + Duration::from_secs(5), &q));
-    assert_eq!(seqs(&out), vec![1, 2]);
+    two_windows_batched(&mut p, &q, t0);
     p.outgoing(2);
     q.add_window(3, 0);
     q.apply(&p.tick(t0 + Duration::from_secs(6), &q)); // 3 is held
@@ -800,11 +806,7 @@ fn a_batch_dropped_with_its_session_does_not_stall_the_byte_limit() {
     p.outgoing(1);
     p.puback(1, 0);
     let q = Fake::default();
-    q.add_window(1, 0);
-    q.add_window(2, 0);
-    q.apply(&p.tick(t0, &q));
-    let out = q.apply(&p.tick(t0 + Duration::from_secs(5), &q));
-    assert_eq!(seqs(&out), vec![1, 2]);
+    let out = two_windows_batched(&mut p, &q, t0);
     assert!(out[0].compress, "being compressed when the session ends");
     q.apply(&p.disconnected("test"));
     p.batch_dropped(&out[0]);
