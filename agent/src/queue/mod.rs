@@ -70,8 +70,8 @@ fn many_seqs(n: usize, seqs: Option<Vec<u64>>) -> Vec<Option<u64>> {
     }
 }
 
-/// Pushes (a [`Queue::push_many`] counts as one) the writer may have waiting: a full
-/// hand-off makes pushers wait, it never grows.
+/// Pushes (one [`Queue::push`] or [`Queue::push_many`] each) the writer may have waiting: a
+/// full hand-off makes pushers wait, it never grows.
 pub const HANDOFF: usize = 1024;
 
 /// A message with its `seq`, rendered and ready to publish.
@@ -256,13 +256,7 @@ impl Queue {
     /// is full. A failing disk leaves the record in memory and raises a health error instead;
     /// `None` only when the writer is gone (a played crash, or the queue is closing).
     pub async fn push(&self, rendered: Rendered) -> Option<u64> {
-        let (answer, seq) = oneshot::channel();
-        let requests = self.requests.as_ref()?;
-        requests
-            .send(Request::Push { rendered, answer })
-            .await
-            .ok()?;
-        seq.await.ok()
+        self.push_many(vec![rendered]).await.pop().flatten()
     }
 
     /// Queues `rendered` in order with one hand-off to the writer (one append, one sync if
@@ -306,12 +300,7 @@ impl Queue {
     /// [`Queue::push`] for plain threads (tests, benches, tools); never call it from async
     /// code (it blocks, and panics inside a runtime).
     pub fn push_blocking(&self, rendered: Rendered) -> Option<u64> {
-        let (answer, seq) = oneshot::channel();
-        let requests = self.requests.as_ref()?;
-        requests
-            .blocking_send(Request::Push { rendered, answer })
-            .ok()?;
-        seq.blocking_recv().ok()
+        self.push_many_blocking(vec![rendered]).pop().flatten()
     }
 
     /// The next message to send: events first, then captures, then telemetry, oldest first.

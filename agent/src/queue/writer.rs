@@ -39,11 +39,6 @@ const GIVE_BACK_AFTER: usize = 16_384;
 
 /// What a pushing or syncing caller hands the writer.
 pub(super) enum Request {
-    /// Queue this record; answer with its `seq`.
-    Push {
-        rendered: Rendered,
-        answer: oneshot::Sender<u64>,
-    },
     /// Queue these records in order; answer with their `seq`s, in the same order.
     PushMany {
         rendered: Vec<Rendered>,
@@ -178,18 +173,11 @@ impl Writer {
         let stats = &shared.stats;
         let mut records = Vec::with_capacity(batch.len());
         let mut answers = Vec::with_capacity(batch.len());
-        let mut many_answers = Vec::new();
         let mut syncs = Vec::new();
         let mut urgent = false;
         let queued_at = now_millis();
         for request in batch.drain(..) {
             match request {
-                Request::Push { rendered, answer } => {
-                    urgent |= rendered.class == MessageClass::Event;
-                    let record = self.number(rendered, queued_at);
-                    answers.push((record.seq, answer));
-                    records.push(record);
-                }
                 Request::PushMany { rendered, answer } => {
                     let mut seqs = Vec::with_capacity(rendered.len());
                     for rendered in rendered {
@@ -198,7 +186,7 @@ impl Writer {
                         seqs.push(record.seq);
                         records.push(record);
                     }
-                    many_answers.push((seqs, answer));
+                    answers.push((seqs, answer));
                 }
                 Request::Sync { answer } => syncs.push(answer),
                 Request::Segments { from, to, answer } => {
@@ -248,10 +236,7 @@ impl Writer {
         if released || self.error {
             self.shared.ready.notify_one();
         }
-        for (seq, answer) in answers {
-            let _ = answer.send(seq);
-        }
-        for (seqs, answer) in many_answers {
+        for (seqs, answer) in answers {
             let _ = answer.send(seqs);
         }
         self.take_acks();
