@@ -22,7 +22,7 @@ use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
 use towerlink_agent::config::Config;
 use towerlink_agent::feed::LiftMode;
 use towerlink_agent::service::Heartbeat;
-use towerlink_agent::sources::modbus_lift::{run_blocking, BusLift, ModbusBusSource};
+use towerlink_agent::sources::modbus_lift::{run_blocking, BusLift, BusStop, ModbusBusSource};
 use towerlink_agent::sources::{SourceEvent, SourceStats};
 
 const UNIT: u8 = 4;
@@ -223,8 +223,9 @@ fn run(script: Vec<Reply>, done: impl Fn(&SourceStats, &[SourceEvent]) -> bool) 
         events: tx,
         heartbeat: Heartbeat::detached(),
     };
+    let bus_stop = Arc::new(BusStop::new().expect("stop pipe"));
     let bus_thread = {
-        let stop = stop.clone();
+        let stop = bus_stop.clone();
         std::thread::spawn(move || run_blocking(source, &stop))
     };
     let mut events = Vec::new();
@@ -235,6 +236,7 @@ fn run(script: Vec<Reply>, done: impl Fn(&SourceStats, &[SourceEvent]) -> bool) 
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    bus_stop.stop();
     stop.store(true, Ordering::Relaxed);
     bus_thread.join().expect("bus thread");
     slave_thread.join().expect("slave thread");

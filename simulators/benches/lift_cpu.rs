@@ -11,13 +11,12 @@
 //!
 //! Run: `cargo bench -p towerlink-sim --bench lift_cpu`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use towerlink_agent::config::Config;
 use towerlink_agent::service::Heartbeat;
-use towerlink_agent::sources::modbus_lift::{run_blocking, BusLift, ModbusBusSource};
+use towerlink_agent::sources::modbus_lift::{run_blocking, BusLift, BusStop, ModbusBusSource};
 use towerlink_agent::sources::SourceStats;
 use towerlink_sim::lift::{agent_lift_sections, BusOptions, LiftBus, LiftSpec};
 
@@ -91,7 +90,7 @@ fn run_case(
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
     let drain = std::thread::spawn(move || while rx.blocking_recv().is_some() {});
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(BusStop::new()?);
     let source = ModbusBusSource {
         port: link,
         lifts,
@@ -123,7 +122,7 @@ fn run_case(
         total(|s| &s.polls_ok) - ok0,
         total(|s| &s.polls_lost) - lost0,
     );
-    stop.store(true, Ordering::Relaxed);
+    stop.stop();
     let _ = bus_thread.join();
     let _ = drain.join();
     bus.stop();

@@ -12,13 +12,12 @@
 //!
 //! Run: `cargo bench -p towerlink-sim --bench lift_polls`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use towerlink_agent::config::Config;
 use towerlink_agent::service::Heartbeat;
-use towerlink_agent::sources::modbus_lift::{run_blocking, BusLift, ModbusBusSource};
+use towerlink_agent::sources::modbus_lift::{run_blocking, BusLift, BusStop, ModbusBusSource};
 use towerlink_agent::sources::modbus_rtu::LineTiming;
 use towerlink_agent::sources::SourceStats;
 use towerlink_sim::lift::{BusOptions, LiftBus, LiftSpec};
@@ -61,7 +60,7 @@ fn main() -> anyhow::Result<()> {
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
         let drain = std::thread::spawn(move || while rx.blocking_recv().is_some() {});
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(BusStop::new()?);
         let source = ModbusBusSource {
             port: link.clone(),
             lifts: vec![lift],
@@ -80,7 +79,7 @@ fn main() -> anyhow::Result<()> {
         let elapsed = t0.elapsed();
         let ok = SourceStats::get(&stats.polls_ok) - ok0;
         let failed = SourceStats::get(&stats.polls_lost) - lost0;
-        stop.store(true, Ordering::Relaxed);
+        stop.stop();
         let _ = bus_thread.join();
         let _ = drain.join();
         let timing = LineTiming::new(baud, false, 1);

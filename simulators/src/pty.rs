@@ -13,8 +13,9 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
@@ -92,6 +93,25 @@ impl VirtualPort {
             }
         }
         Ok(done)
+    }
+
+    /// Waits at most `timeout` for bytes from the agent (one `ppoll`, no spinning). Returns at
+    /// once when something is there; with nobody on the line (the master reports a hang-up)
+    /// it sleeps the whole `timeout` instead, so a caller's loop never spins.
+    pub fn wait_readable(&self, timeout: Duration) {
+        use nix::poll::{ppoll, PollFd, PollFlags};
+        let mut fds = [PollFd::new(self.master.as_fd(), PollFlags::POLLIN)];
+        let ts = nix::sys::time::TimeSpec::from_duration(timeout);
+        let readable = ppoll(&mut fds, Some(ts), None).is_ok()
+            && fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLIN));
+        let hung_up = fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR));
+        if hung_up && !readable {
+            std::thread::sleep(timeout);
+        }
     }
 
     /// Reads what the agent wrote, without waiting: `Ok(0)` when there is nothing (or nobody

@@ -14,22 +14,32 @@
 //! means, counters) is [`super::modbus_bus::BusState`], which does no I/O; its module doc
 //! states the late-answer guarantee. This module only moves bytes and time:
 //!
-//! - the port is read with blocking I/O on a dedicated thread: every wait (the 3.5-character
-//!   silence, a timeout, the next lift's due time) is one `ppoll(2)` with a nanosecond
-//!   timeout on the port, which returns when bytes arrive or the time is up — no busy loop,
-//!   no 1 ms timer ticks, and bytes are read as they come, idle or not;
+//! - the port is read on a dedicated thread: every wait (the 3.5-character silence, a
+//!   timeout, the next lift's due time) is one `ppoll(2)` with a nanosecond timeout on the
+//!   port and on the thread's stop pipe ([`BusStop`]), which returns when bytes arrive, the
+//!   time is up or the agent stops — no busy loop, no 1 ms timer ticks, no periodic wake-ups
+//!   to look at a stop flag, and bytes are read as they come, idle or not. The port's
+//!   descriptor is non-blocking and read and written directly (one system call each: the
+//!   serial crate's own read and write first poll again and build an error value on every
+//!   timeout, which costs more than the wait itself on a small gateway);
 //! - just before a request goes out, whatever the kernel buffered meanwhile is read and
-//!   classified (never flushed unseen);
+//!   classified (never flushed unseen); when the wait that ended a moment ago (the silence
+//!   before the request) found the port empty, that wait was the look;
 //! - an I/O error (adapter unplugged) closes the port, which is reopened with back-off.
 //!
 //! [`BusMaster`] is the same line for one-off requests (`towerlink scan`, `check`).
 
-use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{ppoll, PollFd, PollFlags};
+use nix::sys::time::TimeSpec;
+use serialport::TTYPort;
 use tokio::sync::mpsc;
 use tokio_serial::SerialPort;
 
@@ -45,9 +55,63 @@ use crate::feed::now_millis;
 use crate::profile::Profile;
 use crate::shutdown::Shutdown;
 
-/// The longest single wait of the bus thread: how soon it notices a shutdown and beats its
-/// heartbeat when nothing is due.
-const MAX_WAIT: Duration = Duration::from_millis(200);
+/// The longest single wait of the bus thread: how often it beats its heartbeat when nothing
+/// is due (as often as [`crate::service::Heartbeat::sleep`] does). A shutdown wakes it at
+/// once, through [`BusStop`].
+const MAX_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a request may wait for the port to take it (a transmit buffer that never drains:
+/// a stuck adapter) before the port is treated as lost.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Tells a bus thread to stop, and wakes it at once from whatever it waits for.
+#[derive(Debug)]
+pub struct BusStop {
+    set: AtomicBool,
+    wake_rx: OwnedFd,
+    wake_tx: OwnedFd,
+}
+
+impl BusStop {
+    /// A stop not yet given (a pipe: fails only when the process is out of descriptors).
+    pub fn new() -> std::io::Result<BusStop> {
+        let (wake_rx, wake_tx) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        Ok(BusStop {
+            set: AtomicBool::new(false),
+            wake_rx,
+            wake_tx,
+        })
+    }
+
+    /// Stops the thread: it returns from its current wait and ends.
+    pub fn stop(&self) {
+        self.set.store(true, Ordering::Relaxed);
+        // One byte in the pipe keeps it readable for good: every later wait returns at once.
+        let _ = nix::unistd::write(&self.wake_tx, &[1]);
+    }
+
+    /// Has [`BusStop::stop`] been called?
+    pub fn is_stopped(&self) -> bool {
+        self.set.load(Ordering::Relaxed)
+    }
+
+    /// What a wait polls beside the port.
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.wake_rx.as_fd()
+    }
+
+    /// Sleeps until `deadline` or the stop, whichever comes first; false if stopped.
+    fn sleep_until(&self, deadline: Instant) -> bool {
+        let mut fds = [PollFd::new(self.fd(), PollFlags::POLLIN)];
+        let _ = ppoll(&mut fds, Some(timespec_until(deadline)), None);
+        !self.is_stopped()
+    }
+}
+
+/// The time from now to `deadline` (zero if past), as `ppoll` takes it.
+fn timespec_until(deadline: Instant) -> TimeSpec {
+    TimeSpec::from_duration(deadline.saturating_duration_since(Instant::now()))
+}
 
 /// Why one request got no usable answer.
 #[derive(Debug)]
@@ -64,9 +128,9 @@ pub enum RequestError {
     Io(std::io::Error),
 }
 
-/// An open serial port with blocking, precisely timed reads.
+/// An open serial port with precisely timed reads.
 pub struct Line {
-    port: Box<dyn SerialPort>,
+    port: TTYPort,
     timing: LineTiming,
     chunk: [u8; 256],
 }
@@ -100,8 +164,15 @@ impl Line {
                 tokio_serial::StopBits::One
             },
         };
-        let port: Box<dyn SerialPort> =
-            Box::new(super::serial_open::open(path, line).map_err(std::io::Error::from)?);
+        let port = super::serial_open::open(path, line).map_err(std::io::Error::from)?;
+        // Reads and writes below never block: every wait is a ppoll of its own.
+        let fd = port.as_raw_fd();
+        let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
+        fcntl(
+            fd,
+            FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+        )
+        .map_err(std::io::Error::from)?;
         // Whatever the line buffered before we listened answers no request of ours.
         let _ = port.clear(tokio_serial::ClearBuffer::All);
         Ok(Line {
@@ -116,34 +187,83 @@ impl Line {
         self.timing
     }
 
+    /// The port's descriptor (the serial crate's port only hands out the raw number).
+    fn fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: `self.port` owns this open descriptor and closes it only when dropped, which
+        // cannot happen while the returned borrow of `self` lives.
+        unsafe { BorrowedFd::borrow_raw(self.port.as_raw_fd()) }
+    }
+
     /// Waits until bytes arrive or `deadline` passes (one `ppoll`), and returns what arrived
     /// (empty at the deadline). A deadline already past only collects what is buffered.
     pub fn read_until(&mut self, deadline: Instant) -> std::io::Result<&[u8]> {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        self.port.set_timeout(wait).map_err(std::io::Error::from)?;
-        match self.port.read(&mut self.chunk) {
+        self.wait_read(deadline, None)
+    }
+
+    /// [`Line::read_until`] that also returns (empty) as soon as `stop` is given.
+    fn read_until_stopped(&mut self, deadline: Instant, stop: &BusStop) -> std::io::Result<&[u8]> {
+        self.wait_read(deadline, Some(stop.fd()))
+    }
+
+    fn wait_read(
+        &mut self,
+        deadline: Instant,
+        also: Option<BorrowedFd<'_>>,
+    ) -> std::io::Result<&[u8]> {
+        let ready = {
+            let port = PollFd::new(self.fd(), PollFlags::POLLIN);
+            let mut fds = [
+                port,
+                PollFd::new(also.unwrap_or(self.fd()), PollFlags::POLLIN),
+            ];
+            let n = if also.is_some() { 2 } else { 1 };
+            match ppoll(&mut fds[..n], Some(timespec_until(deadline)), None) {
+                Ok(_) => fds[0].revents().unwrap_or(PollFlags::empty()),
+                Err(Errno::EINTR) => PollFlags::empty(),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if ready.contains(PollFlags::POLLNVAL) {
+            return Err(std::io::Error::from(Errno::EBADF));
+        }
+        if ready.is_empty() {
+            return Ok(&[]);
+        }
+        // Readable, hung up or in error: the read says which.
+        match nix::unistd::read(self.port.as_raw_fd(), &mut self.chunk) {
             Ok(0) => Err(hung_up()),
             Ok(n) => Ok(&self.chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                        | std::io::ErrorKind::WouldBlock
-                ) =>
-            {
-                Ok(&[])
-            }
-            Err(e) => Err(e),
+            Err(Errno::EINTR | Errno::EAGAIN) => Ok(&[]),
+            Err(e) => Err(e.into()),
         }
     }
 
-    /// Writes a request.
+    /// Writes a request (waiting at most [`WRITE_TIMEOUT`] for the port to take it).
     pub fn send(&mut self, frame: &[u8]) -> std::io::Result<()> {
-        self.port
-            .set_timeout(Duration::from_secs(1))
-            .map_err(std::io::Error::from)?;
-        self.port.write_all(frame)
+        let give_up = Instant::now() + WRITE_TIMEOUT;
+        let mut done = 0;
+        while done < frame.len() {
+            match nix::unistd::write(self.fd(), &frame[done..]) {
+                Ok(0) => return Err(hung_up()),
+                Ok(n) => done += n,
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => {
+                    if Instant::now() >= give_up {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the port takes no more bytes (transmit buffer full)",
+                        ));
+                    }
+                    let mut fds = [PollFd::new(self.fd(), PollFlags::POLLOUT)];
+                    match ppoll(&mut fds, Some(timespec_until(give_up)), None) {
+                        Ok(_) | Err(Errno::EINTR) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// One request outside a bus schedule (scan, check): waits for 3.5 characters of silence
@@ -274,7 +394,13 @@ pub struct ModbusBusSource {
 
 /// Runs one bus until shutdown: the polling runs on its own thread ([`run_blocking`]).
 pub async fn run(source: ModbusBusSource, mut shutdown: Shutdown) {
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = match BusStop::new() {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the RS-485 bus thread (no pipe for its stop)");
+            return;
+        }
+    };
     let name = source
         .port
         .file_name()
@@ -294,34 +420,36 @@ pub async fn run(source: ModbusBusSource, mut shutdown: Shutdown) {
         }
     };
     shutdown.recv().await;
-    stop.store(true, Ordering::Relaxed);
-    // The thread notices within MAX_WAIT.
+    stop.stop();
+    // The stop wakes the thread from any wait; a request in flight is abandoned.
     let _ = tokio::task::spawn_blocking(move || handle.join()).await;
 }
 
-/// Sleeps `delay` in steps of at most [`MAX_WAIT`], beating; false if `stop` was set.
+/// Sleeps `delay` (less if stopped) beating at least every [`MAX_WAIT`]; false if stopped.
 fn sleep_unless_stopped(
     delay: Duration,
-    stop: &AtomicBool,
+    stop: &BusStop,
     heartbeat: &crate::service::Heartbeat,
 ) -> bool {
     let deadline = Instant::now() + delay;
     loop {
         heartbeat.beat();
-        if stop.load(Ordering::Relaxed) {
+        if stop.is_stopped() {
             return false;
         }
         let now = Instant::now();
         if now >= deadline {
             return true;
         }
-        std::thread::sleep((deadline - now).min(MAX_WAIT));
+        if !stop.sleep_until(deadline.min(now + MAX_WAIT)) {
+            return false;
+        }
     }
 }
 
 /// The bus thread: opens the port (with back-off), polls until `stop` or an I/O error, and
 /// reopens after an error.
-pub fn run_blocking(source: ModbusBusSource, stop: &AtomicBool) {
+pub fn run_blocking(source: ModbusBusSource, stop: &BusStop) {
     let ModbusBusSource {
         port,
         lifts,
@@ -347,7 +475,7 @@ pub fn run_blocking(source: ModbusBusSource, stop: &AtomicBool) {
             l.stats.link_up.store(up, Ordering::Relaxed);
         }
     };
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.is_stopped() {
         let mut line = match Line::open(&path, baud, parity, stop_bits) {
             Ok(l) => l,
             Err(e) => {
@@ -397,25 +525,32 @@ fn serve(
     state: &mut BusState,
     events: &mpsc::Sender<SourceEvent>,
     heartbeat: &crate::service::Heartbeat,
-    stop: &AtomicBool,
+    stop: &BusStop,
 ) -> std::io::Result<()> {
-    while !stop.load(Ordering::Relaxed) {
+    // The last wait found the port empty and nothing happened on the bus since (only the
+    // state's bookkeeping ran): a request may go out without looking again.
+    let mut looked_empty = false;
+    while !stop.is_stopped() {
         heartbeat.beat();
         let now = Instant::now();
         match state.next(now) {
             Next::Send { lift, frame } => {
                 // What the kernel buffered since the last read is classified first; if
                 // anything came, the line was not silent after all: ask again.
-                let pending = line.read_until(now)?;
-                if !pending.is_empty() {
-                    state.on_bytes(Instant::now(), pending);
-                    continue;
+                if !looked_empty {
+                    let pending = line.read_until(now)?;
+                    if !pending.is_empty() {
+                        state.on_bytes(Instant::now(), pending);
+                        continue;
+                    }
                 }
                 line.send(&frame)?;
                 state.on_sent(lift, Instant::now());
+                looked_empty = false;
             }
             Next::Wait(until) => {
-                let bytes = line.read_until(until.min(now + MAX_WAIT))?;
+                let bytes = line.read_until_stopped(until.min(now + MAX_WAIT), stop)?;
+                looked_empty = bytes.is_empty();
                 if !bytes.is_empty() {
                     state.on_bytes(Instant::now(), bytes);
                 }
@@ -455,5 +590,111 @@ fn forward(state: &BusState, out: Output, events: &mpsc::Sender<SourceEvent>) {
     };
     if events.try_send(event).is_err() {
         SourceStats::add(&lift.stats.dropped_events, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::File;
+    use std::io::{Read, Write};
+
+    /// A pseudo-terminal in raw mode: the master end and the slave's path (the "adapter").
+    fn pty() -> (File, PathBuf) {
+        let pty = nix::pty::openpty(None, None).expect("openpty");
+        let mut t = nix::sys::termios::tcgetattr(&pty.slave).expect("tcgetattr");
+        nix::sys::termios::cfmakeraw(&mut t);
+        nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &t)
+            .expect("tcsetattr");
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd()))
+            .expect("the slave's path");
+        // Keep the slave open here so the line never hangs up between opens.
+        std::mem::forget(pty.slave);
+        (File::from(pty.master), path)
+    }
+
+    #[test]
+    fn a_line_sends_a_request_and_reads_what_arrives_as_it_arrives() {
+        let (mut master, path) = pty();
+        let mut line =
+            Line::open(path.to_str().expect("utf-8"), 115_200, Parity::None, 1).expect("open");
+        line.send(&[1, 4, 0, 0, 0, 14, 0x71, 0xCE]).expect("send");
+        let mut got = [0u8; 8];
+        master
+            .read_exact(&mut got)
+            .expect("the request on the line");
+        assert_eq!(got, [1, 4, 0, 0, 0, 14, 0x71, 0xCE]);
+        // Nothing on the line: the wait lasts until its deadline and returns nothing.
+        let t0 = Instant::now();
+        assert!(line
+            .read_until(t0 + Duration::from_millis(30))
+            .expect("read")
+            .is_empty());
+        assert!(t0.elapsed() >= Duration::from_millis(30));
+        // Bytes end a long wait as they come.
+        master.write_all(&[1, 4, 2]).expect("answer");
+        let t0 = Instant::now();
+        let bytes = line
+            .read_until(t0 + Duration::from_secs(5))
+            .expect("read")
+            .to_vec();
+        assert_eq!(bytes, [1, 4, 2]);
+        assert!(t0.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_stop_wakes_the_bus_thread_from_its_longest_wait() {
+        let (_master, path) = pty();
+        let text = format!(
+            "[gateway]\nid = \"t\"\n[mqtt]\nurl = \"mqtt://127.0.0.1\"\n[store]\npath = \"/tmp/unused\"\n[[lift]]\nid = \"lift-1\"\nport = \"{}\"\nbaud = 115200\nunit = 1\ntop_floor = 10\nbottom_floor = 0\nrated_speed_mm_s = 1000\npoll = \"60s\"\n",
+            path.display()
+        );
+        let config = crate::config::Config::parse(&text, "test").expect("config");
+        let c = config.lifts[0].clone();
+        let stats = SourceStats::new();
+        let lift = BusLift {
+            lift: 0,
+            profile: c.register_map.clone().expect("profile"),
+            config: c,
+            stats: stats.clone(),
+        };
+        let (tx, _rx) = mpsc::channel(16);
+        let source = ModbusBusSource {
+            port: path,
+            lifts: vec![lift],
+            events: tx,
+            heartbeat: crate::service::Heartbeat::detached(),
+        };
+        let stop = Arc::new(BusStop::new().expect("pipe"));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                run_blocking(source, &stop);
+                let _ = done_tx.send(Instant::now());
+            })
+        };
+        // The request and its retry time out (nobody answers); from then on the thread waits
+        // for the next poll, a minute away, in waits of MAX_WAIT (1 s).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while SourceStats::get(&stats.polls_lost) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            SourceStats::get(&stats.polls_lost) > 0,
+            "the poll never failed"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let stopped_at = Instant::now();
+        stop.stop();
+        let ended = done_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the thread ended");
+        thread.join().expect("join");
+        let took = ended.duration_since(stopped_at);
+        assert!(
+            took < Duration::from_millis(300),
+            "the bus thread took {took:?} to notice the stop"
+        );
     }
 }

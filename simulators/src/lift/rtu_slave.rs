@@ -10,7 +10,9 @@
 //! unpaced slave would make any throughput figure meaningless. With `pace`, the slave
 //! answers when a real line would deliver the answer's last byte: the request's transmission
 //! time, the 3.5-character silence that ends it, and the answer's own transmission time at
-//! the configured baud. The slave's thread sleeps to within ~100 µs and spins the rest.
+//! the configured baud. The slave's thread sleeps to within ~100 µs and spins the rest; between
+//! requests it blocks on the terminal (a request wakes it at once; otherwise every 2 ms for the
+//! script and the lifts' motion) instead of polling it.
 //!
 //! Every request is counted by function code: the agent must only ever send 0x04, and
 //! [`LiftBus::non_read_requests`] lets a test check it never sent anything else.
@@ -201,6 +203,9 @@ struct BusThread {
     rng: ChaCha8Rng,
 }
 
+/// The longest the slave waits for a request before it advances its lifts and script.
+const IDLE_TICK: Duration = Duration::from_millis(2);
+
 /// Sleeps until `deadline` with ~100 µs precision.
 fn sleep_until(deadline: Instant) {
     let now = Instant::now();
@@ -250,7 +255,9 @@ impl BusThread {
             }
             let n = self.port.receive(&mut chunk)?;
             if n == 0 {
-                std::thread::sleep(Duration::from_micros(20));
+                // Until the agent writes (a request wakes it at once), but at least every
+                // IDLE_TICK for the script, queued actions and the lifts' motion.
+                self.port.wait_readable(IDLE_TICK);
                 continue;
             }
             let received_at = Instant::now();
