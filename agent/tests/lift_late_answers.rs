@@ -202,14 +202,8 @@ fn run(script: Vec<Reply>, done: impl Fn(&SourceStats, &[SourceEvent]) -> bool) 
         path.display()
     );
     let config = Config::parse(&text, "test").expect("config");
-    let c = config.lifts[0].clone();
-    let stats = SourceStats::new();
-    let lift = BusLift {
-        lift: 0,
-        profile: c.register_map.clone().expect("profile"),
-        config: c,
-        stats: stats.clone(),
-    };
+    let lift = BusLift::from_config(0, config.lifts[0].clone()).expect("profile");
+    let stats = lift.stats.clone();
     let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
     let stop = Arc::new(AtomicBool::new(false));
     let log = Arc::new(Mutex::new(SlaveLog::default()));

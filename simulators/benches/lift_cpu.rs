@@ -73,15 +73,7 @@ fn run_case(
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            Ok(BusLift {
-                lift: i,
-                profile: c
-                    .register_map
-                    .clone()
-                    .ok_or_else(|| anyhow::anyhow!("no profile"))?,
-                config: c.clone(),
-                stats: SourceStats::new(),
-            })
+            BusLift::from_config(i, c.clone()).ok_or_else(|| anyhow::anyhow!("no profile"))
         })
         .collect::<anyhow::Result<_>>()?;
     let stats: Vec<_> = lifts.iter().map(|l| l.stats.clone()).collect();

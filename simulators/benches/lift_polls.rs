@@ -48,16 +48,9 @@ fn main() -> anyhow::Result<()> {
         let config = Config::parse(&text, "bench")?;
         let mut lift_config = config.lifts[0].clone();
         lift_config.poll = Duration::ZERO; // back to back (below what a config may say)
-        let stats = SourceStats::new();
-        let lift = BusLift {
-            lift: 0,
-            profile: lift_config
-                .register_map
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("no profile"))?,
-            config: lift_config,
-            stats: stats.clone(),
-        };
+        let lift =
+            BusLift::from_config(0, lift_config).ok_or_else(|| anyhow::anyhow!("no profile"))?;
+        let stats = lift.stats.clone();
         let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
         let drain = std::thread::spawn(move || while rx.blocking_recv().is_some() {});
         let stop = Arc::new(BusStop::new()?);

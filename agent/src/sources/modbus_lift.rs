@@ -379,6 +379,19 @@ pub struct BusLift {
     pub stats: Arc<SourceStats>,
 }
 
+impl BusLift {
+    /// Lift `lift` of the configuration on its bus, with fresh counters; `None` when its
+    /// register map was not resolved (`Config::parse` resolves it).
+    pub fn from_config(lift: usize, config: LiftConfig) -> Option<BusLift> {
+        Some(BusLift {
+            lift,
+            profile: config.register_map.clone()?,
+            config,
+            stats: SourceStats::new(),
+        })
+    }
+}
+
 /// Everything a bus thread needs.
 #[derive(Debug)]
 pub struct ModbusBusSource {
@@ -650,14 +663,8 @@ mod tests {
             path.display()
         );
         let config = crate::config::Config::parse(&text, "test").expect("config");
-        let c = config.lifts[0].clone();
-        let stats = SourceStats::new();
-        let lift = BusLift {
-            lift: 0,
-            profile: c.register_map.clone().expect("profile"),
-            config: c,
-            stats: stats.clone(),
-        };
+        let lift = BusLift::from_config(0, config.lifts[0].clone()).expect("profile");
+        let stats = lift.stats.clone();
         let (tx, _rx) = mpsc::channel(16);
         let source = ModbusBusSource {
             port: path,
