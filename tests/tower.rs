@@ -352,15 +352,29 @@ fn an_unplugged_adapter_is_reopened_and_the_agent_keeps_running() -> anyhow::Res
     );
 
     node.replug()?;
+    // Windows that closed while the port was away are published too (with `n < expected`),
+    // so windows alone do not prove the reopen: a health report must say it.
+    let replugged_at = std::time::Instant::now();
+    let reopened = |r: &Received| {
+        let s = &r.json["sources"][node.dev()];
+        r.topic.ends_with("/health")
+            && r.at > replugged_at
+            && s["opens"].as_u64().unwrap_or(0) >= 2
+            && s["status"] == "ok"
+    };
+    let waited = sub.wait(
+        Duration::from_secs(40),
+        "health showing the port reopened",
+        |m| m.iter().any(reopened),
+    );
+    if let Err(e) = waited {
+        let h = latest_health(&sub).context("health")?;
+        bail!("{e}: port not reopened: {h}");
+    }
     let windows = data_of(&sub.all(), node.dev()).len();
-    sub.wait(Duration::from_secs(40), "windows after replugging", |m| {
+    sub.wait(Duration::from_secs(40), "windows after reopening", |m| {
         data_of(m, node.dev()).len() >= windows + 2
     })?;
-    let h = latest_health(&sub).context("health")?;
-    ensure!(
-        h["sources"][node.dev()]["opens"].as_u64().unwrap_or(0) >= 2,
-        "port not reopened: {h}"
-    );
     ensure!(
         wait_until(Duration::from_secs(5), || agent.is_running()),
         "agent stopped"
