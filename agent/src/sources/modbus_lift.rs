@@ -100,11 +100,10 @@ impl BusStop {
         self.wake_rx.as_fd()
     }
 
-    /// Sleeps until `deadline` or the stop, whichever comes first; false if stopped.
-    fn sleep_until(&self, deadline: Instant) -> bool {
+    /// Sleeps until `deadline` or the stop, whichever comes first.
+    fn sleep_until(&self, deadline: Instant) {
         let mut fds = [PollFd::new(self.fd(), PollFlags::POLLIN)];
         let _ = ppoll(&mut fds, Some(timespec_until(deadline)), None);
-        !self.is_stopped()
     }
 }
 
@@ -454,9 +453,7 @@ fn sleep_unless_stopped(
         if now >= deadline {
             return true;
         }
-        if !stop.sleep_until(deadline.min(now + MAX_WAIT)) {
-            return false;
-        }
+        stop.sleep_until(deadline.min(now + MAX_WAIT));
     }
 }
 
